@@ -1,0 +1,35 @@
+# Gatehouse: `make run` starts the whole product on the embedded default; `make test` runs the suite.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+PY_FOUND := $(shell for c in python3.13 python3.12 python3; do if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then echo $$c; break; fi; done)
+PORT ?= 8000
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	@test -n "$(PY_FOUND)" || { echo "Gatehouse needs Python 3.12 or newer (python3.12 / python3.13 on PATH)."; exit 1; }
+	$(PY_FOUND) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	@DEBUG=1 PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/run.sh
+
+test: $(VENV)/.installed-dev
+	@bash scripts/test-prereqs.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf var artifacts .pytest_cache

@@ -1,0 +1,67 @@
+"""The access chokepoints: every workspace-scoped object in the console is fetched through here.
+
+An outsider gets Http404, exactly as for a slug or id that does not exist, so the console never
+reveals what exists elsewhere. A member whose role is too low gets PermissionDenied (403): they
+can already see the workspace, so there is nothing to hide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+
+from console.models import ROLE_RANK, Membership, Role, Workspace
+
+
+@dataclass(frozen=True)
+class WorkspaceAccess:
+    workspace: Workspace
+    role: Role
+    user: object
+
+    def can(self, min_role: Role) -> bool:
+        return ROLE_RANK[self.role] >= ROLE_RANK[min_role]
+
+    @property
+    def can_write(self) -> bool:
+        return self.can(Role.DEVELOPER)
+
+    @property
+    def can_admin(self) -> bool:
+        return self.can(Role.ADMIN)
+
+
+def effective_role(user, workspace: Workspace) -> Role | None:
+    """The user's role in the workspace: their own membership, or owner/admin of its default workspace."""
+    if not user.is_authenticated:
+        return None
+    best: Role | None = None
+    ids = [workspace.id] if workspace.parent_id is None else [workspace.id, workspace.parent_id]
+    for workspace_id, role in Membership.objects.filter(user=user, workspace_id__in=ids).values_list("workspace_id", "role"):
+        role = Role(role)
+        if workspace_id != workspace.id and role not in (Role.OWNER, Role.ADMIN):
+            continue  # developers and viewers of the default workspace do not see into sub-workspaces
+        if best is None or ROLE_RANK[role] > ROLE_RANK[best]:
+            best = role
+    return best
+
+
+def access_workspace(user, slug: str, *, min_role: Role = Role.VIEWER) -> WorkspaceAccess:
+    workspace = Workspace.objects.select_related("parent").filter(slug=slug).first()
+    role = effective_role(user, workspace) if workspace is not None else None
+    if role is None:
+        raise Http404("No such workspace.")
+    access = WorkspaceAccess(workspace=workspace, role=role, user=user)
+    if not access.can(min_role):
+        raise PermissionDenied(f"This needs the {min_role.label.lower()} role or higher.")
+    return access
+
+
+def access_membership(user, slug: str, public_id, *, min_role: Role = Role.ADMIN) -> tuple[WorkspaceAccess, Membership]:
+    access = access_workspace(user, slug, min_role=min_role)
+    membership = Membership.objects.select_related("user").filter(workspace=access.workspace, public_id=public_id).first()
+    if membership is None:
+        raise Http404("No such member.")
+    return access, membership

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import zoneinfo
+
+from django import forms
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.utils.text import slugify
+
+from console.models import Role, User, Workspace
+
+TIME_ZONE_CHOICES = [(tz, tz) for tz in sorted(zoneinfo.available_timezones()) if "/" in tz or tz == "UTC"]
+
+
+class WorkspaceForm(forms.Form):
+    name = forms.CharField(max_length=80, strip=True)
+    slug = forms.SlugField(max_length=50, required=False, help_text="Lowercase letters, digits and hyphens. Left empty, it is made from the name.")
+    time_zone = forms.ChoiceField(choices=TIME_ZONE_CHOICES, initial="UTC", help_text="Days and years of usage and billing are counted in this time zone.")
+
+    def clean(self):
+        data = super().clean()
+        if "name" in data and not data.get("slug"):
+            data["slug"] = slugify(data["name"])[:50]
+            if not data["slug"]:
+                self.add_error("slug", "Could not make a slug from this name; please enter one.")
+        if data.get("slug") and Workspace.objects.filter(slug=data["slug"]).exists():
+            self.add_error("slug", f"The slug “{data['slug']}” is already taken.")
+        return data
+
+
+class WorkspaceSettingsForm(forms.Form):
+    name = forms.CharField(max_length=80, strip=True)
+    time_zone = forms.ChoiceField(choices=TIME_ZONE_CHOICES)
+
+
+class RoleField(forms.ChoiceField):
+    def __init__(self, roles: list[Role], **kwargs):
+        super().__init__(choices=[(r.value, r.label) for r in roles], **kwargs)
+
+    def clean(self, value):
+        return Role(super().clean(value))
+
+
+class MemberAddForm(forms.Form):
+    user = forms.CharField(label="Username or email", max_length=254, strip=True)
+    role = forms.ChoiceField()
+
+    def __init__(self, *args, roles: list[Role], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"] = RoleField(roles, initial=Role.DEVELOPER)
+
+    def clean_user(self) -> User:
+        value = self.cleaned_data["user"]
+        user = User.objects.filter(is_active=True).filter(username=value).first()
+        if user is None and "@" in value:
+            matches = list(User.objects.filter(is_active=True, email__iexact=value)[:2])
+            user = matches[0] if len(matches) == 1 else None
+        if user is None:
+            raise forms.ValidationError(f"There is no active user “{value}”. Create the account below instead.")
+        return user
+
+
+class MemberCreateForm(forms.Form):
+    username = forms.CharField(max_length=150, validators=[UnicodeUsernameValidator()], strip=True,
+                               help_text="Letters, digits and @ . + - _ only.")
+    email = forms.EmailField(required=False)
+    role = forms.ChoiceField()
+
+    def __init__(self, *args, roles: list[Role], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"] = RoleField(roles, initial=Role.DEVELOPER)
+
+    def clean_username(self) -> str:
+        username = self.cleaned_data["username"]
+        if User.objects.filter(username__iexact=username).exists():
+            raise forms.ValidationError(f"The username “{username}” is taken. Add the existing user above instead.")
+        return username
+
+
+class MemberRoleForm(forms.Form):
+    def __init__(self, *args, roles: list[Role], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"] = RoleField(roles)

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+
+from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
+from django.db import models
+
+
+class User(AbstractUser):
+    # Set when an admin creates the account with a one-time password; cleared by a password change.
+    must_change_password = models.BooleanField(default=False)
+
+
+def validate_time_zone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(f"{value!r} is not a known time zone (use an IANA name such as Europe/Berlin).")
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer", "Viewer"
+    DEVELOPER = "developer", "Developer"
+    ADMIN = "admin", "Admin"
+    OWNER = "owner", "Owner"
+
+
+# Higher rank includes every right of a lower one.
+ROLE_RANK = {Role.VIEWER: 1, Role.DEVELOPER: 2, Role.ADMIN: 3, Role.OWNER: 4}
+
+
+class WorkspaceQuerySet(models.QuerySet):
+    def visible_to(self, user) -> WorkspaceQuerySet:
+        """Workspaces the user is a member of, plus the sub-workspaces of defaults they administer."""
+        managed_parents = Membership.objects.filter(user=user, role__in=[Role.OWNER, Role.ADMIN]).values("workspace_id")
+        return self.filter(models.Q(memberships__user=user) | models.Q(parent_id__in=managed_parents)).distinct()
+
+
+class Workspace(models.Model):
+    """A default workspace (parent is null; it stands for the organisation) or one of its sub-workspaces."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    name = models.CharField(max_length=80)
+    slug = models.SlugField(max_length=50, unique=True)
+    time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = WorkspaceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.CheckConstraint(condition=~models.Q(parent=models.F("id")), name="workspace_not_own_parent")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_default(self) -> bool:
+        return self.parent_id is None
+
+    @property
+    def root_id(self) -> int:
+        return self.parent_id or self.id
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.time_zone)
+
+
+class Membership(models.Model):
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey("console.User", on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["user__username"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "user"], name="membership_unique_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.workspace} ({self.role})"
+
+
+class AuditEvent(models.Model):
+    """Append-only record of a state change: who did what to which object, from where."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="audit_events")
+    actor = models.ForeignKey("console.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor_label = models.CharField(max_length=150, help_text="Username at the time, kept if the user is deleted.")
+    action = models.CharField(max_length=64)
+    target_type = models.CharField(max_length=64)
+    target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(max_length=200, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["workspace", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.target_type} {self.target_label}"

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import secrets
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from console.audit import Actor, audit_record
+from console.models import ROLE_RANK, Membership, Role, User, Workspace
+
+
+@transaction.atomic
+def workspace_create(
+    *, name: str, slug: str, actor: Actor, parent: Workspace | None = None, time_zone: str = "UTC", owner: User | None = None
+) -> Workspace:
+    if parent is not None and parent.parent_id is not None:
+        raise ValidationError("Sub-workspaces live directly under a default workspace; they cannot be nested further.")
+    if Workspace.objects.filter(slug=slug).exists():
+        raise ValidationError({"slug": f"The slug “{slug}” is already taken."})
+    workspace = Workspace(name=name.strip(), slug=slug, parent=parent, time_zone=time_zone)
+    workspace.full_clean()
+    workspace.save()
+    audit_record(workspace=workspace, actor=actor, action="workspace.created", target=workspace,
+                 details={"parent": parent.slug if parent else None, "time_zone": time_zone})
+    if parent is not None:
+        audit_record(workspace=parent, actor=actor, action="sub_workspace.created", target=workspace)
+    if owner is not None:
+        membership_add(workspace=workspace, user=owner, role=Role.OWNER, actor=actor)
+    return workspace
+
+
+def workspace_update(*, workspace: Workspace, actor: Actor, name: str, time_zone: str) -> Workspace:
+    changes = {}
+    if workspace.name != name:
+        changes["name"] = [workspace.name, name]
+    if workspace.time_zone != time_zone:
+        changes["time_zone"] = [workspace.time_zone, time_zone]
+    if not changes:
+        return workspace
+    workspace.name, workspace.time_zone = name, time_zone
+    workspace.full_clean()
+    with transaction.atomic():
+        workspace.save(update_fields=["name", "time_zone"])
+        audit_record(workspace=workspace, actor=actor, action="workspace.updated", target=workspace, details=changes)
+    return workspace
+
+
+def _check_may_assign(*, actor_role: Role, role: Role) -> None:
+    if role == Role.OWNER and actor_role != Role.OWNER:
+        raise ValidationError("Only an owner can make someone an owner.")
+
+
+@transaction.atomic
+def membership_add(*, workspace: Workspace, user: User, role: Role, actor: Actor, actor_role: Role = Role.OWNER) -> Membership:
+    _check_may_assign(actor_role=actor_role, role=role)
+    if Membership.objects.filter(workspace=workspace, user=user).exists():
+        raise ValidationError(f"{user.get_username()} is already a member of {workspace.name}.")
+    membership = Membership.objects.create(workspace=workspace, user=user, role=role)
+    audit_record(workspace=workspace, actor=actor, action="member.added", target=membership,
+                 details={"user": user.get_username(), "role": role})
+    return membership
+
+
+@transaction.atomic
+def user_create_with_one_time_password(*, username: str, email: str = "") -> tuple[User, str]:
+    """A new account whose password must be changed at first sign-in; the password is returned once."""
+    password = secrets.token_urlsafe(12)
+    user = User(username=username, email=email, must_change_password=True)
+    user.set_password(password)
+    user.full_clean(exclude=["password"])
+    user.save()
+    return user, password
+
+
+def _lock_owners(workspace: Workspace) -> int:
+    # Lock the owner rows so two concurrent demotions cannot both see "another owner remains".
+    return len(list(Membership.objects.select_for_update().filter(workspace=workspace, role=Role.OWNER).values_list("id", flat=True)))
+
+
+@transaction.atomic
+def membership_change_role(*, membership: Membership, role: Role, actor: Actor, actor_role: Role) -> Membership:
+    old = Role(membership.role)
+    if old == role:
+        return membership
+    if Role.OWNER in (old, role) and actor_role != Role.OWNER:
+        raise ValidationError("Only an owner can change an owner's role or make someone an owner.")
+    if old == Role.OWNER and _lock_owners(membership.workspace) <= 1:
+        raise ValidationError("This is the workspace's last owner. Make someone else an owner first.")
+    membership.role = role
+    membership.save(update_fields=["role"])
+    audit_record(workspace=membership.workspace, actor=actor, action="member.role_changed", target=membership,
+                 details={"user": membership.user.get_username(), "from": old, "to": role})
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership, actor: Actor, actor_role: Role) -> None:
+    if membership.role == Role.OWNER:
+        if actor_role != Role.OWNER:
+            raise ValidationError("Only an owner can remove an owner.")
+        if _lock_owners(membership.workspace) <= 1:
+            raise ValidationError("This is the workspace's last owner and cannot be removed.")
+    audit_record(workspace=membership.workspace, actor=actor, action="member.removed", target=membership,
+                 details={"user": membership.user.get_username(), "role": membership.role})
+    membership.delete()
+
+
+def assignable_roles(actor_role: Role) -> list[Role]:
+    return [r for r in Role if ROLE_RANK[r] <= ROLE_RANK[actor_role] and (r != Role.OWNER or actor_role == Role.OWNER)]
+
+
+@transaction.atomic
+def member_create_with_one_time_password(
+    *, workspace: Workspace, username: str, email: str, role: Role, actor: Actor, actor_role: Role
+) -> tuple[Membership, str]:
+    user, password = user_create_with_one_time_password(username=username, email=email)
+    membership = membership_add(workspace=workspace, user=user, role=role, actor=actor, actor_role=actor_role)
+    return membership, password

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The embedded default: SQLite and a filesystem Celery broker unless DATABASE_URL / REDIS_URL are set.
+# Starts the web server, Celery worker and beat (Procfile) in the foreground; Ctrl-C stops them all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBUG="${DEBUG:-1}"
+export GATEHOUSE_PORT="${PORT:-8000}"
+export PUBLIC_BASE_URL="${PUBLIC_BASE_URL:-http://127.0.0.1:${GATEHOUSE_PORT}}"
+unset PORT  # honcho hands out its own PORT per process; ours is GATEHOUSE_PORT
+
+python manage.py migrate --no-input -v 0
+python manage.py seed_demo | tee var/seed.log
+echo
+echo "  Gatehouse console: ${PUBLIC_BASE_URL}/"
+echo "  Database: ${DATABASE_URL:-SQLite at var/gatehouse.sqlite3}   Broker: ${CELERY_BROKER_URL:-${REDIS_URL:-filesystem (var/broker)}}"
+echo "  Press Ctrl-C to stop."
+echo
+exec honcho start -f Procfile

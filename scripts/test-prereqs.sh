@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# What `make test` needs beyond Python packages: Debian's Chromium, PostgreSQL and Redis.
+set -uo pipefail
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing Debian's chromium for the browser tests..."
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || { echo "apt-get install chromium failed"; exit 1; }
+  else
+    echo "The browser tests need Debian's Chromium at /usr/bin/chromium: sudo apt-get install -y chromium"; exit 1
+  fi
+fi
+
+pg_url="${DATABASE_URL:-postgres://postgres@localhost:5432/gatehouse}"
+redis_url="${REDIS_URL:-redis://localhost:6379/0}"
+.venv/bin/python - "$pg_url" "$redis_url" <<'PY'
+import sys
+import psycopg, redis
+pg_url, redis_url = sys.argv[1:3]
+try:
+    # Connect to the server's maintenance database: the test database is made by pytest-django.
+    conninfo = psycopg.conninfo.conninfo_to_dict(pg_url.replace("postgres://", "postgresql://", 1))
+    conninfo["dbname"] = "postgres"
+    psycopg.connect(**conninfo, connect_timeout=3).close()
+except Exception as exc:
+    sys.exit(f"make test needs PostgreSQL ({pg_url}): {exc}\n  Install and start it: apt-get install -y postgresql && pg_ctlcluster 15 main start\n  (or set DATABASE_URL to a server where this user may create databases)")
+try:
+    redis.Redis.from_url(redis_url, socket_connect_timeout=3).ping()
+except Exception as exc:
+    sys.exit(f"make test needs Redis ({redis_url}): {exc}\n  Install and start it: apt-get install -y redis-server && redis-server --daemonize yes\n  (or set REDIS_URL)")
+PY

@@ -1,0 +1,25 @@
+"""Test settings: console.settings with the environment a test run needs.
+
+Real PostgreSQL and Redis (the ones on localhost unless DATABASE_URL / REDIS_URL say otherwise).
+"""
+
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@localhost:5432/gatehouse")
+os.environ.setdefault("REDIS_URL", "redis://localhost:6379/0")
+os.environ.setdefault("SECRET_KEY", "test-secret-key-" + "x" * 50)
+os.environ.setdefault("API_KEY_PEPPER", "test-pepper-" + "y" * 32)
+os.environ.setdefault("ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
+os.environ.setdefault("GATEHOUSE_HTTPS", "0")
+os.environ.setdefault("DEBUG", "0")
+os.environ.setdefault("GATEHOUSE_VAR_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), "var", "test"))
+# Playwright's sync API runs an event loop in the test thread; the ORM calls made by the test
+# itself (not by the server under test) are safe there.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+from console.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only; production keeps PBKDF2
+STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405
+WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from console.access import access_workspace
+
+
+@login_required
+@require_GET
+def usage_page(request: HttpRequest, ws: str) -> HttpResponse:
+    access = access_workspace(request.user, ws)
+    return render(request, "usage/usage_page.html", {"access": access, "nav": "usage"})
+
+
+@login_required
+@require_GET
+def billing_page(request: HttpRequest, ws: str) -> HttpResponse:
+    access = access_workspace(request.user, ws)
+    return render(request, "usage/billing_page.html", {"access": access, "nav": "billing"})
