@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
+from django.db.models import F
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse_lazy
@@ -37,7 +38,8 @@ def _add_service_errors(form, exc: ValidationError) -> None:
 @login_required
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    workspace = Workspace.objects.visible_to(request.user).order_by("parent_id", "name").first()
+    # Default workspaces first (NULL parent sorts last in PostgreSQL unless asked), then by name.
+    workspace = Workspace.objects.visible_to(request.user).order_by(F("parent_id").asc(nulls_first=True), "name").first()
     if workspace is None:
         return render(request, "console/no_workspace_page.html")
     return redirect("workspace_overview", ws=workspace.slug)

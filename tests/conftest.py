@@ -44,3 +44,57 @@ def client_for(client):
         return client
 
     return login
+
+
+ARTIFACTS = __import__("pathlib").Path(__file__).resolve().parent.parent / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium driven by Playwright (never a downloaded browser build)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium, live_server, request):
+    """A fresh browser context on the live server; a screenshot of the last state is saved as an artifact."""
+    context = chromium.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 860})
+    context.set_default_timeout(10_000)
+    pg = context.new_page()
+    yield pg
+    ARTIFACTS.joinpath("screenshots").mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / "screenshots" / f"{request.node.name}-final.png"), full_page=True)
+    context.close()
+
+
+@pytest.fixture
+def screenshot(request):
+    def take(page, label: str) -> str:
+        ARTIFACTS.joinpath("screenshots").mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / "screenshots" / f"{request.node.name}-{label}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return str(path)
+
+    return take
+
+
+@pytest.fixture
+def sign_in(page):
+    def do(username: str, password: str = PASSWORD):
+        page.goto("/accounts/login/")
+        page.fill("#id_username", username)
+        page.fill("#id_password", password)
+        page.click("button[type=submit]")
+        page.wait_for_url(lambda url: "/accounts/login/" not in url)
+        return page
+
+    return do

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class RouterProvider(models.Model):
+    """An installation-wide upstream (managed by site admins in Django admin), offered in key scopes.
+
+    Clients call its models as `<slug>/<model>`.
+    """
+
+    slug = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=80)
+    base_url = models.URLField(max_length=300)
+    api_key_encrypted = models.TextField(blank=True)
+    model_names = models.JSONField(default=list, blank=True, help_text="Model names this provider serves.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ByokCredential(models.Model):
+    """A workspace's own provider key ("bring your own key"); clients call `byok/<name>/<model>`."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    workspace = models.ForeignKey("console.Workspace", on_delete=models.CASCADE, related_name="byok_credentials")
+    name = models.SlugField(max_length=40)
+    provider = models.CharField(max_length=80)
+    base_url = models.URLField(max_length=300)
+    api_key_encrypted = models.TextField()
+    api_key_last4 = models.CharField(max_length=4)
+    model_names = models.JSONField(default=list, blank=True)
+    created_by = models.ForeignKey("console.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="byok_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKeyKind(models.TextChoices):
+    USER = "user", "Application key"
+    # A workspace-owned credential the worker uses for console test calls; never displayed.
+    TEST_CALL = "test_call", "Test-call credential"
+
+
+class ApiKey(models.Model):
+    """An application access key's identity: scope, limits, lifecycle. Its secrets are ApiKeySecret rows."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    workspace = models.ForeignKey("console.Workspace", on_delete=models.CASCADE, related_name="api_keys")
+    kind = models.CharField(max_length=16, choices=ApiKeyKind.choices, default=ApiKeyKind.USER)
+    name = models.CharField(max_length=64)
+    description = models.CharField(max_length=500, blank=True)
+    hint = models.CharField(max_length=32, help_text="prefix…last4 of the current secret")
+
+    all_models = models.BooleanField(default=False)
+    deployments = models.ManyToManyField("deployments.Deployment", blank=True, related_name="+")
+    router_providers = models.ManyToManyField(RouterProvider, blank=True, related_name="+")
+    all_byok = models.BooleanField(default=False)
+    byok_credentials = models.ManyToManyField(ByokCredential, blank=True, related_name="+")
+
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    yearly_token_limit = models.PositiveBigIntegerField(null=True, blank=True)
+    ip_allowlist = models.JSONField(default=list, blank=True, help_text="Canonical CIDR strings")
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    created_by = models.ForeignKey("console.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    last_used_ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="api_key_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKeySecret(models.Model):
+    """One secret of a key. Rotation adds a new row and gives the old one a grace deadline."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="secrets")
+    digest = models.CharField(max_length=64, unique=True, help_text="HMAC-SHA256(API_KEY_PEPPER, key), hex")
+    hint = models.CharField(max_length=32)
+    created_at = models.DateTimeField(auto_now_add=True)
+    valid_until = models.DateTimeField(null=True, blank=True, help_text="Set when rotated away; null while current")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.hint
