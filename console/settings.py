@@ -189,6 +189,17 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
+# Usage aggregation (usage/rollup.py). Buckets recomputed per transaction; how long an event id
+# that is missing between committed ones is re-checked (a concurrent insert may still commit it);
+# how far back hourly rollups are kept; how many days the frequent reconciliation covers.
+USAGE_ROLLUP_BATCH_SIZE = env_int("USAGE_ROLLUP_BATCH_SIZE", 500, minimum=1)
+USAGE_GAP_TTL_SECONDS = env_int("USAGE_GAP_TTL_SECONDS", 900, minimum=0)
+USAGE_HOURLY_RETENTION_HOURS = env_int("USAGE_HOURLY_RETENTION_HOURS", 48, minimum=1)
+USAGE_RECONCILE_DAYS = env_int("USAGE_RECONCILE_DAYS", 2, minimum=1)
+# Test-only: sleep this long inside each rollup batch transaction, so a fault test can kill the
+# worker while a bucket is half written. Always 0 in production.
+USAGE_ROLLUP_TEST_PAUSE_MS = env_int("USAGE_ROLLUP_TEST_PAUSE_MS", 0, minimum=0)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

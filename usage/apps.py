@@ -1,5 +1,12 @@
 from django.apps import AppConfig
+from django.db.backends.signals import connection_created
 
 
 class UsageConfig(AppConfig):
     name = "usage"
+
+    def ready(self) -> None:
+        from usage.aggregates import register_sqlite_functions
+
+        # Plumbing, not business logic: SQLite lacks PERCENTILE_CONT, the rollups need it.
+        connection_created.connect(register_sqlite_functions, dispatch_uid="usage_sqlite_functions")

@@ -44,3 +44,138 @@ class UsageEvent(models.Model):
 
     def __str__(self) -> str:
         return self.request_id
+
+
+class RollupMetrics(models.Model):
+    """What a rollup row counts. Rows are recomputed from events and replaced, bucket by bucket."""
+
+    workspace = models.ForeignKey("console.Workspace", on_delete=models.CASCADE, related_name="+")
+    # SET_NULL like the events: a deleted key or deployment folds into the "deleted" row on the
+    # bucket's next recompute, and `model` keeps the name for display meanwhile.
+    api_key = models.ForeignKey("keys.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+")
+    deployment = models.ForeignKey("deployments.Deployment", null=True, on_delete=models.SET_NULL, related_name="+")
+    model = models.CharField(max_length=200)
+    currency = models.CharField(max_length=3)
+
+    requests = models.PositiveIntegerField()
+    errors = models.PositiveIntegerField(help_text="Requests answered with HTTP status 400 or above")
+    prompt_tokens = models.PositiveBigIntegerField()
+    completion_tokens = models.PositiveBigIntegerField()
+    total_tokens = models.PositiveBigIntegerField()
+    estimated_requests = models.PositiveIntegerField(help_text="Requests whose token counts were estimated")
+    estimated_tokens = models.PositiveBigIntegerField(help_text="total_tokens of those requests")
+    cost = models.DecimalField(max_digits=20, decimal_places=9)
+    latency_p50_ms = models.PositiveIntegerField()
+    latency_p95_ms = models.PositiveIntegerField()
+
+    class Meta:
+        abstract = True
+
+
+class UsageDaily(RollupMetrics):
+    """Per workspace × key × deployment (× model, currency) × day, the day in the workspace's time zone."""
+
+    day = models.DateField()
+
+    class Meta:
+        indexes = [models.Index(fields=["workspace", "day"])]
+
+    def __str__(self) -> str:
+        return f"{self.workspace_id} {self.day} {self.model}"
+
+
+class UsageHourly(RollupMetrics):
+    """The same per UTC hour, kept for the last USAGE_HOURLY_RETENTION_HOURS hours."""
+
+    hour = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["workspace", "hour"])]
+
+    def __str__(self) -> str:
+        return f"{self.workspace_id} {self.hour:%Y-%m-%d %H}h {self.model}"
+
+
+class RollupBucketState(models.Model):
+    """Checkpoint for one bucket: dirty until its rollup rows were recomputed from events.
+
+    Marking a bucket dirty is an upsert (dirty=True); the worker that recomputes it holds the
+    row lock from reading events until it clears the flag in the same transaction, so a mark
+    that lands meanwhile waits and survives.
+    """
+
+    workspace = models.ForeignKey("console.Workspace", on_delete=models.CASCADE, related_name="+")
+    dirty = models.BooleanField(default=True)
+    marked_at = models.DateTimeField()
+    computed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class UsageDayBucket(RollupBucketState):
+    day = models.DateField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workspace", "day"], name="usage_day_bucket_unique")]
+        indexes = [models.Index(fields=["workspace", "day"], condition=models.Q(dirty=True), name="usage_day_bucket_dirty")]
+
+    def __str__(self) -> str:
+        return f"{self.workspace_id} {self.day} {'dirty' if self.dirty else 'done'}"
+
+
+class UsageHourBucket(RollupBucketState):
+    hour = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workspace", "hour"], name="usage_hour_bucket_unique")]
+        indexes = [models.Index(fields=["workspace", "hour"], condition=models.Q(dirty=True), name="usage_hour_bucket_dirty")]
+
+    def __str__(self) -> str:
+        return f"{self.workspace_id} {self.hour:%Y-%m-%d %H}h {'dirty' if self.dirty else 'done'}"
+
+
+class UsageCursor(models.Model):
+    """Singleton (pk=1): how far event discovery has read.
+
+    Every event id <= high_water_id has been seen, except the ids in pending_gaps
+    ([low, high, first_seen_epoch] ranges): ids a concurrent transaction may still commit.
+    They are re-checked on every run until they appear or are older than USAGE_GAP_TTL_SECONDS.
+    """
+
+    high_water_id = models.BigIntegerField(default=0)
+    pending_gaps = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"events seen through id {self.high_water_id} ({len(self.pending_gaps)} gaps pending)"
+
+
+class DriftCheck(models.TextChoices):
+    ROLLUP = "rollup", "Daily rollups vs usage events"
+    TREE = "tree", "Default workspace total vs its own plus its sub-workspaces'"
+
+
+class UsageDrift(models.Model):
+    """A reconciliation mismatch: open until a later check finds the numbers equal again."""
+
+    workspace = models.ForeignKey("console.Workspace", on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    kind = models.CharField(max_length=16, choices=DriftCheck.choices)
+    # {metric: {"expected": str, "actual": str}}; expected is what the events say.
+    details = models.JSONField(default=dict)
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-day", "workspace_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workspace", "day", "kind"], condition=models.Q(resolved_at__isnull=True), name="usage_drift_one_open"
+            )
+        ]
+        indexes = [models.Index(fields=["workspace"], condition=models.Q(resolved_at__isnull=True), name="usage_drift_open")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} drift, workspace {self.workspace_id}, {self.day}"

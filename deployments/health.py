@@ -1,0 +1,133 @@
+"""Deployment health checks: a cheap probe of each endpoint deployment's upstream.
+
+GET {upstream_base_url}/models with the deployment's upstream key and a short timeout. An answer
+below 400 (or 404/405 from a server that does not list models) means Running; no answer, a 5xx,
+or a refused key means Unreachable, with the reason in last_error. Stopped (and failed)
+deployments are never probed; router and BYOK upstreams belong to their providers and are not
+probed here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import httpx
+from django.db import transaction
+from django.utils import timezone
+
+from console.audit import Actor, audit_record
+from deployments.models import Deployment, DeploymentStatus, UpstreamKind
+from lib.crypto import decrypt
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_SECONDS = 5.0
+PROBED_STATUSES = (DeploymentStatus.RUNNING, DeploymentStatus.UNREACHABLE)
+# A server that answers 404/405 for /models is up; it just does not implement the listing.
+ANSWERED_WITHOUT_LISTING = (404, 405)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    reachable: bool
+    error: str = ""
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "[redacted]") if secret else text
+
+
+def _upstream_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:200]
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"][:200]
+        if isinstance(error, str):
+            return error[:200]
+        if isinstance(body.get("message"), str):
+            return body["message"][:200]
+    return ""
+
+
+def probe_upstream(*, base_url: str, api_key: str, timeout: float) -> ProbeResult:
+    """One GET {base_url}/models. Errors never contain the key or the URL (it may hold credentials)."""
+    headers = {"Accept": "application/json", "User-Agent": "Gatehouse-health-check"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+            response = client.get(base_url.rstrip("/") + "/models", headers=headers)
+    except httpx.TimeoutException:
+        return ProbeResult(False, f"No answer within {timeout:g} s.")
+    except httpx.ConnectError as exc:
+        return ProbeResult(False, _redact(f"Cannot connect: {exc}"[:300], api_key))
+    except httpx.HTTPError as exc:
+        return ProbeResult(False, f"Request failed: {type(exc).__name__}.")
+    status = response.status_code
+    if status < 400 or status in ANSWERED_WITHOUT_LISTING:
+        return ProbeResult(True)
+    message = _redact(_upstream_message(response), api_key)
+    if status in (401, 403):
+        return ProbeResult(False, f"The upstream refused the API key (HTTP {status}){': ' + message if message else '.'}")
+    return ProbeResult(False, f"HTTP {status} from the upstream{': ' + message if message else '.'}")
+
+
+def deployments_due_for_probe() -> list[int]:
+    return list(
+        Deployment.objects.filter(upstream_kind=UpstreamKind.ENDPOINT, status__in=PROBED_STATUSES)
+        .exclude(upstream_base_url="")
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+
+
+def deployment_health_check(*, deployment_id: int, now: datetime | None = None) -> Deployment | None:
+    """Probe one deployment and record Running/Unreachable. None when it is not probed (stopped, gone)."""
+    deployment = (
+        Deployment.objects.select_related("workspace")
+        .filter(id=deployment_id, upstream_kind=UpstreamKind.ENDPOINT, status__in=PROBED_STATUSES)
+        .exclude(upstream_base_url="")
+        .first()
+    )
+    if deployment is None:
+        return None
+    try:
+        api_key = decrypt(deployment.upstream_api_key_encrypted) if deployment.upstream_api_key_encrypted else ""
+    except ValueError:
+        result = ProbeResult(False, "The stored upstream API key cannot be decrypted (was ENCRYPTION_KEY or SECRET_KEY changed?).")
+    else:
+        result = probe_upstream(
+            base_url=deployment.upstream_base_url, api_key=api_key, timeout=min(PROBE_TIMEOUT_SECONDS, deployment.timeout_seconds)
+        )
+    status = DeploymentStatus.RUNNING if result.reachable else DeploymentStatus.UNREACHABLE
+    now = now or timezone.now()
+    with transaction.atomic():
+        # Conditional on the status read before the probe: a deployment stopped (or probed by a
+        # concurrent check) meanwhile keeps what the other writer set.
+        updated = Deployment.objects.filter(id=deployment.id, status=deployment.status).update(
+            status=status, last_error=result.error[:500], last_checked_at=now
+        )
+        if updated and status != deployment.status:
+            logger.warning("deployment %s is now %s: %s", deployment.model_id, status, result.error or "upstream answered")
+            audit_record(
+                workspace=deployment.workspace,
+                actor=Actor.system("health check"),
+                action="deployment.reachable" if result.reachable else "deployment.unreachable",
+                target=deployment,
+                details={"from": deployment.status, "to": status, "error": result.error[:200]},
+            )
+    deployment.refresh_from_db(fields=["status", "last_error", "last_checked_at"])
+    return deployment
+
+
+def deployment_probe_on_commit(*, deployment_id: int) -> None:
+    """For request code (create, start, upstream change): probe once the change is committed."""
+    from deployments.tasks import deployment_probe
+
+    transaction.on_commit(lambda: deployment_probe.delay(deployment_id))

@@ -1,0 +1,314 @@
+"""Usage aggregation at the service level: totals, local days, idempotency, late events, crashes, gaps."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.db import connection
+
+from console.audit import Actor
+from console.services import workspace_create
+from usage import rollup
+from usage.models import UsageCursor, UsageDaily, UsageDayBucket, UsageEvent, UsageHourBucket, UsageHourly
+from usage.services import usage_backfill, usage_rollup, usage_workspace_rebuild, usage_workspace_rebuild_on_commit
+
+from .usage_factory import event, event_totals, make_deployment, make_key, rollup_totals, snapshots
+
+NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def acme(world):
+    """The world's organisation with two keys and two priced deployments, and a sub-workspace key."""
+    world.key_a, world.key_b = make_key(world.org, "backend"), make_key(world.org, "batch")
+    world.sub_key = make_key(world.sub, "research")
+    world.chat = make_deployment(world.org, "chat", price=("0.50", "1.50"), at=NOW - timedelta(days=30))
+    world.embed = make_deployment(world.org, "embed", price=("0.10", "0"), at=NOW - timedelta(days=30))
+    return world
+
+
+def _history(w) -> list[UsageEvent]:
+    """Three days of mixed traffic in the organisation and its sub-workspace."""
+    events = []
+    for day in range(3):
+        base = NOW - timedelta(days=day, hours=2)
+        for i in range(6):
+            events.append(event(w.org, base + timedelta(minutes=i), key=w.key_a, deployment=w.chat, prompt=100 + i,
+                                completion=10 * i, latency=100 * (i + 1), status=500 if i == 5 else 200))
+        events.append(event(w.org, base, key=w.key_b, deployment=w.embed, prompt=4000, completion=0, estimated=True, latency=40))
+        events.append(event(w.sub, base, key=w.sub_key, deployment=w.chat, prompt=7, completion=3, status=429, latency=5))
+    return events
+
+
+def test_rollup_totals_equal_the_events_exactly(acme):
+    _history(acme)
+    assert UsageDaily.objects.count() == 0
+
+    report = usage_rollup(now=NOW)
+
+    assert report.events_seen == 24
+    for ws in (acme.org, acme.sub):
+        for day in (date(2026, 3, 8), date(2026, 3, 9), date(2026, 3, 10)):
+            start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+            expected = event_totals(workspace=ws, created_at__gte=start, created_at__lt=start + timedelta(days=1))
+            assert rollup_totals(workspace=ws, day=day) == expected
+            assert expected["requests"] > 0
+    assert rollup_totals()["cost"] == event_totals()["cost"] > 0
+    # The hourly rollups (all inside the last 48 hours here except day -2) add up as well.
+    recent = NOW - timedelta(hours=48)
+    assert rollup_totals(UsageHourly) == event_totals(created_at__gte=rollup.hour_floor(recent))
+
+
+def test_rollup_row_holds_each_metric_for_its_key_and_deployment(acme):
+    _history(acme)
+    usage_rollup(now=NOW)
+
+    row = UsageDaily.objects.get(workspace=acme.org, day=date(2026, 3, 10), api_key=acme.key_a, deployment=acme.chat)
+    assert (row.requests, row.errors) == (6, 1)
+    assert (row.prompt_tokens, row.completion_tokens, row.total_tokens) == (615, 150, 765)
+    assert (row.estimated_requests, row.estimated_tokens) == (0, 0)
+    # 615 × 0.50 + 150 × 1.50 per million
+    assert row.cost == Decimal("0.000532500")
+    # latencies 100..600: PERCENTILE_CONT gives 350 and 575
+    assert (row.latency_p50_ms, row.latency_p95_ms) == (350, 575)
+    assert (row.model, row.currency) == ("@acme/chat", "USD")
+
+    embed = UsageDaily.objects.get(workspace=acme.org, day=date(2026, 3, 10), deployment=acme.embed)
+    assert (embed.estimated_requests, embed.estimated_tokens) == (1, 4000)
+
+
+def test_day_is_the_local_day_of_the_workspace_including_dst_and_half_hour_zones(acme):
+    actor = Actor.system("tests")
+    berlin = workspace_create(name="Berlin", slug="berlin", time_zone="Europe/Berlin", actor=actor)
+    kolkata = workspace_create(name="Kolkata", slug="kolkata", time_zone="Asia/Kolkata", actor=actor)
+    # Berlin: 22:30 UTC is 23:30 on Mar 28 (CET) but 00:30 on Mar 30 (CEST, after the switch).
+    event(berlin, datetime(2026, 3, 28, 22, 30, tzinfo=UTC))
+    event(berlin, datetime(2026, 3, 29, 22, 30, tzinfo=UTC))
+    # Kolkata (+05:30): one UTC hour spans two local days.
+    event(kolkata, datetime(2026, 3, 27, 18, 15, tzinfo=UTC))
+    event(kolkata, datetime(2026, 3, 27, 18, 45, tzinfo=UTC))
+    event(acme.org, datetime(2026, 3, 28, 22, 30, tzinfo=UTC))
+
+    usage_rollup(now=datetime(2026, 3, 30, 12, tzinfo=UTC))
+
+    days = lambda ws: dict(UsageDaily.objects.filter(workspace=ws).values_list("day", "requests"))  # noqa: E731
+    assert days(berlin) == {date(2026, 3, 28): 1, date(2026, 3, 30): 1}
+    assert days(kolkata) == {date(2026, 3, 27): 1, date(2026, 3, 28): 1}
+    assert days(acme.org) == {date(2026, 3, 28): 1}
+
+
+def test_running_twice_gives_identical_rows_and_does_no_work(acme):
+    _history(acme)
+    usage_rollup(now=NOW)
+    first = snapshots()
+    done_at = set(UsageDayBucket.objects.values_list("computed_at", flat=True))
+
+    report = usage_rollup(now=NOW + timedelta(minutes=1))
+
+    assert (report.events_seen, report.day_buckets, report.hour_buckets) == (0, 0, 0)
+    assert snapshots() == first
+    assert set(UsageDayBucket.objects.values_list("computed_at", flat=True)) == done_at
+    # A full backfill recomputes everything and still lands on the same rows.
+    usage_backfill(now=NOW + timedelta(minutes=2))
+    assert snapshots() == first
+
+
+def test_late_event_reopens_only_its_bucket(acme):
+    _history(acme)
+    usage_rollup(now=NOW)
+    yesterday = date(2026, 3, 9)
+    before = rollup_totals(workspace=acme.org, day=yesterday)
+    today_bucket = UsageDayBucket.objects.get(workspace=acme.org, day=date(2026, 3, 10))
+
+    late = event(acme.org, datetime(2026, 3, 9, 18, 0, tzinfo=UTC), key=acme.key_a, deployment=acme.chat, prompt=1000, completion=1000)
+    later = NOW + timedelta(minutes=5)
+    report = usage_rollup(now=later)
+
+    assert report.events_seen == 1
+    assert report.day_buckets == 1  # yesterday only: nothing else is rescanned
+    after = rollup_totals(workspace=acme.org, day=yesterday)
+    assert after["requests"] == before["requests"] + 1
+    assert after["cost"] == before["cost"] + late.cost
+    today_bucket.refresh_from_db()
+    assert today_bucket.computed_at == NOW  # untouched by the late event's run
+    assert UsageDayBucket.objects.get(workspace=acme.org, day=yesterday).computed_at == later
+
+
+def test_price_change_does_not_alter_past_cost(acme):
+    _history(acme)
+    usage_rollup(now=NOW)
+    past = rollup_totals(workspace=acme.org, day=date(2026, 3, 9))["cost"]
+
+    # The price doubles from now on; a new call is costed at the new price, yesterday's are not.
+    acme.chat.prices.create(effective_from=NOW, input_per_million=Decimal("1.00"), output_per_million=Decimal("3.00"))
+    new = event(acme.org, NOW + timedelta(minutes=1), key=acme.key_a, deployment=acme.chat, prompt=1_000_000, completion=0)
+    assert new.cost == Decimal("1.000000000")
+    today_before = rollup_totals(workspace=acme.org, day=date(2026, 3, 10))["cost"]
+    usage_rollup(now=NOW + timedelta(minutes=2))
+    usage_backfill(now=NOW + timedelta(minutes=3))  # even a full recompute
+
+    assert rollup_totals(workspace=acme.org, day=date(2026, 3, 9))["cost"] == past
+    assert rollup_totals(workspace=acme.org, day=date(2026, 3, 10))["cost"] == today_before + Decimal("1.000000000")
+
+
+def test_crash_inside_a_batch_leaves_the_bucket_for_the_next_run(acme, settings, monkeypatch):
+    _history(acme)
+    usage_rollup(now=NOW)
+    uninterrupted = snapshots()
+    UsageDaily.objects.all().delete()
+    UsageHourly.objects.all().delete()
+    UsageDayBucket.objects.all().delete()
+    UsageHourBucket.objects.all().delete()
+    UsageCursor.objects.all().delete()
+
+    settings.USAGE_ROLLUP_BATCH_SIZE = 1
+    batches = []
+
+    def crash_on_third_batch():
+        batches.append(1)
+        if len(batches) == 3:
+            raise ConnectionError("worker died")
+
+    monkeypatch.setattr(rollup, "_test_pause", crash_on_third_batch)
+    with pytest.raises(ConnectionError):
+        usage_rollup(now=NOW)
+
+    # Two buckets committed, the third rolled back and still dirty, the rest untouched.
+    assert UsageDayBucket.objects.filter(dirty=False).count() == 2
+    assert UsageDayBucket.objects.filter(dirty=True).count() == 4
+    assert UsageDaily.objects.values("workspace", "day").distinct().count() == 2
+
+    monkeypatch.undo()
+    usage_rollup(now=NOW + timedelta(seconds=30))
+    assert snapshots() == uninterrupted
+
+
+def test_hourly_rollups_cover_the_last_48_hours_and_older_hours_are_pruned(acme):
+    event(acme.org, NOW - timedelta(hours=1))
+    event(acme.org, NOW - timedelta(hours=47))
+    event(acme.org, NOW - timedelta(hours=60))
+    usage_rollup(now=NOW)
+
+    hours = set(UsageHourly.objects.values_list("hour", flat=True))
+    assert hours == {rollup.hour_floor(NOW - timedelta(hours=1)), rollup.hour_floor(NOW - timedelta(hours=47))}
+    assert rollup_totals()["requests"] == 3
+
+    usage_rollup(now=NOW + timedelta(hours=24))
+    assert set(UsageHourly.objects.values_list("hour", flat=True)) == {rollup.hour_floor(NOW - timedelta(hours=1))}
+    assert not UsageHourBucket.objects.filter(hour__lt=NOW - timedelta(hours=25)).exists()
+
+
+def _pending() -> list[list[int]]:
+    return [g[:2] for g in UsageCursor.objects.get().pending_gaps]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_event_committed_out_of_id_order_is_counted(acme):
+    """A gateway transaction that took an id first but commits last is not skipped by the high-water mark."""
+    event(acme.org, NOW - timedelta(minutes=30))
+    usage_rollup(now=NOW)
+    params = connection.get_connection_params()
+    other = psycopg.connect(**{k: v for k, v in params.items() if k in ("dbname", "user", "host", "port", "password")})
+    try:
+        slow = event(acme.org, NOW - timedelta(minutes=20), save=False)
+        with other.cursor() as cur:  # takes the next id, does not commit yet
+            cur.execute(
+                "INSERT INTO usage_usageevent (request_id, created_at, workspace_id, model, endpoint, prompt_tokens, completion_tokens,"
+                " total_tokens, estimated, status_code, error_code, aborted, streamed, is_test_call, latency_ms,"
+                " input_price_per_million, output_price_per_million, currency, cost)"
+                " VALUES (%s, %s, %s, 'slow', 'chat.completions', 1, 1, 2, false, 200, '', false, false, false, 10, 0, 0, 'USD', 0)"
+                " RETURNING id",
+                [slow.request_id, slow.created_at, acme.org.id],
+            )
+            slow_id = cur.fetchone()[0]
+        fast = event(acme.org, NOW - timedelta(minutes=10))
+        assert fast.id > slow_id
+
+        report = usage_rollup(now=NOW + timedelta(minutes=1))
+        assert report.events_seen == 1
+        assert [slow_id, slow_id] in _pending()
+        assert rollup_totals(workspace=acme.org)["requests"] == 2
+
+        other.commit()
+        report = usage_rollup(now=NOW + timedelta(minutes=2))
+        assert report.events_seen == 1
+        assert not any(low <= slow_id <= high for low, high in _pending())
+        assert rollup_totals(workspace=acme.org)["requests"] == 3 == event_totals(workspace=acme.org)["requests"]
+    finally:
+        other.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_id_that_never_commits_is_given_up_after_the_ttl(acme):
+    event(acme.org, NOW - timedelta(minutes=30))
+    usage_rollup(now=NOW)
+    params = connection.get_connection_params()
+    with psycopg.connect(**{k: v for k, v in params.items() if k in ("dbname", "user", "host", "port", "password")}) as other:
+        lost = other.execute("SELECT nextval(pg_get_serial_sequence('usage_usageevent', 'id'))").fetchone()[0]  # never used
+        other.rollback()
+    event(acme.org, NOW - timedelta(minutes=10))
+
+    usage_rollup(now=NOW + timedelta(minutes=1))
+    assert [lost, lost] in _pending()
+    usage_rollup(now=NOW + timedelta(seconds=60 + settings.USAGE_GAP_TTL_SECONDS - 1))
+    assert [lost, lost] in _pending()
+    usage_rollup(now=NOW + timedelta(seconds=62 + settings.USAGE_GAP_TTL_SECONDS))
+    assert _pending() == []
+    assert rollup_totals(workspace=acme.org)["requests"] == 2
+
+
+def test_aggregate_usage_command_backfills_one_workspace_from_a_date(acme, capsys):
+    _history(acme)
+    usage_rollup(now=NOW)
+    good = snapshots()
+    # Damage rows in both workspaces; the command repairs only what it is asked to.
+    UsageDaily.objects.filter(workspace=acme.org).update(requests=999)
+    UsageDaily.objects.filter(workspace=acme.sub).update(requests=999)
+
+    call_command("aggregate_usage", "--workspace", "acme", "--since", "2026-03-09")
+
+    out = capsys.readouterr().out
+    assert "workspace acme from 2026-03-09" in out and "2 day bucket(s)" in out
+    assert set(UsageDaily.objects.filter(workspace=acme.org, day__gte=date(2026, 3, 9)).values_list("requests", flat=True)) != {999}
+    assert set(UsageDaily.objects.filter(workspace=acme.org, day=date(2026, 3, 8)).values_list("requests", flat=True)) == {999}
+    assert set(UsageDaily.objects.filter(workspace=acme.sub).values_list("requests", flat=True)) == {999}
+
+    call_command("aggregate_usage")
+    assert snapshots()[0] == good[0]
+
+
+def test_aggregate_usage_command_refuses_bad_input(acme):
+    with pytest.raises(CommandError, match="No workspace with slug 'nope'"):
+        call_command("aggregate_usage", "--workspace", "nope")
+    with pytest.raises(CommandError, match="not a date"):
+        call_command("aggregate_usage", "--since", "yesterday")
+    assert UsageDayBucket.objects.count() == 0
+
+
+def test_time_zone_change_rebuild_moves_rows_to_the_new_local_days(acme):
+    event(acme.sub, datetime(2026, 3, 9, 23, 30, tzinfo=UTC))
+    usage_rollup(now=NOW)
+    assert list(UsageDaily.objects.filter(workspace=acme.sub).values_list("day", flat=True)) == [date(2026, 3, 9)]
+
+    acme.sub.time_zone = "Europe/Berlin"
+    acme.sub.save(update_fields=["time_zone"])
+    usage_workspace_rebuild(workspace_id=acme.sub.id, now=NOW + timedelta(minutes=1))
+
+    assert list(UsageDaily.objects.filter(workspace=acme.sub).values_list("day", flat=True)) == [date(2026, 3, 10)]
+
+
+def test_rebuild_is_enqueued_only_after_commit(acme, django_capture_on_commit_callbacks, monkeypatch):
+    sent = []
+    monkeypatch.setattr("usage.tasks.usage_rebuild_workspace.delay", lambda *args: sent.append(args))
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        usage_workspace_rebuild_on_commit(workspace_id=acme.sub.id)
+        assert sent == []  # not before the commit
+
+    assert len(callbacks) == 1
+    assert sent == [(acme.sub.id,)]

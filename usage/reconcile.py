@@ -1,0 +1,207 @@
+"""Reconciliation: prove the daily rollups add up to the usage events, per workspace and day.
+
+Two checks over a window of days:
+- rollup: Σ UsageDaily == Σ UsageEvent (requests, prompt/completion/total tokens, cost to the
+  nano) for every (workspace, local day);
+- tree: a default workspace's total, summed over its tree in one query, equals its own rollups
+  plus its sub-workspaces' and equals their events.
+
+A (workspace, day) whose bucket is dirty, or that has events discovery has not seen yet, is in
+flight and skipped; anything else that differs is drift: logged, stored as an open UsageDrift
+(the admins' banner), and its buckets are marked dirty so the next rollup recomputes them. A
+later check that finds the numbers equal resolves the drift.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from django.db import transaction
+from django.db.models import BigIntegerField, Count, F, Q, Sum
+from django.db.models.functions import Cast, Coalesce, Round, TruncDate
+from django.utils import timezone
+
+from console.models import Workspace
+from usage.models import DriftCheck, UsageCursor, UsageDaily, UsageDayBucket, UsageDrift, UsageEvent
+from usage.rollup import NANOS, ONE_DAY, _ranges_q, local_day_start, mark_dirty
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_nanos")
+Totals = tuple[int, int, int, int, int]
+ZERO: Totals = (0, 0, 0, 0, 0)
+
+
+def _nanos(column: str):
+    return Coalesce(Cast(Sum(Round(F(column) * NANOS)), BigIntegerField()), 0)
+
+
+EVENT_SUMS = {
+    "s_requests": Count("id"),
+    "s_prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
+    "s_completion_tokens": Coalesce(Sum("completion_tokens"), 0),
+    "s_total_tokens": Coalesce(Sum("total_tokens"), 0),
+    "s_cost_nanos": _nanos("cost"),
+}
+ROLLUP_SUMS = {
+    "s_requests": Coalesce(Sum("requests"), 0),
+    "s_prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
+    "s_completion_tokens": Coalesce(Sum("completion_tokens"), 0),
+    "s_total_tokens": Coalesce(Sum("total_tokens"), 0),
+    "s_cost_nanos": _nanos("cost"),
+}
+
+
+def _totals(row: dict) -> Totals:
+    return tuple(int(row[f"s_{m}"]) for m in METRICS)
+
+
+def _add(a: Totals, b: Totals) -> Totals:
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+def _details(expected: Totals, actual: Totals) -> dict:
+    def show(metric: str, value: int) -> str:
+        return str(Decimal(value).scaleb(-9)) if metric == "cost_nanos" else str(value)
+
+    return {
+        ("cost" if m == "cost_nanos" else m): {"expected": show(m, e), "actual": show(m, a)}
+        for m, e, a in zip(METRICS, expected, actual, strict=True)
+        if e != a
+    }
+
+
+@dataclass
+class ReconcileReport:
+    since: date | None
+    checked: int = 0
+    in_flight: int = 0
+    drifts: list[tuple[str, date, str, dict]] = field(default_factory=list)
+    resolved: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.drifts
+
+
+def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileReport:
+    """Compare rollups with events from `since` (a local date; None: all history)."""
+    now = now or timezone.now()
+    report = ReconcileReport(since=since)
+    # Snapshot what counts as in flight before reading sums: anything discovered later than
+    # this has an id above high_water (or in a pending gap) and is recognised as such below.
+    cursor = UsageCursor.objects.filter(pk=1).first()
+    high_water = cursor.high_water_id if cursor else 0
+    gaps = [(g[0], g[1]) for g in cursor.pending_gaps] if cursor else []
+    dirty = UsageDayBucket.objects.filter(dirty=True)
+    if since is not None:
+        dirty = dirty.filter(day__gte=since)
+    dirty_days = set(dirty.values_list("workspace_id", "day"))
+
+    workspaces = {w.id: w for w in Workspace.objects.only("id", "slug", "parent_id", "time_zone")}
+    by_zone: dict[str, list[int]] = defaultdict(list)
+    for w in workspaces.values():
+        by_zone[w.time_zone].append(w.id)
+
+    rollup_qs = UsageDaily.objects.all() if since is None else UsageDaily.objects.filter(day__gte=since)
+    rollups = {(r["workspace_id"], r["day"]): _totals(r) for r in rollup_qs.values("workspace_id", "day").annotate(**ROLLUP_SUMS).order_by()}
+    tree_rollups = {
+        (r["root"], r["day"]): _totals(r)
+        for r in rollup_qs.annotate(root=Coalesce("workspace__parent_id", "workspace_id")).values("root", "day").annotate(**ROLLUP_SUMS).order_by()
+    }
+    events: dict[tuple[int, date], Totals] = {}
+    for zone, ids in by_zone.items():
+        tz = ZoneInfo(zone)
+        qs = UsageEvent.objects.filter(workspace_id__in=ids)
+        if since is not None:
+            qs = qs.filter(created_at__gte=local_day_start(since, tz))
+        for r in qs.annotate(d=TruncDate("created_at", tzinfo=tz)).values("workspace_id", "d").annotate(**EVENT_SUMS).order_by():
+            events[(r["workspace_id"], r["d"])] = _totals(r)
+
+    def in_flight(ws: int, day: date) -> bool:
+        if (ws, day) in dirty_days:
+            return True
+        tz = ZoneInfo(workspaces[ws].time_zone)
+        window = UsageEvent.objects.filter(workspace_id=ws, created_at__gte=local_day_start(day, tz), created_at__lt=local_day_start(day + ONE_DAY, tz))
+        unseen = Q(id__gt=high_water) | _ranges_q(gaps) if gaps else Q(id__gt=high_water)
+        return window.filter(unseen).exists()
+
+    found: dict[tuple[int, date, str], dict] = {}
+    skipped: set[tuple[int, date]] = set()
+    for key in sorted(set(rollups) | set(events)):
+        report.checked += 1
+        expected, actual = events.get(key, ZERO), rollups.get(key, ZERO)
+        if expected != actual:
+            if in_flight(*key):
+                skipped.add(key)
+            else:
+                found[(*key, DriftCheck.ROLLUP)] = _details(expected, actual)
+
+    tree_members: dict[int, list[int]] = defaultdict(list)
+    for w in workspaces.values():
+        tree_members[w.parent_id or w.id].append(w.id)
+    for root, day in sorted(set(tree_rollups) | {(workspaces[ws].parent_id or ws, d) for ws, d in events}):
+        members = tree_members[root]
+        expected = ZERO
+        parts = ZERO
+        for ws in members:
+            expected = _add(expected, events.get((ws, day), ZERO))
+            parts = _add(parts, rollups.get((ws, day), ZERO))
+        total = tree_rollups.get((root, day), ZERO)
+        if total == parts == expected:
+            continue
+        if any((ws, day) in skipped for ws in members):
+            continue  # a member is still being recomputed
+        if any((ws, day, DriftCheck.ROLLUP) in found for ws in members) and total == parts:
+            continue  # already reported for the sub-workspace that drifts
+        details = _details(expected, total)
+        if total != parts:
+            details["own_plus_sub_workspaces"] = _details(parts, total)
+        found[(root, day, DriftCheck.TREE)] = details
+
+    report.in_flight = len(skipped)
+    report.drifts = [(workspaces[ws].slug, day, kind, details) for (ws, day, kind), details in sorted(found.items())]
+    _record(found=found, skipped=skipped, since=since, now=now, workspaces=workspaces, tree_members=tree_members, report=report)
+    return report
+
+
+def _record(*, found, skipped, since, now, workspaces, tree_members, report: ReconcileReport) -> None:
+    with transaction.atomic():
+        open_drifts = UsageDrift.objects.select_for_update().filter(resolved_at__isnull=True)
+        if since is not None:
+            open_drifts = open_drifts.filter(day__gte=since)
+        known = {(d.workspace_id, d.day, d.kind): d for d in open_drifts}
+        for key, details in found.items():
+            ws, day, kind = key
+            logger.error("usage drift: workspace %s, day %s, %s: %s", workspaces[ws].slug, day, kind, details)
+            drift = known.pop(key, None)
+            if drift is None:
+                UsageDrift.objects.create(workspace_id=ws, day=day, kind=kind, details=details, first_seen_at=now, last_seen_at=now)
+            else:
+                drift.details, drift.last_seen_at = details, now
+                drift.save(update_fields=["details", "last_seen_at"])
+        for (ws, day, _kind), drift in known.items():
+            if (ws, day) in skipped:
+                continue  # still being recomputed: neither confirmed nor cleared
+            drift.resolved_at = now
+            drift.save(update_fields=["resolved_at"])
+            report.resolved += 1
+            logger.info("usage drift resolved: workspace %s, day %s", workspaces[ws].slug, day)
+        if found:
+            # Self-heal: recompute the drifting days from events on the next rollup run.
+            heal = set()
+            for ws, day, kind in found:
+                heal.update((member, day) for member in (tree_members[ws] if kind == DriftCheck.TREE else [ws]))
+            mark_dirty(day_keys=heal, hour_keys=[], now=now)
+            from usage.tasks import usage_rollup
+
+            transaction.on_commit(usage_rollup.delay)
+
+
+def default_window(now: datetime, days: int) -> date:
+    return (now - timedelta(days=days)).date()
