@@ -312,3 +312,34 @@ def test_rebuild_is_enqueued_only_after_commit(acme, django_capture_on_commit_ca
 
     assert len(callbacks) == 1
     assert sent == [(acme.sub.id,)]
+
+
+def test_id_holes_are_found_exactly_across_id_blocks(acme):
+    base = (UsageEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0) + 10 * rollup.ID_BLOCK
+    for offset in (1, 2, 1500, 4000):
+        e = event(acme.org, NOW, save=False)
+        e.id = base + offset
+        e.save()
+
+    count, top, holes = rollup._scan_new(base)
+
+    assert (count, top) == (4, base + 4000)
+    # 1500 and 4000 sit in other blocks of 1024 ids; the block between them holds no event at all.
+    assert holes == [(base + 3, base + 1499), (base + 1501, base + 3999)]
+    assert rollup._scan_new(base + 4000) == (0, base + 4000, [])
+
+
+def test_a_large_backlog_is_discovered_by_span_with_the_same_result(acme, monkeypatch):
+    _history(acme)
+    event(acme.sub, NOW - timedelta(days=9))  # a gap of empty days to span over
+    usage_rollup(now=NOW)
+    exact = snapshots()
+    for model in (UsageDaily, UsageHourly, UsageDayBucket, UsageHourBucket, UsageCursor):
+        model.objects.all().delete()
+
+    monkeypatch.setattr(rollup, "COARSE_DISCOVERY_EVENTS", 0)
+    usage_rollup(now=NOW)
+
+    assert snapshots() == exact
+    # The empty days in between were marked too, and recomputed to nothing.
+    assert UsageDayBucket.objects.filter(workspace=acme.sub).count() == 10

@@ -7,8 +7,10 @@ on each new connection (usage.apps), so the rollup query is one code path on bot
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
-from django.db.models import Aggregate, FloatField
+from django.db.models import Aggregate, DateField, DecimalField, FloatField, Func, Sum
 
 
 class Percentile(Aggregate):
@@ -28,6 +30,39 @@ class Percentile(Aggregate):
         return self.as_sql(
             compiler, connection, function="GH_PERCENTILE_CONT", template="%(function)s(%(expressions)s, %(fraction)r)", **extra_context
         )
+
+
+class ExactSum(Sum):
+    """SUM of a decimal column, exact on both databases.
+
+    PostgreSQL's numeric SUM is exact. SQLite stores decimals as floats: each value is rounded
+    back to its exact nanos (9 decimal places) and the integer-valued floats add exactly.
+    """
+
+    output_field = DecimalField(max_digits=24, decimal_places=9)
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        return self.as_sql(compiler, connection, template="(SUM(ROUND(%(expressions)s * 1000000000)) / 1000000000.0)", **extra_context)
+
+
+class LocalDate(Func):
+    """The calendar date of a timestamp in a time zone that may differ per row (an expression)."""
+
+    output_field = DateField()
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        return self.as_sql(compiler, connection, template="((%(expressions)s))::date", arg_joiner=" AT TIME ZONE ", **extra_context)
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        return self.as_sql(compiler, connection, function="GH_LOCAL_DATE", **extra_context)
+
+
+def local_date(value: str | None, zone: str) -> str | None:
+    """SQLite side of LocalDate: Django stores UTC timestamps there as ISO text."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return moment.astimezone(ZoneInfo(zone)).date().isoformat()
 
 
 class PercentileCont:
@@ -55,3 +90,4 @@ class PercentileCont:
 def register_sqlite_functions(sender, connection, **kwargs) -> None:
     if connection.vendor == "sqlite":
         connection.connection.create_aggregate("GH_PERCENTILE_CONT", 2, PercentileCont)
+        connection.connection.create_function("GH_LOCAL_DATE", 2, local_date, deterministic=True)

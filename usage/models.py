@@ -51,11 +51,12 @@ class RollupMetrics(models.Model):
 
     workspace = models.ForeignKey("console.Workspace", on_delete=models.CASCADE, related_name="+")
     # SET_NULL like the events: a deleted key or deployment folds into the "deleted" row on the
-    # bucket's next recompute, and `model` keeps the name for display meanwhile.
+    # bucket's next recompute. The deployment is the identity; `model` is its label (the name the
+    # events carried, the greatest if it was renamed), kept for display after a deletion.
     api_key = models.ForeignKey("keys.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+")
     deployment = models.ForeignKey("deployments.Deployment", null=True, on_delete=models.SET_NULL, related_name="+")
-    model = models.CharField(max_length=200)
     currency = models.CharField(max_length=3)
+    model = models.CharField(max_length=200)
 
     requests = models.PositiveIntegerField()
     errors = models.PositiveIntegerField(help_text="Requests answered with HTTP status 400 or above")
@@ -73,7 +74,7 @@ class RollupMetrics(models.Model):
 
 
 class UsageDaily(RollupMetrics):
-    """Per workspace × key × deployment (× model, currency) × day, the day in the workspace's time zone."""
+    """Per workspace × key × deployment (× currency) × day, the day in the workspace's time zone."""
 
     day = models.DateField()
 

@@ -26,19 +26,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
-from decimal import ROUND_HALF_UP, Decimal
 from functools import reduce
 from operator import or_
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import BigIntegerField, Count, F, Max, Min, Q, Sum, Window
+from django.db.models import Case, CharField, Count, DecimalField, F, IntegerField, Max, Min, Q, Sum, Value, When, Window
 from django.db.models.functions import Cast, Coalesce, Lead, Round, TruncDate, TruncHour
 from django.utils import timezone
 
 from console.models import Workspace
-from usage.aggregates import Percentile
+from usage.aggregates import ExactSum, LocalDate, Percentile
 from usage.models import UsageCursor, UsageDaily, UsageDayBucket, UsageEvent, UsageHourBucket, UsageHourly
 
 logger = logging.getLogger(__name__)
@@ -49,21 +48,30 @@ ONE_HOUR = timedelta(hours=1)
 # A cursor row holding more open gaps than this is a sign of trouble, not of concurrency; the
 # oldest are given up first (they are the least likely still to commit).
 MAX_PENDING_GAPS = 2000
+# Above this many new events, discovery marks whole spans of days instead of grouping every event by hour.
+COARSE_DISCOVERY_EVENTS = 200_000
+# Discovery counts new ids per block of this many to find the few blocks that have holes.
+ID_BLOCK = 1024
 
-GROUP_FIELDS = ("workspace_id", "api_key_id", "deployment_id", "model", "currency")
-# Cost is summed as integer nanos: exact on PostgreSQL (numeric) and on SQLite (whose decimal
-# columns are floats; each cost rounds back to its exact nanos, and integers add exactly).
-METRICS = {
-    "m_requests": Count("id"),
-    "m_errors": Count("id", filter=Q(status_code__gte=400)),
-    "m_prompt_tokens": Sum("prompt_tokens"),
-    "m_completion_tokens": Sum("completion_tokens"),
-    "m_total_tokens": Sum("total_tokens"),
-    "m_estimated_requests": Count("id", filter=Q(estimated=True)),
-    "m_estimated_tokens": Coalesce(Sum("total_tokens", filter=Q(estimated=True)), 0),
-    "m_cost_nanos": Cast(Sum(Round(F("cost") * NANOS)), BigIntegerField()),
-    "m_p50": Percentile("latency_ms", 0.5),
-    "m_p95": Percentile("latency_ms", 0.95),
+
+def _whole_ms(expression):
+    # Rounded half up in SQL on both databases (numeric ROUND on PostgreSQL, ROUND on SQLite).
+    return Cast(Round(Cast(expression, DecimalField(max_digits=20, decimal_places=6))), IntegerField())
+
+
+# Rollup column (without the r_ prefix, which keeps the names clear of the event's own fields)
+# → aggregate over the bucket's events. Cost sums are exact on both databases (ExactSum).
+ROLLUP_COLUMNS = {
+    "r_requests": Count("id"),
+    "r_errors": Count("id", filter=Q(status_code__gte=400)),
+    "r_prompt_tokens": Sum("prompt_tokens"),
+    "r_completion_tokens": Sum("completion_tokens"),
+    "r_total_tokens": Sum("total_tokens"),
+    "r_estimated_requests": Count("id", filter=Q(estimated=True)),
+    "r_estimated_tokens": Coalesce(Sum("total_tokens", filter=Q(estimated=True)), 0),
+    "r_cost": ExactSum("cost"),
+    "r_latency_p50_ms": _whole_ms(Percentile("latency_ms", 0.5)),
+    "r_latency_p95_ms": _whole_ms(Percentile("latency_ms", 0.95)),
 }
 
 
@@ -95,10 +103,6 @@ def days_of_hour(hour: datetime, tz: ZoneInfo) -> set[date]:
     return {hour.astimezone(tz).date(), (hour + ONE_HOUR - timedelta(microseconds=1)).astimezone(tz).date()}
 
 
-def _ms(value: float | None) -> int:
-    return 0 if value is None else int(Decimal(repr(value)).to_integral_value(ROUND_HALF_UP))
-
-
 def _time_zones(workspace_ids: Iterable[int]) -> dict[int, ZoneInfo]:
     return {pk: ZoneInfo(name) for pk, name in Workspace.objects.filter(id__in=set(workspace_ids)).values_list("id", "time_zone")}
 
@@ -110,17 +114,57 @@ def _ranges_q(ranges: Iterable[tuple[int, int]]) -> Q:
     return reduce(or_, (Q(id__gte=low, id__lte=high) for low, high in ranges), Q(pk__in=[]))
 
 
-def _holes(low_exclusive: int, top: int, first_present: int) -> list[tuple[int, int]]:
-    """Id ranges in (low_exclusive, top] with no visible event."""
-    holes = [(low_exclusive + 1, first_present - 1)] if first_present > low_exclusive + 1 else []
+def _holes_in(start: int, end: int) -> list[tuple[int, int]]:
+    """Id ranges within [start, end] with no visible event (over-reporting one is harmless:
+    a pending id that turns out present is simply counted again)."""
+    ids = UsageEvent.objects.filter(id__gte=start, id__lte=end)
+    first = ids.aggregate(first=Min("id"))["first"]
+    if first is None:
+        return [(start, end)]
+    holes = [(start, first - 1)] if first > start else []
     following = (
-        UsageEvent.objects.filter(id__gt=low_exclusive, id__lte=top)
-        .annotate(next_id=Window(Lead("id"), order_by=F("id").asc()))
-        .filter(next_id__gt=F("id") + 1)
+        ids.annotate(next_id=Window(Lead("id"), order_by=F("id").asc()))
+        .filter(Q(next_id__gt=F("id") + 1) | Q(next_id__isnull=True))
         .values_list("id", "next_id")
     )
-    holes.extend((present + 1, next_id - 1) for present, next_id in following)
+    for pk, next_id in sorted(following):
+        if next_id is not None:
+            holes.append((pk + 1, next_id - 1))
+        elif pk < end:
+            holes.append((pk + 1, end))
     return holes
+
+
+def _scan_new(high_water: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """(events, top id, holes) for the ids above high_water, from per-block counts.
+
+    Counting per block of 1024 ids is one cheap pass; only blocks with fewer events than ids
+    are scanned for the exact holes, so a 10 M backlog costs about a second, not a window
+    function over every row.
+    """
+    blocks = {
+        r["block"]: r
+        for r in UsageEvent.objects.filter(id__gt=high_water)
+        .annotate(block=F("id") / ID_BLOCK)
+        .values("block")
+        .annotate(n=Count("id"), last=Max("id"))
+        .order_by()
+    }
+    if not blocks:
+        return 0, high_water, []
+    top = max(r["last"] for r in blocks.values())
+    holes: list[tuple[int, int]] = []
+    for block in range((high_water + 1) // ID_BLOCK, top // ID_BLOCK + 1):
+        start, end = max(high_water + 1, block * ID_BLOCK), min(top, (block + 1) * ID_BLOCK - 1)
+        counted = blocks.get(block)
+        if counted is not None and counted["n"] == end - start + 1:
+            continue
+        for low, high in _holes_in(start, end) if counted is not None else [(start, end)]:
+            if holes and holes[-1][1] + 1 == low:
+                holes[-1] = (holes[-1][0], high)
+            else:
+                holes.append((low, high))
+    return sum(r["n"] for r in blocks.values()), top, holes
 
 
 def _without(gaps: list[list], found: list[int]) -> list[list]:
@@ -154,6 +198,41 @@ def mark_dirty(*, day_keys: Iterable[tuple[int, date]], hour_keys: Iterable[tupl
         )
 
 
+def _buckets_of(events, now: datetime) -> tuple[set, set]:
+    """The (workspace, local day) and (workspace, UTC hour) buckets these events fall in."""
+    groups = list(events.annotate(hour=TruncHour("created_at", tzinfo=UTC)).values_list("workspace_id", "hour").distinct().order_by())
+    zones = _time_zones(ws for ws, _ in groups)
+    cutoff = hourly_cutoff(now)
+    day_keys: set[tuple[int, date]] = set()
+    hour_keys: set[tuple[int, datetime]] = set()
+    for ws, hour in groups:
+        day_keys.update((ws, day) for day in days_of_hour(hour, zones[ws]))
+        if hour >= cutoff:
+            hour_keys.add((ws, hour))
+    return day_keys, hour_keys
+
+
+def _buckets_between(events, now: datetime) -> tuple[set, set]:
+    """For a large backlog (a first run, a restore): every bucket between each workspace's first
+    and last new event. Cheaper to find than the exact set, and an empty bucket costs little."""
+    spans = events.values("workspace_id").annotate(first=Min("created_at"), last=Max("created_at")).order_by()
+    spans = [(s["workspace_id"], s["first"], s["last"]) for s in spans]
+    zones = _time_zones(ws for ws, _, _ in spans)
+    cutoff = hourly_cutoff(now)
+    day_keys: set[tuple[int, date]] = set()
+    hour_keys: set[tuple[int, datetime]] = set()
+    for ws, first, last in spans:
+        day, end = first.astimezone(zones[ws]).date(), last.astimezone(zones[ws]).date()
+        while day <= end:
+            day_keys.add((ws, day))
+            day += ONE_DAY
+        hour = max(hour_floor(first), cutoff)
+        while hour <= last:
+            hour_keys.add((ws, hour))
+            hour += ONE_HOUR
+    return day_keys, hour_keys
+
+
 def discover(*, now: datetime) -> tuple[int, int]:
     """Mark the buckets of events not seen before as dirty and advance the cursor, atomically.
 
@@ -168,28 +247,13 @@ def discover(*, now: datetime) -> tuple[int, int]:
         # Order matters: holes are listed before the events are grouped, so an id that commits
         # in between is both counted now and re-checked later (harmless), never neither.
         found = list(UsageEvent.objects.filter(_ranges_q((g[0], g[1]) for g in gaps)).values_list("id", flat=True)) if gaps else []
-        head = UsageEvent.objects.filter(id__gt=high_water).aggregate(n=Count("id"), top=Max("id"), first=Min("id"))
-        top = head["top"] or high_water
-        new_holes = _holes(high_water, top, head["first"]) if head["n"] and head["n"] != top - high_water else []
+        new_count, top, new_holes = _scan_new(high_water)
 
-        seen = Q(id__gt=high_water, id__lte=top)
-        if found:
-            seen |= Q(id__in=found)
-        groups = list(
-            UsageEvent.objects.filter(seen)
-            .annotate(hour=TruncHour("created_at", tzinfo=UTC))
-            .values_list("workspace_id", "hour")
-            .annotate(n=Count("id"))
-            .order_by()
-        )
-        zones = _time_zones(ws for ws, _, _ in groups)
-        cutoff = hourly_cutoff(now)
-        day_keys: set[tuple[int, date]] = set()
-        hour_keys: set[tuple[int, datetime]] = set()
-        for ws, hour, _ in groups:
-            day_keys.update((ws, day) for day in days_of_hour(hour, zones[ws]))
-            if hour >= cutoff:
-                hour_keys.add((ws, hour))
+        seen = UsageEvent.objects.filter(Q(id__gt=high_water, id__lte=top) | Q(id__in=found))
+        if new_count > COARSE_DISCOVERY_EVENTS:
+            day_keys, hour_keys = _buckets_between(seen, now)
+        else:
+            day_keys, hour_keys = _buckets_of(seen, now)
         mark_dirty(day_keys=day_keys, hour_keys=hour_keys, now=now)
 
         now_ts = now.timestamp()
@@ -209,7 +273,7 @@ def discover(*, now: datetime) -> tuple[int, int]:
         cursor.pending_gaps = pending
         cursor.updated_at = now
         cursor.save(update_fields=["high_water_id", "pending_gaps", "updated_at"])
-    return sum(n for _, _, n in groups), len(pending)
+    return new_count + len(found), len(pending)
 
 
 # --- recompute ---------------------------------------------------------------------------------
@@ -226,31 +290,34 @@ def _spans(keys: list[tuple[int, object]], step) -> list[tuple[int, object, obje
     return [tuple(s) for s in spans]
 
 
-def _rollup_fields(row: dict) -> dict:
-    return {
-        "workspace_id": row["workspace_id"],
-        "api_key_id": row["api_key_id"],
-        "deployment_id": row["deployment_id"],
-        "model": row["model"],
-        "currency": row["currency"],
-        "requests": row["m_requests"],
-        "errors": row["m_errors"],
-        "prompt_tokens": row["m_prompt_tokens"],
-        "completion_tokens": row["m_completion_tokens"],
-        "total_tokens": row["m_total_tokens"],
-        "estimated_requests": row["m_estimated_requests"],
-        "estimated_tokens": row["m_estimated_tokens"],
-        "cost": Decimal(row["m_cost_nanos"]).scaleb(-9),
-        "latency_p50_ms": _ms(row["m_p50"]),
-        "latency_p95_ms": _ms(row["m_p95"]),
-    }
+def _insert_grouped(model, period: str, period_expr, events) -> int:
+    """INSERT INTO <rollup table> SELECT ... grouped events: rows never travel through Python."""
+    grouped = (
+        events.values("workspace_id", "api_key_id", "deployment_id", "currency", r_period=period_expr)
+        .annotate(r_model=Max("model"), **ROLLUP_COLUMNS)
+        .order_by()
+    )
+    sql, params = grouped.query.sql_with_params()
+    qn = connection.ops.quote_name
+    keys = {"workspace_id": "workspace_id", "api_key_id": "api_key_id", "deployment_id": "deployment_id", "currency": "currency",
+            period: "r_period", "model": "r_model"}
+    targets = [*keys, *(name.removeprefix("r_") for name in ROLLUP_COLUMNS)]
+    sources = [*keys.values(), *ROLLUP_COLUMNS]
+    statement = (
+        f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(t) for t in targets)}) "
+        f"SELECT {', '.join('g.' + qn(s) for s in sources)} FROM ({sql}) g"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.rowcount
 
 
 def _tune_session() -> None:
-    # A recompute sorts its events by group; keep that sort in memory on PostgreSQL.
+    # A recompute sorts its events by group: keep that sort in memory. JIT compiling the
+    # aggregate costs more (~100 ms) than it saves on a minute's worth of buckets.
     if connection.vendor == "postgresql":
         with connection.cursor() as c:
-            c.execute("SET LOCAL work_mem = '64MB'")
+            c.execute("SET LOCAL work_mem = '128MB'; SET LOCAL jit = off")
 
 
 def _test_pause() -> None:
@@ -259,43 +326,38 @@ def _test_pause() -> None:
 
 
 def _recompute_days(buckets: list[UsageDayBucket]) -> int:
-    zones = _time_zones(b.workspace_id for b in buckets)
-    by_zone: dict[ZoneInfo, list[tuple[int, date]]] = defaultdict(list)
-    for b in buckets:
-        by_zone[zones[b.workspace_id]].append((b.workspace_id, b.day))
-    written = 0
-    for tz, keys in by_zone.items():
-        wanted = set(keys)
-        spans = _spans(keys, ONE_DAY)
-        UsageDaily.objects.filter(reduce(or_, (Q(workspace_id=ws, day__gte=a, day__lte=b) for ws, a, b in spans))).delete()
-        events = UsageEvent.objects.filter(
-            reduce(
-                or_,
-                (
-                    Q(workspace_id=ws, created_at__gte=local_day_start(a, tz), created_at__lt=local_day_start(b + ONE_DAY, tz))
-                    for ws, a, b in spans
-                ),
-            )
+    names = dict(Workspace.objects.filter(id__in={b.workspace_id for b in buckets}).values_list("id", "time_zone"))
+    spans = _spans([(b.workspace_id, b.day) for b in buckets], ONE_DAY)
+    UsageDaily.objects.filter(reduce(or_, (Q(workspace_id=ws, day__gte=a, day__lte=b) for ws, a, b in spans))).delete()
+    # Each span's event range is exactly its local days, so every row grouped here belongs to a
+    # bucket of this batch. One query for all time zones: the zone is picked per row.
+    events = UsageEvent.objects.filter(
+        reduce(
+            or_,
+            (
+                Q(workspace_id=ws, created_at__gte=local_day_start(a, ZoneInfo(names[ws])),
+                  created_at__lt=local_day_start(b + ONE_DAY, ZoneInfo(names[ws])))
+                for ws, a, b in spans
+            ),
         )
-        grouped = events.annotate(day=TruncDate("created_at", tzinfo=tz)).values(*GROUP_FIELDS, "day").annotate(**METRICS).order_by()
-        rows = [UsageDaily(day=r["day"], **_rollup_fields(r)) for r in grouped if (r["workspace_id"], r["day"]) in wanted]
-        UsageDaily.objects.bulk_create(rows, batch_size=2000)
-        written += len(rows)
-    return written
+    )
+    by_zone: dict[str, list[int]] = defaultdict(list)
+    for ws, name in names.items():
+        by_zone[name].append(ws)
+    if len(by_zone) == 1:
+        zone = Value(next(iter(by_zone)))
+    else:
+        zone = Case(*(When(workspace_id__in=ids, then=Value(name)) for name, ids in by_zone.items()), output_field=CharField())
+    return _insert_grouped(UsageDaily, "day", LocalDate("created_at", zone), events)
 
 
 def _recompute_hours(buckets: list[UsageHourBucket]) -> int:
-    keys = [(b.workspace_id, b.hour) for b in buckets]
-    wanted = set(keys)
-    spans = _spans(keys, ONE_HOUR)
+    spans = _spans([(b.workspace_id, b.hour) for b in buckets], ONE_HOUR)
     UsageHourly.objects.filter(reduce(or_, (Q(workspace_id=ws, hour__gte=a, hour__lte=b) for ws, a, b in spans))).delete()
     events = UsageEvent.objects.filter(
         reduce(or_, (Q(workspace_id=ws, created_at__gte=a, created_at__lt=b + ONE_HOUR) for ws, a, b in spans))
     )
-    grouped = events.annotate(hour=TruncHour("created_at", tzinfo=UTC)).values(*GROUP_FIELDS, "hour").annotate(**METRICS).order_by()
-    rows = [UsageHourly(hour=r["hour"], **_rollup_fields(r)) for r in grouped if (r["workspace_id"], r["hour"]) in wanted]
-    UsageHourly.objects.bulk_create(rows, batch_size=2000)
-    return len(rows)
+    return _insert_grouped(UsageHourly, "hour", TruncHour("created_at", tzinfo=UTC), events)
 
 
 def recompute_batch(*, kind: str, now: datetime, batch_size: int) -> tuple[int, int]:
@@ -310,7 +372,9 @@ def recompute_batch(*, kind: str, now: datetime, batch_size: int) -> tuple[int, 
         buckets = list(
             model.objects.select_for_update(skip_locked=True)
             .filter(dirty=True, marked_at__lte=now)
-            .order_by("workspace_id", order)[:batch_size]
+            # Period-major: a batch covers a stretch of time for all workspaces, which is where
+            # the events of that stretch sit on disk (they are appended in time order).
+            .order_by(order, "workspace_id")[:batch_size]
         )
         if not buckets:
             return 0, 0
