@@ -104,8 +104,11 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "gatehouse.sqlite3",
-            # WAL lets the web server, worker and beat read while one of them writes.
-            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", "timeout": 20},
+            # WAL lets the web server, worker and beat read while one of them writes. IMMEDIATE
+            # transactions take the write lock up front (waiting up to `timeout`), instead of
+            # failing with "database is locked" when a read transaction later needs to write.
+            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", "timeout": 20,
+                        "transaction_mode": "IMMEDIATE"},
         }
     }
 
@@ -180,6 +183,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
     if CELERY_BROKER_URL == "filesystem://"
     else {"visibility_timeout": 3600}
 )
+if CELERY_BROKER_URL == "filesystem://":
+    # The filesystem transport lists its folders on start and fails if they are missing.
+    for _folder in ("broker", "broker-processed"):
+        (VAR_DIR / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
