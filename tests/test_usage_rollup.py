@@ -343,3 +343,10 @@ def test_a_large_backlog_is_discovered_by_span_with_the_same_result(acme, monkey
     assert snapshots() == exact
     # The empty days in between were marked too, and recomputed to nothing.
     assert UsageDayBucket.objects.filter(workspace=acme.sub).count() == 10
+
+    # A later backlog is spanned from its own events (the cursor is past the first run).
+    late = event(acme.org, NOW - timedelta(days=5), key=acme.key_a, deployment=acme.chat)
+    usage_rollup(now=NOW + timedelta(minutes=1))
+    assert rollup_totals(workspace=acme.org, day=late.created_at.date()) == event_totals(
+        workspace=acme.org, created_at__date=late.created_at.date())
+    assert not UsageDayBucket.objects.filter(workspace=acme.sub, computed_at__gt=NOW).exists()  # sub untouched

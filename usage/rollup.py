@@ -212,11 +212,23 @@ def _buckets_of(events, now: datetime) -> tuple[set, set]:
     return day_keys, hour_keys
 
 
-def _buckets_between(events, now: datetime) -> tuple[set, set]:
+def _workspace_spans(events, *, everything: bool) -> list[tuple[int, datetime, datetime]]:
+    """(workspace, first, last created_at) of these events. When they are all the events there
+    are (a first run), two index probes per workspace answer it without reading the table."""
+    if not everything:
+        spans = events.values("workspace_id").annotate(first=Min("created_at"), last=Max("created_at")).order_by()
+        return [(s["workspace_id"], s["first"], s["last"]) for s in spans]
+    spans = []
+    for ws in Workspace.objects.values_list("id", flat=True):
+        probe = UsageEvent.objects.filter(workspace_id=ws).aggregate(first=Min("created_at"), last=Max("created_at"))
+        if probe["first"] is not None:
+            spans.append((ws, probe["first"], probe["last"]))
+    return spans
+
+
+def _buckets_between(spans: list[tuple[int, datetime, datetime]], now: datetime) -> tuple[set, set]:
     """For a large backlog (a first run, a restore): every bucket between each workspace's first
     and last new event. Cheaper to find than the exact set, and an empty bucket costs little."""
-    spans = events.values("workspace_id").annotate(first=Min("created_at"), last=Max("created_at")).order_by()
-    spans = [(s["workspace_id"], s["first"], s["last"]) for s in spans]
     zones = _time_zones(ws for ws, _, _ in spans)
     cutoff = hourly_cutoff(now)
     day_keys: set[tuple[int, date]] = set()
@@ -251,7 +263,9 @@ def discover(*, now: datetime) -> tuple[int, int]:
 
         seen = UsageEvent.objects.filter(Q(id__gt=high_water, id__lte=top) | Q(id__in=found))
         if new_count > COARSE_DISCOVERY_EVENTS:
-            day_keys, hour_keys = _buckets_between(seen, now)
+            # On a first run every event is new: the spans may include events committed since
+            # the count, which only adds buckets.
+            day_keys, hour_keys = _buckets_between(_workspace_spans(seen, everything=high_water == 0), now)
         else:
             day_keys, hour_keys = _buckets_of(seen, now)
         mark_dirty(day_keys=day_keys, hour_keys=hour_keys, now=now)
