@@ -350,3 +350,47 @@ def test_a_large_backlog_is_discovered_by_span_with_the_same_result(acme, monkey
     assert rollup_totals(workspace=acme.org, day=late.created_at.date()) == event_totals(
         workspace=acme.org, created_at__date=late.created_at.date())
     assert not UsageDayBucket.objects.filter(workspace=acme.sub, computed_at__gt=NOW).exists()  # sub untouched
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_runs_split_the_buckets_and_agree_with_one_run(acme, settings, monkeypatch):
+    import threading
+    import time
+
+    from django.db import connections
+
+    _history(acme)
+    usage_rollup(now=NOW)
+    single = snapshots()
+    for model in (UsageDaily, UsageHourly, UsageDayBucket, UsageHourBucket, UsageCursor):
+        model.objects.all().delete()
+
+    settings.USAGE_ROLLUP_BATCH_SIZE = 1
+    batches: list[str] = []
+
+    def slow_batch():
+        batches.append(threading.current_thread().name)
+        time.sleep(0.05)  # keep each bucket locked long enough for the other run to meet it
+
+    monkeypatch.setattr(rollup, "_test_pause", slow_batch)
+    errors = []
+
+    def run():
+        try:
+            usage_rollup(now=NOW)
+        except Exception as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, name=f"run-{i}") for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    buckets = UsageDayBucket.objects.count() + UsageHourBucket.objects.count()
+    assert len(batches) == buckets  # every bucket recomputed exactly once: SKIP LOCKED split the work
+    assert set(batches) == {"run-0", "run-1"}
+    assert snapshots() == single
