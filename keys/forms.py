@@ -57,6 +57,7 @@ class ApiKeySettingsForm(StrictForm):
     byok_credentials = forms.ModelMultipleChoiceField(queryset=None, required=False, to_field_name="public_id", label="BYOK",
                                                       widget=forms.CheckboxSelectMultiple)
     tpm_limit = _whole_number("TPM", MAX_TPM, "Tokens per minute across all calls with this key. Empty: no limit.", "e.g. 60000")
+    tpm_limit.label = "TPM (tokens per minute)"
     yearly_token_limit = _whole_number("Yearly token limit", MAX_YEARLY_TOKENS, "", "e.g. 10000000")
     ip_allowlist = forms.CharField(
         required=False, label="IP allowlist", max_length=8000,

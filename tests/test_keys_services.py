@@ -257,3 +257,21 @@ def test_every_change_is_announced_to_gateways(world, django_capture_on_commit_c
             change()
         assert len(callbacks) == 1
     assert generation(api_key.id) == before + 3
+
+
+def test_touch_records_last_use_at_most_once_a_minute(world, django_assert_num_queries):
+    from keys.services import api_key_touch
+
+    api_key, _ = make_key(world.org)
+    with time_machine.travel(T0, tick=False):
+        with django_assert_num_queries(1):
+            api_key_touch(api_key_id=api_key.id, ip="203.0.113.7")
+    with time_machine.travel(T0 + dt.timedelta(seconds=30), tick=False):
+        api_key_touch(api_key_id=api_key.id, ip="198.51.100.1")
+    api_key.refresh_from_db()
+    assert (api_key.last_used_at, api_key.last_used_ip) == (T0, "203.0.113.7")
+    with time_machine.travel(T0 + dt.timedelta(minutes=2), tick=False):
+        api_key_touch(api_key_id=api_key.id, ip="198.51.100.1")
+    api_key.refresh_from_db()
+    assert (api_key.last_used_at, api_key.last_used_ip) == (T0 + dt.timedelta(minutes=2), "198.51.100.1")
+    assert not AuditEvent.objects.filter(action__contains="touch").exists()
