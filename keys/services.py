@@ -17,6 +17,7 @@ from django.core.validators import URLValidator, validate_slug
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from console.audit import Actor, audit_record
 from console.models import Workspace
@@ -150,12 +151,14 @@ def _snapshot(api_key: ApiKey) -> dict:
     )
 
 
+@sensitive_variables("key")
 def _new_secret(api_key: ApiKey) -> tuple[ApiKeySecret, str]:
     key = tokens.generate()
     secret = ApiKeySecret.objects.create(api_key=api_key, digest=tokens.digest(key, settings.API_KEY_PEPPER), hint=tokens.display_hint(key))
     return secret, key
 
 
+@sensitive_variables("key")
 def api_key_create(
     *,
     workspace: Workspace,
@@ -279,6 +282,7 @@ def api_key_update(
     return locked
 
 
+@sensitive_variables("key")
 def api_key_rotate(
     *, api_key: ApiKey, actor: Actor, grace: dt.timedelta, now: dt.datetime | None = None, expected_hint: str | None = None
 ) -> str:
@@ -369,6 +373,7 @@ def _check_base_url(value: str) -> str:
     return value.rstrip("/")
 
 
+@sensitive_variables("value")
 def _check_provider_key(value: str) -> str:
     value = (value or "").strip()
     if not 8 <= len(value) <= 500 or any(ch.isspace() for ch in value):
@@ -398,6 +403,7 @@ def _keys_using_byok(credential: ByokCredential) -> list[int]:
     )
 
 
+@sensitive_variables("api_key")
 def byok_credential_create(
     *, workspace: Workspace, actor: Actor, name: str, provider: str, base_url: str, api_key: str, model_names: str | Iterable[str]
 ) -> ByokCredential:
@@ -422,6 +428,7 @@ def byok_credential_create(
     return credential
 
 
+@sensitive_variables("api_key")
 def byok_credential_update(
     *, credential: ByokCredential, actor: Actor, provider: str, base_url: str, model_names: str | Iterable[str], api_key: str = ""
 ) -> ByokCredential:
@@ -467,6 +474,7 @@ def byok_credential_delete(*, credential: ByokCredential, actor: Actor) -> None:
 # ---- router providers (installation-wide; edited by site admins in Django admin) ----------------
 
 
+@sensitive_variables("api_key")
 def router_provider_save(*, provider: RouterProvider, api_key: str = "") -> RouterProvider:
     """Save a router provider; a non-empty api_key replaces the stored (encrypted) one. Keys scoped
     to the provider are announced as changed so gateways see a deactivation at once. Django admin's

@@ -16,6 +16,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
@@ -87,6 +88,7 @@ def _example_deployments(api_key: ApiKey) -> list:
     return list(deployments.order_by("name")[:EXAMPLE_LINKS])
 
 
+@sensitive_variables("key")
 def _secret_page(request: HttpRequest, access: WorkspaceAccess, api_key: ApiKey, key: str, *, rotated: bool) -> HttpResponse:
     now = timezone.now()
     grace_until = (
@@ -105,6 +107,7 @@ def _secret_page(request: HttpRequest, access: WorkspaceAccess, api_key: ApiKey,
         return _page(request, access, "keys/api_key_secret_page.html", context)
 
 
+@sensitive_variables("key")
 @login_required
 @require_http_methods(["GET", "POST"])
 @never_cache
@@ -192,6 +195,7 @@ def api_key_edit_validate(request: HttpRequest, ws: str, key: str) -> HttpRespon
         return _feedback(request, form)
 
 
+@sensitive_variables("plaintext")
 @login_required
 @require_POST
 @never_cache
@@ -239,6 +243,7 @@ def byok_page(request: HttpRequest, ws: str) -> HttpResponse:
         return _page(request, access, "keys/byok_page.html", context)
 
 
+@sensitive_post_parameters("api_key")
 @login_required
 @require_http_methods(["GET", "POST"])
 def byok_create(request: HttpRequest, ws: str) -> HttpResponse:
@@ -256,6 +261,7 @@ def byok_create(request: HttpRequest, ws: str) -> HttpResponse:
                  status=400 if request.method == "POST" else 200)
 
 
+@sensitive_post_parameters("api_key")
 @login_required
 @require_http_methods(["GET", "POST"])
 def byok_edit(request: HttpRequest, ws: str, credential: str) -> HttpResponse:

@@ -140,3 +140,11 @@ def test_keys_are_read_only_in_django_admin(world, client):
     make_scope(world)
     page = client.get(reverse("admin:keys_byokcredential_changelist")).content.decode()
     assert "team-openai" in page and "sk-proj-TESTKEY" not in page
+
+
+def test_provider_key_is_hidden_from_error_reports(world, client_for):
+    from django.views.debug import SafeExceptionReporterFilter
+
+    response = client_for(world.admin).post(url("byok_create"), form(name="Bad Name"))
+    filtered = SafeExceptionReporterFilter().get_post_parameters(response.wsgi_request)
+    assert filtered["api_key"] != PROVIDER_KEY and filtered["provider"] == "OpenAI"
