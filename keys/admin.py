@@ -13,11 +13,17 @@ from keys.services import parse_model_names, router_provider_save
 
 class RouterProviderForm(forms.ModelForm):
     api_key = forms.CharField(
-        required=False, label="API key", strip=True, widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        required=False,
+        label="API key",
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
         help_text="Write-only: stored encrypted, never shown. Leave empty to keep the stored key.",
     )
-    model_names = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 4}),
-                                  help_text="Model names this provider serves, one per line (empty: any model).")
+    model_names = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        help_text="Model names this provider serves, one per line (empty: any model).",
+    )
 
     class Meta:
         model = RouterProvider

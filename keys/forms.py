@@ -38,7 +38,10 @@ class DeploymentChoiceField(forms.ModelMultipleChoiceField):
 def _whole_number(label: str, maximum: int, help_text: str, placeholder: str) -> forms.IntegerField:
     message = f"{label}: use a whole number from 1 to {maximum:,}, or leave it empty for no limit."
     return forms.IntegerField(
-        required=False, min_value=1, max_value=maximum, help_text=help_text,
+        required=False,
+        min_value=1,
+        max_value=maximum,
+        help_text=help_text,
         error_messages={"invalid": message, "min_value": message, "max_value": message},
         widget=forms.NumberInput(attrs={"placeholder": placeholder, "min": 1, "step": 1, "inputmode": "numeric"}),
     )
@@ -47,26 +50,35 @@ def _whole_number(label: str, maximum: int, help_text: str, placeholder: str) ->
 class ApiKeySettingsForm(StrictForm):
     """Everything about a key except its name: used to edit, and extended for creation."""
 
-    description = forms.CharField(max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 2}),
-                                  help_text="What uses this key, so a reader knows whether it can be revoked.")
+    description = forms.CharField(
+        max_length=500,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="What uses this key, so a reader knows whether it can be revoked.",
+    )
     all_models = forms.BooleanField(required=False, label="All models")
     deployments = DeploymentChoiceField(queryset=None, required=False, to_field_name="public_id", widget=forms.CheckboxSelectMultiple)
-    router_providers = forms.ModelMultipleChoiceField(queryset=None, required=False, to_field_name="slug", label="Router",
-                                                      widget=forms.CheckboxSelectMultiple)
+    router_providers = forms.ModelMultipleChoiceField(
+        queryset=None, required=False, to_field_name="slug", label="Router", widget=forms.CheckboxSelectMultiple
+    )
     all_byok = forms.BooleanField(required=False, label="All BYOK")
-    byok_credentials = forms.ModelMultipleChoiceField(queryset=None, required=False, to_field_name="public_id", label="BYOK",
-                                                      widget=forms.CheckboxSelectMultiple)
+    byok_credentials = forms.ModelMultipleChoiceField(
+        queryset=None, required=False, to_field_name="public_id", label="BYOK", widget=forms.CheckboxSelectMultiple
+    )
     tpm_limit = _whole_number("TPM", MAX_TPM, "Tokens per minute across all calls with this key. Empty: no limit.", "e.g. 60000")
     tpm_limit.label = "TPM (tokens per minute)"
     yearly_token_limit = _whole_number("Yearly token limit", MAX_YEARLY_TOKENS, "", "e.g. 10000000")
     ip_allowlist = forms.CharField(
-        required=False, label="IP allowlist", max_length=8000,
+        required=False,
+        label="IP allowlist",
+        max_length=8000,
         widget=forms.Textarea(attrs={"rows": 3, "placeholder": "192.168.1.1, 10.0.0.0/8", "spellcheck": "false"}),
         help_text=f"IPv4/IPv6 addresses or CIDR ranges, separated by commas or new lines; at most {MAX_ALLOWLIST_ENTRIES}. "
-                  "Empty: any address.",
+        "Empty: any address.",
     )
     expires_at = forms.DateTimeField(
-        required=False, label="Expires at",
+        required=False,
+        label="Expires at",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
         error_messages={"invalid": "Enter a date and time such as 2027-01-31 18:00."},
     )
@@ -77,20 +89,25 @@ class ApiKeySettingsForm(StrictForm):
         self.fields["deployments"].queryset = callable_deployments(workspace).order_by("name")
         self.fields["router_providers"].queryset = RouterProvider.objects.filter(is_active=True).order_by("name")
         self.fields["byok_credentials"].queryset = workspace.byok_credentials.order_by("name")
-        self.fields["yearly_token_limit"].help_text = (
-            f"Tokens per calendar year in this workspace's time zone ({workspace.time_zone}). Empty: no limit."
-        )
+        self.fields[
+            "yearly_token_limit"
+        ].help_text = f"Tokens per calendar year in this workspace's time zone ({workspace.time_zone}). Empty: no limit."
         self.fields["expires_at"].help_text = f"In {workspace.time_zone}. Empty: never expires."
         if not workspace.is_default:
             self.fields["all_models"].label = "All models granted to this sub-workspace"
         if validate_url:
             for name in ("name", "ip_allowlist", "expires_at", "tpm_limit", "yearly_token_limit"):
                 if name in self.fields:
-                    self.fields[name].widget.attrs.update({
-                        "hx-post": validate_url, "hx-trigger": "input changed delay:300ms, change",
-                        "hx-target": f"#feedback-{name}", "hx-swap": "innerHTML", "hx-sync": "this:replace",
-                        "aria-describedby": f"feedback-{name}",
-                    })
+                    self.fields[name].widget.attrs.update(
+                        {
+                            "hx-post": validate_url,
+                            "hx-trigger": "input changed delay:300ms, change",
+                            "hx-target": f"#feedback-{name}",
+                            "hx-swap": "innerHTML",
+                            "hx-sync": "this:replace",
+                            "aria-describedby": f"feedback-{name}",
+                        }
+                    )
 
     def clean_expires_at(self):
         value, initial = self.cleaned_data["expires_at"], self.initial.get("expires_at")
@@ -105,27 +122,46 @@ class ApiKeySettingsForm(StrictForm):
 
     def service_kwargs(self) -> dict:
         data = self.cleaned_data
-        return {name: data[name] for name in (
-            "description", "all_models", "deployments", "router_providers", "all_byok", "byok_credentials", "tpm_limit",
-            "yearly_token_limit", "ip_allowlist", "expires_at",
-        )}
+        return {
+            name: data[name]
+            for name in (
+                "description",
+                "all_models",
+                "deployments",
+                "router_providers",
+                "all_byok",
+                "byok_credentials",
+                "tpm_limit",
+                "yearly_token_limit",
+                "ip_allowlist",
+                "expires_at",
+            )
+        }
 
     @classmethod
     def initial_for(cls, api_key: ApiKey) -> dict:
         return {
-            "description": api_key.description, "all_models": api_key.all_models,
+            "description": api_key.description,
+            "all_models": api_key.all_models,
             "deployments": [d.public_id for d in api_key.deployments.all()],
             "router_providers": [p.slug for p in api_key.router_providers.all()],
-            "all_byok": api_key.all_byok, "byok_credentials": [c.public_id for c in api_key.byok_credentials.all()],
-            "tpm_limit": api_key.tpm_limit, "yearly_token_limit": api_key.yearly_token_limit,
-            "ip_allowlist": "\n".join(api_key.ip_allowlist), "expires_at": api_key.expires_at,
+            "all_byok": api_key.all_byok,
+            "byok_credentials": [c.public_id for c in api_key.byok_credentials.all()],
+            "tpm_limit": api_key.tpm_limit,
+            "yearly_token_limit": api_key.yearly_token_limit,
+            "ip_allowlist": "\n".join(api_key.ip_allowlist),
+            "expires_at": api_key.expires_at,
         }
 
 
 class ApiKeyCreateForm(ApiKeySettingsForm):
     # strip=False: a leading or trailing space is refused and named, never silently dropped.
-    name = forms.CharField(strip=False, help_text=NAME_HELP, error_messages={"required": "Enter a name."},
-                           widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "maxlength": MAX_NAME_LENGTH + 16}))
+    name = forms.CharField(
+        strip=False,
+        help_text=NAME_HELP,
+        error_messages={"required": "Enter a name."},
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "maxlength": MAX_NAME_LENGTH + 16}),
+    )
 
     field_order = ["name", "description"]
 
@@ -144,8 +180,9 @@ GRACE_LABELS = {"none": "None: the old secret stops working now", "1h": "1 hour"
 
 
 class ApiKeyRotateForm(StrictForm):
-    grace = forms.ChoiceField(choices=[(value, GRACE_LABELS[value]) for value in GRACE_CHOICES], initial="1h",
-                              label="Keep the old secret working for")
+    grace = forms.ChoiceField(
+        choices=[(value, GRACE_LABELS[value]) for value in GRACE_CHOICES], initial="1h", label="Keep the old secret working for"
+    )
     expected_hint = forms.CharField(max_length=32, widget=forms.HiddenInput)
 
     @property
@@ -155,21 +192,35 @@ class ApiKeyRotateForm(StrictForm):
 
 class KeyFilterForm(forms.Form):
     status = forms.ChoiceField(choices=[("", "All"), *KeyStatus.choices], required=False)
-    q = forms.CharField(max_length=MAX_NAME_LENGTH, required=False, label="Search by name",
-                        error_messages={"max_length": f"Search for at most {MAX_NAME_LENGTH} characters (names are no longer)."},
-                        widget=forms.TextInput(attrs={"type": "search", "placeholder": "Search by name", "autocomplete": "off"}))
+    q = forms.CharField(
+        max_length=MAX_NAME_LENGTH,
+        required=False,
+        label="Search by name",
+        error_messages={"max_length": f"Search for at most {MAX_NAME_LENGTH} characters (names are no longer)."},
+        widget=forms.TextInput(attrs={"type": "search", "placeholder": "Search by name", "autocomplete": "off"}),
+    )
 
 
 class ByokCredentialForm(StrictForm):
-    name = forms.CharField(max_length=40, help_text="Lowercase letters, digits, - and _. Clients call byok/<name>/<model>. "
-                                                    "It cannot be changed later.")
+    name = forms.CharField(
+        max_length=40, help_text="Lowercase letters, digits, - and _. Clients call byok/<name>/<model>. It cannot be changed later."
+    )
     provider = forms.CharField(max_length=80, widget=forms.TextInput(attrs={"placeholder": "e.g. OpenAI"}))
-    base_url = forms.CharField(max_length=300, label="Base URL", widget=forms.TextInput(attrs={"placeholder": "https://api.openai.com/v1", "type": "url"}))
-    api_key = forms.CharField(max_length=500, label="API key", strip=True,
-                              widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
-                              help_text="Encrypted at rest; only its last four characters are shown again.")
-    model_names = forms.CharField(label="Models", widget=forms.Textarea(attrs={"rows": 3, "placeholder": "gpt-4o-mini\ngpt-4o", "spellcheck": "false"}),
-                                  help_text="The model names this provider serves, separated by commas or new lines.")
+    base_url = forms.CharField(
+        max_length=300, label="Base URL", widget=forms.TextInput(attrs={"placeholder": "https://api.openai.com/v1", "type": "url"})
+    )
+    api_key = forms.CharField(
+        max_length=500,
+        label="API key",
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Encrypted at rest; only its last four characters are shown again.",
+    )
+    model_names = forms.CharField(
+        label="Models",
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "gpt-4o-mini\ngpt-4o", "spellcheck": "false"}),
+        help_text="The model names this provider serves, separated by commas or new lines.",
+    )
 
     def clean_model_names(self) -> list[str]:
         return parse_model_names(self.cleaned_data["model_names"])

@@ -125,8 +125,19 @@ def _check_description(description: str) -> str:
     return description
 
 
-def _describe(*, description, all_models, deployments, router_providers, all_byok, byok_credentials, tpm_limit,
-              yearly_token_limit, ip_allowlist, expires_at) -> dict:
+def _describe(
+    *,
+    description,
+    all_models,
+    deployments,
+    router_providers,
+    all_byok,
+    byok_credentials,
+    tpm_limit,
+    yearly_token_limit,
+    ip_allowlist,
+    expires_at,
+) -> dict:
     """A key's settings as an audit event records them (never a secret)."""
     return {
         "description": description,
@@ -144,9 +155,15 @@ def _describe(*, description, all_models, deployments, router_providers, all_byo
 
 def _snapshot(api_key: ApiKey) -> dict:
     return _describe(
-        description=api_key.description, all_models=api_key.all_models, deployments=api_key.deployments.all(),
-        router_providers=api_key.router_providers.all(), all_byok=api_key.all_byok, byok_credentials=api_key.byok_credentials.all(),
-        tpm_limit=api_key.tpm_limit, yearly_token_limit=api_key.yearly_token_limit, ip_allowlist=api_key.ip_allowlist,
+        description=api_key.description,
+        all_models=api_key.all_models,
+        deployments=api_key.deployments.all(),
+        router_providers=api_key.router_providers.all(),
+        all_byok=api_key.all_byok,
+        byok_credentials=api_key.byok_credentials.all(),
+        tpm_limit=api_key.tpm_limit,
+        yearly_token_limit=api_key.yearly_token_limit,
+        ip_allowlist=api_key.ip_allowlist,
         expires_at=api_key.expires_at,
     )
 
@@ -185,8 +202,13 @@ def api_key_create(
         _check_name_free(workspace, name, errors)
     description = errors.check("description", _check_description, description)
     deployments, router_providers, byok_credentials = _check_scope(
-        workspace, errors, all_models=all_models, deployments=deployments, router_providers=router_providers,
-        all_byok=all_byok, byok_credentials=byok_credentials,
+        workspace,
+        errors,
+        all_models=all_models,
+        deployments=deployments,
+        router_providers=router_providers,
+        all_byok=all_byok,
+        byok_credentials=byok_credentials,
     )
     tpm_limit = errors.check("tpm_limit", _check_limit, tpm_limit, MAX_TPM, "TPM")
     yearly_token_limit = errors.check("yearly_token_limit", _check_limit, yearly_token_limit, MAX_YEARLY_TOKENS, "The yearly token limit")
@@ -196,9 +218,18 @@ def api_key_create(
 
     with transaction.atomic():
         api_key = ApiKey(
-            workspace=workspace, kind=kind, name=name, description=description, all_models=all_models, all_byok=all_byok,
-            tpm_limit=tpm_limit, yearly_token_limit=yearly_token_limit, ip_allowlist=ip_allowlist, expires_at=expires_at,
-            created_by=actor.user if getattr(actor.user, "pk", None) else None, created_by_label=actor.label[:150],
+            workspace=workspace,
+            kind=kind,
+            name=name,
+            description=description,
+            all_models=all_models,
+            all_byok=all_byok,
+            tpm_limit=tpm_limit,
+            yearly_token_limit=yearly_token_limit,
+            ip_allowlist=ip_allowlist,
+            expires_at=expires_at,
+            created_by=actor.user if getattr(actor.user, "pk", None) else None,
+            created_by_label=actor.label[:150],
         )
         try:
             with transaction.atomic():
@@ -214,8 +245,13 @@ def api_key_create(
         secret, key = _new_secret(api_key)
         api_key.hint = secret.hint
         api_key.save(update_fields=["hint"])
-        audit_record(workspace=workspace, actor=actor, action="api_key.created", target=api_key,
-                     details={"name": name, "hint": secret.hint, **_snapshot(api_key)})
+        audit_record(
+            workspace=workspace,
+            actor=actor,
+            action="api_key.created",
+            target=api_key,
+            details={"name": name, "hint": secret.hint, **_snapshot(api_key)},
+        )
         key_changed(api_key.id)
     return api_key, key
 
@@ -250,11 +286,18 @@ def api_key_update(
         errors = _Errors()
         description = errors.check("description", _check_description, description)
         deployments, router_providers, byok_credentials = _check_scope(
-            workspace, errors, all_models=all_models, deployments=deployments, router_providers=router_providers,
-            all_byok=all_byok, byok_credentials=byok_credentials,
+            workspace,
+            errors,
+            all_models=all_models,
+            deployments=deployments,
+            router_providers=router_providers,
+            all_byok=all_byok,
+            byok_credentials=byok_credentials,
         )
         tpm_limit = errors.check("tpm_limit", _check_limit, tpm_limit, MAX_TPM, "TPM")
-        yearly_token_limit = errors.check("yearly_token_limit", _check_limit, yearly_token_limit, MAX_YEARLY_TOKENS, "The yearly token limit")
+        yearly_token_limit = errors.check(
+            "yearly_token_limit", _check_limit, yearly_token_limit, MAX_YEARLY_TOKENS, "The yearly token limit"
+        )
         ip_allowlist = errors.check("ip_allowlist", parse_allowlist, ip_allowlist)
         if expires_at != locked.expires_at:  # an unchanged past expiry may stay while other fields are edited
             expires_at = errors.check("expires_at", check_expiry, expires_at, now)
@@ -262,9 +305,16 @@ def api_key_update(
 
         before = _snapshot(locked)
         after = _describe(
-            description=description, all_models=all_models, deployments=deployments, router_providers=router_providers,
-            all_byok=all_byok, byok_credentials=byok_credentials, tpm_limit=tpm_limit, yearly_token_limit=yearly_token_limit,
-            ip_allowlist=ip_allowlist, expires_at=expires_at,
+            description=description,
+            all_models=all_models,
+            deployments=deployments,
+            router_providers=router_providers,
+            all_byok=all_byok,
+            byok_credentials=byok_credentials,
+            tpm_limit=tpm_limit,
+            yearly_token_limit=yearly_token_limit,
+            ip_allowlist=ip_allowlist,
+            expires_at=expires_at,
         )
         changes = {field: [before[field], after[field]] for field in before if before[field] != after[field]}
         if not changes:
@@ -272,8 +322,18 @@ def api_key_update(
         locked.description, locked.all_models, locked.all_byok = description, all_models, all_byok
         locked.tpm_limit, locked.yearly_token_limit = tpm_limit, yearly_token_limit
         locked.ip_allowlist, locked.expires_at = ip_allowlist, expires_at
-        locked.save(update_fields=["description", "all_models", "all_byok", "tpm_limit", "yearly_token_limit", "ip_allowlist",
-                                   "expires_at", "updated_at"])
+        locked.save(
+            update_fields=[
+                "description",
+                "all_models",
+                "all_byok",
+                "tpm_limit",
+                "yearly_token_limit",
+                "ip_allowlist",
+                "expires_at",
+                "updated_at",
+            ]
+        )
         locked.deployments.set(deployments)
         locked.router_providers.set(router_providers)
         locked.byok_credentials.set(byok_credentials)
@@ -309,9 +369,18 @@ def api_key_rotate(
         secret, key = _new_secret(locked)
         locked.hint = secret.hint
         locked.save(update_fields=["hint", "updated_at"])
-        audit_record(workspace=locked.workspace, actor=actor, action="api_key.rotated", target=locked,
-                     details={"old_hint": old_hint, "new_hint": secret.hint, "grace_seconds": int(grace.total_seconds()),
-                              "old_valid_until": deadline.isoformat()})
+        audit_record(
+            workspace=locked.workspace,
+            actor=actor,
+            action="api_key.rotated",
+            target=locked,
+            details={
+                "old_hint": old_hint,
+                "new_hint": secret.hint,
+                "grace_seconds": int(grace.total_seconds()),
+                "old_valid_until": deadline.isoformat(),
+            },
+        )
         key_changed(locked.id)
     api_key.hint = locked.hint
     return key
@@ -418,11 +487,22 @@ def byok_credential_create(
     errors.raise_if_any()
     with transaction.atomic():
         credential = ByokCredential.objects.create(
-            workspace=workspace, name=name, provider=provider, base_url=base_url, api_key_encrypted=encrypt(api_key),
-            api_key_last4=api_key[-4:], model_names=model_names, created_by=actor.user if getattr(actor.user, "pk", None) else None,
+            workspace=workspace,
+            name=name,
+            provider=provider,
+            base_url=base_url,
+            api_key_encrypted=encrypt(api_key),
+            api_key_last4=api_key[-4:],
+            model_names=model_names,
+            created_by=actor.user if getattr(actor.user, "pk", None) else None,
         )
-        audit_record(workspace=workspace, actor=actor, action="byok_credential.created", target=credential,
-                     details={"provider": provider, "base_url": base_url, "models": model_names, "last4": credential.api_key_last4})
+        audit_record(
+            workspace=workspace,
+            actor=actor,
+            action="byok_credential.created",
+            target=credential,
+            details={"provider": provider, "base_url": base_url, "models": model_names, "last4": credential.api_key_last4},
+        )
         for api_key_id in _keys_using_byok(credential):  # keys with "All BYOK" now reach this credential too
             key_changed(api_key_id)
     return credential
@@ -464,8 +544,13 @@ def byok_credential_delete(*, credential: ByokCredential, actor: Actor) -> None:
         raise ValidationError(f"The deployment “{users[0]}” uses this credential; point it elsewhere first.")
     with transaction.atomic():
         affected = _keys_using_byok(credential)
-        audit_record(workspace=credential.workspace, actor=actor, action="byok_credential.deleted", target=credential,
-                     details={"provider": credential.provider, "last4": credential.api_key_last4})
+        audit_record(
+            workspace=credential.workspace,
+            actor=actor,
+            action="byok_credential.deleted",
+            target=credential,
+            details={"provider": credential.provider, "last4": credential.api_key_last4},
+        )
         credential.delete()
         for api_key_id in affected:
             key_changed(api_key_id)

@@ -92,7 +92,9 @@ def _example_deployments(api_key: ApiKey) -> list:
 def _secret_page(request: HttpRequest, access: WorkspaceAccess, api_key: ApiKey, key: str, *, rotated: bool) -> HttpResponse:
     now = timezone.now()
     grace_until = (
-        api_key.secrets.filter(valid_until__gt=now).order_by("-valid_until").values_list("valid_until", flat=True).first() if rotated else None
+        api_key.secrets.filter(valid_until__gt=now).order_by("-valid_until").values_list("valid_until", flat=True).first()
+        if rotated
+        else None
     )
     context = {
         "api_key": api_key,
@@ -115,8 +117,9 @@ def api_key_create(request: HttpRequest, ws: str) -> HttpResponse:
     access = access_workspace(request.user, ws, min_role=Role.DEVELOPER)
     workspace = access.workspace
     with timezone.override(workspace.tz):
-        form = ApiKeyCreateForm(request.POST or None, workspace=workspace,
-                                validate_url=reverse("api_key_validate", kwargs={"ws": workspace.slug}))
+        form = ApiKeyCreateForm(
+            request.POST or None, workspace=workspace, validate_url=reverse("api_key_validate", kwargs={"ws": workspace.slug})
+        )
         if request.method == "POST" and form.is_valid():
             try:
                 api_key, key = services.api_key_create(workspace=workspace, actor=Actor.from_request(request), **form.service_kwargs())
@@ -124,8 +127,13 @@ def api_key_create(request: HttpRequest, ws: str) -> HttpResponse:
                 _add_service_errors(form, exc)
             else:
                 return _secret_page(request, access, api_key, key, rotated=False)
-        return _page(request, access, "keys/api_key_form_page.html", {"form": form, "creating": True},
-                     status=400 if request.method == "POST" else 200)
+        return _page(
+            request,
+            access,
+            "keys/api_key_form_page.html",
+            {"form": form, "creating": True},
+            status=400 if request.method == "POST" else 200,
+        )
 
 
 def _feedback(request: HttpRequest, form: ApiKeySettingsForm) -> HttpResponse:
@@ -172,8 +180,12 @@ def api_key_edit(request: HttpRequest, ws: str, key: str) -> HttpResponse:
         messages.error(request, "This key is revoked and can no longer be changed.")
         return redirect("api_key_detail", ws=ws, key=api_key.public_id)
     with timezone.override(access.workspace.tz):
-        form = ApiKeySettingsForm(request.POST or None, workspace=access.workspace, initial=ApiKeySettingsForm.initial_for(api_key),
-                                  validate_url=reverse("api_key_edit_validate", kwargs={"ws": ws, "key": api_key.public_id}))
+        form = ApiKeySettingsForm(
+            request.POST or None,
+            workspace=access.workspace,
+            initial=ApiKeySettingsForm.initial_for(api_key),
+            validate_url=reverse("api_key_edit_validate", kwargs={"ws": ws, "key": api_key.public_id}),
+        )
         if request.method == "POST" and form.is_valid():
             try:
                 services.api_key_update(api_key=api_key, actor=Actor.from_request(request), **form.service_kwargs())
@@ -182,8 +194,13 @@ def api_key_edit(request: HttpRequest, ws: str, key: str) -> HttpResponse:
             else:
                 messages.success(request, f"Saved the settings of “{api_key.name}”.")
                 return redirect("api_key_detail", ws=ws, key=api_key.public_id)
-        return _page(request, access, "keys/api_key_form_page.html", {"form": form, "api_key": api_key, "creating": False},
-                     status=400 if request.method == "POST" else 200)
+        return _page(
+            request,
+            access,
+            "keys/api_key_form_page.html",
+            {"form": form, "api_key": api_key, "creating": False},
+            status=400 if request.method == "POST" else 200,
+        )
 
 
 @login_required
@@ -206,8 +223,9 @@ def api_key_rotate(request: HttpRequest, ws: str, key: str) -> HttpResponse:
         messages.error(request, "Choose a grace period from the list.")
         return redirect("api_key_detail", ws=ws, key=api_key.public_id)
     try:
-        plaintext = services.api_key_rotate(api_key=api_key, actor=Actor.from_request(request), grace=form.grace_delta,
-                                            expected_hint=form.cleaned_data["expected_hint"])
+        plaintext = services.api_key_rotate(
+            api_key=api_key, actor=Actor.from_request(request), grace=form.grace_delta, expected_hint=form.cleaned_data["expected_hint"]
+        )
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
         return redirect("api_key_detail", ws=ws, key=api_key.public_id)
@@ -257,8 +275,9 @@ def byok_create(request: HttpRequest, ws: str) -> HttpResponse:
         else:
             messages.success(request, f"Saved the BYOK credential “{credential.name}” (key …{credential.api_key_last4}).")
             return redirect("byok_page", ws=ws)
-    return _page(request, access, "keys/byok_form_page.html", {"form": form, "creating": True},
-                 status=400 if request.method == "POST" else 200)
+    return _page(
+        request, access, "keys/byok_form_page.html", {"form": form, "creating": True}, status=400 if request.method == "POST" else 200
+    )
 
 
 @sensitive_post_parameters("api_key")
@@ -276,8 +295,13 @@ def byok_edit(request: HttpRequest, ws: str, credential: str) -> HttpResponse:
         else:
             messages.success(request, f"Saved the BYOK credential “{cred.name}”.")
             return redirect("byok_page", ws=ws)
-    return _page(request, access, "keys/byok_form_page.html", {"form": form, "credential": cred, "creating": False},
-                 status=400 if request.method == "POST" else 200)
+    return _page(
+        request,
+        access,
+        "keys/byok_form_page.html",
+        {"form": form, "credential": cred, "creating": False},
+        status=400 if request.method == "POST" else 200,
+    )
 
 
 @login_required

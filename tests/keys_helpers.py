@@ -24,17 +24,25 @@ class Scope:
 
 def make_scope(world) -> Scope:
     dep = lambda ws, name, model_id: Deployment.objects.create(  # noqa: E731
-        workspace=ws, name=name, model_id=model_id, upstream_base_url="http://127.0.0.1:9/v1")
+        workspace=ws, name=name, model_id=model_id, upstream_base_url="http://127.0.0.1:9/v1"
+    )
     scope = Scope(
         qwen=dep(world.org, "Qwen3 0.6B", "@acme/Qwen/Qwen3-0.6B"),
         llama=dep(world.org, "Llama 3.1 8B", "@acme/meta/Llama-3.1-8B"),
         research_own=dep(world.sub, "Research model", "@acme-research/model"),
         globex=dep(world.other_org, "Globex secret model", "@globex/model"),
-        router=RouterProvider.objects.create(slug="openrouter", name="OpenRouter", base_url="https://openrouter.ai/api/v1",
-                                             model_names=["openai/gpt-4o-mini"]),
-        byok=byok_credential_create(workspace=world.org, actor=ACTOR, name="team-openai", provider="OpenAI",
-                                    base_url="https://api.openai.com/v1", api_key="sk-proj-TESTKEY-abcdef123456",
-                                    model_names="gpt-4o-mini, gpt-4o"),
+        router=RouterProvider.objects.create(
+            slug="openrouter", name="OpenRouter", base_url="https://openrouter.ai/api/v1", model_names=["openai/gpt-4o-mini"]
+        ),
+        byok=byok_credential_create(
+            workspace=world.org,
+            actor=ACTOR,
+            name="team-openai",
+            provider="OpenAI",
+            base_url="https://api.openai.com/v1",
+            api_key="sk-proj-TESTKEY-abcdef123456",
+            model_names="gpt-4o-mini, gpt-4o",
+        ),
     )
     ModelGrant.objects.create(deployment=scope.llama, workspace=world.sub)
     return scope

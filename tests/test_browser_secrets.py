@@ -128,7 +128,11 @@ def test_developer_creates_copies_edits_rotates_and_revokes_a_key(page, sign_in,
     assert not secret_is_valid(api_key_secret_for_presented(new_key), timezone.now())
     screenshot(page, "8-revoked")
     assert [e.action for e in AuditEvent.objects.filter(target_id=str(api_key.public_id)).order_by("id")] == [
-        "api_key.created", "api_key.updated", "api_key.rotated", "api_key.revoked"]
+        "api_key.created",
+        "api_key.updated",
+        "api_key.rotated",
+        "api_key.revoked",
+    ]
 
     page.click("text=Secrets")
     page.click("[data-status=revoked]")

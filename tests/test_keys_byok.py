@@ -21,8 +21,14 @@ def url(name: str, **kwargs) -> str:
 
 
 def form(**overrides) -> dict:
-    return {"name": "openai-main", "provider": "OpenAI", "base_url": "https://api.openai.com/v1/", "api_key": PROVIDER_KEY,
-            "model_names": "gpt-4o-mini\ngpt-4o, gpt-4o-mini", **overrides}
+    return {
+        "name": "openai-main",
+        "provider": "OpenAI",
+        "base_url": "https://api.openai.com/v1/",
+        "api_key": PROVIDER_KEY,
+        "model_names": "gpt-4o-mini\ngpt-4o, gpt-4o-mini",
+        **overrides,
+    }
 
 
 def test_admin_adds_a_byok_credential_encrypted_and_never_shown_again(world, client_for):
@@ -69,13 +75,17 @@ def test_byok_names_are_unique_per_workspace(world):
 def test_edit_keeps_the_stored_key_unless_a_new_one_is_given(world, client_for):
     credential = byok_credential_create(workspace=world.org, actor=ACTOR, **form())
     client = client_for(world.owner)
-    response = client.post(url("byok_edit", credential=credential.public_id),
-                           {"provider": "OpenAI EU", "base_url": "https://eu.api.openai.com/v1", "model_names": "gpt-4o", "api_key": ""})
+    response = client.post(
+        url("byok_edit", credential=credential.public_id),
+        {"provider": "OpenAI EU", "base_url": "https://eu.api.openai.com/v1", "model_names": "gpt-4o", "api_key": ""},
+    )
     assert response.status_code == 302
     credential.refresh_from_db()
     assert (credential.provider, credential.model_names, decrypt(credential.api_key_encrypted)) == ("OpenAI EU", ["gpt-4o"], PROVIDER_KEY)
-    client.post(url("byok_edit", credential=credential.public_id),
-                {"provider": "OpenAI EU", "base_url": "https://eu.api.openai.com/v1", "model_names": "gpt-4o", "api_key": "sk-new-key-0000"})
+    client.post(
+        url("byok_edit", credential=credential.public_id),
+        {"provider": "OpenAI EU", "base_url": "https://eu.api.openai.com/v1", "model_names": "gpt-4o", "api_key": "sk-new-key-0000"},
+    )
     credential.refresh_from_db()
     assert decrypt(credential.api_key_encrypted) == "sk-new-key-0000" and credential.api_key_last4 == "0000"
     changes = AuditEvent.objects.filter(action="byok_credential.updated").order_by("id")
@@ -85,8 +95,9 @@ def test_edit_keeps_the_stored_key_unless_a_new_one_is_given(world, client_for):
 def test_delete_refuses_while_a_deployment_uses_it_and_removes_it_from_keys(world, client_for):
     credential = byok_credential_create(workspace=world.org, actor=ACTOR, **form())
     api_key, _ = make_key(world.org, all_models=False, byok_credentials=[credential], router_providers=[])
-    deployment = Deployment.objects.create(workspace=world.org, name="Via BYOK", model_id="@acme/byok", upstream_kind=UpstreamKind.BYOK,
-                                           byok_credential=credential)
+    deployment = Deployment.objects.create(
+        workspace=world.org, name="Via BYOK", model_id="@acme/byok", upstream_kind=UpstreamKind.BYOK, byok_credential=credential
+    )
     client = client_for(world.admin)
     response = client.post(url("byok_delete", credential=credential.public_id), follow=True)
     assert "The deployment “Via BYOK” uses this credential" in response.content.decode()
@@ -112,10 +123,17 @@ def test_site_admin_manages_router_providers_in_django_admin(world, client):
 
     superuser = User.objects.create_superuser("root", "root@example.com", "x" * 12)
     client.force_login(superuser)
-    response = client.post(reverse("admin:keys_routerprovider_add"), {
-        "name": "OpenRouter", "slug": "openrouter", "base_url": "https://openrouter.ai/api/v1", "api_key": "sk-or-v1-abcdef0123",
-        "model_names": "openai/gpt-4o-mini\nanthropic/claude-3.5-haiku", "is_active": "on",
-    })
+    response = client.post(
+        reverse("admin:keys_routerprovider_add"),
+        {
+            "name": "OpenRouter",
+            "slug": "openrouter",
+            "base_url": "https://openrouter.ai/api/v1",
+            "api_key": "sk-or-v1-abcdef0123",
+            "model_names": "openai/gpt-4o-mini\nanthropic/claude-3.5-haiku",
+            "is_active": "on",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:3000]
     provider = RouterProvider.objects.get(slug="openrouter")
     assert decrypt(provider.api_key_encrypted) == "sk-or-v1-abcdef0123"
@@ -123,9 +141,16 @@ def test_site_admin_manages_router_providers_in_django_admin(world, client):
     change = client.get(reverse("admin:keys_routerprovider_change", args=[provider.pk])).content.decode()
     assert "sk-or-v1-abcdef0123" not in change and provider.api_key_encrypted not in change
     # Saving without a key keeps the stored one.
-    client.post(reverse("admin:keys_routerprovider_change", args=[provider.pk]), {
-        "name": "OpenRouter", "slug": "openrouter", "base_url": "https://openrouter.ai/api/v1", "api_key": "", "model_names": "",
-    })
+    client.post(
+        reverse("admin:keys_routerprovider_change", args=[provider.pk]),
+        {
+            "name": "OpenRouter",
+            "slug": "openrouter",
+            "base_url": "https://openrouter.ai/api/v1",
+            "api_key": "",
+            "model_names": "",
+        },
+    )
     provider.refresh_from_db()
     assert decrypt(provider.api_key_encrypted) == "sk-or-v1-abcdef0123" and not provider.is_active and provider.model_names == []
 

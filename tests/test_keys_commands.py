@@ -29,9 +29,27 @@ def run(*args) -> list[str]:
 
 def test_create_api_key_with_every_option(world):
     scope = make_scope(world)
-    lines = run("create_api_key", "--workspace", "acme", "--name", "ops-key", "--deployment", scope.qwen.model_id,
-                "--deployment", scope.llama.model_id, "--tpm", "60000", "--yearly-tokens", "10000000",
-                "--ip", "10.0.0.1/32", "--ip", "192.168.0.0/16,2001:db8::/32", "--expires", "2099-01-31T12:00:00")
+    lines = run(
+        "create_api_key",
+        "--workspace",
+        "acme",
+        "--name",
+        "ops-key",
+        "--deployment",
+        scope.qwen.model_id,
+        "--deployment",
+        scope.llama.model_id,
+        "--tpm",
+        "60000",
+        "--yearly-tokens",
+        "10000000",
+        "--ip",
+        "10.0.0.1/32",
+        "--ip",
+        "192.168.0.0/16,2001:db8::/32",
+        "--expires",
+        "2099-01-31T12:00:00",
+    )
     key = lines[-1]
     assert tokens.is_well_formed(key) and key not in "\n".join(lines[:-1])
     api_key = api_key_secret_for_presented(key).api_key
@@ -49,11 +67,15 @@ def test_create_api_key_with_every_option(world):
 def test_create_api_key_in_a_real_process_piped_to_tail(world):
     """The documented idiom, in a real shell: KEY=$(manage.py create_api_key ... | tail -n1)."""
     db = connection.settings_dict
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings",
-           "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}",
+    }
     command = f"{shlex.quote(sys.executable)} manage.py create_api_key --workspace acme --name piped --all-models | tail -n1"
-    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=settings.BASE_DIR, capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], cwd=settings.BASE_DIR, capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     key = result.stdout.strip()
     assert tokens.is_well_formed(key)
@@ -65,11 +87,17 @@ def test_create_api_key_in_a_real_process_piped_to_tail(world):
     [
         (["--workspace", "nope", "--name", "x", "--all-models"], "No workspace with slug 'nope'."),
         (["--workspace", "acme", "--name", "bad name", "--all-models"], "name: The name may not contain a space."),
-        (["--workspace", "acme", "--name", "x", "--deployment", "@globex/model"], "acme may not call a deployment with model id '@globex/model'"),
+        (
+            ["--workspace", "acme", "--name", "x", "--deployment", "@globex/model"],
+            "acme may not call a deployment with model id '@globex/model'",
+        ),
         (["--workspace", "acme", "--name", "x", "--all-models", "--ip", "10.0.0.1/8"], "ip_allowlist: “10.0.0.1/8” has host bits set"),
         (["--workspace", "acme", "--name", "x", "--all-models", "--tpm", "0"], "tpm_limit: TPM must be a whole number"),
         (["--workspace", "acme", "--name", "x", "--all-models", "--expires", "tomorrow"], "is not an ISO 8601 date-time"),
-        (["--workspace", "acme", "--name", "x", "--all-models", "--expires", "2001-01-01T00:00:00+00:00"], "The expiry must be in the future."),
+        (
+            ["--workspace", "acme", "--name", "x", "--all-models", "--expires", "2001-01-01T00:00:00+00:00"],
+            "The expiry must be in the future.",
+        ),
     ],
 )
 def test_create_api_key_refuses_bad_input(world, args, message):

@@ -24,10 +24,16 @@ T0 = dt.datetime(2027, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 def settings_of(api_key: ApiKey, **overrides) -> dict:
     values = {
-        "description": api_key.description, "all_models": api_key.all_models, "deployments": list(api_key.deployments.all()),
-        "router_providers": list(api_key.router_providers.all()), "all_byok": api_key.all_byok,
-        "byok_credentials": list(api_key.byok_credentials.all()), "tpm_limit": api_key.tpm_limit,
-        "yearly_token_limit": api_key.yearly_token_limit, "ip_allowlist": api_key.ip_allowlist, "expires_at": api_key.expires_at,
+        "description": api_key.description,
+        "all_models": api_key.all_models,
+        "deployments": list(api_key.deployments.all()),
+        "router_providers": list(api_key.router_providers.all()),
+        "all_byok": api_key.all_byok,
+        "byok_credentials": list(api_key.byok_credentials.all()),
+        "tpm_limit": api_key.tpm_limit,
+        "yearly_token_limit": api_key.yearly_token_limit,
+        "ip_allowlist": api_key.ip_allowlist,
+        "expires_at": api_key.expires_at,
     }
     return {**values, **overrides}
 
@@ -36,9 +42,17 @@ def test_create_stores_scope_limits_and_only_a_digest(world):
     scope = make_scope(world)
     expires = timezone.now() + dt.timedelta(days=30)
     api_key, key = make_key(
-        world.org, name="billing", description="Billing service", all_models=False, deployments=[scope.qwen, scope.llama],
-        router_providers=[scope.router], byok_credentials=[scope.byok], tpm_limit=60000, yearly_token_limit=10_000_000,
-        ip_allowlist="192.168.1.1, 10.0.0.0/8", expires_at=expires,
+        world.org,
+        name="billing",
+        description="Billing service",
+        all_models=False,
+        deployments=[scope.qwen, scope.llama],
+        router_providers=[scope.router],
+        byok_credentials=[scope.byok],
+        tpm_limit=60000,
+        yearly_token_limit=10_000_000,
+        ip_allowlist="192.168.1.1, 10.0.0.0/8",
+        expires_at=expires,
     )
     assert tokens.is_well_formed(key)
     api_key.refresh_from_db()
@@ -83,7 +97,11 @@ def test_create_refuses_bad_settings_and_stores_nothing(world, kwargs, field, me
     with pytest.raises(ValidationError) as exc:
         make_key(world.org, **kwargs)
     assert exc.value.message_dict[field][0].startswith(message)
-    assert not ApiKey.objects.exists() and not ApiKeySecret.objects.exists() and not AuditEvent.objects.filter(action__startswith="api_key").exists()
+    assert (
+        not ApiKey.objects.exists()
+        and not ApiKeySecret.objects.exists()
+        and not AuditEvent.objects.filter(action__startswith="api_key").exists()
+    )
 
 
 def test_scope_must_belong_to_the_workspace(world):
@@ -112,14 +130,20 @@ def test_sub_workspace_may_pick_granted_and_own_deployments_only(world):
 def test_update_changes_settings_audits_the_diff_and_keeps_the_name(world):
     scope = make_scope(world)
     api_key, key = make_key(world.org, all_models=False, deployments=[scope.qwen], tpm_limit=1000)
-    api_key_update(api_key=api_key, actor=Actor.system("t"), **settings_of(api_key, tpm_limit=2000, deployments=[scope.llama],
-                                                                           ip_allowlist="2001:DB8::/32"))
+    api_key_update(
+        api_key=api_key,
+        actor=Actor.system("t"),
+        **settings_of(api_key, tpm_limit=2000, deployments=[scope.llama], ip_allowlist="2001:DB8::/32"),
+    )
     api_key.refresh_from_db()
     assert api_key.name == "app" and api_key.tpm_limit == 2000 and api_key.ip_allowlist == ["2001:db8::/32"]
     assert list(api_key.deployments.all()) == [scope.llama]
     event = AuditEvent.objects.get(action="api_key.updated")
-    assert event.details == {"deployments": [["@acme/Qwen/Qwen3-0.6B"], ["@acme/meta/Llama-3.1-8B"]], "tpm_limit": [1000, 2000],
-                             "ip_allowlist": [[], ["2001:db8::/32"]]}
+    assert event.details == {
+        "deployments": [["@acme/Qwen/Qwen3-0.6B"], ["@acme/meta/Llama-3.1-8B"]],
+        "tpm_limit": [1000, 2000],
+        "ip_allowlist": [[], ["2001:db8::/32"]],
+    }
     # Saving the same settings again is not a change: no second event.
     api_key_update(api_key=api_key, actor=Actor.system("t"), **settings_of(api_key))
     assert AuditEvent.objects.filter(action="api_key.updated").count() == 1
@@ -234,8 +258,11 @@ def test_expired_key_secrets_are_invalid_and_status_follows_the_clock(world):
     with time_machine.travel(T0, tick=False):
         api_key, key = make_key(world.org, expires_at=T0 + dt.timedelta(days=10))
     secret = api_key_secret_for_presented(key)
-    expectations = [(dt.timedelta(days=2), KeyStatus.ACTIVE, True), (dt.timedelta(days=3), KeyStatus.EXPIRING, True),
-                    (dt.timedelta(days=10), KeyStatus.EXPIRED, False)]
+    expectations = [
+        (dt.timedelta(days=2), KeyStatus.ACTIVE, True),
+        (dt.timedelta(days=3), KeyStatus.EXPIRING, True),
+        (dt.timedelta(days=10), KeyStatus.EXPIRED, False),
+    ]
     for offset, status, valid in expectations:
         assert api_key_status(api_key, T0 + offset) == status
         assert secret_is_valid(secret, T0 + offset) is valid

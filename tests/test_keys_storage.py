@@ -97,14 +97,21 @@ def test_no_plaintext_anywhere_after_create_and_rotate_in_the_console(world, cli
     scope = make_scope(world)
     client = client_for(world.developer)
     caplog.set_level(logging.DEBUG)
-    response = client.post(reverse("api_key_create", kwargs={"ws": "acme"}), {
-        "name": "leak-check", "deployments": [scope.qwen.public_id], "tpm_limit": "100", "ip_allowlist": "10.0.0.0/8",
-    })
+    response = client.post(
+        reverse("api_key_create", kwargs={"ws": "acme"}),
+        {
+            "name": "leak-check",
+            "deployments": [scope.qwen.public_id],
+            "tpm_limit": "100",
+            "ip_allowlist": "10.0.0.0/8",
+        },
+    )
     assert response.status_code == 200
     key = re.search(README_REGEX, response.content.decode()).group(0)
     api_key = ApiKey.objects.get(name="leak-check")
-    rotated = client.post(reverse("api_key_rotate", kwargs={"ws": "acme", "key": api_key.public_id}),
-                          {"grace": "1h", "expected_hint": api_key.hint})
+    rotated = client.post(
+        reverse("api_key_rotate", kwargs={"ws": "acme", "key": api_key.public_id}), {"grace": "1h", "expected_hint": api_key.hint}
+    )
     new_key = re.search(README_REGEX, rotated.content.decode()).group(0)
     assert new_key != key
     client.get(reverse("secrets_page", kwargs={"ws": "acme"}))
@@ -113,7 +120,7 @@ def test_no_plaintext_anywhere_after_create_and_rotate_in_the_console(world, cli
     dump = dump_everything()
     assert api_key.hint in dump  # the dump really contains the key's rows
     for secret in (key, new_key):
-        for fragment in (secret, secret[len("gh_live_"):], secret[8:30]):
+        for fragment in (secret, secret[len("gh_live_") :], secret[8:30]):
             assert fragment not in dump
             assert fragment not in caplog.text
         assert secret not in response.get("Location", "") and secret not in str(response.headers)

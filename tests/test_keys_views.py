@@ -77,7 +77,10 @@ def test_a_key_of_another_workspace_is_404_even_through_your_own_workspace(world
     globex_key, _ = make_key(world.other_org, name="globex-key")
     client = client_for(world.owner)
     for name, method in [("api_key_detail", "get"), ("api_key_edit", "get"), ("api_key_rotate", "post"), ("api_key_revoke", "post")]:
-        assert getattr(client, method)(url(name, key=globex_key.public_id), {"grace": "none", "expected_hint": globex_key.hint}).status_code == 404
+        assert (
+            getattr(client, method)(url(name, key=globex_key.public_id), {"grace": "none", "expected_hint": globex_key.hint}).status_code
+            == 404
+        )
     globex_key.refresh_from_db()
     assert globex_key.revoked_at is None and globex_key.secrets.count() == 1
 
@@ -95,9 +98,14 @@ def test_hidden_test_call_keys_never_appear_and_cannot_be_reached(world, client_
 
 def create_form(scope, **overrides) -> dict:
     data = {
-        "name": "billing", "description": "Billing service", "deployments": [scope.qwen.public_id, scope.llama.public_id],
-        "router_providers": [scope.router.slug], "byok_credentials": [scope.byok.public_id], "tpm_limit": "60000",
-        "yearly_token_limit": "10000000", "ip_allowlist": "192.168.1.1, 10.0.0.0/8\n2001:DB8::/32",
+        "name": "billing",
+        "description": "Billing service",
+        "deployments": [scope.qwen.public_id, scope.llama.public_id],
+        "router_providers": [scope.router.slug],
+        "byok_credentials": [scope.byok.public_id],
+        "tpm_limit": "60000",
+        "yearly_token_limit": "10000000",
+        "ip_allowlist": "192.168.1.1, 10.0.0.0/8\n2001:DB8::/32",
         "expires_at": (timezone.now() + dt.timedelta(days=30)).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M"),
     }
     return {**data, **overrides}
@@ -131,8 +139,11 @@ def test_the_examples_hand_off_posts_the_key_and_never_puts_it_in_a_url(world, c
     response = client_for(world.developer).post(url("api_key_create"), create_form(scope))
     html = response.content.decode()
     key = KEY_RE.search(html).group(0)
-    forms = re.findall(r'<form method="post" action="([^"]+)"[^>]*>\s*<input type="hidden" name="csrfmiddlewaretoken"[^>]*>'
-                       r'<input type="hidden" name="api_key" value="([^"]+)">', html)
+    forms = re.findall(
+        r'<form method="post" action="([^"]+)"[^>]*>\s*<input type="hidden" name="csrfmiddlewaretoken"[^>]*>'
+        r'<input type="hidden" name="api_key" value="([^"]+)">',
+        html,
+    )
     assert [action for action, _ in forms] == [f"/w/acme/deployments/{d.public_id}/?tab=examples" for d in (scope.llama, scope.qwen)]
     assert all(value == key for _, value in forms)
     assert not re.search(r'(href|action|src)="[^"]*' + key, html)
@@ -165,8 +176,9 @@ def test_privileged_fields_are_refused_and_nothing_is_stored(world, client_for, 
 
 def test_edit_refuses_privileged_fields_and_changes_nothing(world, client_for):
     api_key, _ = make_key(world.org, tpm_limit=100)
-    response = client_for(world.developer).post(url("api_key_edit", key=api_key.public_id),
-                                                 {"all_models": "on", "tpm_limit": "999", "name": "renamed", "workspace": "globex"})
+    response = client_for(world.developer).post(
+        url("api_key_edit", key=api_key.public_id), {"all_models": "on", "tpm_limit": "999", "name": "renamed", "workspace": "globex"}
+    )
     assert response.status_code == 400
     api_key.refresh_from_db()
     assert (api_key.name, api_key.tpm_limit, api_key.workspace) == ("app", 100, world.org)
@@ -174,11 +186,15 @@ def test_edit_refuses_privileged_fields_and_changes_nothing(world, client_for):
 
 def test_another_workspaces_deployment_or_credential_is_refused(world, client_for):
     scope = make_scope(world)
-    globex_byok = ByokCredential.objects.create(workspace=world.other_org, name="g", provider="p", base_url="https://x.test",
-                                                api_key_encrypted="x", api_key_last4="abcd")
+    globex_byok = ByokCredential.objects.create(
+        workspace=world.other_org, name="g", provider="p", base_url="https://x.test", api_key_encrypted="x", api_key_last4="abcd"
+    )
     client = client_for(world.developer)
-    for bad in ({"deployments": [scope.globex.public_id]}, {"byok_credentials": [globex_byok.public_id]},
-                {"router_providers": ["no-such-provider"]}):
+    for bad in (
+        {"deployments": [scope.globex.public_id]},
+        {"byok_credentials": [globex_byok.public_id]},
+        {"router_providers": ["no-such-provider"]},
+    ):
         response = client.post(url("api_key_create"), create_form(scope, **bad))
         assert response.status_code == 400
         assert "is not one of the available choices" in response.content.decode()
@@ -197,12 +213,17 @@ def test_sub_workspace_member_creates_keys_from_granted_models(world, client_for
 
 def test_form_errors_name_the_problem_and_store_nothing(world, client_for):
     scope = make_scope(world)
-    response = client_for(world.developer).post(url("api_key_create"), create_form(
-        scope, name="my key", tpm_limit="0", ip_allowlist="10.0.0.1/8", expires_at="2020-01-01T00:00"))
+    response = client_for(world.developer).post(
+        url("api_key_create"), create_form(scope, name="my key", tpm_limit="0", ip_allowlist="10.0.0.1/8", expires_at="2020-01-01T00:00")
+    )
     html = response.content.decode()
     assert response.status_code == 400
-    for message in ("The name may not contain a space.", "TPM: use a whole number from 1", "“10.0.0.1/8” has host bits set",
-                    "The expiry must be in the future."):
+    for message in (
+        "The name may not contain a space.",
+        "TPM: use a whole number from 1",
+        "“10.0.0.1/8” has host bits set",
+        "The expiry must be in the future.",
+    ):
         assert message in html
     response = client_for(world.developer).post(url("api_key_create"), {"name": "empty-scope"})
     assert response.status_code == 400 and "Choose what this key may call" in response.content.decode()
@@ -253,9 +274,15 @@ def test_edit_updates_limits_and_keeps_name(world, client_for):
     client = client_for(world.developer)
     page = client.get(url("api_key_edit", key=api_key.public_id)).content.decode()
     assert "10.0.0.0/8" in page and 'value="100"' in page
-    response = client.post(url("api_key_edit", key=api_key.public_id), {
-        "deployments": [scope.qwen.public_id], "tpm_limit": "250", "yearly_token_limit": "5000", "ip_allowlist": "10.0.0.0/8",
-    })
+    response = client.post(
+        url("api_key_edit", key=api_key.public_id),
+        {
+            "deployments": [scope.qwen.public_id],
+            "tpm_limit": "250",
+            "yearly_token_limit": "5000",
+            "ip_allowlist": "10.0.0.0/8",
+        },
+    )
     assert response.status_code == 302
     api_key.refresh_from_db()
     assert (api_key.name, api_key.tpm_limit, api_key.yearly_token_limit) == ("app", 250, 5000)
@@ -305,13 +332,24 @@ def test_viewer_reads_but_sees_no_buttons_that_change_keys(world, client_for):
 
 def test_list_shows_hint_scope_limits_usage_and_status(world, client_for):
     scope = make_scope(world)
-    api_key, key = make_key(world.org, name="svc", all_models=False, deployments=[scope.qwen], router_providers=[scope.router],
-                            all_byok=True, tpm_limit=60000, yearly_token_limit=10_000_000, ip_allowlist="10.0.0.0/8, 192.168.1.1")
+    api_key, key = make_key(
+        world.org,
+        name="svc",
+        all_models=False,
+        deployments=[scope.qwen],
+        router_providers=[scope.router],
+        all_byok=True,
+        tpm_limit=60000,
+        yearly_token_limit=10_000_000,
+        ip_allowlist="10.0.0.0/8, 192.168.1.1",
+    )
     now = timezone.now()
-    for i, (when, tokens) in enumerate([(now, 1200), (now - dt.timedelta(days=1), 300),
-                                         (dt.datetime(now.year - 1, 12, 31, 12, tzinfo=dt.UTC), 99999)]):
-        UsageEvent.objects.create(request_id=f"r{i}", created_at=when, workspace=world.org, api_key=api_key, model="m",
-                                  total_tokens=tokens, status_code=200)
+    for i, (when, tokens) in enumerate(
+        [(now, 1200), (now - dt.timedelta(days=1), 300), (dt.datetime(now.year - 1, 12, 31, 12, tzinfo=dt.UTC), 99999)]
+    ):
+        UsageEvent.objects.create(
+            request_id=f"r{i}", created_at=when, workspace=world.org, api_key=api_key, model="m", total_tokens=tokens, status_code=200
+        )
     ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now, last_used_ip="203.0.113.9")
     response = client_for(world.viewer).get(url("secrets_page"))
     html = response.content.decode()
@@ -328,10 +366,24 @@ def test_used_this_year_follows_the_workspace_time_zone(world, client_for):
     api_key, _ = make_key(world.org)
     year = timezone.now().astimezone(world.org.tz).year
     # 11:00 UTC on 31 Dec of last year is already 1 Jan in Auckland: it counts for this year.
-    UsageEvent.objects.create(request_id="nz", created_at=dt.datetime(year - 1, 12, 31, 11, tzinfo=dt.UTC), workspace=world.org,
-                              api_key=api_key, model="m", total_tokens=42, status_code=200)
-    UsageEvent.objects.create(request_id="nz2", created_at=dt.datetime(year - 1, 12, 31, 10, 59, tzinfo=dt.UTC), workspace=world.org,
-                              api_key=api_key, model="m", total_tokens=1000, status_code=200)
+    UsageEvent.objects.create(
+        request_id="nz",
+        created_at=dt.datetime(year - 1, 12, 31, 11, tzinfo=dt.UTC),
+        workspace=world.org,
+        api_key=api_key,
+        model="m",
+        total_tokens=42,
+        status_code=200,
+    )
+    UsageEvent.objects.create(
+        request_id="nz2",
+        created_at=dt.datetime(year - 1, 12, 31, 10, 59, tzinfo=dt.UTC),
+        workspace=world.org,
+        api_key=api_key,
+        model="m",
+        total_tokens=1000,
+        status_code=200,
+    )
     assert client_for(world.owner).get(url("secrets_page")).context["rows"][0].used_this_year == 42
 
 
@@ -345,8 +397,16 @@ def status_world(world):
     api_key_revoke(api_key=revoked, actor=ACTOR)
 
 
-@pytest.mark.parametrize(("status", "names"), [("", {"fresh", "soon", "later", "gone"}), ("active", {"fresh"}), ("expiring", {"soon"}),
-                                               ("expired", {"later"}), ("revoked", {"gone"})])
+@pytest.mark.parametrize(
+    ("status", "names"),
+    [
+        ("", {"fresh", "soon", "later", "gone"}),
+        ("active", {"fresh"}),
+        ("expiring", {"soon"}),
+        ("expired", {"later"}),
+        ("revoked", {"gone"}),
+    ],
+)
 def test_filter_by_status(world, client_for, status, names):
     status_world(world)
     response = client_for(world.viewer).get(url("secrets_page"), {"status": status})
@@ -360,7 +420,9 @@ def test_expiry_warning_in_the_list_and_on_the_overview(world, client_for):
     listing = client.get(url("secrets_page")).content.decode()
     assert "1 key expires within 7 days." in listing
     overview = client.get(url("workspace_overview")).content.decode()
-    notice = re.search(r'<section class="callout" role="status" data-testid="overview-expiring-keys">(.*?)</section>', overview, re.S).group(1)
+    notice = re.search(
+        r'<section class="callout" role="status" data-testid="overview-expiring-keys">(.*?)</section>', overview, re.S
+    ).group(1)
     assert ">soon</a>" in notice
     assert "later" not in notice and "fresh" not in notice and "gone" not in notice  # only keys still live and expiring
 
@@ -370,8 +432,18 @@ def test_overview_without_expiring_keys_shows_no_warning(world, client_for):
     assert "overview-expiring-keys" not in client_for(world.viewer).get(url("workspace_overview")).content.decode()
 
 
-@pytest.mark.parametrize(("q", "names"), [("", {"a_b", "axb", "100%", "x"}), ("_", {"a_b"}), ("%", set()), ("A_B", {"a_b"}),
-                                          ("x", {"axb", "x"}), ("\\", set()), ("' OR 1=1 --", set())])
+@pytest.mark.parametrize(
+    ("q", "names"),
+    [
+        ("", {"a_b", "axb", "100%", "x"}),
+        ("_", {"a_b"}),
+        ("%", set()),
+        ("A_B", {"a_b"}),
+        ("x", {"axb", "x"}),
+        ("\\", set()),
+        ("' OR 1=1 --", set()),
+    ],
+)
 def test_search_by_name_is_literal(world, client_for, q, names):
     for name in ("a_b", "axb", "x"):
         make_key(world.org, name=name)
@@ -404,10 +476,23 @@ def test_list_query_count_does_not_grow_with_keys(world, client_for, django_asse
 
     def add(n):
         for i in range(n):
-            api_key, _ = make_key(world.org, name=f"k{ApiKey.objects.count()}-{i}", all_models=False, deployments=[scope.qwen],
-                                  router_providers=[scope.router], byok_credentials=[scope.byok])
-            UsageEvent.objects.create(request_id=str(uuid.uuid4()), created_at=timezone.now(), workspace=world.org, api_key=api_key,
-                                      model="m", total_tokens=5, status_code=200)
+            api_key, _ = make_key(
+                world.org,
+                name=f"k{ApiKey.objects.count()}-{i}",
+                all_models=False,
+                deployments=[scope.qwen],
+                router_providers=[scope.router],
+                byok_credentials=[scope.byok],
+            )
+            UsageEvent.objects.create(
+                request_id=str(uuid.uuid4()),
+                created_at=timezone.now(),
+                workspace=world.org,
+                api_key=api_key,
+                model="m",
+                total_tokens=5,
+                status_code=200,
+            )
 
     add(2)
     with django_assert_num_queries(12):

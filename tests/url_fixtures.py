@@ -9,6 +9,13 @@ def extra_values(world) -> dict:
 
     actor = Actor.system("tests")
     api_key, _ = api_key_create(workspace=world.org, actor=actor, name="url-walk", all_models=True)
-    credential = byok_credential_create(workspace=world.org, actor=actor, name="url-walk", provider="OpenAI",
-                                        base_url="https://api.openai.com/v1", api_key="sk-test-0123456789", model_names="gpt-4o-mini")
+    credential = byok_credential_create(
+        workspace=world.org,
+        actor=actor,
+        name="url-walk",
+        provider="OpenAI",
+        base_url="https://api.openai.com/v1",
+        api_key="sk-test-0123456789",
+        model_names="gpt-4o-mini",
+    )
     return {"key": api_key.public_id, "credential": credential.public_id}

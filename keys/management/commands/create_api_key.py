@@ -31,8 +31,12 @@ class Command(BaseCommand):
         scope.add_argument("--all-models", action="store_true", help="Every model the workspace may call, now and later.")
         parser.add_argument("--tpm", type=int, metavar="N", help="Tokens per minute.")
         parser.add_argument("--yearly-tokens", type=int, metavar="N", help="Tokens per calendar year (workspace time zone).")
-        parser.add_argument("--ip", action="append", default=[], metavar="CIDR", help="Allowed address or CIDR; repeat, or separate with commas.")
-        parser.add_argument("--expires", metavar="ISO8601", help="e.g. 2027-12-31T23:59:00+00:00; without an offset, the workspace's time zone.")
+        parser.add_argument(
+            "--ip", action="append", default=[], metavar="CIDR", help="Allowed address or CIDR; repeat, or separate with commas."
+        )
+        parser.add_argument(
+            "--expires", metavar="ISO8601", help="e.g. 2027-12-31T23:59:00+00:00; without an offset, the workspace's time zone."
+        )
 
     def handle(self, *args, workspace, name, description, deployment, all_models, tpm, yearly_tokens, ip, expires, **options):
         ws = Workspace.objects.filter(slug=workspace).first()
@@ -55,9 +59,16 @@ class Command(BaseCommand):
                 expires_at = expires_at.replace(tzinfo=ws.tz)
         try:
             api_key, key = api_key_create(
-                workspace=ws, actor=Actor.system("manage.py create_api_key"), name=name, description=description,
-                all_models=all_models, deployments=deployments, tpm_limit=tpm, yearly_token_limit=yearly_tokens,
-                ip_allowlist=",".join(ip), expires_at=expires_at,
+                workspace=ws,
+                actor=Actor.system("manage.py create_api_key"),
+                name=name,
+                description=description,
+                all_models=all_models,
+                deployments=deployments,
+                tpm_limit=tpm,
+                yearly_token_limit=yearly_tokens,
+                ip_allowlist=",".join(ip),
+                expires_at=expires_at,
             )
         except ValidationError as exc:
             raise CommandError(_errors(exc)) from None

@@ -23,7 +23,9 @@ class Command(BaseCommand):
         if api_key is None:
             raise CommandError(f"No API key named {name!r} in {ws.slug}.")
         if api_key.revoked_at is not None:
-            self.stdout.write(f"API key {api_key.name!r} in {ws.slug} ({api_key.hint}) was already revoked at {api_key.revoked_at.isoformat()}.")
+            self.stdout.write(
+                f"API key {api_key.name!r} in {ws.slug} ({api_key.hint}) was already revoked at {api_key.revoked_at.isoformat()}."
+            )
             return
         api_key_revoke(api_key=api_key, actor=Actor.system("manage.py revoke_api_key"))
         self.stdout.write(f"Revoked API key {api_key.name!r} in {ws.slug} ({api_key.hint}).")
