@@ -4,4 +4,8 @@ from __future__ import annotations
 
 
 def extra_values(world) -> dict:
-    return {}
+    from deployments.models import Deployment
+
+    deployment = Deployment.objects.create(workspace=world.org, name="URL walk", model_id="url-walk-model",
+                                           upstream_base_url="http://127.0.0.1:9/v1")
+    return {"deployment": deployment.public_id}
