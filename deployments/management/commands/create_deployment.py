@@ -10,6 +10,9 @@ from console.models import Workspace
 from deployments.examples import target_for
 from deployments.services import deployment_create
 
+OPTION_FOR = {"name": "--name", "model_id": "--model", "upstream_base_url": "--upstream-url", "upstream_model": "--upstream-model",
+              "input_per_million": "--input-price", "output_per_million": "--output-price", "currency": "--currency"}
+
 
 class Command(BaseCommand):
     help = "Create a deployment backed by an OpenAI-compatible endpoint. Prints what it made; the deployment id is the last line."
@@ -44,7 +47,8 @@ class Command(BaseCommand):
                 input_per_million=input_price, output_per_million=output_price, currency=currency, description=description,
             )
         except ValidationError as exc:
-            messages = [f"{field}: {m}" for field, ms in exc.message_dict.items() for m in ms] if hasattr(exc, "error_dict") else exc.messages
+            messages = ([f"{OPTION_FOR.get(field, field)}: {m}" for field, ms in exc.message_dict.items() for m in ms]
+                        if hasattr(exc, "error_dict") else exc.messages)
             raise CommandError("; ".join(messages)) from None
         target = target_for(deployment=deployment, workspace=ws)
         self.stdout.write(f"Created deployment {deployment.name!r} in workspace {ws.slug}")
