@@ -16,7 +16,7 @@ class DeploymentForm(forms.Form):
     model_id = forms.CharField(label="Model id", max_length=200, strip=False,
                                help_text="What clients send as “model”, e.g. @acme/Qwen/Qwen3-0.6B or qwen-plus.")
     description = forms.CharField(max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 2}))
-    upstream_kind = forms.ChoiceField(label="Upstream", choices=UpstreamKind.choices, initial=UpstreamKind.ENDPOINT)
+    upstream_kind = forms.ChoiceField(label="Routes to", choices=UpstreamKind.choices, initial=UpstreamKind.ENDPOINT)
     upstream_base_url = forms.CharField(label="Upstream base URL", max_length=300, required=False,
                                         widget=forms.TextInput(attrs={"placeholder": "http://10.0.0.5:8000/v1", "spellcheck": "false"}),
                                         help_text="OpenAI-compatible base URL (http or https). Private addresses are fine; "
@@ -34,6 +34,11 @@ class DeploymentForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["router_provider"].queryset = RouterProvider.objects.filter(is_active=True)
         self.fields["byok_credential"].queryset = ByokCredential.objects.filter(workspace_id__in={workspace.id, workspace.root_id})
+        # Each upstream kind needs its own field; the one matching the chosen kind is required.
+        kind = self.data.get("upstream_kind") if self.is_bound else self.initial.get("upstream_kind", UpstreamKind.ENDPOINT)
+        required = {UpstreamKind.ENDPOINT: "upstream_base_url", UpstreamKind.ROUTER: "router_provider", UpstreamKind.BYOK: "byok_credential"}
+        if kind in required:
+            self.fields[required[kind]].required = True
         if editing:
             self.fields["upstream_api_key"].help_text = (
                 f"A key ending in …{key_last4} is stored. Leave empty to keep it." if key_last4 else "No key is stored. Leave empty for none."
@@ -42,13 +47,13 @@ class DeploymentForm(forms.Form):
 
 
 class PriceForm(forms.Form):
-    input_per_million = forms.DecimalField(label="Input price per 1M tokens", min_value=Decimal("0"), max_digits=12, decimal_places=6,
+    input_per_million = forms.DecimalField(label="Input price / 1M tokens", min_value=Decimal("0"), max_digits=12, decimal_places=6,
                                            initial=Decimal("0"))
-    output_per_million = forms.DecimalField(label="Output price per 1M tokens", min_value=Decimal("0"), max_digits=12, decimal_places=6,
+    output_per_million = forms.DecimalField(label="Output price / 1M tokens", min_value=Decimal("0"), max_digits=12, decimal_places=6,
                                             initial=Decimal("0"))
     currency = forms.RegexField(regex=r"^[A-Za-z]{3}$", max_length=3, initial="USD", help_text="Three-letter code, e.g. USD.",
                                 error_messages={"invalid": "Use a three-letter currency code such as USD."})
-    effective_from = forms.DateTimeField(label="Effective from", required=False,
+    effective_from = forms.DateTimeField(label="Effective from (workspace time zone)", required=False,
                                          widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
                                          help_text="Empty: now. Past usage keeps the price it was made at.")
 

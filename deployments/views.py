@@ -78,8 +78,8 @@ def _edit_context(access, deployment: Deployment, *, form=None, price_form=None)
         "access": access, "nav": "deployments", "deployment": deployment,
         "form": form or DeploymentForm(initial=initial, workspace=deployment.workspace, editing=True, key_last4=deployment.upstream_api_key_last4),
         "price_form": price_form or PriceForm(initial={
-            "input_per_million": current.input_per_million if current else 0,
-            "output_per_million": current.output_per_million if current else 0,
+            "input_per_million": current.input_per_million.normalize() if current else 0,
+            "output_per_million": current.output_per_million.normalize() if current else 0,
             "currency": current.currency if current else "USD",
         }),
         "prices": list(DeploymentPrice.objects.filter(deployment=deployment).select_related("created_by")),
