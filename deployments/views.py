@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
@@ -150,13 +151,15 @@ def _tab(request: HttpRequest) -> str:
 
 
 @login_required
+@sensitive_post_parameters("api_key")  # error reports and debug pages never show the key
 @require_http_methods(["GET", "POST"])
 @vary_on_headers("HX-Request")
 def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
     """The details page. GET ?tab=... picks a tab (htmx swaps just the panel).
 
-    POST with `api_key` (from the Secrets page, right after a key was created) renders the Code
-    Examples with that key written in, for this response only: never stored, logged or put in a URL.
+    POST with `api_key` (from the Secrets page, right after a key was created; optional `lang`
+    picks the language shown first) renders the Code Examples with that key written in, for this
+    response only: never stored, logged or put in a URL.
     """
     access, dep = access_deployment(request.user, ws, deployment)
     tab = _tab(request)
@@ -176,7 +179,7 @@ def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpRes
         "upstream_host": upstream_host(dep.upstream_base_url) if dep.upstream_base_url else "",
         "current_price": price_in_force(dep, timezone.now()),
         "target": target, "key_env": API_KEY_ENV, "key_in_examples": api_key is not None, "key_error": key_error,
-        "lang": request.GET.get("lang", "python"),
+        "lang": request.POST.get("lang") or request.GET.get("lang") or "python",
     }
     if tab == "examples":
         context["examples"] = render_examples(target)

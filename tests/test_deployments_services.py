@@ -251,3 +251,22 @@ def test_create_deployment_command_fails_clearly(world, args, message):
     with pytest.raises(CommandError, match=message):
         call_command("create_deployment", *[x for pair in base.items() for x in pair], stdout=StringIO())
     assert not Deployment.objects.exists()
+
+
+def test_router_and_byok_upstreams_need_their_own_target(world, actor):
+    from keys.models import ByokCredential
+    from lib.crypto import encrypt
+
+    provider = RouterProvider.objects.create(slug="openrouter", name="OpenRouter", base_url="https://openrouter.example/api/v1")
+    routed = make(world, actor, model_id="routed", upstream_kind="router", upstream_base_url="", router_provider=provider)
+    assert routed.router_provider == provider and routed.upstream_base_url == ""
+    with pytest.raises(ValidationError, match="router provider"):
+        make(world, actor, model_id="routed-2", upstream_kind="router", upstream_base_url="")
+
+    foreign = ByokCredential.objects.create(workspace=world.other_org, name="theirs", provider="openai",
+                                            base_url="https://api.openai.example/v1", api_key_encrypted=encrypt("x"), api_key_last4="xxxx")
+    with pytest.raises(ValidationError, match="BYOK credential of this workspace"):
+        make(world, actor, model_id="byok-model", upstream_kind="byok", upstream_base_url="", byok_credential=foreign)
+    ours = ByokCredential.objects.create(workspace=world.org, name="ours", provider="openai",
+                                         base_url="https://api.openai.example/v1", api_key_encrypted=encrypt("x"), api_key_last4="xxxx")
+    assert make(world, actor, model_id="byok-model", upstream_kind="byok", upstream_base_url="", byok_credential=ours).byok_credential == ours

@@ -247,8 +247,9 @@ def test_test_call_and_usage_tabs_say_honestly_what_is_missing(world, deployment
 def test_a_posted_key_is_rendered_into_the_examples_for_that_response_only(world, deployment, client_for, caplog):
     key = tokens.generate()
     client = client_for(world.developer)
-    response = client.post(url("deployment_detail", deployment=deployment), {"api_key": key})
+    response = client.post(url("deployment_detail", deployment=deployment), {"api_key": key, "lang": "node"})
     assert response.status_code == 200
+    assert response.context["lang"] == "node"
     assert "no-store" in response["Cache-Control"]
     content = response.content.decode()
     assert f'api_key=&quot;{key}&quot;' in content  # HTML-escaped inside the <pre>
