@@ -83,9 +83,18 @@ def secrets_page(request: HttpRequest, ws: str) -> HttpResponse:
         return _page(request, access, template, context, status=200 if valid else 400)
 
 
-def _example_deployments(api_key: ApiKey) -> list:
+def _example_links(api_key: ApiKey) -> list[tuple[object, str]]:
+    """Deployments whose Code Examples the new key can be carried to, each with its details URL.
+
+    The key itself travels as the POST field `api_key` to that URL (the deployments page renders
+    its examples with it for that response only), never in the URL.
+    """
     deployments = callable_deployments(api_key.workspace) if api_key.all_models else api_key.deployments.all()
-    return list(deployments.order_by("name")[:EXAMPLE_LINKS])
+    ws = api_key.workspace.slug
+    return [
+        (d, reverse("deployment_detail", kwargs={"ws": ws, "deployment": d.public_id}) + "?tab=examples")
+        for d in deployments.order_by("name")[:EXAMPLE_LINKS]
+    ]
 
 
 @sensitive_variables("key")
@@ -102,8 +111,7 @@ def _secret_page(request: HttpRequest, access: WorkspaceAccess, api_key: ApiKey,
         "rotated": rotated,
         "grace_until": grace_until,
         "scope": selectors.scope_summary(api_key),
-        "example_deployments": _example_deployments(api_key),
-        "deployments_url": reverse("deployments_page", kwargs={"ws": access.workspace.slug}),
+        "example_links": _example_links(api_key),
     }
     with timezone.override(access.workspace.tz):
         return _page(request, access, "keys/api_key_secret_page.html", context)

@@ -75,6 +75,13 @@ def test_developer_creates_copies_edits_rotates_and_revokes_a_key(page, sign_in,
     assert page.evaluate("navigator.clipboard.readText()") == key
     assert page.locator("[data-testid=examples-link]").count() == 1
     screenshot(page, "3-shown-once")
+    with page.context.expect_page() as opened:
+        page.click("[data-testid=examples-link]")
+    examples = opened.value
+    examples.wait_for_load_state()
+    assert key in examples.content() and "/deployments/" in examples.url and key not in examples.url
+    screenshot(examples, "3b-examples-with-key")
+    examples.close()
 
     api_key = ApiKey.objects.get(name="billing-service")
     assert api_key.created_by == world.developer and api_key.description == "Invoices and receipts worker"

@@ -149,6 +149,22 @@ def test_the_examples_hand_off_posts_the_key_and_never_puts_it_in_a_url(world, c
     assert not re.search(r'(href|action|src)="[^"]*' + key, html)
 
 
+def test_following_the_examples_hand_off_renders_the_examples_with_the_key(world, client_for):
+    scope = make_scope(world)
+    client = client_for(world.developer)
+    html = client.post(url("api_key_create"), create_form(scope, deployments=[scope.qwen.public_id])).content.decode()
+    key = KEY_RE.search(html).group(0)
+    action, token = re.search(
+        r'<form method="post" action="([^"]+)"[^>]*>\s*<input type="hidden" name="csrfmiddlewaretoken" value="([^"]+)">'
+        r'<input type="hidden" name="api_key"',
+        html,
+    ).groups()
+    response = client.post(action.replace("&amp;", "&"), {"csrfmiddlewaretoken": token, "api_key": key})
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    assert key in response.content.decode() and scope.qwen.model_id in response.content.decode()
+    assert key not in client.get(action.replace("&amp;", "&")).content.decode()  # that page view only
+
+
 @pytest.mark.parametrize(
     ("extra", "stored_attr"),
     [
