@@ -15,9 +15,9 @@ from console.models import Workspace
 from deployments.changes import deployment_changed
 from deployments.models import Deployment, DeploymentPrice, DeploymentStatus, ModelGrant, UpstreamKind
 from deployments.selectors import price_in_force
-from deployments.upstream import Resolver, system_resolver, upstream_host, validate_upstream_url
 from keys.models import ByokCredential, RouterProvider
 from lib.crypto import encrypt
+from lib.upstream import Resolver, system_resolver, upstream_host, validate_upstream_url
 
 MODEL_ID_MAX = 200
 CURRENCY_RE = re.compile(r"^[A-Z]{3}$")

@@ -28,8 +28,8 @@ from deployments.services import (
     model_grant_add,
     model_grant_remove,
 )
-from deployments.upstream import upstream_host
 from keys.tokens import is_well_formed
+from lib.upstream import upstream_host
 
 TABS = (("overview", "Overview"), ("api", "API call"), ("examples", "Code Examples"), ("test", "Test call"), ("usage", "Usage"))
 TAB_IDS = {t for t, _ in TABS}

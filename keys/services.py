@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
-from django.core.validators import URLValidator, validate_slug
+from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -29,6 +28,7 @@ from keys.models import ApiKey, ApiKeyKind, ApiKeySecret, ByokCredential, Router
 from keys.names import validate_key_name
 from lib.crypto import encrypt
 from lib.net import parse_allowlist
+from lib.upstream import validate_upstream_url
 
 MAX_TPM = 2_147_483_647  # PositiveIntegerField
 MAX_YEARLY_TOKENS = 9_223_372_036_854_775_807  # PositiveBigIntegerField
@@ -430,16 +430,9 @@ def parse_model_names(value: str | Iterable[str], *, required: bool = True) -> l
 
 
 def _check_base_url(value: str) -> str:
-    value = (value or "").strip()
-    URLValidator(schemes=["http", "https"], message="Enter an http:// or https:// URL.")(value)
-    parts = urlsplit(value)
-    if parts.username or parts.password:
-        raise ValidationError("Put the provider key in the API key field, not in the URL.")
-    if parts.query or parts.fragment:
-        raise ValidationError("The base URL cannot have a query string or fragment.")
-    if len(value) > 300:
-        raise ValidationError("Use at most 300 characters.")
-    return value.rstrip("/")
+    # The same server-side-request policy as deployment upstreams: link-local and cloud
+    # metadata addresses are refused, including via DNS.
+    return validate_upstream_url(value, allow_unresolved=True)
 
 
 @sensitive_variables("value")

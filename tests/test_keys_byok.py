@@ -50,8 +50,8 @@ def test_admin_adds_a_byok_credential_encrypted_and_never_shown_again(world, cli
     ("overrides", "message"),
     [
         ({"name": "Open AI"}, "Enter a valid “slug”"),
-        ({"base_url": "ftp://files.example.com"}, "Enter an http:// or https:// URL."),
-        ({"base_url": "https://user:pw@api.example.com/v1"}, "Put the provider key in the API key field, not in the URL."),
+        ({"base_url": "ftp://files.example.com"}, "Only http:// and https:// upstream URLs are allowed."),
+        ({"base_url": "https://user:pw@api.example.com/v1"}, "Do not put credentials in the URL"),
         ({"base_url": "https://api.example.com/v1?key=abc"}, "cannot have a query string"),
         ({"api_key": "short"}, "8–500 characters, no spaces"),
         ({"model_names": "gpt 4o"}, "“gpt 4o” is not a model name"),
@@ -173,3 +173,13 @@ def test_provider_key_is_hidden_from_error_reports(world, client_for):
     response = client_for(world.admin).post(url("byok_create"), form(name="Bad Name"))
     filtered = SafeExceptionReporterFilter().get_post_parameters(response.wsgi_request)
     assert filtered["api_key"] != PROVIDER_KEY and filtered["provider"] == "OpenAI"
+
+
+@pytest.mark.parametrize("base_url", ["http://169.254.169.254/v1", "http://metadata.google.internal/v1", "http://[fe80::1]/v1"])
+def test_byok_base_url_cannot_point_at_link_local_or_metadata(world, client_for, base_url):
+    from keys.models import ByokCredential
+
+    before = ByokCredential.objects.count()
+    response = client_for(world.admin).post(url("byok_create"), form(base_url=base_url))
+    assert response.status_code == 400
+    assert ByokCredential.objects.count() == before

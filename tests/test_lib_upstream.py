@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ValidationError
 
-from deployments.upstream import forbidden_address_reason, upstream_host, validate_upstream_url
+from lib.upstream import forbidden_address_reason, upstream_host, validate_upstream_url
 
 # A stand-in for DNS (the process boundary): hostname -> addresses it resolves to.
 FAKE_DNS = {
@@ -126,3 +126,17 @@ def test_forbidden_address_reason_for_the_gateway(address, forbidden):
 ])
 def test_upstream_host_shows_host_and_port_only(url, host):
     assert upstream_host(url) == host
+
+
+def test_unresolvable_host_is_refused_unless_allowed():
+    def no_dns(host, port):
+        raise OSError("no such host")
+
+    with pytest.raises(ValidationError, match="does not resolve"):
+        validate_upstream_url("https://api.provider.test/v1", resolve=no_dns)
+    assert validate_upstream_url("https://api.provider.test/v1/", resolve=no_dns, allow_unresolved=True) == "https://api.provider.test/v1"
+    # Metadata hosts and literals stay refused either way.
+    with pytest.raises(ValidationError):
+        validate_upstream_url("http://169.254.169.254/latest", resolve=no_dns, allow_unresolved=True)
+    with pytest.raises(ValidationError):
+        validate_upstream_url("http://metadata.google.internal/", resolve=no_dns, allow_unresolved=True)

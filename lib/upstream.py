@@ -87,8 +87,12 @@ def system_resolver(host: str, port: int) -> list[str]:
     return [info[4][0] for info in infos]
 
 
-def validate_upstream_url(url: str, *, resolve: Resolver = system_resolver) -> str:
-    """Return the normalised URL (no trailing slash) or raise ValidationError saying why not."""
+def validate_upstream_url(url: str, *, resolve: Resolver = system_resolver, allow_unresolved: bool = False) -> str:
+    """Return the normalised URL (no trailing slash) or raise ValidationError saying why not.
+
+    allow_unresolved accepts a host name this server cannot resolve right now (a public provider
+    seen from a host without outside DNS); the gateway's connect-time check still applies.
+    """
     url = (url or "").strip()
     if not url:
         raise ValidationError("Enter the upstream's base URL, e.g. http://10.0.0.5:8000/v1.")
@@ -123,8 +127,8 @@ def validate_upstream_url(url: str, *, resolve: Resolver = system_resolver) -> s
         try:
             addresses = list(resolve(host, port or (443 if parts.scheme.lower() == "https" else 80)))
         except (OSError, UnicodeError):
-            raise ValidationError(f"The host {host} does not resolve from this server.") from None
-        if not addresses:
+            addresses = []
+        if not addresses and not allow_unresolved:
             raise ValidationError(f"The host {host} does not resolve from this server.")
     for address in addresses:
         reason = forbidden_address_reason(address)
