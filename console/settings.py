@@ -179,13 +179,14 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "data_folder_out": str(VAR_DIR / "broker"),
         "processed_folder": str(VAR_DIR / "broker-processed"),
         "store_processed": False,
+        # The broadcast (pidbox) exchange tables; kombu's default is ./control in the repo.
+        "control_folder": str(VAR_DIR / "broker-control"),
     }
     if CELERY_BROKER_URL == "filesystem://"
     else {"visibility_timeout": 3600}
 )
 if CELERY_BROKER_URL == "filesystem://":
-    # The filesystem transport lists its folders on start and fails if they are missing.
-    for _folder in ("broker", "broker-processed"):
+    for _folder in ("broker", "broker-processed", "broker-control"):
         (VAR_DIR / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import httpx
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from console.audit import Actor, audit_record
 from deployments.models import Deployment, DeploymentStatus, UpstreamKind
 from lib.crypto import decrypt
+from lib.upstream import validate_upstream_url
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,15 @@ def _upstream_message(response: httpx.Response) -> str:
 
 
 def probe_upstream(*, base_url: str, api_key: str, timeout: float) -> ProbeResult:
-    """One GET {base_url}/models. Errors never contain the key or the URL (it may hold credentials)."""
+    """One GET {base_url}/models. Errors never contain the key or the URL's path.
+
+    The URL is checked against the server-side-request policy first (resolved now, so a host
+    that has started pointing at a metadata service since it was saved is not contacted).
+    """
+    try:
+        validate_upstream_url(base_url)
+    except ValidationError as exc:
+        return ProbeResult(False, exc.messages[0])
     headers = {"Accept": "application/json", "User-Agent": "Gatehouse-health-check"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"

@@ -155,3 +155,12 @@ def test_probe_after_a_change_is_enqueued_on_commit(world, upstream, django_capt
         assert sent == []
 
     assert len(callbacks) == 1 and sent == [(d.id,)]
+
+
+def test_a_forbidden_upstream_address_is_not_contacted(world):
+    d = deployment(world, "http://169.254.169.254/v1")
+
+    checked = health.deployment_health_check(deployment_id=d.id, now=NOW)
+
+    assert checked.status == DeploymentStatus.UNREACHABLE
+    assert checked.last_error == "Refused: 169.254.169.254 is a cloud metadata service."
