@@ -164,7 +164,12 @@ def current_generation(api_key_id: int) -> int:
     if settings.REDIS_URL:
         from lib.redis import redis_client
 
-        value = redis_client().hget(GENERATION_KEY, str(api_key_id))
+        try:
+            value = redis_client().hget(GENERATION_KEY, str(api_key_id))
+        except Exception:
+            # Unknown: admission needs Redis anyway and fails closed; once Redis is back the
+            # generation it reports differs from -1 and the key is reloaded.
+            return -1
         return int(value or 0)
     return local_generations.get(api_key_id, 0)
 
