@@ -84,7 +84,7 @@ def start_gateway(name: str, *, workers: int = 1, **extra_env: str) -> Server:
     env = dict(os.environ)
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     env.update(DJANGO_SETTINGS_MODULE="console.settings", DATABASE_URL=database_url(), METRICS_TOKEN=METRICS_TOKEN,
-               GATEWAY_MAX_BODY_BYTES=str(MAX_BODY), GATEWAY_KEY_CACHE_TTL="600", LOG_LEVEL="WARNING", DEBUG="0")
+               GATEWAY_MAX_BODY_BYTES=str(MAX_BODY), GATEWAY_KEY_CACHE_TTL="600", LOG_LEVEL="INFO", DEBUG="0")
     env.update(extra_env)
     args = [sys.executable, "-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-proxy-headers", "--no-access-log"]
