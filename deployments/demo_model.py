@@ -19,7 +19,8 @@ Behaviour can be steered per request, for tests and benchmarks, in two ways:
 - `metadata` keys prefixed `demo_`: `{"metadata": {"demo_fail": "500"}}`.
 Options: latency_ms (delay before the response), chunk_delay_ms (between streamed chunks),
 fail (answer with this HTTP status and an OpenAI error body), reply_tokens (reply of exactly
-this many tokens), no_usage=1 (never report usage), hang=1 (accept and never answer).
+this many tokens), no_usage=1 (never report usage), hang=1 (accept and never answer),
+stop_after=N (end a stream after N chunks without usage or [DONE], as a crashed upstream would).
 CLI flags set the defaults for latency_ms and chunk_delay_ms.
 """
 
@@ -191,6 +192,10 @@ class DemoModel:
                 deltas.append({"tool_calls": [{"index": 0, **call}]})
             deltas += [{"content": token} for token in tokens]
             for i, delta in enumerate(deltas):
+                if options.get("stop_after") and i >= options["stop_after"]:
+                    # An upstream that dies mid-answer: the stream just ends, no usage, no [DONE].
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
                 if disconnected.is_set():
                     stats["cancelled"] += 1
                     return
