@@ -7,6 +7,7 @@ gateway tests use `pytest.mark.django_db(transaction=True)`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -145,6 +146,14 @@ def chat_body(model: str | None, content: str = "What is the capital of France?"
 
 def demo_stats(demo_server: Server) -> dict:
     return httpx.get(demo_server.url + "/_demo/stats", timeout=5).json()
+
+
+def run_async(coroutine):
+    """asyncio.run on a fresh thread: Playwright's sync API may keep an event loop running in this one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):

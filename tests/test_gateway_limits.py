@@ -16,7 +16,7 @@ from keys.models import ApiKey
 from lib.redis import redis_client
 from tests import gateway_support
 from tests.factories import make_deployment, make_key
-from tests.gateway_support import UPSTREAM_KEY, chat_body, start_gateway, wait_for
+from tests.gateway_support import UPSTREAM_KEY, chat_body, run_async, start_gateway, wait_for
 from usage.models import UsageEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,7 +45,7 @@ async def _burst(targets: list, key: str, body: dict) -> list[httpx.Response]:
 
 
 def burst(targets: list, key: str, body: dict) -> list[httpx.Response]:
-    return asyncio.run(_burst(targets, key, body))
+    return run_async(_burst(targets, key, body))
 
 
 def test_tpm_is_exact_across_two_gateway_processes_under_concurrency(world, deployment, gateways):

@@ -17,7 +17,7 @@ from gateway.metering import UsageWriter, event_row
 from lib.redis import redis_client
 from tests import gateway_support
 from tests.factories import make_deployment, make_key
-from tests.gateway_support import UPSTREAM_KEY, chat_body, demo_stats, wait_for
+from tests.gateway_support import UPSTREAM_KEY, chat_body, demo_stats, run_async, wait_for
 from usage.models import UsageEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -160,7 +160,7 @@ def test_a_duplicate_request_id_is_one_row(world, backend):
         await writer.write(_row(world, key, "req_other", 8))
         await writer.stop()
 
-    asyncio.run(write_twice())
+    run_async(write_twice())
     assert UsageEvent.objects.filter(request_id="req_dup").count() == 1
     event = UsageEvent.objects.get(request_id="req_dup")
     assert event.prompt_tokens in (5, 6)

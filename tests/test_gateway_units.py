@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 import pytest
 import time_machine
@@ -12,10 +10,11 @@ from gateway.errors import GatewayError
 from gateway.limits import ADMIT, NEEDS_SEED, QUOTA_REFUSED, TPM_REFUSED, LocalLimiter
 from gateway.proxy import SseRelay
 from gateway.validation import validate_chat
+from tests.gateway_support import run_async
 
 
 def admit(limiter, estimate, *, tpm=None, yearly=None, seed=-1):
-    return asyncio.run(limiter.admit(api_key_id=1, public_id="k", year=2026, estimate=estimate, tpm_limit=tpm,
+    return run_async(limiter.admit(api_key_id=1, public_id="k", year=2026, estimate=estimate, tpm_limit=tpm,
                                      yearly_limit=yearly, seed=seed))
 
 
@@ -35,11 +34,11 @@ def test_local_settle_returns_unused_tokens_and_release_returns_all():
     with time_machine.travel(1_000_000, tick=False):
         first = admit(limiter, 600, tpm=1000)
         assert admit(limiter, 600, tpm=1000).outcome == TPM_REFUSED
-        asyncio.run(limiter.settle(first.reservation, 100))
+        run_async(limiter.settle(first.reservation, 100))
         second = admit(limiter, 600, tpm=1000)
         assert second.outcome == ADMIT
-        asyncio.run(limiter.settle(second.reservation, 0))
-        asyncio.run(limiter.settle(second.reservation, 0))  # settling twice changes nothing
+        run_async(limiter.settle(second.reservation, 0))
+        run_async(limiter.settle(second.reservation, 0))  # settling twice changes nothing
         assert sum(limiter.buckets["gatehouse:tpm:k"].values()) == 100
 
 
