@@ -35,7 +35,7 @@ from gateway.limits import (
     estimate_prompt_tokens,
 )
 from gateway.metering import UsageWriter, event_row
-from gateway.proxy import SseRelay, make_client, status_error, transport_error, upstream_request
+from gateway.proxy import SseRelay, make_client, status_error, transport_error, upstream_call
 from gateway.validation import validate_chat
 from lib.net import ip_allowed, resolve_client_ip
 
@@ -96,13 +96,15 @@ class Gateway:
                 return
             self.db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db", initializer=_count_orm_queries)
             self.cache = KeyCache(self.run_db, ttl=settings.GATEWAY_KEY_CACHE_TTL)
-            self.http = make_client(max_connections=settings.GATEWAY_UPSTREAM_CONNECTIONS, default_timeout=settings.GATEWAY_UPSTREAM_TIMEOUT)
+            self.http = make_client(kind=settings.GATEWAY_UPSTREAM_CLIENT, max_connections=settings.GATEWAY_UPSTREAM_CONNECTIONS)
             if settings.REDIS_URL:
                 import redis.asyncio as aioredis
 
-                self.redis = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2,
-                                                     health_check_interval=30, max_connections=256)
-                self.limiter = RedisLimiter(self.redis)
+                from gateway.resp import PipelinedRedis
+
+                # redis-py for the change subscription; the lean pipelined client for admission.
+                self.redis = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
+                self.limiter = RedisLimiter(PipelinedRedis(settings.REDIS_URL))
                 self.tasks.append(asyncio.get_running_loop().create_task(listen_for_changes(self.redis, self.cache)))
             else:
                 self.redis = None
@@ -121,6 +123,7 @@ class Gateway:
         await self.http.aclose()
         if self.redis is not None:
             await self.redis.aclose()
+            await self.limiter.redis.aclose()
         self.db_executor.shutdown(wait=False)
         self.ready = False
 
@@ -368,14 +371,14 @@ class Gateway:
         raise error
 
     async def proxy_once(self, exchange: Exchange, entry: KeyEntry, route: Route, payload: dict, reservation) -> None:
-        request = upstream_request(self.http, route, payload, stream=False)
+        headers, body = upstream_call(route, payload, stream=False)
         try:
-            response = await self.http.send(request)
+            response = await self.http.open(route.chat_url, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0))
+            body = await response.read()
         except Exception as exc:
             return await self.upstream_failed(exchange, entry, route, reservation, transport_error(exc))
-        body = response.content
-        if response.status_code != 200:
-            return await self.upstream_failed(exchange, entry, route, reservation, status_error(response.status_code, body))
+        if response.status != 200:
+            return await self.upstream_failed(exchange, entry, route, reservation, status_error(response.status, body))
         try:
             data = orjson.loads(body)
             if not isinstance(data, dict):
@@ -399,16 +402,19 @@ class Gateway:
 
     async def proxy_stream(self, receive, exchange: Exchange, entry: KeyEntry, route: Route, payload: dict, reservation,
                            wants_usage: bool) -> None:
-        request = upstream_request(self.http, route, payload, stream=True)
+        headers, body = upstream_call(route, payload, stream=True)
         try:
-            response = await self.http.send(request, stream=True)
+            response = await self.http.open(route.chat_url, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0))
         except Exception as exc:
             return await self.upstream_failed(exchange, entry, route, reservation, transport_error(exc), streamed=True)
         relay = SseRelay(client_model=route.name, upstream_model=route.upstream_model, client_wants_usage=wants_usage)
         try:
-            if response.status_code != 200:
-                body = await response.aread()
-                return await self.upstream_failed(exchange, entry, route, reservation, status_error(response.status_code, body),
+            if response.status != 200:
+                try:
+                    body = await response.read()
+                except Exception:
+                    body = b""
+                return await self.upstream_failed(exchange, entry, route, reservation, status_error(response.status, body),
                                                   streamed=True)
             await exchange.start(200, SSE_HEADERS)
             outcome = await self._pump(receive, exchange, response, relay)
@@ -457,7 +463,7 @@ class Gateway:
         """Forward the stream until it ends ("done"/"eof"), fails (the exception) or the client leaves ("client_gone")."""
 
         async def forward():
-            async for data in response.aiter_raw():
+            async for data in response.iter_raw():
                 out = relay.feed(data)
                 if out:
                     if relay.state.first_chunk_at is None:

@@ -124,18 +124,16 @@ def _yearly_ttl(year: int) -> int:
 
 class RedisLimiter:
     def __init__(self, redis):
-        self.redis = redis
-        self._admit = redis.register_script(ADMIT_LUA)
-        self._settle = redis.register_script(SETTLE_LUA)
+        self.redis = redis  # gateway.resp.PipelinedRedis
 
     async def admit(self, *, api_key_id: int, public_id: str, year: int, estimate: int, tpm_limit: int | None,
                     yearly_limit: int | None, seed: int = -1) -> Decision:
         now = int(time.time())
         tpm_key, yearly_key = _keys(public_id, year)
         try:
-            gen, outcome, extra = await self._admit(
-                keys=[GENERATION_KEY, tpm_key, yearly_key],
-                args=[api_key_id, now, estimate, tpm_limit or 0, yearly_limit or 0, seed, _yearly_ttl(year)],
+            gen, outcome, extra = await self.redis.evalsha(
+                ADMIT_LUA, [GENERATION_KEY, tpm_key, yearly_key],
+                [api_key_id, now, estimate, tpm_limit or 0, yearly_limit or 0, seed, _yearly_ttl(year)],
             )
         except Exception as exc:
             raise LimiterUnavailable(str(type(exc).__name__)) from exc
@@ -145,15 +143,19 @@ class RedisLimiter:
         return Decision(int(outcome), int(gen), int(extra), reservation)
 
     async def settle(self, reservation: Reservation, actual: int) -> None:
-        """Move the reservation to the real usage (0 releases it). Idempotent per reservation."""
+        """Move the reservation to the real usage (0 releases it). Idempotent per reservation.
+
+        Sent without waiting for the reply (it rides in the next pipelined write): admission is
+        decided by reservations, so a settlement a moment later only returns tokens a moment later.
+        """
         if reservation.settled:
             return
         reservation.settled = True
         delta = actual - reservation.estimate
         if delta == 0 or not (reservation.has_tpm or reservation.has_yearly):
             return
-        await self._settle(keys=[reservation.tpm_key, reservation.yearly_key],
-                           args=[reservation.second, delta, int(reservation.has_tpm), int(reservation.has_yearly)])
+        self.redis.fire(SETTLE_LUA, [reservation.tpm_key, reservation.yearly_key],
+                        [reservation.second, delta, int(reservation.has_tpm), int(reservation.has_yearly)])
 
 
 class LocalLimiter:

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
 import orjson
 
 from gateway.errors import GatewayError
 
 
-def make_client(*, max_connections: int, default_timeout: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=30),
-        timeout=httpx.Timeout(default_timeout, connect=10.0),
-        trust_env=False,  # never route model traffic through an HTTP(S)_PROXY found in the environment
-        follow_redirects=False,
-    )
+def make_client(*, kind: str, max_connections: int):
+    from gateway.upstream import HttpxClient, NativeClient
+
+    return HttpxClient(max_connections=max_connections) if kind == "httpx" else NativeClient(max_idle_per_origin=max_connections)
 
 
-def upstream_request(client: httpx.AsyncClient, route, payload: dict, *, stream: bool) -> httpx.Request:
+def upstream_call(route, payload: dict, *, stream: bool) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body for the upstream: the upstream's model name, and usage always asked for."""
     body = dict(payload)
     body["model"] = route.upstream_model
     if stream:
@@ -27,15 +24,16 @@ def upstream_request(client: httpx.AsyncClient, route, payload: dict, *, stream:
         options = dict(body.get("stream_options") or {})
         options["include_usage"] = True
         body["stream_options"] = options
-    headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json"}
+    headers = [(b"content-type", b"application/json"), (b"accept", b"text/event-stream" if stream else b"application/json")]
     if route.api_key:
-        headers["authorization"] = f"Bearer {route.api_key}"
-    timeout = httpx.Timeout(route.timeout, connect=min(route.timeout, 10.0))
-    return client.build_request("POST", route.chat_url, content=orjson.dumps(body), headers=headers, timeout=timeout)
+        headers.append((b"authorization", b"Bearer " + route.api_key.encode()))
+    return headers, orjson.dumps(body)
 
 
 def transport_error(exc: Exception) -> GatewayError:
-    if isinstance(exc, httpx.TimeoutException):
+    from gateway.upstream import UpstreamTimeout
+
+    if isinstance(exc, UpstreamTimeout):
         return GatewayError(504, "The model did not answer in time.", code="upstream_timeout", type="server_error")
     return GatewayError(502, "The model could not be reached.", code="upstream_unreachable", type="server_error")
 
