@@ -55,7 +55,8 @@ class ClientGone(Exception):
 class Exchange:
     """One request/response: tracks whether the response started, for errors and the access log."""
 
-    __slots__ = ("send", "request_id", "status", "started", "model", "entry", "client_ip", "tokens", "response_started")
+    __slots__ = ("send", "request_id", "status", "started", "model", "metric_model", "entry", "client_ip", "tokens",
+                 "response_started")
 
     def __init__(self, send, request_id: str):
         self.send = send
@@ -63,6 +64,7 @@ class Exchange:
         self.status = 0
         self.started = time.time()
         self.model = ""
+        self.metric_model = ""
         self.entry: KeyEntry | None = None
         self.client_ip: str | None = None
         self.tokens = 0
@@ -178,9 +180,9 @@ class Gateway:
         status = exchange.status or 500
         model = exchange.model if exchange.status and exchange.model else ""
         elapsed = time.time() - exchange.started
-        metrics.REQUESTS.labels(str(status), model).inc()
+        metrics.REQUESTS.labels(str(status), exchange.metric_model if model else "").inc()
         if model:
-            metrics.LATENCY.labels(model).observe(elapsed)
+            metrics.LATENCY.labels(exchange.metric_model).observe(elapsed)
         if settings.GATEWAY_ACCESS_LOG and scope["path"] != "/metrics":
             entry = exchange.entry
             # No query string, no headers, no bodies: nothing here can carry a secret.
@@ -272,6 +274,7 @@ class Gateway:
             entry = exchange.entry if attempt == 0 else await self.checked_entry(scope, headers, key, exchange, reload=True)
             route = self.resolve(entry, payload, deployment)
             exchange.model = route.name
+            exchange.metric_model = route.metric_name
             decision = await self.admit(entry, estimate)
             if decision.generation == entry.generation:
                 break
@@ -350,8 +353,8 @@ class Gateway:
             jobs.append(self._settle_quietly(reservation, prompt + completion))
         results = await asyncio.gather(*jobs, return_exceptions=True)
         if prompt + completion:
-            metrics.TOKENS.labels(route.name, "prompt").inc(prompt)
-            metrics.TOKENS.labels(route.name, "completion").inc(completion)
+            metrics.TOKENS.labels(route.metric_name, "prompt").inc(prompt)
+            metrics.TOKENS.labels(route.metric_name, "completion").inc(completion)
         if isinstance(results[0], BaseException):
             raise errors.usage_unrecorded()
 
@@ -365,7 +368,7 @@ class Gateway:
 
     async def upstream_failed(self, exchange, entry, route, reservation, error: GatewayError, prompt: int = 0,
                               completion: int = 0, **flags) -> None:
-        metrics.UPSTREAM_ERRORS.labels(route.name, error.code).inc()
+        metrics.UPSTREAM_ERRORS.labels(route.metric_name, error.code).inc()
         await self.meter(exchange, entry, route, reservation, prompt=prompt, completion=completion, status=error.status,
                          error_code=error.code, **flags)
         raise error
@@ -425,7 +428,7 @@ class Gateway:
         prompt_estimate = estimate_prompt_tokens(payload["messages"])
         ttft = int((state.first_chunk_at - exchange.started) * 1000) if state.first_chunk_at else None
         if state.first_chunk_at:
-            metrics.TTFT.labels(route.name).observe(state.first_chunk_at - exchange.started)
+            metrics.TTFT.labels(route.metric_name).observe(state.first_chunk_at - exchange.started)
         usage = state.usage if _valid_usage(state.usage) else None
         if usage is not None and outcome == "done":
             prompt, completion, estimated = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), False
@@ -442,7 +445,7 @@ class Gateway:
         if outcome != "done":
             error = transport_error(outcome) if isinstance(outcome, Exception) else GatewayError(
                 502, "The model ended the stream early.", code="upstream_incomplete", type="server_error")
-            metrics.UPSTREAM_ERRORS.labels(route.name, error.code).inc()
+            metrics.UPSTREAM_ERRORS.labels(route.metric_name, error.code).inc()
             try:
                 await self.meter(exchange, entry, route, reservation, prompt=prompt, completion=completion, status=error.status,
                                  error_code=error.code, estimated=estimated, streamed=True, ttft_ms=ttft)

@@ -80,10 +80,18 @@ class Route:
     deployment_public_id: str | None = None
     prices: tuple[Price, ...] = ()
     credential_error: str = ""
+    # The Prometheus label: a provider's open-ended names share one series, so callers cannot
+    # mint unbounded label values.
+    metric_name: str = ""
 
-    def with_model(self, name: str, upstream_model: str) -> Route:
+    def __post_init__(self) -> None:
+        if not self.metric_name:
+            self.metric_name = self.name
+
+    def with_model(self, name: str, upstream_model: str, *, wildcard: bool = False) -> Route:
         return Route(name=name, kind=self.kind, chat_url=self.chat_url, upstream_model=upstream_model, api_key=self.api_key,
-                     timeout=self.timeout, credential_error=self.credential_error)
+                     timeout=self.timeout, credential_error=self.credential_error,
+                     metric_name=self.name + "/*" if wildcard else name)
 
     def price_at(self, epoch: float) -> Price | None:
         # Versions are newest first: the first that started at or before the event is in force.
@@ -135,7 +143,7 @@ class KeyEntry:
             base = self.router_wildcards.get(slug)
         if base is None or not upstream:
             return None
-        return base.with_model(model, upstream)
+        return base.with_model(model, upstream, wildcard=True)
 
     def model_names(self) -> list[str]:
         return sorted(self.routes)

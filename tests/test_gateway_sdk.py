@@ -12,11 +12,11 @@ import pytest
 from django.utils import timezone
 
 from deployments.models import DeploymentStatus, ModelGrant
-from keys.models import ByokCredential, RouterProvider
+from keys.models import ApiKey, ByokCredential, RouterProvider
 from lib.crypto import encrypt
 from tests import gateway_support
 from tests.factories import make_deployment, make_key
-from tests.gateway_support import UPSTREAM_KEY, chat_body
+from tests.gateway_support import UPSTREAM_KEY, chat_body, metric, wait_for
 from usage.models import UsageEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,6 +65,7 @@ def test_non_streaming_call_returns_the_answer_and_writes_one_priced_usage_event
     # 7 × 0.50 + 19 × 1.50 per million
     assert event.cost == Decimal("0.000032000")
     assert str(event.input_price_per_million) == "0.500000"
+    assert wait_for(lambda: ApiKey.objects.get(pk=key.pk).last_used_ip == "127.0.0.1")  # stamped off the hot path
 
 
 def test_streaming_with_usage_delivers_chunks_and_a_final_usage_chunk(world, deployment, gateway):
@@ -130,6 +131,9 @@ def test_byok_credential_without_model_list_accepts_any_model_under_its_name(wor
                                   api_key_encrypted=encrypt(UPSTREAM_KEY), api_key_last4="1234")
     _, plaintext = make_key(world.org, all_byok=True)
     assert ask(sdk(gateway, plaintext), "byok/open/gatehouse-demo").model == "byok/open/gatehouse-demo"
+    # Open-ended names share one metrics series: callers cannot mint label values.
+    assert metric(gateway, "gatehouse_gateway_requests_total", model="byok/open/*", status="200") >= 1
+    assert metric(gateway, "gatehouse_gateway_requests_total", model="byok/open/gatehouse-demo") == 0
     with pytest.raises(openai.NotFoundError):
         ask(sdk(gateway, plaintext), "byok/absent/gatehouse-demo")
 
