@@ -201,6 +201,7 @@ def main() -> None:
         wait_http(gw + "/v1/models", gateway)
 
         results = []
+        load_before = os.getloadavg()
         answered_through_gateway = 0
         in_flight_bound = 0  # requests wrk abandons at the end of a run may still complete (and be metered)
         for mode in args.modes.split(","):
@@ -231,9 +232,13 @@ def main() -> None:
             profile_text = run_profile(gw, scripts_for_profile(workdir, model, key), gateway, args)
             answered_through_gateway = None  # wrk under py-spy is not counted precisely
 
+        load_after = os.getloadavg()
         time.sleep(1)
         events = count_events(env, key_id)
         print()
+        # Other work on the machine skews every number: say how busy it was.
+        print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; {os.cpu_count()} CPUs; "
+              f"gateway workers {args.workers}, upstream workers {args.upstream_workers}, {args.duration} s per measurement")
         print(table(results))
         print()
         if answered_through_gateway is not None:
