@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-PY_FOUND := $(shell for c in python3.13 python3.12 python3; do if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then echo $$c; break; fi; done)
+PY_FOUND := $(shell bash scripts/find-python.sh)
 PORT ?= 8000
 
 .PHONY: run test lint bench clean

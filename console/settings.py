@@ -180,6 +180,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
     if CELERY_BROKER_URL == "filesystem://"
     else {"visibility_timeout": 3600}
 )
+if CELERY_BROKER_URL == "filesystem://":
+    for _folder in ("broker", "broker-processed"):
+        (VAR_DIR / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

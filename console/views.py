@@ -18,10 +18,10 @@ from console.forms import MemberAddForm, MemberCreateForm, MemberRoleForm, Works
 from console.models import AuditEvent, Role, Workspace
 from console.services import (
     assignable_roles,
+    member_create_with_one_time_password,
     membership_add,
     membership_change_role,
     membership_remove,
-    member_create_with_one_time_password,
     workspace_create,
     workspace_update,
 )

@@ -4,4 +4,12 @@ from deployments import views
 
 urlpatterns = [
     path("", views.deployments_page, name="deployments_page"),
+    path("new/", views.deployment_create_view, name="deployment_create"),
+    path("grants/", views.grants_page, name="grants_page"),
+    path("grants/<uuid:deployment>/", views.grants_save, name="grants_save"),
+    path("<uuid:deployment>/", views.deployment_detail, name="deployment_detail"),
+    path("<uuid:deployment>/edit/", views.deployment_edit, name="deployment_edit"),
+    path("<uuid:deployment>/price/", views.deployment_price, name="deployment_price"),
+    path("<uuid:deployment>/stop/", views.deployment_stop_view, name="deployment_stop"),
+    path("<uuid:deployment>/start/", views.deployment_start_view, name="deployment_start"),
 ]

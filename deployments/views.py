@@ -1,15 +1,243 @@
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
 
-from console.access import access_workspace
+from console.access import WorkspaceAccess, access_workspace
+from console.audit import Actor
+from console.models import Role
+from deployments.access import access_deployment
+from deployments.examples import API_KEY_ENV, render_examples, target_for
+from deployments.forms import DeploymentCreateForm, DeploymentForm, GrantsForm, PriceForm
+from deployments.models import Deployment, DeploymentPrice, ModelGrant
+from deployments.selectors import callable_deployments, deployments_for_list, price_in_force, sub_workspaces_for_grants
+from deployments.services import (
+    deployment_create,
+    deployment_price_set,
+    deployment_start,
+    deployment_stop,
+    deployment_update,
+    model_grant_add,
+    model_grant_remove,
+)
+from keys.tokens import is_well_formed
+from lib.upstream import upstream_host
+
+TABS = (("overview", "Overview"), ("api", "API call"), ("examples", "Code Examples"), ("test", "Test call"), ("usage", "Usage"))
+TAB_IDS = {t for t, _ in TABS}
+
+
+def _add_service_errors(form, exc: ValidationError) -> None:
+    if hasattr(exc, "error_dict"):
+        for field, errors in exc.message_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, exc.messages)
 
 
 @login_required
 @require_GET
 def deployments_page(request: HttpRequest, ws: str) -> HttpResponse:
     access = access_workspace(request.user, ws)
-    return render(request, "deployments/deployments_page.html", {"access": access, "nav": "deployments"})
+    deployments = list(deployments_for_list(access.workspace))
+    return render(request, "deployments/deployments_page.html", {
+        "access": access, "nav": "deployments", "deployments": deployments,
+        "manageable_ids": {d.id for d in deployments if access.can_admin and access.workspace.id in (d.workspace_id, d.workspace.parent_id)},
+    })
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def deployment_create_view(request: HttpRequest, ws: str) -> HttpResponse:
+    access = access_workspace(request.user, ws, min_role=Role.ADMIN)
+    form = DeploymentCreateForm(request.POST or None, workspace=access.workspace)
+    if request.method == "POST" and form.is_valid():
+        try:
+            deployment = deployment_create(workspace=access.workspace, actor=Actor.from_request(request), **form.cleaned_data)
+        except ValidationError as exc:
+            _add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Deployment “{deployment.name}” created. Clients call it as “{deployment.model_id}”.")
+            return redirect("deployment_detail", ws=ws, deployment=deployment.public_id)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "deployments/deployment_form_page.html", {"access": access, "nav": "deployments", "form": form}, status=status)
+
+
+def _edit_context(access, deployment: Deployment, *, form=None, price_form=None) -> dict:
+    initial = {f: getattr(deployment, f) for f in ("name", "model_id", "description", "upstream_kind", "upstream_base_url",
+                                                   "upstream_model", "router_provider", "byok_credential", "timeout_seconds")}
+    current = price_in_force(deployment, timezone.now())
+    return {
+        "access": access, "nav": "deployments", "deployment": deployment,
+        "form": form or DeploymentForm(initial=initial, workspace=deployment.workspace, editing=True, key_last4=deployment.upstream_api_key_last4),
+        "price_form": price_form or PriceForm(initial={
+            "input_per_million": current.input_per_million.normalize() if current else 0,
+            "output_per_million": current.output_per_million.normalize() if current else 0,
+            "currency": current.currency if current else "USD",
+        }),
+        "prices": list(DeploymentPrice.objects.filter(deployment=deployment).select_related("created_by")),
+        "current_price": current,
+    }
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def deployment_edit(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
+    access, dep = access_deployment(request.user, ws, deployment, min_role=Role.ADMIN)
+    if request.method == "GET":
+        return render(request, "deployments/deployment_edit_page.html", _edit_context(access, dep))
+    form = DeploymentForm(request.POST, workspace=dep.workspace, editing=True, key_last4=dep.upstream_api_key_last4)
+    if form.is_valid():
+        try:
+            deployment_update(deployment=dep, actor=Actor.from_request(request), **form.cleaned_data)
+        except ValidationError as exc:
+            _add_service_errors(form, exc)
+        else:
+            messages.success(request, "Deployment saved.")
+            return redirect("deployment_detail", ws=ws, deployment=dep.public_id)
+    return render(request, "deployments/deployment_edit_page.html", _edit_context(access, dep, form=form), status=400)
+
+
+@login_required
+@require_POST
+def deployment_price(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
+    access, dep = access_deployment(request.user, ws, deployment, min_role=Role.ADMIN)
+    form = PriceForm(request.POST)
+    # A datetime-local value means wall-clock time in the workspace's time zone.
+    with timezone.override(access.workspace.tz):
+        valid = form.is_valid()
+    if valid:
+        try:
+            price = deployment_price_set(deployment=dep, actor=Actor.from_request(request), **form.cleaned_data)
+        except ValidationError as exc:
+            _add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Price in force from {timezone.localtime(price.effective_from, access.workspace.tz):%Y-%m-%d %H:%M %Z}: "
+                                      f"{price.input_per_million.normalize():f} in / {price.output_per_million.normalize():f} out "
+                                      f"{price.currency} per 1M tokens.")
+            return redirect("deployment_edit", ws=ws, deployment=dep.public_id)
+    return render(request, "deployments/deployment_edit_page.html", _edit_context(access, dep, price_form=form), status=400)
+
+
+@login_required
+@require_POST
+def deployment_stop_view(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
+    _, dep = access_deployment(request.user, ws, deployment, min_role=Role.ADMIN)
+    deployment_stop(deployment=dep, actor=Actor.from_request(request))
+    messages.success(request, f"“{dep.name}” stopped. Calls to {dep.model_id} are refused until it is started again.")
+    return redirect("deployment_detail", ws=ws, deployment=dep.public_id)
+
+
+@login_required
+@require_POST
+def deployment_start_view(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
+    _, dep = access_deployment(request.user, ws, deployment, min_role=Role.ADMIN)
+    deployment_start(deployment=dep, actor=Actor.from_request(request))
+    messages.success(request, f"“{dep.name}” is running.")
+    return redirect("deployment_detail", ws=ws, deployment=dep.public_id)
+
+
+def _tab(request: HttpRequest) -> str:
+    tab = request.GET.get("tab", "overview")
+    return tab if tab in TAB_IDS else "overview"
+
+
+@login_required
+@sensitive_post_parameters("api_key")  # error reports and debug pages never show the key
+@require_http_methods(["GET", "POST"])
+@vary_on_headers("HX-Request")
+def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
+    """The details page. GET ?tab=... picks a tab (htmx swaps just the panel).
+
+    POST with `api_key` (from the Secrets page, right after a key was created; optional `lang`
+    picks the language shown first) renders the Code Examples with that key written in, for this
+    response only: never stored, logged or put in a URL.
+    """
+    access, dep = access_deployment(request.user, ws, deployment)
+    tab = _tab(request)
+    api_key: str | None = None
+    key_error = ""
+    if request.method == "POST":
+        tab = "examples"
+        candidate = request.POST.get("api_key", "").strip()
+        if is_well_formed(candidate):
+            api_key = candidate
+        else:
+            key_error = "That is not a Gatehouse API key, so the examples read it from the environment instead."
+    target = target_for(deployment=dep, workspace=access.workspace, api_key=api_key)
+    context = {
+        "access": access, "nav": "deployments", "deployment": dep, "tab": tab, "tabs": TABS,
+        "can_manage": access.can_admin and access.workspace.id in (dep.workspace_id, dep.workspace.parent_id),
+        "upstream_host": upstream_host(dep.upstream_base_url) if dep.upstream_base_url else "",
+        "current_price": price_in_force(dep, timezone.now()),
+        "target": target, "key_env": API_KEY_ENV, "key_in_examples": api_key is not None, "key_error": key_error,
+        "lang": request.POST.get("lang") or request.GET.get("lang") or "python",
+    }
+    if tab == "examples":
+        context["examples"] = render_examples(target)
+        if context["lang"] not in {e.id for e in context["examples"]}:
+            context["lang"] = "python"
+    elif tab == "api":
+        context["api_examples"] = render_examples(target, group="api")
+    template = "deployments/deployment_page.html#tab_panel" if request.htmx and request.method == "GET" else "deployments/deployment_page.html"
+    response = render(request, template, context, status=200 if not key_error else 400)
+    if request.method == "POST":
+        add_never_cache_headers(response)  # adds Cache-Control: no-store: the page may hold a key
+    return response
+
+
+@login_required
+@require_GET
+def grants_page(request: HttpRequest, ws: str) -> HttpResponse:
+    access = access_workspace(request.user, ws, min_role=Role.ADMIN)
+    if not access.workspace.is_default:
+        raise PermissionDenied("Model permissions are managed in the default workspace.")
+    return render(request, "deployments/grants_page.html", _grants_context(access))
+
+
+def _grants_context(access: WorkspaceAccess, *, errors: dict | None = None) -> dict:
+    subs = sub_workspaces_for_grants(access.workspace)
+    deployments = list(callable_deployments(access.workspace).select_related("workspace").order_by("name", "pk"))
+    granted: dict[int, set[int]] = {}
+    for deployment_id, workspace_id in ModelGrant.objects.filter(deployment__in=deployments).values_list("deployment_id", "workspace_id"):
+        granted.setdefault(deployment_id, set()).add(workspace_id)
+    rows = [
+        {"deployment": d, "cells": [{"workspace": w, "granted": w.id in granted.get(d.id, set()), "owner": w.id == d.workspace_id} for w in subs]}
+        for d in deployments
+    ]
+    return {"access": access, "nav": "deployments", "subs": subs, "rows": rows, "errors": errors or {}}
+
+
+@login_required
+@require_POST
+def grants_save(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
+    """Set the sub-workspaces that may call one deployment (POST field `workspaces`: sub-workspace slugs)."""
+    access, dep = access_deployment(request.user, ws, deployment, min_role=Role.ADMIN)
+    if not access.workspace.is_default:
+        raise PermissionDenied("Model permissions are managed in the default workspace.")
+    candidates = access.workspace.children.exclude(pk=dep.workspace_id)
+    form = GrantsForm(request.POST, candidates=candidates)
+    if not form.is_valid():
+        return render(request, "deployments/grants_page.html", _grants_context(access, errors={dep.id: form.errors["workspaces"]}), status=400)
+    wanted = {w.id: w for w in form.cleaned_data["workspaces"]}
+    current = set(ModelGrant.objects.filter(deployment=dep).values_list("workspace_id", flat=True))
+    actor = Actor.from_request(request)
+    added = [model_grant_add(deployment=dep, workspace=w, actor=actor).workspace.name for wid, w in wanted.items() if wid not in current]
+    removed = []
+    for w in candidates.filter(pk__in=current - set(wanted)):
+        model_grant_remove(deployment=dep, workspace=w, actor=actor)
+        removed.append(w.name)
+    if added or removed:
+        parts = ([f"granted to {', '.join(added)}"] if added else []) + ([f"withdrawn from {', '.join(removed)}"] if removed else [])
+        messages.success(request, f"{dep.model_id}: {'; '.join(parts)}.")
+    else:
+        messages.info(request, f"{dep.model_id}: no change.")
+    return redirect("grants_page", ws=ws)

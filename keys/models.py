@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.db.models.functions import Lower
 
 
 class RouterProvider(models.Model):
@@ -76,6 +77,7 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
 
     created_by = models.ForeignKey("console.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_by_label = models.CharField(max_length=150, blank=True, help_text="Who created it, kept if the user is deleted")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -84,7 +86,14 @@ class ApiKey(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="api_key_unique_name")]
+        constraints = [
+            # Case-insensitive so "Prod" and "prod" cannot both exist; hidden test-call keys do not
+            # take names away from people.
+            models.UniqueConstraint(Lower("name"), "workspace", condition=models.Q(kind="user"), name="api_key_unique_name"),
+            models.CheckConstraint(condition=models.Q(tpm_limit__isnull=True) | models.Q(tpm_limit__gte=1), name="api_key_tpm_positive"),
+            models.CheckConstraint(condition=models.Q(yearly_token_limit__isnull=True) | models.Q(yearly_token_limit__gte=1),
+                                   name="api_key_yearly_positive"),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -67,3 +68,73 @@ def client_ip(request) -> str | None:
         request.META.get("HTTP_X_FORWARDED_FOR"),
         settings.TRUSTED_PROXY_NETWORKS,
     )
+
+
+MAX_ALLOWLIST_ENTRIES = 100
+_MAX_ALLOWLIST_TEXT = 8000  # 100 full-length IPv6 CIDRs fit with room to spare
+_ENTRY_SEPARATORS = re.compile(r"[,\r\n]+")
+
+
+def parse_allowlist(text: str | Iterable[str]) -> list[str]:
+    """Parse an IP allowlist strictly into canonical CIDR strings, in the order given, without duplicates.
+
+    Entries are separated by commas or newlines. Each is an IPv4/IPv6 address (stored as /32 or
+    /128) or a CIDR with a decimal prefix length. Refused, with a message naming the entry: host
+    bits set (10.0.0.1/8), a prefix out of range (/33), netmask notation, zone ids, leading zeros,
+    and anything that is not an address. IPv4-mapped IPv6 (::ffff:10.0.0.0/104) becomes the
+    IPv4 network, because the gateway matches a mapped client address as IPv4.
+    """
+    from django.core.exceptions import ValidationError
+
+    raw = _ENTRY_SEPARATORS.split(text) if isinstance(text, str) else list(text)
+    if sum(len(entry) + 1 for entry in raw) > _MAX_ALLOWLIST_TEXT:
+        raise ValidationError(f"The allowlist is too long (at most {MAX_ALLOWLIST_ENTRIES} entries).", code="too_long")
+    entries = [entry.strip() for entry in raw if entry.strip()]
+    errors: list[str] = []
+    networks: list[str] = []
+    for entry in entries:
+        try:
+            network = _parse_allowlist_entry(entry)
+        except ValueError as exc:
+            errors.append(str(exc))
+            continue
+        if network not in networks:
+            networks.append(network)
+    if errors:
+        raise ValidationError(errors[:10], code="invalid")
+    if len(networks) > MAX_ALLOWLIST_ENTRIES:
+        raise ValidationError(f"At most {MAX_ALLOWLIST_ENTRIES} entries are allowed; this list has {len(networks)}.", code="too_many")
+    return networks
+
+
+def _quote(entry: str) -> str:
+    return f"“{entry[:60]}{'…' if len(entry) > 60 else ''}”"
+
+
+def _parse_allowlist_entry(entry: str) -> str:
+    shown = _quote(entry)
+    if any(ch.isspace() for ch in entry):
+        raise ValueError(f"{shown} is not one address: separate entries with commas or new lines.")
+    if "%" in entry:
+        raise ValueError(f"{shown}: zone ids (%…) are not allowed.")
+    address_text, slash, prefix_text = entry.partition("/")
+    try:
+        address = ipaddress.ip_address(address_text)
+    except ValueError:
+        raise ValueError(f"{shown} is not an IP address or CIDR (e.g. 192.168.1.1 or 10.0.0.0/8).") from None
+    max_prefix = address.max_prefixlen
+    if not slash:
+        prefix = max_prefix
+    elif not (prefix_text.isascii() and prefix_text.isdigit()) or (len(prefix_text) > 1 and prefix_text[0] == "0"):
+        raise ValueError(f"{shown}: the part after / must be a prefix length from 0 to {max_prefix} (netmasks such as /255.0.0.0 are not accepted).")
+    else:
+        prefix = int(prefix_text)
+        if prefix > max_prefix:
+            raise ValueError(f"{shown}: the prefix length /{prefix} is out of range for IPv{address.version} (0–{max_prefix}).")
+    network = ipaddress.ip_network((address, prefix), strict=False)
+    if network.network_address != address:
+        raise ValueError(f"{shown} has host bits set; the network is {network}.")
+    # Below /96 the ::ffff marker itself would be host bits, so a mapped network here is /96 or longer.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        network = ipaddress.ip_network((address.ipv4_mapped, prefix - 96))
+    return str(network)

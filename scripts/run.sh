@@ -9,7 +9,7 @@ export PUBLIC_BASE_URL="${PUBLIC_BASE_URL:-http://127.0.0.1:${GATEHOUSE_PORT}}"
 unset PORT  # honcho hands out its own PORT per process; ours is GATEHOUSE_PORT
 
 python manage.py migrate --no-input -v 0
-python manage.py seed_demo | tee var/seed.log
+python manage.py seed_demo
 echo
 echo "  Gatehouse console: ${PUBLIC_BASE_URL}/"
 echo "  Database: ${DATABASE_URL:-SQLite at var/gatehouse.sqlite3}   Broker: ${CELERY_BROKER_URL:-${REDIS_URL:-filesystem (var/broker)}}"

@@ -11,6 +11,29 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
+# Toolchains the code-example tests compile and run the examples with (tests/test_deployments_examples.py).
+# Each is installed from Debian's packages only when missing; without root the tests skip and say why.
+missing=()
+command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
+command -v php >/dev/null 2>&1 || missing+=(php-cli)
+php_modules="$(php -m 2>/dev/null || true)"  # captured first: grep -q with pipefail would see SIGPIPE
+grep -qx curl <<<"$php_modules" || missing+=(php-curl)
+command -v mcs >/dev/null 2>&1 || missing+=(mono-mcs)
+command -v mono >/dev/null 2>&1 || missing+=(mono-runtime)
+ls /usr/lib/mono/4.5/System.Net.Http.dll >/dev/null 2>&1 || missing+=(libmono-system-net-http4.0-cil)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing example toolchains: ${missing[*]}..."
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null) \
+      || echo "apt-get install ${missing[*]} failed; the tests that need them will be skipped"
+  else
+    echo "Not root: the code-example tests will skip what needs ${missing[*]} (sudo apt-get install -y ${missing[*]})"
+  fi
+fi
+
 pg_url="${DATABASE_URL:-postgres://postgres@localhost:5432/gatehouse}"
 redis_url="${REDIS_URL:-redis://localhost:6379/0}"
 .venv/bin/python - "$pg_url" "$redis_url" <<'PY'

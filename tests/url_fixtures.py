@@ -4,4 +4,22 @@ from __future__ import annotations
 
 
 def extra_values(world) -> dict:
-    return {}
+    from console.audit import Actor
+    from deployments.models import Deployment
+    from keys.services import api_key_create, byok_credential_create
+
+    deployment = Deployment.objects.create(
+        workspace=world.org, name="URL walk", model_id="url-walk-model", upstream_base_url="http://127.0.0.1:9/v1"
+    )
+    actor = Actor.system("tests")
+    api_key, _ = api_key_create(workspace=world.org, actor=actor, name="url-walk", all_models=True)
+    credential = byok_credential_create(
+        workspace=world.org,
+        actor=actor,
+        name="url-walk",
+        provider="OpenAI",
+        base_url="https://api.openai.com/v1",
+        api_key="sk-test-0123456789",
+        model_names="gpt-4o-mini",
+    )
+    return {"deployment": deployment.public_id, "key": api_key.public_id, "credential": credential.public_id}

@@ -2,6 +2,7 @@
 
 import uuid
 from decimal import Decimal
+
 from django.db import migrations, models
 
 

@@ -1,0 +1,312 @@
+"""Writes to deployments, their price versions and model grants. Every change is audited."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from console.audit import Actor, audit_record
+from console.models import Workspace
+from deployments.changes import deployment_changed
+from deployments.models import Deployment, DeploymentPrice, DeploymentStatus, ModelGrant, UpstreamKind
+from deployments.selectors import price_in_force
+from keys.models import ByokCredential, RouterProvider
+from lib.crypto import encrypt
+from lib.upstream import Resolver, system_resolver, upstream_host, validate_upstream_url
+
+MODEL_ID_MAX = 200
+CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+PRICE_MAX = Decimal("999999.999999")
+# A price version may start "now"; a form submitted a moment later must not count as backdating.
+BACKDATE_TOLERANCE = timedelta(minutes=2)
+
+
+def _clean_model_id(model_id: str, *, exclude_pk: int | None = None) -> str:
+    if model_id != model_id.strip():
+        raise ValidationError({"model_id": "The model id cannot start or end with spaces."})
+    if not model_id:
+        raise ValidationError({"model_id": "Enter the model id clients will send."})
+    if len(model_id) > MODEL_ID_MAX:
+        raise ValidationError({"model_id": f"At most {MODEL_ID_MAX} characters."})
+    if any(not ch.isprintable() for ch in model_id):
+        raise ValidationError({"model_id": "The model id cannot contain control or invisible characters."})
+    # The gateway resolves `byok/<name>/<model>` and `<router-slug>/<model>` before deployments.
+    first = model_id.split("/", 1)[0]
+    if "/" in model_id and (first == "byok" or RouterProvider.objects.filter(slug=first).exists()):
+        raise ValidationError({"model_id": f"Model ids starting with “{first}/” are reserved for a router provider or BYOK."})
+    clash = Deployment.objects.filter(model_id__iexact=model_id)
+    if exclude_pk is not None:
+        clash = clash.exclude(pk=exclude_pk)
+    if clash.exists():
+        raise ValidationError({"model_id": f"The model id “{model_id}” is already used by another deployment."})
+    return model_id
+
+
+def _clean_price(value, field: str) -> Decimal:
+    try:
+        price = Decimal(value)
+    except (InvalidOperation, TypeError):
+        raise ValidationError({field: "Enter a number."}) from None
+    if not price.is_finite() or price < 0 or price > PRICE_MAX:
+        raise ValidationError({field: f"Enter a price between 0 and {PRICE_MAX}."})
+    if price.as_tuple().exponent < -6:
+        raise ValidationError({field: "At most 6 decimal places."})
+    return price
+
+
+def _clean_upstream(
+    *, workspace: Workspace, kind: str, base_url: str, router_provider: RouterProvider | None,
+    byok_credential: ByokCredential | None, resolve: Resolver,
+) -> dict:
+    if kind == UpstreamKind.ENDPOINT:
+        try:
+            url = validate_upstream_url(base_url, resolve=resolve)
+        except ValidationError as exc:
+            raise ValidationError({"upstream_base_url": exc.messages}) from None
+        return {"upstream_base_url": url, "router_provider": None, "byok_credential": None}
+    if kind == UpstreamKind.ROUTER:
+        if router_provider is None or not router_provider.is_active:
+            raise ValidationError({"router_provider": "Choose an active router provider."})
+        return {"upstream_base_url": "", "router_provider": router_provider, "byok_credential": None}
+    if kind == UpstreamKind.BYOK:
+        if byok_credential is None or byok_credential.workspace_id not in (workspace.id, workspace.root_id):
+            raise ValidationError({"byok_credential": "Choose a BYOK credential of this workspace or its organisation."})
+        return {"upstream_base_url": "", "router_provider": None, "byok_credential": byok_credential}
+    raise ValidationError({"upstream_kind": "Choose an upstream kind."})
+
+
+def _describe_upstream(deployment: Deployment) -> str:
+    if deployment.upstream_kind == UpstreamKind.ROUTER:
+        return f"router:{deployment.router_provider.slug}" if deployment.router_provider else "router"
+    if deployment.upstream_kind == UpstreamKind.BYOK:
+        return f"byok:{deployment.byok_credential.name}" if deployment.byok_credential else "byok"
+    return upstream_host(deployment.upstream_base_url)
+
+
+@transaction.atomic
+def deployment_create(
+    *,
+    workspace: Workspace,
+    actor: Actor,
+    name: str,
+    model_id: str,
+    upstream_kind: str = UpstreamKind.ENDPOINT,
+    upstream_base_url: str = "",
+    upstream_model: str = "",
+    upstream_api_key: str = "",
+    router_provider: RouterProvider | None = None,
+    byok_credential: ByokCredential | None = None,
+    description: str = "",
+    timeout_seconds: int = 120,
+    input_per_million: Decimal | str = Decimal("0"),
+    output_per_million: Decimal | str = Decimal("0"),
+    currency: str = "USD",
+    resolve: Resolver = system_resolver,
+) -> Deployment:
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "Enter a name."})
+    model_id = _clean_model_id(model_id)
+    upstream = _clean_upstream(workspace=workspace, kind=upstream_kind, base_url=upstream_base_url,
+                               router_provider=router_provider, byok_credential=byok_credential, resolve=resolve)
+    upstream_api_key = upstream_api_key.strip()
+    deployment = Deployment(
+        workspace=workspace, name=name, model_id=model_id, description=description.strip(), upstream_kind=upstream_kind,
+        upstream_model=upstream_model.strip(), timeout_seconds=timeout_seconds, status=DeploymentStatus.RUNNING,
+        created_by=actor.user if getattr(actor.user, "pk", None) else None, **upstream,
+    )
+    if upstream_api_key and upstream_kind == UpstreamKind.ENDPOINT:
+        deployment.upstream_api_key_encrypted = encrypt(upstream_api_key)
+        deployment.upstream_api_key_last4 = upstream_api_key[-4:]
+    # The base URL was validated above with rules that also allow single-label hosts (docker
+    # service names), which Django's URLField would refuse.
+    deployment.full_clean(exclude=["upstream_base_url", "workspace", "created_by", "router_provider", "byok_credential"])
+    deployment.save()
+    audit_record(workspace=workspace, actor=actor, action="deployment.created", target=deployment, details={
+        "model_id": model_id, "upstream": _describe_upstream(deployment), "upstream_api_key": "set" if upstream_api_key else "none",
+    })
+    deployment_price_set(deployment=deployment, actor=actor, input_per_million=input_per_million,
+                         output_per_million=output_per_million, currency=currency)
+    deployment_changed(deployment.id)
+    return deployment
+
+
+UPDATABLE = ("name", "model_id", "description", "upstream_kind", "upstream_base_url", "upstream_model", "router_provider",
+             "byok_credential", "timeout_seconds")
+
+
+@transaction.atomic
+def deployment_update(
+    *,
+    deployment: Deployment,
+    actor: Actor,
+    name: str,
+    model_id: str,
+    description: str = "",
+    upstream_kind: str = UpstreamKind.ENDPOINT,
+    upstream_base_url: str = "",
+    upstream_model: str = "",
+    router_provider: RouterProvider | None = None,
+    byok_credential: ByokCredential | None = None,
+    timeout_seconds: int = 120,
+    upstream_api_key: str = "",
+    clear_upstream_api_key: bool = False,
+    resolve: Resolver = system_resolver,
+) -> Deployment:
+    """Change settings. An empty upstream_api_key keeps the stored key; clear_upstream_api_key removes it."""
+    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": "Enter a name."})
+    new = {
+        "name": name,
+        "model_id": _clean_model_id(model_id, exclude_pk=deployment.pk),
+        "description": description.strip(),
+        "upstream_kind": upstream_kind,
+        "upstream_model": upstream_model.strip(),
+        "timeout_seconds": timeout_seconds,
+        **_clean_upstream(workspace=deployment.workspace, kind=upstream_kind, base_url=upstream_base_url,
+                          router_provider=router_provider, byok_credential=byok_credential, resolve=resolve),
+    }
+    changes: dict[str, list] = {}
+    for field in UPDATABLE:
+        old = getattr(deployment, field)
+        if old != new[field]:
+            changes[field] = [str(old) if old is not None else None, str(new[field]) if new[field] is not None else None]
+            setattr(deployment, field, new[field])
+    if "upstream_base_url" in changes:  # the audit log shows hosts, like the details page
+        changes["upstream_base_url"] = [upstream_host(v or "") for v in changes["upstream_base_url"]]
+    update_fields = [f for f in UPDATABLE if f in changes]
+    upstream_api_key = upstream_api_key.strip()
+    if upstream_kind != UpstreamKind.ENDPOINT or clear_upstream_api_key:
+        if deployment.upstream_api_key_encrypted:
+            deployment.upstream_api_key_encrypted, deployment.upstream_api_key_last4 = "", ""
+            changes["upstream_api_key"] = "removed"
+            update_fields += ["upstream_api_key_encrypted", "upstream_api_key_last4"]
+    elif upstream_api_key:
+        deployment.upstream_api_key_encrypted = encrypt(upstream_api_key)
+        deployment.upstream_api_key_last4 = upstream_api_key[-4:]
+        changes["upstream_api_key"] = "replaced"
+        update_fields += ["upstream_api_key_encrypted", "upstream_api_key_last4"]
+    if not changes:
+        return deployment
+    deployment.full_clean(exclude=["upstream_base_url", "workspace", "created_by", "router_provider", "byok_credential", "model_id"])
+    deployment.save(update_fields=[*update_fields, "updated_at"])
+    audit_record(workspace=deployment.workspace, actor=actor, action="deployment.updated", target=deployment, details=changes)
+    deployment_changed(deployment.id)
+    return deployment
+
+
+def _set_status(*, deployment: Deployment, actor: Actor, status: DeploymentStatus, action: str) -> Deployment:
+    with transaction.atomic():
+        locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        if locked.status == status:
+            return locked
+        old = locked.status
+        locked.status, locked.last_error = status, ""
+        locked.save(update_fields=["status", "last_error", "updated_at"])
+        audit_record(workspace=locked.workspace, actor=actor, action=action, target=locked, details={"from": old, "to": status})
+        deployment_changed(locked.id)
+    deployment.status, deployment.last_error = locked.status, locked.last_error
+    return deployment
+
+
+def deployment_stop(*, deployment: Deployment, actor: Actor) -> Deployment:
+    """Stopped deployments refuse calls at the gateway; usage and grants are kept."""
+    return _set_status(deployment=deployment, actor=actor, status=DeploymentStatus.STOPPED, action="deployment.stopped")
+
+
+def deployment_start(*, deployment: Deployment, actor: Actor) -> Deployment:
+    """Back to Running (also clears Failed/Unreachable; the worker's health check may set them again)."""
+    return _set_status(deployment=deployment, actor=actor, status=DeploymentStatus.RUNNING, action="deployment.started")
+
+
+@transaction.atomic
+def deployment_price_set(
+    *,
+    deployment: Deployment,
+    actor: Actor,
+    input_per_million: Decimal | str,
+    output_per_million: Decimal | str,
+    currency: str = "USD",
+    effective_from: datetime | None = None,
+) -> DeploymentPrice:
+    """Add a price version. Past versions are never edited, and a version cannot start in the past,
+    so usage already made keeps the price it was made at. Setting the price already in force is a no-op."""
+    now = timezone.now()
+    effective_from = effective_from or now
+    if effective_from < now - BACKDATE_TOLERANCE:
+        raise ValidationError({"effective_from": "A price change cannot start in the past; past usage keeps its price."})
+    input_price = _clean_price(input_per_million, "input_per_million")
+    output_price = _clean_price(output_per_million, "output_per_million")
+    currency = (currency or "").strip().upper()
+    if not CURRENCY_RE.match(currency):
+        raise ValidationError({"currency": "Use a three-letter currency code such as USD."})
+    # Lock the deployment so two concurrent price changes are ordered.
+    Deployment.objects.select_for_update().filter(pk=deployment.pk).first()
+    current = price_in_force(deployment, effective_from)
+    later = DeploymentPrice.objects.filter(deployment=deployment, effective_from__gt=effective_from).exists()
+    if current and not later and (current.input_per_million, current.output_per_million, current.currency) == (input_price, output_price, currency):
+        return current
+    currencies = set(DeploymentPrice.objects.filter(deployment=deployment).values_list("currency", flat=True))
+    if currencies and currencies != {currency}:
+        raise ValidationError({"currency": f"This deployment is priced in {', '.join(sorted(currencies))}; keep one currency so bills add up."})
+    try:
+        with transaction.atomic():
+            price = DeploymentPrice.objects.create(
+                deployment=deployment, effective_from=effective_from, input_per_million=input_price,
+                output_per_million=output_price, currency=currency, created_by=actor.user if getattr(actor.user, "pk", None) else None,
+            )
+    except IntegrityError:
+        raise ValidationError({"effective_from": "A price version already starts at this moment."}) from None
+    audit_record(workspace=deployment.workspace, actor=actor, action="deployment.price_set", target=deployment, details={
+        "input_per_million": str(input_price), "output_per_million": str(output_price), "currency": currency,
+        "effective_from": effective_from.isoformat(),
+        "previous": [str(current.input_per_million), str(current.output_per_million)] if current else None,
+    })
+    deployment_changed(deployment.id)
+    return price
+
+
+def _check_grantable(*, deployment: Deployment, workspace: Workspace) -> Workspace:
+    root = deployment.workspace.parent or deployment.workspace
+    if workspace.parent_id != root.id:
+        raise ValidationError(f"{workspace.name} is not a sub-workspace of {root.name}.")
+    if workspace.id == deployment.workspace_id:
+        raise ValidationError(f"{workspace.name} owns this deployment and may always call it.")
+    return root
+
+
+@transaction.atomic
+def model_grant_add(*, deployment: Deployment, workspace: Workspace, actor: Actor) -> ModelGrant:
+    """Let a sub-workspace call a deployment of its organisation. Granting twice changes nothing."""
+    root = _check_grantable(deployment=deployment, workspace=workspace)
+    grant, created = ModelGrant.objects.get_or_create(
+        deployment=deployment, workspace=workspace, defaults={"granted_by": actor.user if getattr(actor.user, "pk", None) else None}
+    )
+    if created:
+        details = {"model_id": deployment.model_id, "deployment": str(deployment.public_id), "workspace": workspace.slug}
+        audit_record(workspace=root, actor=actor, action="model_grant.added", target=grant, details=details)
+        audit_record(workspace=workspace, actor=actor, action="model_grant.added", target=grant, details=details)
+        deployment_changed(deployment.id)
+    return grant
+
+
+@transaction.atomic
+def model_grant_remove(*, deployment: Deployment, workspace: Workspace, actor: Actor) -> bool:
+    """Withdraw a sub-workspace's permission; its keys stop reaching the deployment. Returns whether a grant existed."""
+    root = _check_grantable(deployment=deployment, workspace=workspace)
+    grant = ModelGrant.objects.select_for_update().filter(deployment=deployment, workspace=workspace).first()
+    if grant is None:
+        return False
+    details = {"model_id": deployment.model_id, "deployment": str(deployment.public_id), "workspace": workspace.slug}
+    audit_record(workspace=root, actor=actor, action="model_grant.removed", target=grant, details=details)
+    audit_record(workspace=workspace, actor=actor, action="model_grant.removed", target=grant, details=details)
+    grant.delete()
+    deployment_changed(deployment.id)
+    return True

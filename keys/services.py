@@ -1,0 +1,567 @@
+"""Writes for keys. Every rule about keys lives here, not in forms or views; every change writes
+an audit event and calls keys.changes.key_changed so gateways drop their cached copy.
+
+Plaintext secrets exist only as return values of api_key_create / api_key_rotate. They are never
+stored, logged, audited or put in an exception.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.validators import validate_slug
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
+
+from console.audit import Actor, audit_record
+from console.models import Workspace
+from deployments.models import Deployment
+from deployments.selectors import callable_deployments
+from keys import tokens
+from keys.changes import key_changed
+from keys.models import ApiKey, ApiKeyKind, ApiKeySecret, ByokCredential, RouterProvider
+from keys.names import validate_key_name
+from lib.crypto import encrypt
+from lib.net import parse_allowlist
+from lib.upstream import validate_upstream_url
+
+MAX_TPM = 2_147_483_647  # PositiveIntegerField
+MAX_YEARLY_TOKENS = 9_223_372_036_854_775_807  # PositiveBigIntegerField
+MAX_GRACE = dt.timedelta(days=7)
+GRACE_CHOICES: dict[str, dt.timedelta] = {
+    "none": dt.timedelta(0),
+    "1h": dt.timedelta(hours=1),
+    "24h": dt.timedelta(hours=24),
+    "7d": dt.timedelta(days=7),
+}
+
+
+class _Errors:
+    """Collects ValidationErrors per field so a form can show every problem at once."""
+
+    def __init__(self) -> None:
+        self.by_field: dict[str, list[str]] = {}
+
+    def add(self, field: str, messages: str | list[str]) -> None:
+        self.by_field.setdefault(field, []).extend([messages] if isinstance(messages, str) else messages)
+
+    def check(self, field: str, fn, *args):
+        try:
+            return fn(*args)
+        except ValidationError as exc:
+            self.add(field, exc.messages)
+            return None
+
+    def raise_if_any(self) -> None:
+        if self.by_field:
+            raise ValidationError(self.by_field)
+
+
+# ---- application access keys ------------------------------------------------------------------
+
+
+def _check_name_free(workspace: Workspace, name: str, errors: _Errors) -> None:
+    if ApiKey.objects.filter(workspace=workspace, kind=ApiKeyKind.USER, name__iexact=name).exists():
+        errors.add("name", f"A key named “{name}” already exists in this workspace.")
+
+
+def _check_limit(value: int | None, maximum: int, label: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ValidationError(f"{label} must be a whole number from 1 to {maximum:,}.")
+    return value
+
+
+def _check_scope(
+    workspace: Workspace,
+    errors: _Errors,
+    *,
+    all_models: bool,
+    deployments: Iterable[Deployment],
+    router_providers: Iterable[RouterProvider],
+    all_byok: bool,
+    byok_credentials: Iterable[ByokCredential],
+) -> tuple[list[Deployment], list[RouterProvider], list[ByokCredential]]:
+    # "All" wins over a list, so a key never carries a stale pick that would confuse a reader.
+    deployments = [] if all_models else list(dict.fromkeys(deployments))
+    byok_credentials = [] if all_byok else list(dict.fromkeys(byok_credentials))
+    router_providers = list(dict.fromkeys(router_providers))
+    if deployments:
+        allowed = set(callable_deployments(workspace).filter(id__in=[d.id for d in deployments]).values_list("id", flat=True))
+        for deployment in deployments:
+            if deployment.id not in allowed:
+                errors.add("deployments", f"“{deployment.model_id}” is not a deployment this workspace may call.")
+    for provider in router_providers:
+        if not provider.is_active:
+            errors.add("router_providers", f"The router provider “{provider.name}” is not available.")
+    for credential in byok_credentials:
+        if credential.workspace_id != workspace.id:
+            errors.add("byok_credentials", f"The BYOK credential “{credential.name}” belongs to another workspace.")
+    if not (all_models or deployments or router_providers or all_byok or byok_credentials):
+        errors.add(NON_FIELD_ERRORS, "Choose what this key may call: deployments (or All models), a router provider, or BYOK credentials.")
+    return deployments, router_providers, byok_credentials
+
+
+def check_expiry(expires_at: dt.datetime | None, now: dt.datetime) -> dt.datetime | None:
+    if expires_at is None:
+        return None
+    if timezone.is_naive(expires_at):
+        raise ValidationError("Give the expiry with a time zone.")
+    if expires_at <= now:
+        raise ValidationError("The expiry must be in the future.")
+    return expires_at
+
+
+def _check_description(description: str) -> str:
+    description = (description or "").strip()
+    if len(description) > 500:
+        raise ValidationError("Use at most 500 characters.")
+    return description
+
+
+def _describe(
+    *,
+    description,
+    all_models,
+    deployments,
+    router_providers,
+    all_byok,
+    byok_credentials,
+    tpm_limit,
+    yearly_token_limit,
+    ip_allowlist,
+    expires_at,
+) -> dict:
+    """A key's settings as an audit event records them (never a secret)."""
+    return {
+        "description": description,
+        "all_models": all_models,
+        "deployments": sorted(d.model_id for d in deployments),
+        "router_providers": sorted(p.slug for p in router_providers),
+        "all_byok": all_byok,
+        "byok_credentials": sorted(c.name for c in byok_credentials),
+        "tpm_limit": tpm_limit,
+        "yearly_token_limit": yearly_token_limit,
+        "ip_allowlist": list(ip_allowlist),
+        "expires_at": expires_at.isoformat() if expires_at else None,
+    }
+
+
+def _snapshot(api_key: ApiKey) -> dict:
+    return _describe(
+        description=api_key.description,
+        all_models=api_key.all_models,
+        deployments=api_key.deployments.all(),
+        router_providers=api_key.router_providers.all(),
+        all_byok=api_key.all_byok,
+        byok_credentials=api_key.byok_credentials.all(),
+        tpm_limit=api_key.tpm_limit,
+        yearly_token_limit=api_key.yearly_token_limit,
+        ip_allowlist=api_key.ip_allowlist,
+        expires_at=api_key.expires_at,
+    )
+
+
+@sensitive_variables("key")
+def _new_secret(api_key: ApiKey) -> tuple[ApiKeySecret, str]:
+    key = tokens.generate()
+    secret = ApiKeySecret.objects.create(api_key=api_key, digest=tokens.digest(key, settings.API_KEY_PEPPER), hint=tokens.display_hint(key))
+    return secret, key
+
+
+@sensitive_variables("key")
+def api_key_create(
+    *,
+    workspace: Workspace,
+    actor: Actor,
+    name: str,
+    description: str = "",
+    all_models: bool = False,
+    deployments: Sequence[Deployment] = (),
+    router_providers: Sequence[RouterProvider] = (),
+    all_byok: bool = False,
+    byok_credentials: Sequence[ByokCredential] = (),
+    tpm_limit: int | None = None,
+    yearly_token_limit: int | None = None,
+    ip_allowlist: str | Sequence[str] = (),
+    expires_at: dt.datetime | None = None,
+    kind: ApiKeyKind = ApiKeyKind.USER,
+    now: dt.datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key and its first secret. Returns the key and its plaintext, which exists only here."""
+    now = now or timezone.now()
+    errors = _Errors()
+    errors.check("name", validate_key_name, name)
+    if "name" not in errors.by_field and kind == ApiKeyKind.USER:
+        _check_name_free(workspace, name, errors)
+    description = errors.check("description", _check_description, description)
+    deployments, router_providers, byok_credentials = _check_scope(
+        workspace,
+        errors,
+        all_models=all_models,
+        deployments=deployments,
+        router_providers=router_providers,
+        all_byok=all_byok,
+        byok_credentials=byok_credentials,
+    )
+    tpm_limit = errors.check("tpm_limit", _check_limit, tpm_limit, MAX_TPM, "TPM")
+    yearly_token_limit = errors.check("yearly_token_limit", _check_limit, yearly_token_limit, MAX_YEARLY_TOKENS, "The yearly token limit")
+    ip_allowlist = errors.check("ip_allowlist", parse_allowlist, ip_allowlist)
+    expires_at = errors.check("expires_at", check_expiry, expires_at, now)
+    errors.raise_if_any()
+
+    with transaction.atomic():
+        api_key = ApiKey(
+            workspace=workspace,
+            kind=kind,
+            name=name,
+            description=description,
+            all_models=all_models,
+            all_byok=all_byok,
+            tpm_limit=tpm_limit,
+            yearly_token_limit=yearly_token_limit,
+            ip_allowlist=ip_allowlist,
+            expires_at=expires_at,
+            created_by=actor.user if getattr(actor.user, "pk", None) else None,
+            created_by_label=actor.label[:150],
+        )
+        try:
+            with transaction.atomic():
+                api_key.save()
+        except IntegrityError as exc:
+            if "api_key_unique_name" not in str(exc):
+                raise
+            # Two people created the same name at the same moment; the constraint decided.
+            raise ValidationError({"name": f"A key named “{name}” already exists in this workspace."}) from None
+        api_key.deployments.set(deployments)
+        api_key.router_providers.set(router_providers)
+        api_key.byok_credentials.set(byok_credentials)
+        secret, key = _new_secret(api_key)
+        api_key.hint = secret.hint
+        api_key.save(update_fields=["hint"])
+        audit_record(
+            workspace=workspace,
+            actor=actor,
+            action="api_key.created",
+            target=api_key,
+            details={"name": name, "hint": secret.hint, **_snapshot(api_key)},
+        )
+        key_changed(api_key.id)
+    return api_key, key
+
+
+def _lock(api_key: ApiKey) -> ApiKey:
+    return ApiKey.objects.select_for_update().select_related("workspace").get(pk=api_key.pk)
+
+
+def api_key_update(
+    *,
+    api_key: ApiKey,
+    actor: Actor,
+    description: str,
+    all_models: bool,
+    deployments: Sequence[Deployment],
+    router_providers: Sequence[RouterProvider],
+    all_byok: bool,
+    byok_credentials: Sequence[ByokCredential],
+    tpm_limit: int | None,
+    yearly_token_limit: int | None,
+    ip_allowlist: str | Sequence[str],
+    expires_at: dt.datetime | None,
+    now: dt.datetime | None = None,
+) -> ApiKey:
+    """Replace a key's settings. The name is immutable; a revoked key cannot be changed."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = _lock(api_key)
+        if locked.revoked_at is not None:
+            raise ValidationError("This key is revoked and can no longer be changed.")
+        workspace = locked.workspace
+        errors = _Errors()
+        description = errors.check("description", _check_description, description)
+        deployments, router_providers, byok_credentials = _check_scope(
+            workspace,
+            errors,
+            all_models=all_models,
+            deployments=deployments,
+            router_providers=router_providers,
+            all_byok=all_byok,
+            byok_credentials=byok_credentials,
+        )
+        tpm_limit = errors.check("tpm_limit", _check_limit, tpm_limit, MAX_TPM, "TPM")
+        yearly_token_limit = errors.check(
+            "yearly_token_limit", _check_limit, yearly_token_limit, MAX_YEARLY_TOKENS, "The yearly token limit"
+        )
+        ip_allowlist = errors.check("ip_allowlist", parse_allowlist, ip_allowlist)
+        if expires_at != locked.expires_at:  # an unchanged past expiry may stay while other fields are edited
+            expires_at = errors.check("expires_at", check_expiry, expires_at, now)
+        errors.raise_if_any()
+
+        before = _snapshot(locked)
+        after = _describe(
+            description=description,
+            all_models=all_models,
+            deployments=deployments,
+            router_providers=router_providers,
+            all_byok=all_byok,
+            byok_credentials=byok_credentials,
+            tpm_limit=tpm_limit,
+            yearly_token_limit=yearly_token_limit,
+            ip_allowlist=ip_allowlist,
+            expires_at=expires_at,
+        )
+        changes = {field: [before[field], after[field]] for field in before if before[field] != after[field]}
+        if not changes:
+            return locked
+        locked.description, locked.all_models, locked.all_byok = description, all_models, all_byok
+        locked.tpm_limit, locked.yearly_token_limit = tpm_limit, yearly_token_limit
+        locked.ip_allowlist, locked.expires_at = ip_allowlist, expires_at
+        locked.save(
+            update_fields=[
+                "description",
+                "all_models",
+                "all_byok",
+                "tpm_limit",
+                "yearly_token_limit",
+                "ip_allowlist",
+                "expires_at",
+                "updated_at",
+            ]
+        )
+        locked.deployments.set(deployments)
+        locked.router_providers.set(router_providers)
+        locked.byok_credentials.set(byok_credentials)
+        audit_record(workspace=workspace, actor=actor, action="api_key.updated", target=locked, details=changes)
+        key_changed(locked.id)
+    return locked
+
+
+@sensitive_variables("key")
+def api_key_rotate(
+    *, api_key: ApiKey, actor: Actor, grace: dt.timedelta, now: dt.datetime | None = None, expected_hint: str | None = None
+) -> str:
+    """Give the key a new secret; its identity, limits and usage history stay. Every older secret
+    stays valid until now + grace at the latest (a rotation never extends an earlier grace).
+
+    expected_hint makes a resubmitted form harmless: if the key was rotated since the form was
+    drawn, nothing happens.
+    """
+    now = now or timezone.now()
+    if not dt.timedelta(0) <= grace <= MAX_GRACE:
+        raise ValidationError("The grace period must be between none and 7 days.")
+    with transaction.atomic():
+        locked = _lock(api_key)
+        if locked.revoked_at is not None:
+            raise ValidationError("This key is revoked; create a new key instead.")
+        if locked.expires_at is not None and locked.expires_at <= now:
+            raise ValidationError("This key has expired; set a later expiry first, then rotate it.")
+        if expected_hint is not None and expected_hint != locked.hint:
+            raise ValidationError("This key was rotated since this page was loaded; nothing was changed.", code="stale")
+        deadline = now + grace
+        locked.secrets.filter(Q(valid_until__isnull=True) | Q(valid_until__gt=deadline)).update(valid_until=deadline)
+        old_hint = locked.hint
+        secret, key = _new_secret(locked)
+        locked.hint = secret.hint
+        locked.save(update_fields=["hint", "updated_at"])
+        audit_record(
+            workspace=locked.workspace,
+            actor=actor,
+            action="api_key.rotated",
+            target=locked,
+            details={
+                "old_hint": old_hint,
+                "new_hint": secret.hint,
+                "grace_seconds": int(grace.total_seconds()),
+                "old_valid_until": deadline.isoformat(),
+            },
+        )
+        key_changed(locked.id)
+    api_key.hint = locked.hint
+    return key
+
+
+def api_key_revoke(*, api_key: ApiKey, actor: Actor, now: dt.datetime | None = None) -> ApiKey:
+    """Revoke immediately (every secret of the key stops working). Revoking twice changes nothing."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = _lock(api_key)
+        if locked.revoked_at is not None:
+            return locked
+        locked.revoked_at = now
+        locked.save(update_fields=["revoked_at", "updated_at"])
+        audit_record(workspace=locked.workspace, actor=actor, action="api_key.revoked", target=locked, details={"hint": locked.hint})
+        key_changed(locked.id)
+    api_key.revoked_at = locked.revoked_at
+    return locked
+
+
+def api_key_touch(*, api_key_id: int, ip: str | None, now: dt.datetime | None = None) -> None:
+    """Record last use for the Secrets list. At most one write per key per minute, so the gateway's
+    hot path does not turn every request into an UPDATE; not audited (it is usage, not a change)."""
+    now = now or timezone.now()
+    ApiKey.objects.filter(id=api_key_id).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - dt.timedelta(minutes=1))).update(
+        last_used_at=now, last_used_ip=ip
+    )
+
+
+# ---- BYOK credentials --------------------------------------------------------------------------
+
+MAX_MODEL_NAMES = 200
+
+
+def parse_model_names(value: str | Iterable[str], *, required: bool = True) -> list[str]:
+    """Model names separated by commas or new lines; each without spaces, at most 200 characters."""
+    raw = value.replace(",", "\n").splitlines() if isinstance(value, str) else list(value)
+    names = list(dict.fromkeys(name.strip() for name in raw if name.strip()))
+    for name in names:
+        if len(name) > 200 or any(ch.isspace() or not ch.isprintable() for ch in name):
+            raise ValidationError(f"“{name[:60]}” is not a model name (no spaces, at most 200 characters).")
+    if required and not names:
+        raise ValidationError("List at least one model this provider serves.")
+    if len(names) > MAX_MODEL_NAMES:
+        raise ValidationError(f"At most {MAX_MODEL_NAMES} models.")
+    return names
+
+
+def _check_base_url(value: str) -> str:
+    # The same server-side-request policy as deployment upstreams: link-local and cloud
+    # metadata addresses are refused, including via DNS.
+    return validate_upstream_url(value, allow_unresolved=True)
+
+
+@sensitive_variables("value")
+def _check_provider_key(value: str) -> str:
+    value = (value or "").strip()
+    if not 8 <= len(value) <= 500 or any(ch.isspace() for ch in value):
+        raise ValidationError("Paste the provider's API key: 8–500 characters, no spaces.")
+    return value
+
+
+def _check_provider(value: str) -> str:
+    value = (value or "").strip()
+    if not 1 <= len(value) <= 80:
+        raise ValidationError("Name the provider (at most 80 characters), e.g. OpenAI.")
+    return value
+
+
+def _check_byok_name(value: str) -> str:
+    if not value or len(value) > 40:
+        raise ValidationError("Use 1–40 characters.")
+    validate_slug(value)
+    return value
+
+
+def _keys_using_byok(credential: ByokCredential) -> list[int]:
+    return list(
+        ApiKey.objects.filter(Q(byok_credentials=credential) | Q(workspace_id=credential.workspace_id, all_byok=True))
+        .values_list("id", flat=True)
+        .distinct()
+    )
+
+
+@sensitive_variables("api_key")
+def byok_credential_create(
+    *, workspace: Workspace, actor: Actor, name: str, provider: str, base_url: str, api_key: str, model_names: str | Iterable[str]
+) -> ByokCredential:
+    """Store a provider key encrypted at rest; only its last four characters are ever shown again."""
+    errors = _Errors()
+    if errors.check("name", _check_byok_name, name) is not None and workspace.byok_credentials.filter(name=name).exists():
+        errors.add("name", f"A BYOK credential named “{name}” already exists in this workspace.")
+    provider = errors.check("provider", _check_provider, provider)
+    base_url = errors.check("base_url", _check_base_url, base_url)
+    api_key = errors.check("api_key", _check_provider_key, api_key)
+    model_names = errors.check("model_names", parse_model_names, model_names)
+    errors.raise_if_any()
+    with transaction.atomic():
+        credential = ByokCredential.objects.create(
+            workspace=workspace,
+            name=name,
+            provider=provider,
+            base_url=base_url,
+            api_key_encrypted=encrypt(api_key),
+            api_key_last4=api_key[-4:],
+            model_names=model_names,
+            created_by=actor.user if getattr(actor.user, "pk", None) else None,
+        )
+        audit_record(
+            workspace=workspace,
+            actor=actor,
+            action="byok_credential.created",
+            target=credential,
+            details={"provider": provider, "base_url": base_url, "models": model_names, "last4": credential.api_key_last4},
+        )
+        for api_key_id in _keys_using_byok(credential):  # keys with "All BYOK" now reach this credential too
+            key_changed(api_key_id)
+    return credential
+
+
+@sensitive_variables("api_key")
+def byok_credential_update(
+    *, credential: ByokCredential, actor: Actor, provider: str, base_url: str, model_names: str | Iterable[str], api_key: str = ""
+) -> ByokCredential:
+    """Change a credential; an empty api_key keeps the stored one (it is never shown back)."""
+    errors = _Errors()
+    provider = errors.check("provider", _check_provider, provider)
+    base_url = errors.check("base_url", _check_base_url, base_url)
+    model_names = errors.check("model_names", parse_model_names, model_names)
+    if api_key:
+        api_key = errors.check("api_key", _check_provider_key, api_key)
+    errors.raise_if_any()
+    changes = {}
+    for field, value in (("provider", provider), ("base_url", base_url), ("model_names", model_names)):
+        if getattr(credential, field) != value:
+            changes[field] = [getattr(credential, field), value]
+            setattr(credential, field, value)
+    if api_key:
+        changes["last4"] = [credential.api_key_last4, api_key[-4:]]
+        credential.api_key_encrypted, credential.api_key_last4 = encrypt(api_key), api_key[-4:]
+    if not changes:
+        return credential
+    with transaction.atomic():
+        credential.save(update_fields=["provider", "base_url", "model_names", "api_key_encrypted", "api_key_last4"])
+        audit_record(workspace=credential.workspace, actor=actor, action="byok_credential.updated", target=credential, details=changes)
+        for api_key_id in _keys_using_byok(credential):
+            key_changed(api_key_id)
+    return credential
+
+
+def byok_credential_delete(*, credential: ByokCredential, actor: Actor) -> None:
+    users = list(Deployment.objects.filter(byok_credential=credential).values_list("name", flat=True)[:3])
+    if users:
+        raise ValidationError(f"The deployment “{users[0]}” uses this credential; point it elsewhere first.")
+    with transaction.atomic():
+        affected = _keys_using_byok(credential)
+        audit_record(
+            workspace=credential.workspace,
+            actor=actor,
+            action="byok_credential.deleted",
+            target=credential,
+            details={"provider": credential.provider, "last4": credential.api_key_last4},
+        )
+        credential.delete()
+        for api_key_id in affected:
+            key_changed(api_key_id)
+
+
+# ---- router providers (installation-wide; edited by site admins in Django admin) ----------------
+
+
+@sensitive_variables("api_key")
+def router_provider_save(*, provider: RouterProvider, api_key: str = "") -> RouterProvider:
+    """Save a router provider; a non-empty api_key replaces the stored (encrypted) one. Keys scoped
+    to the provider are announced as changed so gateways see a deactivation at once. Django admin's
+    own change log records who did it (there is no workspace to audit into)."""
+    if api_key:
+        provider.api_key_encrypted = encrypt(_check_provider_key(api_key))
+    provider.model_names = parse_model_names(provider.model_names or [], required=False)
+    with transaction.atomic():
+        provider.save()
+        for api_key_id in ApiKey.objects.filter(router_providers=provider).values_list("id", flat=True):
+            key_changed(api_key_id)
+    return provider

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import pytest
+
+from console.audit import Actor
+from deployments.examples import EXAMPLES_BY_ID, render_example, target_for
+from deployments.services import deployment_create
+from keys import tokens
+from tests.conftest import World
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+MODEL_ID = '@acme/Qwen "3" \\ 0.6B'
+
+
+def make_world():
+    world = World()
+    deployment = deployment_create(workspace=world.org, actor=Actor.system("tests"), name="Qwen3 0.6B", model_id=MODEL_ID,
+                                   upstream_base_url="http://10.0.0.5:8000/v1", input_per_million="0.20", output_per_million="0.60",
+                                   description="Small base model on the lab GPU")
+    return world, deployment
+
+
+def test_copy_the_python_example_from_the_details_page(page, sign_in, screenshot, live_server):
+    world, deployment = make_world()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    sign_in("dev")
+    page.click("text=Deployments")
+    page.wait_for_selector("[data-testid=deployments-table]")
+    screenshot(page, "1-list")
+    page.click("text=Qwen3 0.6B")
+    page.wait_for_selector("[data-testid=tab-overview]")
+    screenshot(page, "2-overview")
+
+    # Tabs are links enhanced by htmx: only the panel is swapped and the URL follows.
+    page.evaluate("window.__sameDocument = true")
+    page.click("[data-testid=detail-tabs] >> text=Code Examples")
+    page.wait_for_selector("[data-testid=tab-examples]")
+    assert page.evaluate("window.__sameDocument") is True
+    assert "tab=examples" in page.url
+
+    page.click("[role=tab][data-lang=go]")
+    assert page.locator("#example-go").is_visible() and not page.locator("#example-python").is_visible()
+    assert "package main" in page.locator("[data-testid=code-go]").inner_text()
+    assert "lang=go" in page.url
+    screenshot(page, "3-go")
+    page.click("[role=tab][data-lang=java]")
+    assert page.locator("#example-java").is_visible() and not page.locator("#example-go").is_visible()
+
+    page.click("[role=tab][data-lang=python]")
+    page.click("[data-testid=copy-python]")
+    page.wait_for_selector("[data-testid=copy-python]:has-text('Copied')")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    expected = render_example(EXAMPLES_BY_ID["python"], target_for(deployment=deployment, workspace=world.org))
+    assert copied == expected
+    assert 'model="@acme/Qwen \\"3\\" \\\\ 0.6B"' in copied
+    screenshot(page, "4-python-copied")
+
+    page.click("[data-testid=detail-tabs] >> text=API call")
+    page.wait_for_selector("[data-testid=tab-api]")
+    assert f"/v1/{world.org.public_id}/deployments/{deployment.public_id}/chat/completions" in page.inner_text("[data-testid=tab-api]")
+    screenshot(page, "5-api-call")
+
+
+def test_a_fresh_key_posted_from_secrets_appears_in_the_examples_once(page, sign_in, screenshot):
+    world, deployment = make_world()
+    key = tokens.generate()
+    sign_in("dev")
+    page.goto(f"/w/acme/deployments/{deployment.public_id}/")
+    # What the Secrets page's "use this key in the examples" button does: a POST, never a URL.
+    page.evaluate("""(key) => {
+        const form = document.createElement("form");
+        form.method = "post";
+        form.action = location.pathname;
+        for (const [name, value] of [["api_key", key], ["csrfmiddlewaretoken", JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"]]]) {
+            const input = document.createElement("input");
+            input.type = "hidden"; input.name = name; input.value = value;
+            form.appendChild(input);
+        }
+        document.body.appendChild(form);
+        form.submit();
+    }""", key)
+    page.wait_for_selector("[data-testid=key-in-examples]")
+    assert key not in page.url
+    assert f'api_key="{key}"' in page.inner_text("[data-testid=code-python]")
+    page.click("[role=tab][data-lang=csharp]")
+    assert f'"{key}"' in page.inner_text("[data-testid=code-csharp]")
+    screenshot(page, "key-in-examples")
+    page.reload()  # a plain GET: the key is gone
+    page.wait_for_selector("[data-testid=tab-examples]")
+    assert key not in page.content()

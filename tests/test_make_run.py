@@ -1,0 +1,63 @@
+"""`make run`'s script brings up the embedded default (SQLite, filesystem broker, no servers) and signs in."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_script_starts_web_worker_and_beat_on_embedded_default(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY",
+                                                            "API_KEY_PEPPER", "ALLOWED_HOSTS", "GATEHOUSE_HTTPS", "DJANGO_SETTINGS_MODULE"}}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # as `make run` puts .venv/bin first
+    env.update({"PORT": str(port), "GATEHOUSE_VAR_DIR": str(tmp_path), "DEBUG": "1", "PYTHONUNBUFFERED": "1"})
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(["bash", "scripts/run.sh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        password = None
+        while time.monotonic() < deadline:
+            text = log.read_text()
+            match = re.search(r"Sign in as admin with password: (\S+)", text)
+            password = match.group(1) if match else None
+            if password and "Uvicorn running" in text and "celery@" in text and "beat: Starting" in text:
+                break
+            assert proc.poll() is None, text
+            time.sleep(0.5)
+        else:
+            raise AssertionError("make run did not come up:\n" + log.read_text())
+        assert (tmp_path / "gatehouse.sqlite3").exists()
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=True, timeout=10) as client:
+            assert client.get("/healthz").text == "ok"
+            login = client.get("/accounts/login/")
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login.text).group(1)
+            page = client.post("/accounts/login/", data={"username": "admin", "password": password, "csrfmiddlewaretoken": token})
+            assert page.status_code == 200
+            assert "<h1>Acme</h1>" in page.text and "Research" in page.text
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C stops everything
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert "Unrecoverable error" not in log.read_text()
