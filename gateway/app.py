@@ -275,13 +275,14 @@ class Gateway:
             route = self.resolve(entry, payload, deployment)
             exchange.model = route.name
             exchange.metric_model = route.metric_name
-            decision = await self.admit(entry, estimate)
-            if decision.generation == entry.generation:
+            decision = await self.admit(entry, estimate, route.deployment_id)
+            if decision.generation == entry.generation and decision.deployment_generation == route.generation:
                 break
             if decision.reservation is not None:
                 await self.limiter.settle(decision.reservation, 0)
         else:
-            raise GatewayError(503, "The key changed while this request was admitted; retry.", code="key_changed", type="server_error")
+            raise GatewayError(503, "The key or deployment changed while this request was admitted; retry.", code="key_changed",
+                               type="server_error")
 
         if decision.outcome == TPM_REFUSED:
             metrics.REFUSALS.labels("tpm").inc()
@@ -318,10 +319,10 @@ class Gateway:
                                code="upstream_credential", type="server_error")
         return route
 
-    async def admit(self, entry: KeyEntry, estimate: int):
+    async def admit(self, entry: KeyEntry, estimate: int, deployment_id: int | None):
         year = datetime.now(entry.time_zone).year
         kwargs = dict(api_key_id=entry.api_key_id, public_id=entry.public_id, year=year, estimate=estimate,
-                      tpm_limit=entry.tpm_limit, yearly_limit=entry.yearly_limit)
+                      tpm_limit=entry.tpm_limit, yearly_limit=entry.yearly_limit, deployment_id=deployment_id)
         try:
             decision = await self.limiter.admit(**kwargs)
             if decision.outcome == NEEDS_SEED:
@@ -334,11 +335,13 @@ class Gateway:
         return decision
 
     def touch(self, entry: KeyEntry, ip: str | None) -> None:
+        """Stamp last use via keys.services.api_key_touch, off the hot path, once a minute per key and process."""
         now = time.monotonic()
         if self.touched.get(entry.api_key_id, 0) > now:
             return
         self.touched[entry.api_key_id] = now + 60
-        self.writer.touch_key(entry.api_key_id, ip)
+        task = asyncio.ensure_future(self.run_db(_touch_key, entry.api_key_id, ip))
+        task.add_done_callback(_log_touch_failure)
 
     # ---- proxying and metering ---------------------------------------------------------------
     async def meter(self, exchange: Exchange, entry: KeyEntry, route: Route, reservation: Reservation | None, *,
@@ -582,6 +585,18 @@ def _count_orm_queries() -> None:
         return execute(sql, params, many, context)
 
     connection.execute_wrappers.append(counter)
+
+
+def _touch_key(api_key_id: int, ip: str | None) -> None:
+    from keys.services import api_key_touch
+
+    api_key_touch(api_key_id=api_key_id, ip=ip)
+
+
+def _log_touch_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # Best effort: a missed last-used stamp is not worth failing a request for.
+        log.warning("last-used update failed: %s", type(task.exception()).__name__)
 
 
 def _yearly_usage(api_key_id: int, time_zone: str, year: int) -> int:

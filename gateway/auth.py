@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
+from deployments import changes as deployment_changes
 from gateway import errors
 from keys import tokens
 from keys.changes import CHANNEL, GENERATION_KEY, local_generations
@@ -78,6 +79,7 @@ class Route:
     status: str = "running"
     deployment_id: int | None = None
     deployment_public_id: str | None = None
+    generation: int = 0  # the deployment's generation (deployments.changes) when loaded
     prices: tuple[Price, ...] = ()
     credential_error: str = ""
     # The Prometheus label: a provider's open-ended names share one series, so callers cannot
@@ -182,20 +184,36 @@ def current_generation(api_key_id: int) -> int:
     return local_generations.get(api_key_id, 0)
 
 
+def deployment_generations() -> dict[int, int]:
+    """Every deployment's change generation (only changed deployments have one; the rest are 0)."""
+    if settings.REDIS_URL:
+        from lib.redis import redis_client
+
+        try:
+            return {int(k): int(v) for k, v in redis_client().hgetall(deployment_changes.GENERATION_KEY).items()}
+        except Exception:
+            return {}
+    return dict(deployment_changes.local_generations)
+
+
 def load_key(digest: str) -> KeyEntry | None:
     """Read one key and its scope from the database (sync; runs on the gateway's DB thread)."""
     from deployments.models import DeploymentPrice
     from deployments.selectors import callable_deployments
-    from keys.models import ApiKey, ApiKeySecret, ByokCredential
+    from keys.models import ApiKeySecret, ByokCredential
+    from keys.selectors import api_key_secret_lookup
 
-    row = ApiKeySecret.objects.filter(digest=digest).values_list("api_key_id", "valid_until").first()
-    if row is None:
+    api_key_id = ApiKeySecret.objects.filter(digest=digest).values_list("api_key_id", flat=True).first()
+    if api_key_id is None:
         return None
-    api_key_id, valid_until = row
-    # Read the generation before the key: an edit committed after this point bumps it again,
-    # so the next admission sees a newer generation and reloads.
+    # Read the generations before the rows: a change committed after this point bumps them
+    # again, so the next admission sees a newer generation and reloads.
     generation = current_generation(api_key_id)
-    key = ApiKey.objects.select_related("workspace").get(id=api_key_id)
+    deployment_gens = deployment_generations()
+    secret = api_key_secret_lookup(digest)
+    if secret is None:
+        return None
+    key, valid_until = secret.api_key, secret.valid_until
     workspace = key.workspace
 
     deployments = callable_deployments(workspace).select_related("router_provider", "byok_credential")
@@ -219,7 +237,8 @@ def load_key(digest: str) -> KeyEntry | None:
         api_key, problem = _decrypt(token)
         route = Route(name=d.model_id, kind="deployment", chat_url=_chat_url(base_url), upstream_model=d.upstream_model or d.model_id,
                       api_key=api_key, credential_error=problem, timeout=float(d.timeout_seconds), status=d.status,
-                      deployment_id=d.id, deployment_public_id=str(d.public_id), prices=tuple(prices.get(d.id, ())))
+                      deployment_id=d.id, deployment_public_id=str(d.public_id), generation=deployment_gens.get(d.id, 0),
+                      prices=tuple(prices.get(d.id, ())))
         routes[d.model_id] = route
         by_deployment[str(d.public_id)] = route
 
@@ -270,6 +289,7 @@ class KeyCache:
         self.ttl = ttl
         self.entries: dict[str, KeyEntry] = {}
         self.by_id: dict[int, set[str]] = {}
+        self.by_deployment: dict[int, set[str]] = {}
         self.missing: dict[str, float] = {}
         self.inflight: dict[str, asyncio.Future] = {}
 
@@ -317,6 +337,8 @@ class KeyCache:
             return
         self.entries[digest] = entry
         self.by_id.setdefault(entry.api_key_id, set()).add(digest)
+        for route in entry.by_deployment.values():
+            self.by_deployment.setdefault(route.deployment_id, set()).add(digest)
 
     async def _refresh(self, digest: str) -> None:
         try:
@@ -337,31 +359,43 @@ class KeyCache:
         for digest in self.by_id.pop(api_key_id, ()):
             self.entries.pop(digest, None)
 
+    def drop_deployment(self, deployment_id: int) -> None:
+        for digest in self.by_deployment.pop(deployment_id, ()):
+            self.entries.pop(digest, None)
+
     def clear(self) -> None:
         self.entries.clear()
         self.by_id.clear()
+        self.by_deployment.clear()
         self.missing.clear()
 
 
 async def listen_for_changes(redis, cache: KeyCache) -> None:
-    """Drop changed keys from the cache as keys.changes announces them (runs for the process's life)."""
+    """Drop changed keys and deployments from the cache as keys.changes / deployments.changes
+    announce them (runs for the process's life)."""
     while True:
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(CHANNEL)
+            await pubsub.subscribe(CHANNEL, deployment_changes.CHANNEL)
             # Anything may have changed while we were not subscribed.
             cache.clear()
             async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    try:
-                        cache.drop(int(message["data"]))
-                    except (TypeError, ValueError):
-                        cache.clear()
+                if message.get("type") != "message":
+                    continue
+                channel = message.get("channel")
+                try:
+                    changed = int(message["data"])
+                except (TypeError, ValueError):
+                    cache.clear()
+                    continue
+                if channel in (CHANNEL, CHANNEL.encode()):
+                    cache.drop(changed)
+                else:
+                    cache.drop_deployment(changed)
         except asyncio.CancelledError:
-            await pubsub.aclose()
             raise
         except Exception as exc:  # connection lost: retry, the admission check still holds meanwhile
-            log.warning("key change subscription lost (%s); retrying", type(exc).__name__)
+            log.warning("change subscription lost (%s); retrying", type(exc).__name__)
             await asyncio.sleep(0.5)
         finally:
             try:

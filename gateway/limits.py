@@ -10,8 +10,8 @@ requests in it.
 The yearly limit is a counter per key and calendar year (in the workspace's time zone), seeded
 from the usage events in the database the first time it is needed (or after Redis lost it).
 
-Both checks, the reservation and the key's current generation (see keys.changes) are one Lua
-script: one round trip, atomic. Without REDIS_URL (the single-process embedded default) the
+Both checks, the reservation, and the current generations of the key and of the deployment (see
+keys.changes and deployments.changes) are one Lua script: one round trip, atomic. Without REDIS_URL (the single-process embedded default) the
 same rules run in process memory.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from deployments import changes as deployment_changes
 from keys.changes import GENERATION_KEY, local_generations
 
 ADMIT = 0
@@ -29,6 +30,7 @@ NEEDS_SEED = 3
 
 ADMIT_LUA = """
 local gen = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local dgen = tonumber(redis.call('HGET', KEYS[4], ARGV[8]) or '0')
 local now = tonumber(ARGV[2])
 local est = tonumber(ARGV[3])
 local tpm = tonumber(ARGV[4])
@@ -37,11 +39,11 @@ if yearly > 0 then
   local used = redis.call('GET', KEYS[3])
   if not used then
     local seed = tonumber(ARGV[6])
-    if seed < 0 then return {gen, 3, 0} end
+    if seed < 0 then return {gen, 3, 0, dgen} end
     redis.call('SET', KEYS[3], seed, 'EX', ARGV[7])
     used = seed
   end
-  if tonumber(used) + est > yearly then return {gen, 2, 0} end
+  if tonumber(used) + est > yearly then return {gen, 2, 0, dgen} end
 end
 if tpm > 0 then
   local buckets = redis.call('HGETALL', KEYS[2])
@@ -59,20 +61,20 @@ if tpm > 0 then
     end
   end
   if sum + est > tpm then
-    if est > tpm then return {gen, 1, 60} end
+    if est > tpm then return {gen, 1, 60, dgen} end
     table.sort(live, function(a, b) return a[1] < b[1] end)
     local freed = 0
     for _, bucket in ipairs(live) do
       freed = freed + bucket[2]
-      if sum - freed + est <= tpm then return {gen, 1, math.max(1, bucket[1] + 60 - now)} end
+      if sum - freed + est <= tpm then return {gen, 1, math.max(1, bucket[1] + 60 - now), dgen} end
     end
-    return {gen, 1, 60}
+    return {gen, 1, 60, dgen}
   end
   redis.call('HINCRBY', KEYS[2], ARGV[2], est)
   redis.call('EXPIRE', KEYS[2], 120)
 end
 if yearly > 0 then redis.call('INCRBY', KEYS[3], est) end
-return {gen, 0, 0}
+return {gen, 0, 0, dgen}
 """
 
 # A settlement only touches buckets that still exist: a window that has moved on stays closed.
@@ -111,6 +113,7 @@ class Decision:
     generation: int
     retry_after: int = 0
     reservation: Reservation | None = None
+    deployment_generation: int = 0
 
 
 def _keys(public_id: str, year: int) -> tuple[str, str]:
@@ -127,20 +130,20 @@ class RedisLimiter:
         self.redis = redis  # gateway.resp.PipelinedRedis
 
     async def admit(self, *, api_key_id: int, public_id: str, year: int, estimate: int, tpm_limit: int | None,
-                    yearly_limit: int | None, seed: int = -1) -> Decision:
+                    yearly_limit: int | None, seed: int = -1, deployment_id: int | None = None) -> Decision:
         now = int(time.time())
         tpm_key, yearly_key = _keys(public_id, year)
         try:
-            gen, outcome, extra = await self.redis.evalsha(
-                ADMIT_LUA, [GENERATION_KEY, tpm_key, yearly_key],
-                [api_key_id, now, estimate, tpm_limit or 0, yearly_limit or 0, seed, _yearly_ttl(year)],
+            gen, outcome, extra, dgen = await self.redis.evalsha(
+                ADMIT_LUA, [GENERATION_KEY, tpm_key, yearly_key, deployment_changes.GENERATION_KEY],
+                [api_key_id, now, estimate, tpm_limit or 0, yearly_limit or 0, seed, _yearly_ttl(year), deployment_id or 0],
             )
         except Exception as exc:
             raise LimiterUnavailable(str(type(exc).__name__)) from exc
         reservation = None
         if outcome == ADMIT:
             reservation = Reservation(tpm_key, yearly_key, now, estimate, bool(tpm_limit), bool(yearly_limit))
-        return Decision(int(outcome), int(gen), int(extra), reservation)
+        return Decision(int(outcome), int(gen), int(extra), reservation, int(dgen))
 
     async def settle(self, reservation: Reservation, actual: int) -> None:
         """Move the reservation to the real usage (0 releases it). Idempotent per reservation.
@@ -166,19 +169,20 @@ class LocalLimiter:
         self.yearly: dict[str, int] = {}
 
     async def admit(self, *, api_key_id: int, public_id: str, year: int, estimate: int, tpm_limit: int | None,
-                    yearly_limit: int | None, seed: int = -1) -> Decision:
+                    yearly_limit: int | None, seed: int = -1, deployment_id: int | None = None) -> Decision:
         # No await between the checks and the writes: atomic on the event loop.
         gen = local_generations.get(api_key_id, 0)
+        dgen = deployment_changes.local_generations.get(deployment_id, 0) if deployment_id else 0
         now = int(time.time())
         tpm_key, yearly_key = _keys(public_id, year)
         if yearly_limit:
             used = self.yearly.get(yearly_key)
             if used is None:
                 if seed < 0:
-                    return Decision(NEEDS_SEED, gen)
+                    return Decision(NEEDS_SEED, gen, deployment_generation=dgen)
                 used = self.yearly[yearly_key] = seed
             if used + estimate > yearly_limit:
-                return Decision(QUOTA_REFUSED, gen)
+                return Decision(QUOTA_REFUSED, gen, deployment_generation=dgen)
         if tpm_limit:
             buckets = self.buckets.setdefault(tpm_key, {})
             for second in [s for s in buckets if s < now - 59]:
@@ -193,11 +197,11 @@ class LocalLimiter:
                         if total - freed + estimate <= tpm_limit:
                             retry = max(1, second + 60 - now)
                             break
-                return Decision(TPM_REFUSED, gen, retry)
+                return Decision(TPM_REFUSED, gen, retry, deployment_generation=dgen)
             buckets[now] = buckets.get(now, 0) + estimate
         if yearly_limit:
             self.yearly[yearly_key] += estimate
-        return Decision(ADMIT, gen, 0, Reservation(tpm_key, yearly_key, now, estimate, bool(tpm_limit), bool(yearly_limit)))
+        return Decision(ADMIT, gen, 0, Reservation(tpm_key, yearly_key, now, estimate, bool(tpm_limit), bool(yearly_limit)), dgen)
 
     async def settle(self, reservation: Reservation, actual: int) -> None:
         if reservation.settled:

@@ -46,7 +46,6 @@ class UsageWriter:
     def __init__(self, *, run_db=None, on_query=None):
         self.columns = usage_columns()
         self.pending: list[tuple[dict, asyncio.Future]] = []
-        self.touches: dict[int, tuple[datetime, str | None]] = {}
         self.wakeup = asyncio.Event()
         self.run_db = run_db
         self.on_query = on_query or (lambda kind, n=1: None)
@@ -74,17 +73,11 @@ class UsageWriter:
         self.wakeup.set()
         await future
 
-    def touch_key(self, api_key_id: int, ip: str | None) -> None:
-        """Record last use (fire and forget); the caller throttles to once a minute per key."""
-        self.touches[api_key_id] = (datetime.now(UTC), ip)
-        self.wakeup.set()
-
     async def _run(self) -> None:
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
             batch, self.pending = self.pending, []
-            touches, self.touches = self.touches, {}
             for start in range(0, len(batch), MAX_BATCH):
                 chunk = batch[start : start + MAX_BATCH]
                 try:
@@ -98,11 +91,6 @@ class UsageWriter:
                     for _, future in chunk:
                         if not future.done():
                             future.set_result(None)
-            if touches:
-                try:
-                    await self._touch(touches)
-                except Exception as exc:  # best effort: a missed last-used stamp is not worth a request
-                    log.warning("last-used update failed: %s", exc)
 
     async def _insert_with_retry(self, rows: list[dict]) -> None:
         try:
@@ -155,39 +143,11 @@ class UsageWriter:
         else:
             await self.run_db(_orm_insert, rows)
 
-    async def _touch(self, touches: dict[int, tuple[datetime, str | None]]) -> None:
-        self.on_query("key_touch", len(touches))
-        if self.use_psycopg:
-            from keys.models import ApiKey
-
-            conn = await self._connection()
-            table = ApiKey._meta.db_table
-            for api_key_id, (when, ip) in touches.items():
-                await conn.execute(
-                    f"UPDATE {table} SET last_used_at = %s, last_used_ip = %s WHERE id = %s "
-                    "AND (last_used_at IS NULL OR last_used_at < %s)",
-                    [when, ip, api_key_id, datetime.fromtimestamp(when.timestamp() - 60, UTC)],
-                )
-        else:
-            await self.run_db(_orm_touch, touches)
-
-
 def _orm_insert(rows: list[dict]) -> None:
     from usage.models import UsageEvent
 
     fields = {f.column: f.attname for f in UsageEvent._meta.concrete_fields}
     UsageEvent.objects.bulk_create([UsageEvent(**{fields[c]: v for c, v in row.items()}) for row in rows], ignore_conflicts=True)
-
-
-def _orm_touch(touches: dict[int, tuple[datetime, str | None]]) -> None:
-    from django.db.models import Q
-
-    from keys.models import ApiKey
-
-    for api_key_id, (when, ip) in touches.items():
-        cutoff = datetime.fromtimestamp(when.timestamp() - 60, UTC)
-        ApiKey.objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=cutoff), id=api_key_id).update(
-            last_used_at=when, last_used_ip=ip)
 
 
 def pg_params() -> dict:

@@ -31,10 +31,13 @@ def upstream_call(route, payload: dict, *, stream: bool) -> tuple[list[tuple[byt
 
 
 def transport_error(exc: Exception) -> GatewayError:
-    from gateway.upstream import UpstreamTimeout
+    from gateway.upstream import UpstreamForbidden, UpstreamTimeout
 
     if isinstance(exc, UpstreamTimeout):
         return GatewayError(504, "The model did not answer in time.", code="upstream_timeout", type="server_error")
+    if isinstance(exc, UpstreamForbidden):
+        return GatewayError(502, "The model's address is not allowed for upstream calls; ask an administrator.",
+                            code="upstream_forbidden", type="server_error")
     return GatewayError(502, "The model could not be reached.", code="upstream_unreachable", type="server_error")
 
 

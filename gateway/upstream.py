@@ -15,12 +15,15 @@ connect_timeout)` → Response with `.status`, `await read()`, `async for chunk 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections import deque
 from urllib.parse import urlsplit
 
 import httptools
+
+from lib.upstream import forbidden_address_reason
 
 IDLE_EXPIRY = 4.0  # below uvicorn's default 5 s keep-alive, so we never reuse a connection the server is closing
 
@@ -31,6 +34,10 @@ class UpstreamTimeout(Exception):
 
 class UpstreamUnreachable(Exception):
     pass
+
+
+class UpstreamForbidden(UpstreamUnreachable):
+    """The upstream's host resolved to an address the gateway must not call (lib.upstream policy)."""
 
 
 class _Connection(asyncio.Protocol):
@@ -174,15 +181,32 @@ class NativeClient:
             conn.transport.close()
         host, port, tls = origin
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + connect_timeout
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(origin), host, port, ssl=self.ssl_context if tls else None,
-                                       server_hostname=host if tls else None), connect_timeout)
+            infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), connect_timeout)
         except TimeoutError:
-            raise UpstreamTimeout("connecting to the upstream timed out") from None
+            raise UpstreamTimeout("resolving the upstream timed out") from None
         except OSError as exc:
-            raise UpstreamUnreachable(f"cannot connect to the upstream: {exc.strerror or exc}") from None
-        return conn
+            raise UpstreamUnreachable(f"cannot resolve the upstream: {exc.strerror or exc}") from None
+        # Check the addresses we will actually connect to (a URL checked when it was saved can
+        # resolve elsewhere later: DNS rebinding), and connect to exactly those.
+        for info in infos:
+            reason = forbidden_address_reason(info[4][0])
+            if reason is not None:
+                raise UpstreamForbidden(f"refused to connect: {reason}")
+        last_error: Exception = UpstreamUnreachable("the upstream host has no address")
+        for family, _, _, _, sockaddr in infos:
+            try:
+                _, conn = await asyncio.wait_for(
+                    loop.create_connection(lambda: _Connection(origin), sockaddr[0], sockaddr[1], family=family,
+                                           ssl=self.ssl_context if tls else None, server_hostname=host if tls else None),
+                    max(0.001, deadline - loop.time()))
+                return conn
+            except TimeoutError:
+                raise UpstreamTimeout("connecting to the upstream timed out") from None
+            except OSError as exc:
+                last_error = UpstreamUnreachable(f"cannot connect to the upstream: {exc.strerror or exc}")
+        raise last_error
 
     def _release(self, conn: _Connection, *, reusable: bool) -> None:
         if reusable and conn.keep_alive and not conn.closed and conn.error is None:

@@ -6,9 +6,10 @@ import httpx
 import pytest
 
 from keys import tokens
+from keys.models import ApiKey
 from tests import gateway_support
 from tests.factories import make_deployment, make_key
-from tests.gateway_support import MAX_BODY, METRICS_TOKEN, UPSTREAM_KEY, chat_body, db_queries, metric
+from tests.gateway_support import MAX_BODY, METRICS_TOKEN, UPSTREAM_KEY, chat_body, db_queries, metric, wait_for
 from usage.models import UsageEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -57,9 +58,11 @@ def test_malformed_bearers_are_401_without_a_single_query(gateway, case):
 
 
 def test_a_cached_key_costs_no_database_read(world, deployment, gateway):
-    _, plaintext = make_key(world.org, all_models=True, tpm_limit=100_000, yearly_token_limit=10**9, ip_allowlist=["127.0.0.1/32"])
+    key, plaintext = make_key(world.org, all_models=True, tpm_limit=100_000, yearly_token_limit=10**9, ip_allowlist=["127.0.0.1/32"])
     headers = {"authorization": f"Bearer {plaintext}"}
     assert post(gateway, headers, chat_body(deployment.model_id, max_tokens=5)).status_code == 200
+    # The first use also stamps last_used_at (once a minute, off the hot path): let it land first.
+    assert wait_for(lambda: ApiKey.objects.get(pk=key.pk).last_used_at is not None)
     reads_before = metric(gateway, "gatehouse_gateway_db_queries_total", kind="orm")
     inserts_before = metric(gateway, "gatehouse_gateway_db_queries_total", kind="usage_insert")
 

@@ -123,6 +123,34 @@ def test_key_edits_reach_refusing_processes_within_a_second(world, deployment, g
     assert time.monotonic() - changed_at < 1.0
 
 
+def test_stopping_a_deployment_reaches_every_process_before_its_next_request(world, deployment, gateways):
+    from console.audit import Actor
+    from deployments.services import deployment_start, deployment_stop
+
+    _, plaintext = make_key(world.org, all_models=True)
+    body = chat_body(deployment.model_id, max_tokens=5)
+    assert [post(server, plaintext, body).status_code for server in gateways] == [200, 200]  # cached in both
+
+    deployment_stop(deployment=deployment, actor=Actor.system("tests"))
+    stopped = [post(server, plaintext, body) for server in gateways]
+    assert [r.status_code for r in stopped] == [503, 503]
+    assert {r.json()["error"]["code"] for r in stopped} == {"deployment_unavailable"}
+
+    deployment_start(deployment=deployment, actor=Actor.system("tests"))
+    assert [post(server, plaintext, body).status_code for server in gateways] == [200, 200]
+
+
+def test_revocation_through_the_keys_service_reaches_every_process(world, deployment, gateways):
+    from console.audit import Actor
+    from keys.services import api_key_revoke
+
+    key, plaintext = make_key(world.org, all_models=True)
+    body = chat_body(deployment.model_id, max_tokens=5)
+    assert [post(server, plaintext, body).status_code for server in gateways] == [200, 200]
+    api_key_revoke(api_key=key, actor=Actor.system("tests"))
+    assert [post(server, plaintext, body).status_code for server in gateways] == [401, 401]
+
+
 def test_expiry_applies_at_the_second(world, deployment, gateways):
     expires = timezone.now().replace(microsecond=0) + timedelta(seconds=2)
     _, plaintext = make_key(world.org, all_models=True, expires_at=expires)

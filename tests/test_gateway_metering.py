@@ -120,6 +120,19 @@ def test_upstream_without_usage_is_metered_as_estimated_never_zero(world, demo, 
     assert all(e.estimated and e.prompt_tokens > 0 and e.completion_tokens > 0 for e in events)
 
 
+def test_upstream_addresses_are_checked_when_connecting(world, gateway):
+    # Saved without the form's validation (as if DNS had changed since): the gateway still refuses
+    # to connect to a cloud metadata address, and meters the refused call.
+    metadata = make_deployment(world.org, base_url="http://169.254.169.254/v1", upstream_model="gatehouse-demo")
+    key, plaintext = limited_key(world)
+    with pytest.raises(openai.InternalServerError) as caught:
+        sdk(gateway, plaintext).chat.completions.create(model=metadata.model_id, messages=[{"role": "user", "content": "hi"}])
+    assert (caught.value.status_code, caught.value.code) == (502, "upstream_forbidden")
+    event = UsageEvent.objects.get(api_key=key)
+    assert (event.status_code, event.error_code, event.total_tokens) == (502, "upstream_forbidden", 0)
+    assert wait_for(lambda: reserved(key) == (0, 0))
+
+
 def test_upstream_key_is_decrypted_and_sent_and_a_wrong_one_is_a_502(world, demo, gateway):
     wrong = make_deployment(world.org, base_url=demo.url + "/v1", upstream_api_key="not-the-key", upstream_model="gatehouse-demo")
     _, plaintext = make_key(world.org, all_models=True)
