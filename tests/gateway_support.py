@@ -64,9 +64,9 @@ class Server:
                 self.process.wait(5)
 
 
-def start_demo(**flags) -> Server:
+def start_demo(api_key: str | None = UPSTREAM_KEY, **flags) -> Server:
     port = free_port()
-    args = [sys.executable, "-m", "deployments.demo_model", "--port", str(port), "--api-key", UPSTREAM_KEY]
+    args = [sys.executable, "-m", "deployments.demo_model", "--port", str(port)] + (["--api-key", api_key] if api_key else [])
     for name, value in flags.items():
         args += [f"--{name.replace('_', '-')}", str(value)]
     return Server("demo", args, dict(os.environ), port, "/healthz")
