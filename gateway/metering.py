@@ -24,6 +24,7 @@ from django.conf import settings
 log = logging.getLogger("gateway")
 
 MAX_BATCH = 500
+APPLICATION_NAME = "gatehouse-gateway-usage"  # visible in pg_stat_activity
 MILLION = Decimal(1_000_000)
 
 
@@ -156,6 +157,7 @@ def pg_params() -> dict:
               "host": db.get("HOST") or None, "port": db.get("PORT") or None}
     skip = {"pool", "isolation_level", "server_side_binding", "assume_role"}
     params.update({k: v for k, v in (db.get("OPTIONS") or {}).items() if k not in skip})
+    params.setdefault("application_name", APPLICATION_NAME)
     return {k: v for k, v in params.items() if v is not None}
 
 

@@ -142,6 +142,24 @@ def test_upstream_key_is_decrypted_and_sent_and_a_wrong_one_is_a_502(world, demo
     assert "not-the-key" not in json.dumps(caught.value.body)
 
 
+def test_usage_writer_reconnects_when_its_database_connection_is_killed(world, demo, gateway):
+    from django.db import connection
+
+    from gateway.metering import APPLICATION_NAME
+
+    deployment = deployment_for(world, demo)
+    key, plaintext = limited_key(world)
+    client = sdk(gateway, plaintext)
+    client.chat.completions.create(model=deployment.model_id, messages=[{"role": "user", "content": "hi"}])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s AND datname = %s",
+                       [APPLICATION_NAME, connection.settings_dict["NAME"]])
+        assert cursor.rowcount >= 1
+
+    client.chat.completions.create(model=deployment.model_id, messages=[{"role": "user", "content": "hi"}])
+    assert UsageEvent.objects.filter(api_key=key).count() == 2
+
+
 def _row(world, key, request_id: str, prompt: int) -> dict:
     entry = SimpleNamespace(workspace_id=world.org.id, api_key_id=key.id, kind="user")
     route = Route(name="m", kind="deployment", chat_url="", upstream_model="m", api_key=None, timeout=1.0,
