@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--connections", default="1,32")
     parser.add_argument("--modes", default="non-streaming,streaming")
-    parser.add_argument("--profile", action="store_true", help="py-spy one gateway worker during a 32-connection run")
+    parser.add_argument("--profile", action="store_true", help="py-spy one gateway worker during a 32-connection run of the first mode")
     parser.add_argument("--access-log", default="1", help="GATEWAY_ACCESS_LOG for the gateway (default on)")
     args = parser.parse_args()
 
@@ -229,7 +229,8 @@ def main() -> None:
 
         profile_text = None
         if args.profile:
-            profile_text = run_profile(gw, scripts_for_profile(workdir, model, key), gateway, args)
+            profile_stream = args.modes.split(",")[0] == "streaming"
+            profile_text = run_profile(gw, scripts_for_profile(workdir, model, key, profile_stream), gateway, args, profile_stream)
             answered_through_gateway = None  # wrk under py-spy is not counted precisely
 
         load_after = os.getloadavg()
@@ -255,13 +256,13 @@ def main() -> None:
             stop(proc)
 
 
-def scripts_for_profile(workdir: Path, model: str, key: str) -> Path:
+def scripts_for_profile(workdir: Path, model: str, key: str, stream: bool) -> Path:
     path = workdir / "profile.lua"
-    path.write_text(LUA % {"body": body(model, False), "auth": f'wrk.headers["Authorization"] = "Bearer {key}"'})
+    path.write_text(LUA % {"body": body(model, stream), "auth": f'wrk.headers["Authorization"] = "Bearer {key}"'})
     return path
 
 
-def run_profile(gw: str, script: Path, gateway: subprocess.Popen, args) -> str:
+def run_profile(gw: str, script: Path, gateway: subprocess.Popen, args, stream: bool) -> str:
     children = subprocess.run(["pgrep", "-P", str(gateway.pid)], capture_output=True, text=True).stdout.split()
     workers = [pid for pid in children if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text(errors="ignore")]
     target = workers[0] if workers else str(gateway.pid)
@@ -276,7 +277,8 @@ def run_profile(gw: str, script: Path, gateway: subprocess.Popen, args) -> str:
     profiler.wait(args.duration + 30)
     if not raw.exists():
         return f"py-spy produced no profile: {profiler.stderr.read().decode()[-500:]}"
-    return "where the time goes (py-spy, one gateway worker, non-streaming, 32 connections)\n" + profile_summary(raw)
+    mode = "streaming" if stream else "non-streaming"
+    return f"where the time goes (py-spy, one gateway worker, {mode}, 32 connections)\n" + profile_summary(raw)
 
 
 def table(results: list[dict]) -> str:

@@ -235,7 +235,12 @@ class Gateway:
         digest = _digest(key)
         if reload:
             self.cache.drop_digest(digest)
-        entry = await self.cache.get(digest)
+        try:
+            entry = await self.cache.get(digest)
+        except Exception as exc:
+            log.error("key lookup failed: %s", type(exc).__name__)
+            raise GatewayError(503, "Keys cannot be checked right now (the database is unavailable); retry shortly.",
+                               code="auth_unavailable", type="server_error") from None
         if entry is None or not entry.usable_at(time.time()):
             raise errors.invalid_key()
         exchange.entry = entry

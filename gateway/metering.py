@@ -158,6 +158,7 @@ def pg_params() -> dict:
     skip = {"pool", "isolation_level", "server_side_binding", "assume_role"}
     params.update({k: v for k, v in (db.get("OPTIONS") or {}).items() if k not in skip})
     params.setdefault("application_name", APPLICATION_NAME)
+    params.setdefault("connect_timeout", 5)  # a database that drops packets must not hang requests forever
     return {k: v for k, v in params.items() if v is not None}
 
 

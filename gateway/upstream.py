@@ -131,8 +131,11 @@ class NativeResponse:
     async def iter_raw(self):
         conn = self.conn
         while True:
-            while conn.chunks:
-                yield conn.chunks.popleft()
+            if conn.chunks:
+                # Everything one socket read delivered goes on as one piece: one send to the client.
+                data = conn.chunks.popleft() if len(conn.chunks) == 1 else b"".join(conn.chunks)
+                conn.chunks.clear()
+                yield data
             if conn.complete:
                 self.finished = True
                 self._release()

@@ -169,3 +169,16 @@ def test_access_log_has_no_secrets(world, deployment, gateway):
     assert '"path":"/v1/chat/completions","status":400' in log  # the access log is on, and saw both
     assert plaintext not in log and plaintext[-12:] not in log
     assert UPSTREAM_KEY not in log
+
+
+def test_an_unreachable_key_store_is_a_503_not_a_500(world, django_db_setup):
+    from tests.gateway_support import database_url, start_gateway
+
+    server = start_gateway("gateway-no-db", DATABASE_URL=database_url() + "_does_not_exist")
+    try:
+        _, plaintext = make_key(world.org, all_models=True)
+        response = post(server, {"authorization": f"Bearer {plaintext}"}, chat_body("m"))
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "auth_unavailable"
+    finally:
+        server.stop()
