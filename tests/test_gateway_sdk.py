@@ -68,6 +68,23 @@ def test_non_streaming_call_returns_the_answer_and_writes_one_priced_usage_event
     assert wait_for(lambda: ApiKey.objects.get(pk=key.pk).last_used_ip == "127.0.0.1")  # stamped off the hot path
 
 
+def test_a_key_made_in_the_console_works_with_the_sdk_and_its_limits_apply(world, deployment, gateway, client_for):
+    import re
+
+    from django.urls import reverse
+
+    page = client_for(world.developer).post(reverse("api_key_create", kwargs={"ws": "acme"}), {
+        "name": "console-made", "deployments": [deployment.public_id], "tpm_limit": "100", "ip_allowlist": "127.0.0.0/8",
+    })
+    assert page.status_code == 200
+    plaintext = re.search(r'data-testid="new-key">(gh_live_\w+)<', page.content.decode()).group(1)
+
+    assert ask(sdk(gateway, plaintext), deployment.model_id, max_tokens=20).choices[0].message.content.startswith("Hello!")
+    with pytest.raises(openai.RateLimitError):
+        ask(sdk(gateway, plaintext), deployment.model_id, max_tokens=500)  # more than its 100 tokens a minute
+    assert UsageEvent.objects.get().api_key.name == "console-made"
+
+
 def test_streaming_with_usage_delivers_chunks_and_a_final_usage_chunk(world, deployment, gateway):
     key, plaintext = make_key(world.org, all_models=True)
     chunks = list(ask(sdk(gateway, plaintext), deployment.model_id, stream=True, stream_options={"include_usage": True}))
