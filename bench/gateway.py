@@ -113,8 +113,12 @@ def count_events(env: dict, key_id: int) -> int:
 
 def wrk(url: str, script: Path, connections: int, duration: int) -> dict:
     threads = 1 if connections == 1 else 2
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--timeout", "10s", "-s", str(script), url],
-                         capture_output=True, text=True, timeout=duration + 30)
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--timeout", "10s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
+    )
     line = next((line for line in out.stdout.splitlines() if line.startswith("BENCH ")), None)
     if line is None:
         raise SystemExit(f"wrk failed: {out.stdout}\n{out.stderr}")
@@ -179,23 +183,62 @@ def main() -> None:
         raise SystemExit("The benchmark runs on PostgreSQL and Redis: set DATABASE_URL=postgres://... and REDIS_URL=redis://...")
     env.setdefault("SECRET_KEY", "bench-secret-key-" + "x" * 50)
     env.setdefault("API_KEY_PEPPER", "bench-pepper-" + "y" * 32)
-    env.update(DJANGO_SETTINGS_MODULE="console.settings", DEBUG="0", ALLOWED_HOSTS="127.0.0.1,localhost", GATEHOUSE_HTTPS="0",
-               LOG_LEVEL="INFO", GATEWAY_ACCESS_LOG=args.access_log)
+    env.update(
+        DJANGO_SETTINGS_MODULE="console.settings",
+        DEBUG="0",
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        GATEHOUSE_HTTPS="0",
+        LOG_LEVEL="INFO",
+        GATEWAY_ACCESS_LOG=args.access_log,
+    )
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     ensure_database(env["DATABASE_URL"])
     workdir = Path(tempfile.mkdtemp(prefix="gatehouse-bench-"))
     procs: list[subprocess.Popen] = []
     try:
         demo_port, gw_port = free_port(), free_port()
-        demo = start([PYTHON, "-m", "deployments.demo_model", "--port", str(demo_port), "--api-key", UPSTREAM_KEY,
-                      "--workers", str(args.upstream_workers)], env, workdir / "demo.log")
+        demo = start(
+            [
+                PYTHON,
+                "-m",
+                "deployments.demo_model",
+                "--port",
+                str(demo_port),
+                "--api-key",
+                UPSTREAM_KEY,
+                "--workers",
+                str(args.upstream_workers),
+            ],
+            env,
+            workdir / "demo.log",
+        )
         procs.append(demo)
         upstream = f"http://127.0.0.1:{demo_port}"
         wait_http(upstream + "/healthz", demo)
         model, key, key_id = setup_data(env, upstream)
-        gateway = start([PYTHON, "-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1", "--port", str(gw_port),
-                         "--workers", str(args.workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                         "--no-proxy-headers", "--no-server-header"], env, workdir / "gateway.log")
+        gateway = start(
+            [
+                PYTHON,
+                "-m",
+                "uvicorn",
+                "console.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(gw_port),
+                "--workers",
+                str(args.workers),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--no-proxy-headers",
+                "--no-server-header",
+            ],
+            env,
+            workdir / "gateway.log",
+        )
         procs.append(gateway)
         gw = f"http://127.0.0.1:{gw_port}"
         wait_http(gw + "/v1/models", gateway)
@@ -210,8 +253,13 @@ def main() -> None:
             for target in ("direct", "gateway"):
                 token = UPSTREAM_KEY if target == "direct" else key
                 path = workdir / f"{mode}-{target}.lua"
-                path.write_text(LUA % {"body": body("gatehouse-demo" if target == "direct" else model, stream),
-                                       "auth": f'wrk.headers["Authorization"] = "Bearer {token}"'})
+                path.write_text(
+                    LUA
+                    % {
+                        "body": body("gatehouse-demo" if target == "direct" else model, stream),
+                        "auth": f'wrk.headers["Authorization"] = "Bearer {token}"',
+                    }
+                )
                 scripts[target] = path
             for connections in [int(c) for c in args.connections.split(",")]:
                 row = {"mode": mode, "connections": connections}
@@ -223,8 +271,11 @@ def main() -> None:
                         answered_through_gateway += warm["requests"] + measured["requests"] - warm["non2xx"] - measured["non2xx"]
                         in_flight_bound += 2 * connections
                     row[target] = measured
-                    print(f"  {mode:14} c={connections:<3} {target:8} {measured['rps']:8.0f} req/s  p50 {measured['p50'] / 1000:7.2f} ms"
-                          f"  p99 {measured['p99'] / 1000:7.2f} ms  non2xx {measured['non2xx']} errors {measured['errors']}", flush=True)
+                    print(
+                        f"  {mode:14} c={connections:<3} {target:8} {measured['rps']:8.0f} req/s  p50 {measured['p50'] / 1000:7.2f} ms"
+                        f"  p99 {measured['p99'] / 1000:7.2f} ms  non2xx {measured['non2xx']} errors {measured['errors']}",
+                        flush=True,
+                    )
                 results.append(row)
 
         profile_text = None
@@ -238,14 +289,18 @@ def main() -> None:
         events = count_events(env, key_id)
         print()
         # Other work on the machine skews every number: say how busy it was.
-        print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; {os.cpu_count()} CPUs; "
-              f"gateway workers {args.workers}, upstream workers {args.upstream_workers}, {args.duration} s per measurement")
+        print(
+            f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; {os.cpu_count()} CPUs; "
+            f"gateway workers {args.workers}, upstream workers {args.upstream_workers}, {args.duration} s per measurement"
+        )
         print(table(results))
         print()
         if answered_through_gateway is not None:
             ok = answered_through_gateway <= events <= answered_through_gateway + in_flight_bound
-            print(f"usage events written: {events}; 2xx answers wrk counted through the gateway: {answered_through_gateway} "
-                  f"(+ at most {in_flight_bound} abandoned in flight) -> {'OK' if ok else 'MISMATCH'}")
+            print(
+                f"usage events written: {events}; 2xx answers wrk counted through the gateway: {answered_through_gateway} "
+                f"(+ at most {in_flight_bound} abandoned in flight) -> {'OK' if ok else 'MISMATCH'}"
+            )
         else:
             print(f"usage events written: {events}")
         if profile_text:
@@ -270,8 +325,25 @@ def run_profile(gw: str, script: Path, gateway: subprocess.Popen, args, stream: 
     spy = shutil.which("py-spy") or str(Path(PYTHON).with_name("py-spy"))
     if not Path(spy).exists():
         return "py-spy is not installed (pip install -r requirements-dev.txt)"
-    profiler = subprocess.Popen([spy, "record", "--pid", target, "--format", "raw", "--output", str(raw), "--duration",
-                                 str(args.duration), "--rate", "250", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    profiler = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            target,
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--duration",
+            str(args.duration),
+            "--rate",
+            "250",
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(1)
     wrk(gw + "/v1/chat/completions", script, 32, args.duration)
     profiler.wait(args.duration + 30)
@@ -282,15 +354,18 @@ def run_profile(gw: str, script: Path, gateway: subprocess.Popen, args, stream: 
 
 
 def table(results: list[dict]) -> str:
-    head = ("| mode | conns | direct req/s | direct p50 | direct p99 | gateway req/s | gateway p50 | gateway p99 "
-            "| added p50 | added p99 | req/s ratio |")
+    head = (
+        "| mode | conns | direct req/s | direct p50 | direct p99 | gateway req/s | gateway p50 | gateway p99 "
+        "| added p50 | added p99 | req/s ratio |"
+    )
     lines = [head, "|" + "---|" * 11]
     for row in results:
         d, g = row["direct"], row["gateway"]
         lines.append(
             f"| {row['mode']} | {row['connections']} | {d['rps']:.0f} | {d['p50'] / 1000:.2f} ms | {d['p99'] / 1000:.2f} ms "
             f"| {g['rps']:.0f} | {g['p50'] / 1000:.2f} ms | {g['p99'] / 1000:.2f} ms "
-            f"| {(g['p50'] - d['p50']) / 1000:+.2f} ms | {(g['p99'] - d['p99']) / 1000:+.2f} ms | {g['rps'] / d['rps']:.2f} |")
+            f"| {(g['p50'] - d['p50']) / 1000:+.2f} ms | {(g['p99'] - d['p99']) / 1000:+.2f} ms | {g['rps'] / d['rps']:.2f} |"
+        )
     return "\n".join(lines)
 
 

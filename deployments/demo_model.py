@@ -151,7 +151,11 @@ class DemoModel:
         if tools and request.get("tool_choice") != "none":
             function = tools[0].get("function", {}) if isinstance(tools[0], dict) else {}
             arguments = json.dumps(tool_arguments(function.get("parameters")))
-            call = {"id": f"call_demo{self.counter}", "type": "function", "function": {"name": function.get("name", "tool"), "arguments": arguments}}
+            call = {
+                "id": f"call_demo{self.counter}",
+                "type": "function",
+                "function": {"name": function.get("name", "tool"), "arguments": arguments},
+            }
             tokens, finish = [], "tool_calls"
             completion_tokens = count_tokens(function.get("name", "")) + count_tokens(arguments)
         else:
@@ -167,16 +171,25 @@ class DemoModel:
             if call:
                 message["tool_calls"] = [call]
             body = {
-                "id": completion_id, "object": "chat.completion", "created": created, "model": model,
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
                 "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-                "usage": usage, "system_fingerprint": None,
+                "usage": usage,
+                "system_fingerprint": None,
             }
             stats["completed"] += 1
             return await self.json(send, 200, body)
 
         include_usage = bool((request.get("stream_options") or {}).get("include_usage")) and usage is not None
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+            }
+        )
         disconnected = asyncio.Event()
 
         async def watch():
@@ -221,8 +234,13 @@ class DemoModel:
     @staticmethod
     async def json(send, status: int, payload: dict) -> None:
         body = json.dumps(payload).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def error(self, send, status: int, message: str, code: str) -> None:
@@ -246,10 +264,22 @@ def main(argv: list[str] | None = None) -> None:
     app = DemoModel(api_key=args.api_key, latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms)
     if args.workers > 1:
         # uvicorn needs an import string to fork workers; the factory reads the same flags from the environment.
-        os.environ.update(DEMO_MODEL_API_KEY=args.api_key or "", DEMO_MODEL_LATENCY_MS=str(args.latency_ms),
-                          DEMO_MODEL_CHUNK_DELAY_MS=str(args.chunk_delay_ms))
-        uvicorn.run("deployments.demo_model:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-                    log_level="warning", access_log=False, loop="uvloop", http="httptools")
+        os.environ.update(
+            DEMO_MODEL_API_KEY=args.api_key or "",
+            DEMO_MODEL_LATENCY_MS=str(args.latency_ms),
+            DEMO_MODEL_CHUNK_DELAY_MS=str(args.chunk_delay_ms),
+        )
+        uvicorn.run(
+            "deployments.demo_model:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="warning",
+            access_log=False,
+            loop="uvloop",
+            http="httptools",
+        )
     else:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, loop="uvloop", http="httptools")
 
@@ -257,9 +287,11 @@ def main(argv: list[str] | None = None) -> None:
 def app_from_env() -> DemoModel:
     import os
 
-    return DemoModel(api_key=os.environ.get("DEMO_MODEL_API_KEY") or None,
-                     latency_ms=int(os.environ.get("DEMO_MODEL_LATENCY_MS", "0")),
-                     chunk_delay_ms=int(os.environ.get("DEMO_MODEL_CHUNK_DELAY_MS", "0")))
+    return DemoModel(
+        api_key=os.environ.get("DEMO_MODEL_API_KEY") or None,
+        latency_ms=int(os.environ.get("DEMO_MODEL_LATENCY_MS", "0")),
+        chunk_delay_ms=int(os.environ.get("DEMO_MODEL_CHUNK_DELAY_MS", "0")),
+    )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,7 @@ class ClientGone(Exception):
 class Exchange:
     """One request/response: tracks whether the response started, for errors and the access log."""
 
-    __slots__ = ("send", "request_id", "status", "started", "model", "metric_model", "entry", "client_ip", "tokens",
-                 "response_started")
+    __slots__ = ("send", "request_id", "status", "started", "model", "metric_model", "entry", "client_ip", "tokens", "response_started")
 
     def __init__(self, send, request_id: str):
         self.send = send
@@ -73,8 +72,9 @@ class Exchange:
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
         self.response_started = True
-        await self.send({"type": "http.response.start", "status": status,
-                         "headers": [*headers, (b"x-request-id", self.request_id.encode())]})
+        await self.send(
+            {"type": "http.response.start", "status": status, "headers": [*headers, (b"x-request-id", self.request_id.encode())]}
+        )
 
     async def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS) -> None:
         await self.start(status, [*headers, (b"content-length", str(len(body)).encode())])
@@ -186,12 +186,22 @@ class Gateway:
         if settings.GATEWAY_ACCESS_LOG and scope["path"] != "/metrics":
             entry = exchange.entry
             # No query string, no headers, no bodies: nothing here can carry a secret.
-            access_log.info(orjson.dumps({
-                "request_id": exchange.request_id, "method": scope["method"], "path": scope["path"][:200], "status": status,
-                "ms": round(elapsed * 1000, 2), "model": model, "key": entry.public_id if entry else None,
-                "workspace": entry.workspace_public_id if entry else None, "client_ip": exchange.client_ip,
-                "tokens": exchange.tokens,
-            }).decode())
+            access_log.info(
+                orjson.dumps(
+                    {
+                        "request_id": exchange.request_id,
+                        "method": scope["method"],
+                        "path": scope["path"][:200],
+                        "status": status,
+                        "ms": round(elapsed * 1000, 2),
+                        "model": model,
+                        "key": entry.public_id if entry else None,
+                        "workspace": entry.workspace_public_id if entry else None,
+                        "client_ip": exchange.client_ip,
+                        "tokens": exchange.tokens,
+                    }
+                ).decode()
+            )
 
     async def dispatch(self, scope, receive, exchange: Exchange) -> None:
         path, method = scope["path"], scope["method"]
@@ -239,17 +249,26 @@ class Gateway:
             entry = await self.cache.get(digest)
         except Exception as exc:
             log.error("key lookup failed: %s", type(exc).__name__)
-            raise GatewayError(503, "Keys cannot be checked right now (the database is unavailable); retry shortly.",
-                               code="auth_unavailable", type="server_error") from None
+            raise GatewayError(
+                503,
+                "Keys cannot be checked right now (the database is unavailable); retry shortly.",
+                code="auth_unavailable",
+                type="server_error",
+            ) from None
         if entry is None or not entry.usable_at(time.time()):
             raise errors.invalid_key()
         exchange.entry = entry
         if exchange.client_ip is None:
-            exchange.client_ip = resolve_client_ip(_peer(scope), headers.get(b"x-forwarded-for", b"").decode("latin-1") or None,
-                                                   settings.TRUSTED_PROXY_NETWORKS)
+            exchange.client_ip = resolve_client_ip(
+                _peer(scope), headers.get(b"x-forwarded-for", b"").decode("latin-1") or None, settings.TRUSTED_PROXY_NETWORKS
+            )
         if entry.networks and not ip_allowed(exchange.client_ip, entry.networks):
-            raise GatewayError(403, f"Requests from {exchange.client_ip} are not allowed for this key (IP allowlist).",
-                               code="ip_not_allowed", type="permission_error")
+            raise GatewayError(
+                403,
+                f"Requests from {exchange.client_ip} are not allowed for this key (IP allowlist).",
+                code="ip_not_allowed",
+                type="permission_error",
+            )
         return entry
 
     async def chat(self, scope, receive, exchange: Exchange, *, deployment: tuple[str, str] | None) -> None:
@@ -286,8 +305,9 @@ class Gateway:
             if decision.reservation is not None:
                 await self.limiter.settle(decision.reservation, 0)
         else:
-            raise GatewayError(503, "The key or deployment changed while this request was admitted; retry.", code="key_changed",
-                               type="server_error")
+            raise GatewayError(
+                503, "The key or deployment changed while this request was admitted; retry.", code="key_changed", type="server_error"
+            )
 
         if decision.outcome == TPM_REFUSED:
             metrics.REFUSALS.labels("tpm").inc()
@@ -320,14 +340,25 @@ class Gateway:
         if route.status in ("stopped", "failed"):
             raise GatewayError(503, f"The deployment {route.name} is {route.status}.", code="deployment_unavailable", type="server_error")
         if route.credential_error:
-            raise GatewayError(502, "The upstream credential for this model cannot be decrypted; ask an administrator.",
-                               code="upstream_credential", type="server_error")
+            raise GatewayError(
+                502,
+                "The upstream credential for this model cannot be decrypted; ask an administrator.",
+                code="upstream_credential",
+                type="server_error",
+            )
         return route
 
     async def admit(self, entry: KeyEntry, estimate: int, deployment_id: int | None):
         year = datetime.now(entry.time_zone).year
-        kwargs = dict(api_key_id=entry.api_key_id, public_id=entry.public_id, year=year, estimate=estimate,
-                      tpm_limit=entry.tpm_limit, yearly_limit=entry.yearly_limit, deployment_id=deployment_id)
+        kwargs = dict(
+            api_key_id=entry.api_key_id,
+            public_id=entry.public_id,
+            year=year,
+            estimate=estimate,
+            tpm_limit=entry.tpm_limit,
+            yearly_limit=entry.yearly_limit,
+            deployment_id=deployment_id,
+        )
         try:
             decision = await self.limiter.admit(**kwargs)
             if decision.outcome == NEEDS_SEED:
@@ -349,12 +380,33 @@ class Gateway:
         task.add_done_callback(_log_touch_failure)
 
     # ---- proxying and metering ---------------------------------------------------------------
-    async def meter(self, exchange: Exchange, entry: KeyEntry, route: Route, reservation: Reservation | None, *,
-                    prompt: int, completion: int, status: int, error_code: str = "", **flags) -> None:
+    async def meter(
+        self,
+        exchange: Exchange,
+        entry: KeyEntry,
+        route: Route,
+        reservation: Reservation | None,
+        *,
+        prompt: int,
+        completion: int,
+        status: int,
+        error_code: str = "",
+        **flags,
+    ) -> None:
         """Settle the reservation and write the usage event, concurrently; raise if the event was not written."""
-        row = event_row(request_id=exchange.request_id, started=exchange.started, entry=entry, route=route, model=route.name,
-                        prompt_tokens=prompt, completion_tokens=completion, status_code=status, error_code=error_code,
-                        client_ip=exchange.client_ip, **flags)
+        row = event_row(
+            request_id=exchange.request_id,
+            started=exchange.started,
+            entry=entry,
+            route=route,
+            model=route.name,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            status_code=status,
+            error_code=error_code,
+            client_ip=exchange.client_ip,
+            **flags,
+        )
         exchange.tokens = prompt + completion
         jobs = [self.writer.write(row)]
         if reservation is not None:
@@ -374,11 +426,13 @@ class Gateway:
             # re-seeded from usage events if it is ever lost.
             log.warning("settling a reservation failed: %s", type(exc).__name__)
 
-    async def upstream_failed(self, exchange, entry, route, reservation, error: GatewayError, prompt: int = 0,
-                              completion: int = 0, **flags) -> None:
+    async def upstream_failed(
+        self, exchange, entry, route, reservation, error: GatewayError, prompt: int = 0, completion: int = 0, **flags
+    ) -> None:
         metrics.UPSTREAM_ERRORS.labels(route.metric_name, error.code).inc()
-        await self.meter(exchange, entry, route, reservation, prompt=prompt, completion=completion, status=error.status,
-                         error_code=error.code, **flags)
+        await self.meter(
+            exchange, entry, route, reservation, prompt=prompt, completion=completion, status=error.status, error_code=error.code, **flags
+        )
         raise error
 
     async def proxy_once(self, exchange: Exchange, entry: KeyEntry, route: Route, payload: dict, reservation) -> None:
@@ -411,8 +465,9 @@ class Gateway:
         await self.meter(exchange, entry, route, reservation, prompt=prompt, completion=completion, status=200, estimated=estimated)
         await exchange.respond(200, orjson.dumps(data))
 
-    async def proxy_stream(self, receive, exchange: Exchange, entry: KeyEntry, route: Route, payload: dict, reservation,
-                           wants_usage: bool) -> None:
+    async def proxy_stream(
+        self, receive, exchange: Exchange, entry: KeyEntry, route: Route, payload: dict, reservation, wants_usage: bool
+    ) -> None:
         headers, body = upstream_call(route, payload, stream=True)
         try:
             response = await self.http.open(route.chat_url, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0))
@@ -425,8 +480,7 @@ class Gateway:
                     body = await response.read()
                 except Exception:
                     body = b""
-                return await self.upstream_failed(exchange, entry, route, reservation, status_error(response.status, body),
-                                                  streamed=True)
+                return await self.upstream_failed(exchange, entry, route, reservation, status_error(response.status, body), streamed=True)
             await exchange.start(200, SSE_HEADERS)
             outcome = await self._pump(receive, exchange, response, relay)
         finally:
@@ -447,23 +501,59 @@ class Gateway:
                 estimated = False
         if outcome == "client_gone":
             exchange.status = 499
-            await self.meter(exchange, entry, route, reservation, prompt=prompt, completion=completion, status=499,
-                             error_code="client_disconnected", estimated=estimated, aborted=True, streamed=True, ttft_ms=ttft)
+            await self.meter(
+                exchange,
+                entry,
+                route,
+                reservation,
+                prompt=prompt,
+                completion=completion,
+                status=499,
+                error_code="client_disconnected",
+                estimated=estimated,
+                aborted=True,
+                streamed=True,
+                ttft_ms=ttft,
+            )
             raise ClientGone
         if outcome != "done":
-            error = transport_error(outcome) if isinstance(outcome, Exception) else GatewayError(
-                502, "The model ended the stream early.", code="upstream_incomplete", type="server_error")
+            error = (
+                transport_error(outcome)
+                if isinstance(outcome, Exception)
+                else GatewayError(502, "The model ended the stream early.", code="upstream_incomplete", type="server_error")
+            )
             metrics.UPSTREAM_ERRORS.labels(route.metric_name, error.code).inc()
             try:
-                await self.meter(exchange, entry, route, reservation, prompt=prompt, completion=completion, status=error.status,
-                                 error_code=error.code, estimated=estimated, streamed=True, ttft_ms=ttft)
+                await self.meter(
+                    exchange,
+                    entry,
+                    route,
+                    reservation,
+                    prompt=prompt,
+                    completion=completion,
+                    status=error.status,
+                    error_code=error.code,
+                    estimated=estimated,
+                    streamed=True,
+                    ttft_ms=ttft,
+                )
             finally:
                 exchange.status = error.status
                 await exchange.send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n", "more_body": False})
             return
         try:
-            await self.meter(exchange, entry, route, reservation, prompt=prompt, completion=completion, status=200,
-                             estimated=estimated, streamed=True, ttft_ms=ttft)
+            await self.meter(
+                exchange,
+                entry,
+                route,
+                reservation,
+                prompt=prompt,
+                completion=completion,
+                status=200,
+                estimated=estimated,
+                streamed=True,
+                ttft_ms=ttft,
+            )
         except GatewayError as error:
             exchange.status = error.status
             await exchange.send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n", "more_body": False})
@@ -613,7 +703,9 @@ def _yearly_usage(api_key_id: int, time_zone: str, year: int) -> int:
 
     tz = ZoneInfo(time_zone)
     start, end = datetime(year, 1, 1, tzinfo=tz), datetime(year + 1, 1, 1, tzinfo=tz)
-    total = UsageEvent.objects.filter(api_key_id=api_key_id, created_at__gte=start, created_at__lt=end).aggregate(t=Sum("total_tokens"))["t"]
+    total = UsageEvent.objects.filter(api_key_id=api_key_id, created_at__gte=start, created_at__lt=end).aggregate(t=Sum("total_tokens"))[
+        "t"
+    ]
     return int(total or 0)
 
 

@@ -91,9 +91,16 @@ class Route:
             self.metric_name = self.name
 
     def with_model(self, name: str, upstream_model: str, *, wildcard: bool = False) -> Route:
-        return Route(name=name, kind=self.kind, chat_url=self.chat_url, upstream_model=upstream_model, api_key=self.api_key,
-                     timeout=self.timeout, credential_error=self.credential_error,
-                     metric_name=self.name + "/*" if wildcard else name)
+        return Route(
+            name=name,
+            kind=self.kind,
+            chat_url=self.chat_url,
+            upstream_model=upstream_model,
+            api_key=self.api_key,
+            timeout=self.timeout,
+            credential_error=self.credential_error,
+            metric_name=self.name + "/*" if wildcard else name,
+        )
 
     def price_at(self, epoch: float) -> Price | None:
         # Versions are newest first: the first that started at or before the event is in force.
@@ -223,7 +230,8 @@ def load_key(digest: str) -> KeyEntry | None:
     prices: dict[int, list[Price]] = {}
     for p in DeploymentPrice.objects.filter(deployment__in=[d.id for d in deployments]).order_by("-effective_from"):
         prices.setdefault(p.deployment_id, []).append(
-            Price(p.effective_from.timestamp(), p.input_per_million, p.output_per_million, p.currency))
+            Price(p.effective_from.timestamp(), p.input_per_million, p.output_per_million, p.currency)
+        )
 
     routes: dict[str, Route] = {}
     by_deployment: dict[str, Route] = {}
@@ -235,18 +243,35 @@ def load_key(digest: str) -> KeyEntry | None:
         else:
             base_url, token = d.upstream_base_url, d.upstream_api_key_encrypted
         api_key, problem = _decrypt(token)
-        route = Route(name=d.model_id, kind="deployment", chat_url=_chat_url(base_url), upstream_model=d.upstream_model or d.model_id,
-                      api_key=api_key, credential_error=problem, timeout=float(d.timeout_seconds), status=d.status,
-                      deployment_id=d.id, deployment_public_id=str(d.public_id), generation=deployment_gens.get(d.id, 0),
-                      prices=tuple(prices.get(d.id, ())))
+        route = Route(
+            name=d.model_id,
+            kind="deployment",
+            chat_url=_chat_url(base_url),
+            upstream_model=d.upstream_model or d.model_id,
+            api_key=api_key,
+            credential_error=problem,
+            timeout=float(d.timeout_seconds),
+            status=d.status,
+            deployment_id=d.id,
+            deployment_public_id=str(d.public_id),
+            generation=deployment_gens.get(d.id, 0),
+            prices=tuple(prices.get(d.id, ())),
+        )
         routes[d.model_id] = route
         by_deployment[str(d.public_id)] = route
 
     router_wildcards: dict[str, Route] = {}
     for provider in key.router_providers.filter(is_active=True):
         api_key, problem = _decrypt(provider.api_key_encrypted)
-        base = Route(name=provider.slug, kind="router", chat_url=_chat_url(provider.base_url), upstream_model="", api_key=api_key,
-                     credential_error=problem, timeout=float(settings.GATEWAY_UPSTREAM_TIMEOUT))
+        base = Route(
+            name=provider.slug,
+            kind="router",
+            chat_url=_chat_url(provider.base_url),
+            upstream_model="",
+            api_key=api_key,
+            credential_error=problem,
+            timeout=float(settings.GATEWAY_UPSTREAM_TIMEOUT),
+        )
         if provider.model_names:
             for model in provider.model_names:
                 routes[f"{provider.slug}/{model}"] = base.with_model(f"{provider.slug}/{model}", model)
@@ -259,8 +284,15 @@ def load_key(digest: str) -> KeyEntry | None:
         credentials = credentials.filter(id__in=key.byok_credentials.values("id"))
     for credential in credentials:
         api_key, problem = _decrypt(credential.api_key_encrypted)
-        base = Route(name=f"byok/{credential.name}", kind="byok", chat_url=_chat_url(credential.base_url), upstream_model="",
-                     api_key=api_key, credential_error=problem, timeout=float(settings.GATEWAY_UPSTREAM_TIMEOUT))
+        base = Route(
+            name=f"byok/{credential.name}",
+            kind="byok",
+            chat_url=_chat_url(credential.base_url),
+            upstream_model="",
+            api_key=api_key,
+            credential_error=problem,
+            timeout=float(settings.GATEWAY_UPSTREAM_TIMEOUT),
+        )
         if credential.model_names:
             for model in credential.model_names:
                 routes[f"byok/{credential.name}/{model}"] = base.with_model(f"byok/{credential.name}/{model}", model)
@@ -270,11 +302,24 @@ def load_key(digest: str) -> KeyEntry | None:
     from lib.net import parse_networks
 
     return KeyEntry(
-        api_key_id=key.id, public_id=str(key.public_id), workspace_id=workspace.id, workspace_public_id=str(workspace.public_id),
-        time_zone=ZoneInfo(workspace.time_zone), kind=key.kind, revoked=key.revoked_at is not None,
-        expires_at=_epoch(key.expires_at), secret_valid_until=_epoch(valid_until), networks=parse_networks(key.ip_allowlist or []),
-        tpm_limit=key.tpm_limit, yearly_limit=key.yearly_token_limit, routes=routes, by_deployment=by_deployment,
-        router_wildcards=router_wildcards, byok_wildcards=byok_wildcards, generation=generation, loaded_at=time.monotonic(),
+        api_key_id=key.id,
+        public_id=str(key.public_id),
+        workspace_id=workspace.id,
+        workspace_public_id=str(workspace.public_id),
+        time_zone=ZoneInfo(workspace.time_zone),
+        kind=key.kind,
+        revoked=key.revoked_at is not None,
+        expires_at=_epoch(key.expires_at),
+        secret_valid_until=_epoch(valid_until),
+        networks=parse_networks(key.ip_allowlist or []),
+        tpm_limit=key.tpm_limit,
+        yearly_limit=key.yearly_token_limit,
+        routes=routes,
+        by_deployment=by_deployment,
+        router_wildcards=router_wildcards,
+        byok_wildcards=byok_wildcards,
+        generation=generation,
+        loaded_at=time.monotonic(),
     )
 
 

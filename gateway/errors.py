@@ -50,19 +50,27 @@ def tpm_exceeded(retry_after: int, limit: int, oversized: bool) -> GatewayError:
         message = f"This request needs more tokens than the key's limit of {limit} tokens per minute allows; lower max_tokens."
     else:
         message = f"Rate limit reached: this key may use {limit} tokens per minute. Retry after {retry_after} s."
-    return GatewayError(429, message, code="rate_limit_exceeded", type="rate_limit_error",
-                        headers=[(b"retry-after", str(retry_after).encode())])
+    return GatewayError(
+        429, message, code="rate_limit_exceeded", type="rate_limit_error", headers=[(b"retry-after", str(retry_after).encode())]
+    )
 
 
 def quota_exceeded(limit: int) -> GatewayError:
-    return GatewayError(429, f"You exceeded this key's yearly token limit of {limit} tokens.", code="insufficient_quota", type="insufficient_quota")
+    return GatewayError(
+        429, f"You exceeded this key's yearly token limit of {limit} tokens.", code="insufficient_quota", type="insufficient_quota"
+    )
 
 
 def limiter_unavailable() -> GatewayError:
-    return GatewayError(503, "Quota checks are unavailable (Redis cannot be reached); refusing requests until it is back.",
-                        code="limiter_unavailable", type="server_error")
+    return GatewayError(
+        503,
+        "Quota checks are unavailable (Redis cannot be reached); refusing requests until it is back.",
+        code="limiter_unavailable",
+        type="server_error",
+    )
 
 
 def usage_unrecorded() -> GatewayError:
-    return GatewayError(503, "The usage record for this request could not be written; it was not completed.",
-                        code="usage_unavailable", type="server_error")
+    return GatewayError(
+        503, "The usage record for this request could not be written; it was not completed.", code="usage_unavailable", type="server_error"
+    )

@@ -129,13 +129,24 @@ class RedisLimiter:
     def __init__(self, redis):
         self.redis = redis  # gateway.resp.PipelinedRedis
 
-    async def admit(self, *, api_key_id: int, public_id: str, year: int, estimate: int, tpm_limit: int | None,
-                    yearly_limit: int | None, seed: int = -1, deployment_id: int | None = None) -> Decision:
+    async def admit(
+        self,
+        *,
+        api_key_id: int,
+        public_id: str,
+        year: int,
+        estimate: int,
+        tpm_limit: int | None,
+        yearly_limit: int | None,
+        seed: int = -1,
+        deployment_id: int | None = None,
+    ) -> Decision:
         now = int(time.time())
         tpm_key, yearly_key = _keys(public_id, year)
         try:
             gen, outcome, extra, dgen = await self.redis.evalsha(
-                ADMIT_LUA, [GENERATION_KEY, tpm_key, yearly_key, deployment_changes.GENERATION_KEY],
+                ADMIT_LUA,
+                [GENERATION_KEY, tpm_key, yearly_key, deployment_changes.GENERATION_KEY],
                 [api_key_id, now, estimate, tpm_limit or 0, yearly_limit or 0, seed, _yearly_ttl(year), deployment_id or 0],
             )
         except Exception as exc:
@@ -157,8 +168,11 @@ class RedisLimiter:
         delta = actual - reservation.estimate
         if delta == 0 or not (reservation.has_tpm or reservation.has_yearly):
             return
-        self.redis.fire(SETTLE_LUA, [reservation.tpm_key, reservation.yearly_key],
-                        [reservation.second, delta, int(reservation.has_tpm), int(reservation.has_yearly)])
+        self.redis.fire(
+            SETTLE_LUA,
+            [reservation.tpm_key, reservation.yearly_key],
+            [reservation.second, delta, int(reservation.has_tpm), int(reservation.has_yearly)],
+        )
 
 
 class LocalLimiter:
@@ -168,8 +182,18 @@ class LocalLimiter:
         self.buckets: dict[str, dict[int, int]] = {}
         self.yearly: dict[str, int] = {}
 
-    async def admit(self, *, api_key_id: int, public_id: str, year: int, estimate: int, tpm_limit: int | None,
-                    yearly_limit: int | None, seed: int = -1, deployment_id: int | None = None) -> Decision:
+    async def admit(
+        self,
+        *,
+        api_key_id: int,
+        public_id: str,
+        year: int,
+        estimate: int,
+        tpm_limit: int | None,
+        yearly_limit: int | None,
+        seed: int = -1,
+        deployment_id: int | None = None,
+    ) -> Decision:
         # No await between the checks and the writes: atomic on the event loop.
         gen = local_generations.get(api_key_id, 0)
         dgen = deployment_changes.local_generations.get(deployment_id, 0) if deployment_id else 0

@@ -131,8 +131,10 @@ class UsageWriter:
 
             fields = {f.column: f for f in UsageEvent._meta.concrete_fields}
             casts = ", ".join(f"%s::{fields[c].db_type(connection)}[]" for c in self.columns)
-            self.sql = (f"INSERT INTO {UsageEvent._meta.db_table} ({', '.join(self.columns)}) "
-                        f"SELECT * FROM unnest({casts}) ON CONFLICT (request_id) DO NOTHING")
+            self.sql = (
+                f"INSERT INTO {UsageEvent._meta.db_table} ({', '.join(self.columns)}) "
+                f"SELECT * FROM unnest({casts}) ON CONFLICT (request_id) DO NOTHING"
+            )
         return self.sql
 
     async def _insert(self, rows: list[dict]) -> None:
@@ -144,6 +146,7 @@ class UsageWriter:
         else:
             await self.run_db(_orm_insert, rows)
 
+
 def _orm_insert(rows: list[dict]) -> None:
     from usage.models import UsageEvent
 
@@ -153,8 +156,13 @@ def _orm_insert(rows: list[dict]) -> None:
 
 def pg_params() -> dict:
     db = settings.DATABASES["default"]
-    params = {"dbname": db["NAME"], "user": db.get("USER") or None, "password": db.get("PASSWORD") or None,
-              "host": db.get("HOST") or None, "port": db.get("PORT") or None}
+    params = {
+        "dbname": db["NAME"],
+        "user": db.get("USER") or None,
+        "password": db.get("PASSWORD") or None,
+        "host": db.get("HOST") or None,
+        "port": db.get("PORT") or None,
+    }
     skip = {"pool", "isolation_level", "server_side_binding", "assume_role"}
     params.update({k: v for k, v in (db.get("OPTIONS") or {}).items() if k not in skip})
     params.setdefault("application_name", APPLICATION_NAME)
@@ -162,9 +170,23 @@ def pg_params() -> dict:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def event_row(*, request_id: str, started: float, entry, route, model: str, prompt_tokens: int, completion_tokens: int,
-              status_code: int, error_code: str = "", estimated: bool = False, aborted: bool = False, streamed: bool = False,
-              ttft_ms: int | None = None, client_ip: str | None) -> dict:
+def event_row(
+    *,
+    request_id: str,
+    started: float,
+    entry,
+    route,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    status_code: int,
+    error_code: str = "",
+    estimated: bool = False,
+    aborted: bool = False,
+    streamed: bool = False,
+    ttft_ms: int | None = None,
+    client_ip: str | None,
+) -> dict:
     now = time.time()
     price = route.price_at(now) if route is not None else None
     return {

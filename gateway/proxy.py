@@ -36,8 +36,12 @@ def transport_error(exc: Exception) -> GatewayError:
     if isinstance(exc, UpstreamTimeout):
         return GatewayError(504, "The model did not answer in time.", code="upstream_timeout", type="server_error")
     if isinstance(exc, UpstreamForbidden):
-        return GatewayError(502, "The model's address is not allowed for upstream calls; ask an administrator.",
-                            code="upstream_forbidden", type="server_error")
+        return GatewayError(
+            502,
+            "The model's address is not allowed for upstream calls; ask an administrator.",
+            code="upstream_forbidden",
+            type="server_error",
+        )
     return GatewayError(502, "The model could not be reached.", code="upstream_unreachable", type="server_error")
 
 
@@ -49,8 +53,13 @@ def status_error(status: int, body: bytes) -> GatewayError:
     5xx are upstream failures: both become 502. Upstream rate limiting stays a 429.
     """
     if status == 429:
-        return GatewayError(429, "The model is rate limited upstream; retry shortly.", code="upstream_rate_limited",
-                            type="rate_limit_error", headers=[(b"retry-after", b"1")])
+        return GatewayError(
+            429,
+            "The model is rate limited upstream; retry shortly.",
+            code="upstream_rate_limited",
+            type="rate_limit_error",
+            headers=[(b"retry-after", b"1")],
+        )
     if 400 <= status < 500 and status not in (401, 403, 407):
         message = "The model rejected the request."
         try:

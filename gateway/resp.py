@@ -142,8 +142,11 @@ class PipelinedRedis:
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         _, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _Protocol(self), self.host, self.port, ssl=self.ssl,
-                                   server_hostname=self.host if self.ssl else None), self.timeout)
+            loop.create_connection(
+                lambda: _Protocol(self), self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
+            ),
+            self.timeout,
+        )
         self.protocol = protocol
         setup = []
         if self.password is not None:

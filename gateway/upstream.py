@@ -201,9 +201,16 @@ class NativeClient:
         for family, _, _, _, sockaddr in infos:
             try:
                 _, conn = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Connection(origin), sockaddr[0], sockaddr[1], family=family,
-                                           ssl=self.ssl_context if tls else None, server_hostname=host if tls else None),
-                    max(0.001, deadline - loop.time()))
+                    loop.create_connection(
+                        lambda: _Connection(origin),
+                        sockaddr[0],
+                        sockaddr[1],
+                        family=family,
+                        ssl=self.ssl_context if tls else None,
+                        server_hostname=host if tls else None,
+                    ),
+                    max(0.001, deadline - loop.time()),
+                )
                 return conn
             except TimeoutError:
                 raise UpstreamTimeout("connecting to the upstream timed out") from None
@@ -221,8 +228,9 @@ class NativeClient:
         if conn.transport is not None:
             conn.transport.close()
 
-    async def open(self, url: str, headers: list[tuple[bytes, bytes]], body: bytes, *, timeout: float,
-                   connect_timeout: float) -> NativeResponse:
+    async def open(
+        self, url: str, headers: list[tuple[bytes, bytes]], body: bytes, *, timeout: float, connect_timeout: float
+    ) -> NativeResponse:
         origin, host, path = self._split(url)
         conn = await self._connection(origin, connect_timeout)
         head = [b"POST ", path, b" HTTP/1.1\r\nhost: ", host, b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n"]
@@ -276,12 +284,16 @@ class HttpxClient:
         self.httpx = httpx
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=IDLE_EXPIRY),
-            trust_env=False, follow_redirects=False)
+            trust_env=False,
+            follow_redirects=False,
+        )
 
-    async def open(self, url: str, headers: list[tuple[bytes, bytes]], body: bytes, *, timeout: float,
-                   connect_timeout: float) -> HttpxResponse:
-        request = self.client.build_request("POST", url, content=body, headers=headers,
-                                            timeout=self.httpx.Timeout(timeout, connect=connect_timeout))
+    async def open(
+        self, url: str, headers: list[tuple[bytes, bytes]], body: bytes, *, timeout: float, connect_timeout: float
+    ) -> HttpxResponse:
+        request = self.client.build_request(
+            "POST", url, content=body, headers=headers, timeout=self.httpx.Timeout(timeout, connect=connect_timeout)
+        )
         try:
             return HttpxResponse(await self.client.send(request, stream=True))
         except Exception as exc:

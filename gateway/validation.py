@@ -11,10 +11,23 @@ import re
 from gateway.errors import bad_request
 
 # Fields some SDKs/proxies honour to redirect a call or add credentials: never from a client.
-REFUSED_FIELDS = frozenset({
-    "api_base", "base_url", "api_key", "api_version", "headers", "extra_headers", "custom_llm_provider",
-    "organization", "user_api_key", "upstream_url", "endpoint", "proxy", "extra_query",
-})
+REFUSED_FIELDS = frozenset(
+    {
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "headers",
+        "extra_headers",
+        "custom_llm_provider",
+        "organization",
+        "user_api_key",
+        "upstream_url",
+        "endpoint",
+        "proxy",
+        "extra_query",
+    }
+)
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -87,10 +100,11 @@ def validate_chat(body: object, *, model_required: bool = True) -> dict:
         for i, tool in enumerate(value):
             function = tool.get("function") if isinstance(tool, dict) else None
             if not isinstance(function, dict) or tool.get("type") != "function":
-                raise bad_request(f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{...}}}}.", param=f"tools.[{i}]")
+                raise bad_request(f'tools[{i}] must be {{"type": "function", "function": {{...}}}}.', param=f"tools.[{i}]")
             if not isinstance(function.get("name"), str) or not TOOL_NAME.match(function["name"]):
-                raise bad_request(f"tools[{i}].function.name must be 1-64 letters, digits, underscores or hyphens.",
-                                  param=f"tools.[{i}].function.name")
+                raise bad_request(
+                    f"tools[{i}].function.name must be 1-64 letters, digits, underscores or hyphens.", param=f"tools.[{i}].function.name"
+                )
             if "parameters" in function and not isinstance(function["parameters"], dict):
                 raise bad_request(f"tools[{i}].function.parameters must be a JSON Schema object.", param=f"tools.[{i}].function.parameters")
     return body

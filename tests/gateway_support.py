@@ -38,8 +38,9 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.log = ROOT / "var" / "test" / f"{name}-{port}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 30
         while True:
             if self.process.poll() is not None:
@@ -84,11 +85,34 @@ def start_gateway(name: str, *, workers: int = 1, **extra_env: str) -> Server:
     port = free_port()
     env = dict(os.environ)
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    env.update(DJANGO_SETTINGS_MODULE="console.settings", DATABASE_URL=database_url(), METRICS_TOKEN=METRICS_TOKEN,
-               GATEWAY_MAX_BODY_BYTES=str(MAX_BODY), GATEWAY_KEY_CACHE_TTL="600", LOG_LEVEL="INFO", DEBUG="0")
+    env.update(
+        DJANGO_SETTINGS_MODULE="console.settings",
+        DATABASE_URL=database_url(),
+        METRICS_TOKEN=METRICS_TOKEN,
+        GATEWAY_MAX_BODY_BYTES=str(MAX_BODY),
+        GATEWAY_KEY_CACHE_TTL="600",
+        LOG_LEVEL="INFO",
+        DEBUG="0",
+    )
     env.update(extra_env)
-    args = [sys.executable, "-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-proxy-headers", "--no-access-log"]
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "console.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-proxy-headers",
+        "--no-access-log",
+    ]
     return Server(name, args, env, port, "/v1/models")
 
 

@@ -82,7 +82,9 @@ def test_missing_key_is_401(gateway):
 def test_keys_in_the_query_string_are_refused_even_when_the_header_is_valid(world, deployment, gateway):
     _, plaintext = make_key(world.org, all_models=True)
     for query in (f"?api_key={plaintext}", f"?key={plaintext}", f"?x={plaintext}"):
-        response = post(gateway, {"authorization": f"Bearer {plaintext}"}, chat_body(deployment.model_id), path="/v1/chat/completions" + query)
+        response = post(
+            gateway, {"authorization": f"Bearer {plaintext}"}, chat_body(deployment.model_id), path="/v1/chat/completions" + query
+        )
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "key_in_query"
         assert plaintext not in response.text
@@ -132,8 +134,9 @@ def test_oversized_bodies_are_refused_with_413(world, deployment, gateway):
 
 def test_invalid_json_is_a_400(world, gateway):
     _, plaintext = make_key(world.org, all_models=True)
-    response = httpx.post(gateway.url + "/v1/chat/completions", content=b"{not json", timeout=10,
-                          headers={"authorization": f"Bearer {plaintext}"})
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions", content=b"{not json", timeout=10, headers={"authorization": f"Bearer {plaintext}"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
 
@@ -154,8 +157,13 @@ def test_metrics_need_the_configured_token(world, deployment, gateway):
 
     response = httpx.get(gateway.url + "/metrics", headers={"authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10)
     assert response.status_code == 200
-    for name in ("gatehouse_gateway_requests_total", "gatehouse_gateway_request_seconds_bucket", "gatehouse_gateway_ttft_seconds",
-                 "gatehouse_gateway_limiter_refusals_total", "gatehouse_gateway_upstream_errors"):
+    for name in (
+        "gatehouse_gateway_requests_total",
+        "gatehouse_gateway_request_seconds_bucket",
+        "gatehouse_gateway_ttft_seconds",
+        "gatehouse_gateway_limiter_refusals_total",
+        "gatehouse_gateway_upstream_errors",
+    ):
         assert name in response.text
     assert metric(gateway, "gatehouse_gateway_limiter_refusals_total", reason="tpm") >= 1
     assert plaintext not in response.text

@@ -17,20 +17,36 @@ from tests.gateway_support import ROOT, Server, chat_body, free_port, start_demo
 def test_embedded_default_serves_the_seeded_demo_deployment_with_limits_and_metering(tmp_path):
     demo = start_demo(api_key=None)  # as the Procfile starts it: no upstream key
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DJANGO_ALLOW_ASYNC_UNSAFE")}
-    env.update(DJANGO_SETTINGS_MODULE="console.settings", GATEHOUSE_VAR_DIR=str(tmp_path), DEBUG="0", LOG_LEVEL="WARNING",
-               DEMO_MODEL_PORT=str(demo.port))
+    env.update(
+        DJANGO_SETTINGS_MODULE="console.settings",
+        GATEHOUSE_VAR_DIR=str(tmp_path),
+        DEBUG="0",
+        LOG_LEVEL="WARNING",
+        DEMO_MODEL_PORT=str(demo.port),
+    )
     manage = [sys.executable, "manage.py"]
     server = None
     try:
         subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True)
         seeded = subprocess.run([*manage, "seed_demo"], cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
         assert f"'@acme/gatehouse-demo' -> http://127.0.0.1:{demo.port}/v1" in seeded
-        created = subprocess.run([*manage, "create_api_key", "--workspace", "acme", "--name", "embedded", "--all-models", "--tpm", "250"],
-                                 cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+        created = subprocess.run(
+            [*manage, "create_api_key", "--workspace", "acme", "--name", "embedded", "--all-models", "--tpm", "250"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         key = created.stdout.strip().splitlines()[-1]
         port = free_port()
-        server = Server("gateway-embedded", [sys.executable, "-m", "uvicorn", "console.asgi:application", "--port", str(port),
-                                             "--no-proxy-headers", "--no-access-log"], env, port, "/v1/models")
+        server = Server(
+            "gateway-embedded",
+            [sys.executable, "-m", "uvicorn", "console.asgi:application", "--port", str(port), "--no-proxy-headers", "--no-access-log"],
+            env,
+            port,
+            "/v1/models",
+        )
         auth = {"authorization": f"Bearer {key}"}
 
         def call(body):

@@ -39,8 +39,9 @@ def post(server, key: str, body: dict, **headers) -> httpx.Response:
 
 async def _burst(targets: list, key: str, body: dict) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
-        calls = [client.post(server.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
-                 for server in targets]
+        calls = [
+            client.post(server.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}) for server in targets
+        ]
         return await asyncio.gather(*calls)
 
 
@@ -70,8 +71,17 @@ def test_yearly_limit_reserves_so_that_20_concurrent_requests_with_budget_for_10
     a, b = gateways
     key, plaintext = make_key(world.org, all_models=True, yearly_token_limit=1500)
     # Usage already recorded this year counts: the Redis counter is seeded from the events.
-    UsageEvent.objects.create(request_id="earlier", created_at=timezone.now(), workspace=world.org, api_key=key, model="m",
-                              prompt_tokens=200, completion_tokens=300, total_tokens=500, status_code=200)
+    UsageEvent.objects.create(
+        request_id="earlier",
+        created_at=timezone.now(),
+        workspace=world.org,
+        api_key=key,
+        model="m",
+        prompt_tokens=200,
+        completion_tokens=300,
+        total_tokens=500,
+        status_code=200,
+    )
     body = {**SLOW_100, "model": deployment.model_id}
 
     responses = burst([a, b] * 10, plaintext, body)

@@ -48,8 +48,9 @@ def test_upstream_500_writes_one_event_and_releases_the_reservation(world, demo,
     key, plaintext = limited_key(world)
     for stream in (False, True):
         with pytest.raises(openai.InternalServerError) as caught:
-            sdk(gateway, plaintext).chat.completions.create(model=deployment.model_id, messages=[{"role": "user", "content": "hi"}],
-                                                            stream=stream)
+            sdk(gateway, plaintext).chat.completions.create(
+                model=deployment.model_id, messages=[{"role": "user", "content": "hi"}], stream=stream
+            )
         assert caught.value.status_code == 502
         assert caught.value.code == "upstream_error"
 
@@ -77,8 +78,9 @@ def test_client_disconnect_mid_stream_cancels_upstream_and_writes_one_flagged_ev
 
     received = 0
     with httpx.Client(timeout=30) as client:
-        with client.stream("POST", gateway.url + "/v1/chat/completions", json=body,
-                           headers={"authorization": f"Bearer {plaintext}"}) as response:
+        with client.stream(
+            "POST", gateway.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {plaintext}"}
+        ) as response:
             assert response.status_code == 200
             for line in response.iter_lines():
                 if line.startswith("data: "):
@@ -99,8 +101,9 @@ def test_client_disconnect_mid_stream_cancels_upstream_and_writes_one_flagged_ev
 def test_upstream_dying_mid_stream_is_metered_as_estimated_and_reported_to_the_client(world, demo, gateway):
     deployment = deployment_for(world, demo, "gatehouse-demo+stop_after=6")
     key, plaintext = limited_key(world)
-    stream = sdk(gateway, plaintext).chat.completions.create(model=deployment.model_id, stream=True,
-                                                             messages=[{"role": "user", "content": "hi"}])
+    stream = sdk(gateway, plaintext).chat.completions.create(
+        model=deployment.model_id, stream=True, messages=[{"role": "user", "content": "hi"}]
+    )
     with pytest.raises(openai.APIError):
         for _ in stream:
             pass
@@ -113,8 +116,11 @@ def test_upstream_without_usage_is_metered_as_estimated_never_zero(world, demo, 
     deployment = deployment_for(world, demo, "gatehouse-demo+no_usage=1")
     key, plaintext = limited_key(world)
     sdk(gateway, plaintext).chat.completions.create(model=deployment.model_id, messages=[{"role": "user", "content": "hi"}])
-    list(sdk(gateway, plaintext).chat.completions.create(model=deployment.model_id, stream=True,
-                                                         messages=[{"role": "user", "content": "hi"}]))
+    list(
+        sdk(gateway, plaintext).chat.completions.create(
+            model=deployment.model_id, stream=True, messages=[{"role": "user", "content": "hi"}]
+        )
+    )
     events = list(UsageEvent.objects.filter(api_key=key))
     assert len(events) == 2
     assert all(e.estimated and e.prompt_tokens > 0 and e.completion_tokens > 0 for e in events)
@@ -152,8 +158,10 @@ def test_usage_writer_reconnects_when_its_database_connection_is_killed(world, d
     client = sdk(gateway, plaintext)
     client.chat.completions.create(model=deployment.model_id, messages=[{"role": "user", "content": "hi"}])
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s AND datname = %s",
-                       [APPLICATION_NAME, connection.settings_dict["NAME"]])
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s AND datname = %s",
+            [APPLICATION_NAME, connection.settings_dict["NAME"]],
+        )
         assert cursor.rowcount >= 1
 
     client.chat.completions.create(model=deployment.model_id, messages=[{"role": "user", "content": "hi"}])
@@ -162,10 +170,26 @@ def test_usage_writer_reconnects_when_its_database_connection_is_killed(world, d
 
 def _row(world, key, request_id: str, prompt: int) -> dict:
     entry = SimpleNamespace(workspace_id=world.org.id, api_key_id=key.id, kind="user")
-    route = Route(name="m", kind="deployment", chat_url="", upstream_model="m", api_key=None, timeout=1.0,
-                  prices=(Price(0.0, __import__("decimal").Decimal("2"), __import__("decimal").Decimal("4"), "EUR"),))
-    return event_row(request_id=request_id, started=time.time(), entry=entry, route=route, model="m", prompt_tokens=prompt,
-                     completion_tokens=10, status_code=200, client_ip="127.0.0.1")
+    route = Route(
+        name="m",
+        kind="deployment",
+        chat_url="",
+        upstream_model="m",
+        api_key=None,
+        timeout=1.0,
+        prices=(Price(0.0, __import__("decimal").Decimal("2"), __import__("decimal").Decimal("4"), "EUR"),),
+    )
+    return event_row(
+        request_id=request_id,
+        started=time.time(),
+        entry=entry,
+        route=route,
+        model="m",
+        prompt_tokens=prompt,
+        completion_tokens=10,
+        status_code=200,
+        client_ip="127.0.0.1",
+    )
 
 
 def _closing(fn, *args):

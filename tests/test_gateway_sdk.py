@@ -50,7 +50,8 @@ def ask(client: openai.OpenAI, model: str, **kwargs):
 def test_non_streaming_call_returns_the_answer_and_writes_one_priced_usage_event(world, deployment, gateway):
     key, plaintext = make_key(world.org, all_models=True)
     raw = sdk(gateway, plaintext).chat.completions.with_raw_response.create(
-        model=deployment.model_id, messages=[{"role": "user", "content": QUESTION}])
+        model=deployment.model_id, messages=[{"role": "user", "content": QUESTION}]
+    )
     completion = raw.parse()
 
     assert completion.choices[0].message.content == ANSWER
@@ -73,9 +74,15 @@ def test_a_key_made_in_the_console_works_with_the_sdk_and_its_limits_apply(world
 
     from django.urls import reverse
 
-    page = client_for(world.developer).post(reverse("api_key_create", kwargs={"ws": "acme"}), {
-        "name": "console-made", "deployments": [deployment.public_id], "tpm_limit": "100", "ip_allowlist": "127.0.0.0/8",
-    })
+    page = client_for(world.developer).post(
+        reverse("api_key_create", kwargs={"ws": "acme"}),
+        {
+            "name": "console-made",
+            "deployments": [deployment.public_id],
+            "tpm_limit": "100",
+            "ip_allowlist": "127.0.0.0/8",
+        },
+    )
     assert page.status_code == 200
     plaintext = re.search(r'data-testid="new-key">(gh_live_\w+)<', page.content.decode()).group(1)
 
@@ -125,10 +132,22 @@ def test_tool_call_reply_reaches_the_sdk(world, deployment, gateway):
 def test_models_lists_exactly_what_the_key_may_call(world, deployment, gateway, demo):
     other = make_deployment(world.org, base_url=demo.url + "/v1", upstream_model="gatehouse-demo")
     outsiders = make_deployment(world.other_org, base_url=demo.url + "/v1")
-    router = RouterProvider.objects.create(slug="demo-router", name="Demo router", base_url=demo.url + "/v1",
-                                           api_key_encrypted=encrypt(UPSTREAM_KEY), model_names=["gatehouse-demo"])
-    ByokCredential.objects.create(workspace=world.org, name="mine", provider="demo", base_url=demo.url + "/v1",
-                                  api_key_encrypted=encrypt(UPSTREAM_KEY), api_key_last4="1234", model_names=["gatehouse-demo"])
+    router = RouterProvider.objects.create(
+        slug="demo-router",
+        name="Demo router",
+        base_url=demo.url + "/v1",
+        api_key_encrypted=encrypt(UPSTREAM_KEY),
+        model_names=["gatehouse-demo"],
+    )
+    ByokCredential.objects.create(
+        workspace=world.org,
+        name="mine",
+        provider="demo",
+        base_url=demo.url + "/v1",
+        api_key_encrypted=encrypt(UPSTREAM_KEY),
+        api_key_last4="1234",
+        model_names=["gatehouse-demo"],
+    )
     _, only_one = make_key(world.org, deployments=[deployment])
     everything_key, everything = make_key(world.org, all_models=True, all_byok=True)
     everything_key.router_providers.set([router])
@@ -144,8 +163,14 @@ def test_models_lists_exactly_what_the_key_may_call(world, deployment, gateway, 
 
 
 def test_byok_credential_without_model_list_accepts_any_model_under_its_name(world, gateway, demo):
-    ByokCredential.objects.create(workspace=world.org, name="open", provider="demo", base_url=demo.url + "/v1",
-                                  api_key_encrypted=encrypt(UPSTREAM_KEY), api_key_last4="1234")
+    ByokCredential.objects.create(
+        workspace=world.org,
+        name="open",
+        provider="demo",
+        base_url=demo.url + "/v1",
+        api_key_encrypted=encrypt(UPSTREAM_KEY),
+        api_key_last4="1234",
+    )
     _, plaintext = make_key(world.org, all_byok=True)
     assert ask(sdk(gateway, plaintext), "byok/open/gatehouse-demo").model == "byok/open/gatehouse-demo"
     # Open-ended names share one metrics series: callers cannot mint label values.
@@ -181,6 +206,7 @@ def test_v1_deployment_path_with_app_code_and_v2_path_with_bearer(world, deploym
 
 
 # ---- each error as the SDK's exception class -----------------------------------------------
+
 
 def test_unknown_expired_and_revoked_keys_are_authentication_errors_with_one_message(world, deployment, gateway):
     from keys.tokens import generate
@@ -230,20 +256,23 @@ def test_tpm_and_yearly_limits_are_rate_limit_errors(world, deployment, gateway)
     assert caught.value.type == "insufficient_quota"
 
 
-@pytest.mark.parametrize("extra, param", [
-    ({"temperature": 2}, "temperature"),
-    ({"temperature": -0.1}, "temperature"),
-    ({"top_p": 0}, "top_p"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"presence_penalty": 2.5}, "presence_penalty"),
-    ({"n": 5}, "n"),
-    ({"n": 0}, "n"),
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"seed": "x"}, "seed"),
-    ({"stop": 5}, "stop"),
-    ({"stream_options": {"include_usage": True}}, "stream_options"),
-    ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.[0].function.name"),
-])
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        ({"temperature": 2}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"n": 5}, "n"),
+        ({"n": 0}, "n"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"seed": "x"}, "seed"),
+        ({"stop": 5}, "stop"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.[0].function.name"),
+    ],
+)
 def test_out_of_range_parameters_are_bad_requests(world, deployment, gateway, extra, param):
     key, plaintext = make_key(world.org, all_models=True)
     with pytest.raises(openai.BadRequestError) as caught:
@@ -262,8 +291,9 @@ def test_fields_that_steer_the_upstream_are_refused(world, deployment, gateway, 
 
 def test_unknown_openai_fields_pass_through(world, deployment, gateway):
     _, plaintext = make_key(world.org, all_models=True)
-    completion = ask(sdk(gateway, plaintext), deployment.model_id, user="someone", logprobs=False,
-                     extra_body={"metadata": {"demo_reply_tokens": "3"}})
+    completion = ask(
+        sdk(gateway, plaintext), deployment.model_id, user="someone", logprobs=False, extra_body={"metadata": {"demo_reply_tokens": "3"}}
+    )
     assert completion.usage.completion_tokens == 3  # the demo model saw the metadata
 
 

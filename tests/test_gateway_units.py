@@ -14,8 +14,9 @@ from tests.gateway_support import run_async
 
 
 def admit(limiter, estimate, *, tpm=None, yearly=None, seed=-1):
-    return run_async(limiter.admit(api_key_id=1, public_id="k", year=2026, estimate=estimate, tpm_limit=tpm,
-                                     yearly_limit=yearly, seed=seed))
+    return run_async(
+        limiter.admit(api_key_id=1, public_id="k", year=2026, estimate=estimate, tpm_limit=tpm, yearly_limit=yearly, seed=seed)
+    )
 
 
 def test_local_tpm_window_admits_up_to_the_limit_and_slides():
@@ -84,24 +85,41 @@ def test_relay_counts_delivered_text_for_estimates_and_accepts_crlf():
     assert relay.estimated_completion_tokens() == 2
 
 
-@pytest.mark.parametrize("body", [
-    {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0, "top_p": 1, "n": 4, "presence_penalty": -2,
-     "stop": ["a", "b"], "seed": 7, "stream": True, "stream_options": {"include_usage": True}, "some_future_field": {"x": 1}},
-    {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 1.999, "stop": "END", "max_tokens": 1},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "x"}],
+            "temperature": 0,
+            "top_p": 1,
+            "n": 4,
+            "presence_penalty": -2,
+            "stop": ["a", "b"],
+            "seed": 7,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "some_future_field": {"x": 1},
+        },
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 1.999, "stop": "END", "max_tokens": 1},
+    ],
+)
 def test_valid_bodies_pass_untouched(body):
     assert validate_chat(dict(body)) == body
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
-    ({"model": "m", "messages": []}, "messages"),
-    ({"model": "m", "messages": ["hi"]}, "messages.[0]"),
-    ({"model": "m", "messages": [{"role": "user"}], "temperature": True}, "temperature"),
-    ({"model": "m", "messages": [{"role": "user"}], "n": 1.0}, "n"),
-    ({"model": "m", "messages": [{"role": "user"}], "stop": ["a", 1]}, "stop"),
-    ({"model": "m", "messages": [{"role": "user"}], "base_url": "http://x"}, "base_url"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": "m", "messages": []}, "messages"),
+        ({"model": "m", "messages": ["hi"]}, "messages.[0]"),
+        ({"model": "m", "messages": [{"role": "user"}], "temperature": True}, "temperature"),
+        ({"model": "m", "messages": [{"role": "user"}], "n": 1.0}, "n"),
+        ({"model": "m", "messages": [{"role": "user"}], "stop": ["a", 1]}, "stop"),
+        ({"model": "m", "messages": [{"role": "user"}], "base_url": "http://x"}, "base_url"),
+    ],
+)
 def test_invalid_bodies_name_the_parameter(body, param):
     with pytest.raises(GatewayError) as caught:
         validate_chat(body)
