@@ -127,6 +127,20 @@ def wrk(url: str, script: Path, connections: int, duration: int) -> dict:
     return result
 
 
+def median_of(runs: list[dict]) -> dict:
+    """Each figure's median over repeated runs (a noisy neighbour spoils one run, not the table)."""
+    import statistics
+
+    merged = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")}
+    merged.update(
+        non2xx=sum(r["non2xx"] for r in runs),
+        errors=sum(r["errors"] for r in runs),
+        rps_min=min(r["rps"] for r in runs),
+        rps_max=max(r["rps"] for r in runs),
+    )
+    return merged
+
+
 def body(model: str, stream: bool) -> str:
     payload = {"model": model, "messages": [{"role": "user", "content": "Say hello to the benchmark."}], "max_tokens": 32}
     if stream:
@@ -170,6 +184,7 @@ def main() -> None:
     parser.add_argument("--upstream-workers", type=int, default=1)
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement (bounded)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1, help="measured runs per cell; the table shows each figure's median")
     parser.add_argument("--connections", default="1,32")
     parser.add_argument("--modes", default="non-streaming,streaming")
     parser.add_argument("--profile", action="store_true", help="py-spy one gateway worker during a 32-connection run of the first mode")
@@ -265,15 +280,17 @@ def main() -> None:
                 row = {"mode": mode, "connections": connections}
                 for target, base in (("direct", upstream), ("gateway", gw)):
                     url = base + "/v1/chat/completions"
-                    warm = wrk(url, scripts[target], connections, args.warmup)
-                    measured = wrk(url, scripts[target], connections, args.duration)
+                    runs = [wrk(url, scripts[target], connections, args.warmup)]
+                    runs += [wrk(url, scripts[target], connections, args.duration) for _ in range(args.repeat)]
                     if target == "gateway":
-                        answered_through_gateway += warm["requests"] + measured["requests"] - warm["non2xx"] - measured["non2xx"]
-                        in_flight_bound += 2 * connections
+                        answered_through_gateway += sum(r["requests"] - r["non2xx"] for r in runs)
+                        in_flight_bound += len(runs) * connections
+                    measured = median_of(runs[1:])
                     row[target] = measured
                     print(
                         f"  {mode:14} c={connections:<3} {target:8} {measured['rps']:8.0f} req/s  p50 {measured['p50'] / 1000:7.2f} ms"
-                        f"  p99 {measured['p99'] / 1000:7.2f} ms  non2xx {measured['non2xx']} errors {measured['errors']}",
+                        f"  p99 {measured['p99'] / 1000:7.2f} ms  non2xx {measured['non2xx']} errors {measured['errors']}"
+                        f"  (req/s over {args.repeat} runs: {measured['rps_min']:.0f}-{measured['rps_max']:.0f})",
                         flush=True,
                     )
                 results.append(row)
@@ -291,7 +308,7 @@ def main() -> None:
         # Other work on the machine skews every number: say how busy it was.
         print(
             f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; {os.cpu_count()} CPUs; "
-            f"gateway workers {args.workers}, upstream workers {args.upstream_workers}, {args.duration} s per measurement"
+            f"gateway workers {args.workers}, upstream workers {args.upstream_workers}, {args.duration} s x {args.repeat} runs per cell"
         )
         print(table(results))
         print()
