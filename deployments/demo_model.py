@@ -12,7 +12,8 @@ its own tokenizer: a token is a run of word characters or one punctuation charac
 (`count_tokens`), prompt tokens count every message's text, completion tokens count the reply.
 With `stream_options.include_usage` the stream ends with a usage chunk (empty `choices`).
 When `tools` are given (and `tool_choice` is not "none") it replies with a call of the first tool,
-arguments filled from the tool's JSON schema.
+arguments filled from the tool's JSON schema; once the last message is a tool result it answers
+in text from that result.
 
 Behaviour can be steered per request, for tests and benchmarks, in two ways:
 - options appended to the model name with `+`: `demo+latency_ms=200+fail=500`;
@@ -71,8 +72,12 @@ def parse_options(model: str, metadata: object, defaults: dict[str, int]) -> dic
 
 def reply_tokens(messages: list, options: dict[str, int], max_tokens: int | None) -> tuple[list[str], str]:
     """The reply as a list of token strings (each with its leading space) and the finish reason."""
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
     if "reply_tokens" in options:
         words = [FILLER[i % len(FILLER)] for i in range(max(options["reply_tokens"], 0))]
+    elif last.get("role") == "tool":
+        # A tool result came back: answer from it, as a model would after calling a tool.
+        words = ["The", "tool", "returned", ":", *TOKEN_RE.findall(message_text(last))[:24]]
     else:
         last_user = next((message_text(m) for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), "")
         echoed = TOKEN_RE.findall(last_user)[:24]
@@ -148,7 +153,8 @@ class DemoModel:
         self.counter += 1
         completion_id = f"chatcmpl-demo{self.counter}"
         created = int(time.time())
-        if tools and request.get("tool_choice") != "none":
+        answered_tool = bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+        if tools and request.get("tool_choice") != "none" and not answered_tool:
             function = tools[0].get("function", {}) if isinstance(tools[0], dict) else {}
             arguments = json.dumps(tool_arguments(function.get("parameters")))
             call = {
