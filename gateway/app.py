@@ -289,8 +289,17 @@ class Gateway:
         validate_chat(payload, model_required=deployment is None)
         stream = bool(payload.get("stream"))
         wants_usage = stream and bool((payload.get("stream_options") or {}).get("include_usage"))
-        completion_budget = payload.get("max_tokens") or payload.get("max_completion_tokens") or settings.GATEWAY_DEFAULT_MAX_TOKENS
-        estimate = estimate_prompt_tokens(payload["messages"]) + completion_budget * (payload.get("n") or 1)
+        prompt_estimate = estimate_prompt_tokens(payload["messages"])
+        choices = payload.get("n") or 1
+        completion_budget = payload.get("max_tokens") or payload.get("max_completion_tokens")
+        if completion_budget is None:
+            # No max_tokens: reserve the configured default, but never more than the key's TPM
+            # leaves room for, so a small-TPM key is not refused for a number the caller never chose.
+            completion_budget = settings.GATEWAY_DEFAULT_MAX_TOKENS
+            tpm = exchange.entry.tpm_limit
+            if tpm:
+                completion_budget = max(1, min(completion_budget, (tpm - prompt_estimate) // choices))
+        estimate = prompt_estimate + completion_budget * choices
 
         # A newer key generation seen at admission means the cached copy is stale: drop it,
         # release what was reserved and check again with the fresh key (once).

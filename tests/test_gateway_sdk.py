@@ -249,6 +249,9 @@ def test_tpm_and_yearly_limits_are_rate_limit_errors(world, deployment, gateway)
     assert caught.value.code == "rate_limit_exceeded"
     assert int(caught.value.response.headers["retry-after"]) >= 1
 
+    # Without max_tokens the default reservation shrinks to what the key's TPM allows.
+    assert ask(sdk(gateway, small_tpm), deployment.model_id).choices[0].message.content == ANSWER
+
     _, small_year = make_key(world.org, all_models=True, yearly_token_limit=100)
     with pytest.raises(openai.RateLimitError) as caught:
         ask(sdk(gateway, small_year), deployment.model_id, max_tokens=500)
