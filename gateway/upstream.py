@@ -287,10 +287,31 @@ class HttpxClient:
             trust_env=False,
             follow_redirects=False,
         )
+        self.checked: dict[tuple, float] = {}
+
+    async def _check_address(self, url: str, connect_timeout: float) -> None:
+        # httpx resolves on its own: check what the host resolves to now (cached briefly). This
+        # narrows, but cannot close, the rebinding window that the native client closes.
+        parts = urlsplit(url)
+        origin = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        checked = self.checked.get(origin)
+        if checked is not None and time.monotonic() - checked < 5:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(loop.getaddrinfo(*origin, type=socket.SOCK_STREAM), connect_timeout)
+        except (OSError, TimeoutError):
+            return  # httpx reports the connection problem itself
+        for info in infos:
+            reason = forbidden_address_reason(info[4][0])
+            if reason is not None:
+                raise UpstreamForbidden(f"refused to connect: {reason}")
+        self.checked[origin] = time.monotonic()
 
     async def open(
         self, url: str, headers: list[tuple[bytes, bytes]], body: bytes, *, timeout: float, connect_timeout: float
     ) -> HttpxResponse:
+        await self._check_address(url, connect_timeout)
         request = self.client.build_request(
             "POST", url, content=body, headers=headers, timeout=self.httpx.Timeout(timeout, connect=connect_timeout)
         )
