@@ -31,5 +31,12 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Gateway benchmark (docs/BENCHMARKS.md): needs PostgreSQL, Redis and wrk; bounded run time.
+bench: DATABASE_URL ?= postgres://postgres@localhost:5432/gatehouse_bench
+bench: REDIS_URL ?= redis://localhost:6379/0
+bench: $(VENV)/.installed-dev
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install -y wrk"; exit 1; }
+	DATABASE_URL=$(DATABASE_URL) REDIS_URL=$(REDIS_URL) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/gateway.py $(BENCH_ARGS)
+
 clean:
 	rm -rf var artifacts .pytest_cache

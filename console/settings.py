@@ -214,5 +214,27 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # httpx logs every upstream request at INFO; the gateway writes its own access log.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }
+
+# Gateway (data plane, gateway/). See README "Gateway".
+GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+# Completion tokens reserved when a request gives no max_tokens (TPM / yearly admission).
+GATEWAY_DEFAULT_MAX_TOKENS = env_int("GATEWAY_DEFAULT_MAX_TOKENS", 1024, minimum=1)
+GATEWAY_UPSTREAM_TIMEOUT = env_int("GATEWAY_UPSTREAM_TIMEOUT", 120, minimum=1)
+GATEWAY_UPSTREAM_CONNECTIONS = env_int("GATEWAY_UPSTREAM_CONNECTIONS", 200, minimum=1)
+# "native" (gateway/upstream.py, lean HTTP/1.1 on httptools) or "httpx"; see docs/BENCHMARKS.md.
+GATEWAY_UPSTREAM_CLIENT = env_str("GATEWAY_UPSTREAM_CLIENT", "native")
+if GATEWAY_UPSTREAM_CLIENT not in ("native", "httpx"):
+    raise ImproperlyConfigured(f"GATEWAY_UPSTREAM_CLIENT must be 'native' or 'httpx', not {GATEWAY_UPSTREAM_CLIENT!r}")
+# Cached keys are refreshed in the background after this many seconds (deployment status,
+# grants, prices); key edits and revocations reach every process at once through Redis.
+GATEWAY_KEY_CACHE_TTL = env_int("GATEWAY_KEY_CACHE_TTL", 10, minimum=1)
+GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
+# Usage events are committed with PostgreSQL's synchronous commit (a WAL flush per batch) unless
+# this is 0; see docs/BENCHMARKS.md for what that costs on a slow disk and what 0 risks.
+GATEWAY_USAGE_SYNCHRONOUS_COMMIT = env_bool("GATEWAY_USAGE_SYNCHRONOUS_COMMIT", True)
+# /metrics answers only with `Authorization: Bearer <METRICS_TOKEN>`; unset = /metrics is 404.
+METRICS_TOKEN = env_secret("METRICS_TOKEN", None, min_length=16)
+DEMO_MODEL_PORT = env_int("DEMO_MODEL_PORT", 8001, minimum=1)

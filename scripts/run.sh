@@ -7,6 +7,23 @@ export DEBUG="${DEBUG:-1}"
 export GATEHOUSE_PORT="${PORT:-8000}"
 export PUBLIC_BASE_URL="${PUBLIC_BASE_URL:-http://127.0.0.1:${GATEHOUSE_PORT}}"
 unset PORT  # honcho hands out its own PORT per process; ours is GATEHOUSE_PORT
+# The demo model server (Procfile `demo:`): 8001 unless taken, then any free port; seed_demo points
+# the demo deployment at it. (honcho stops everything if one process cannot start.)
+if [ -z "${DEMO_MODEL_PORT:-}" ]; then
+  DEMO_MODEL_PORT="$(python - <<'PY'
+import socket
+for port in (8001, 0):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(s.getsockname()[1])
+        break
+PY
+)"
+fi
+export DEMO_MODEL_PORT
 
 python manage.py migrate --no-input -v 0
 python manage.py seed_demo

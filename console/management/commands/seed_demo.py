@@ -11,6 +11,7 @@ from console.models import Membership, Role, User, Workspace
 from console.services import membership_add, workspace_create
 
 DEMO_ADMIN = "admin"
+DEMO_MODEL_ID = "@acme/gatehouse-demo"
 
 
 class Command(BaseCommand):
@@ -40,7 +41,9 @@ class Command(BaseCommand):
         if not Workspace.objects.filter(slug="acme-research").exists():
             workspace_create(name="Research", slug="acme-research", parent=default, time_zone="Europe/Berlin", actor=actor)
 
+        demo = self._demo_deployment(default, actor)
         self.stdout.write("Demo data ready: workspace 'acme' with sub-workspace 'acme-research'.")
+        self.stdout.write(f"Demo model deployment '{demo.model_id}' -> {demo.upstream_base_url} (the `demo:` process).")
         # The embedded default is a single-user local demo: the first password is kept in a
         # 0600 file under var/ so `make run` can print the login again on every start.
         password_file = settings.VAR_DIR / "demo-admin-password"
@@ -53,3 +56,22 @@ class Command(BaseCommand):
             self.stdout.write("(If you changed it since, use yours; `manage.py seed_demo --password NEW` resets it.)")
         else:
             self.stdout.write(f"User {DEMO_ADMIN} already existed; its password is unchanged (rerun with --password to set one).")
+
+    def _demo_deployment(self, workspace: Workspace, actor: Actor):
+        """A deployment behind the demo model server (Procfile `demo:` on DEMO_MODEL_PORT), so the
+        gateway can be called right after `make run`. Kept pointing at the current port."""
+        from deployments.models import Deployment
+        from deployments.services import deployment_create, deployment_update
+
+        base_url = f"http://127.0.0.1:{settings.DEMO_MODEL_PORT}/v1"
+        existing = Deployment.objects.filter(model_id=DEMO_MODEL_ID).first()
+        if existing is None:
+            return deployment_create(workspace=workspace, actor=actor, name="Demo model", model_id=DEMO_MODEL_ID,
+                                     upstream_base_url=base_url, upstream_model="gatehouse-demo",
+                                     description="Gatehouse's built-in demo model: deterministic answers, honest token counts.",
+                                     input_per_million="0.10", output_per_million="0.40")
+        if existing.upstream_base_url != base_url:
+            return deployment_update(deployment=existing, actor=actor, name=existing.name, model_id=existing.model_id,
+                                     description=existing.description, upstream_base_url=base_url,
+                                     upstream_model=existing.upstream_model, timeout_seconds=existing.timeout_seconds)
+        return existing

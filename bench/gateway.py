@@ -1,0 +1,390 @@
+"""Gateway benchmark: direct-to-upstream vs through the gateway, measured with wrk on loopback.
+
+    make bench                       # or: python bench/gateway.py --workers 2 --duration 10
+    python bench/gateway.py --profile   # also py-spy one gateway worker and print where the time goes
+
+Starts the demo model server and the gateway (uvicorn, N workers) as separate processes, on
+PostgreSQL and Redis (DATABASE_URL / REDIS_URL; it refuses the embedded default), with every
+check on: the bench key has an IP allowlist, a TPM limit and a yearly limit, and every request
+writes its usage event. wrk drives 1 and 32 connections, non-streaming and streaming, for a
+bounded time each; a Lua script posts the body and reports p50/p99 from wrk's own histogram.
+At the end it checks that the gateway wrote exactly one usage event per answered request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+UPSTREAM_KEY = "bench-upstream-key"
+
+LUA = """
+wrk.method = "POST"
+wrk.body = [[%(body)s]]
+wrk.headers["Content-Type"] = "application/json"
+%(auth)s
+done = function(summary, latency, requests)
+  io.write(string.format('BENCH {"requests": %%d, "duration_us": %%d, "non2xx": %%d, "errors": %%d, "p50": %%d, "p99": %%d, "mean": %%f}\\n',
+    summary.requests, summary.duration, summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, latency:percentile(50), latency:percentile(99), latency.mean))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"process for {url} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def ensure_database(url: str) -> None:
+    import psycopg
+
+    info = psycopg.conninfo.conninfo_to_dict(url.replace("postgres://", "postgresql://", 1))
+    name, info["dbname"] = info["dbname"], "postgres"
+    with psycopg.connect(**info, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def setup_data(env: dict, upstream: str) -> tuple[str, str, int]:
+    script = f"""
+import uuid
+from console.audit import Actor
+from console.services import workspace_create
+from tests.factories import make_deployment, make_key
+slug = "bench-" + uuid.uuid4().hex[:8]
+ws = workspace_create(name="Benchmark", slug=slug, actor=Actor.system("bench"))
+d = make_deployment(ws, base_url="{upstream}/v1", upstream_api_key="{UPSTREAM_KEY}", upstream_model="gatehouse-demo")
+key, plaintext = make_key(ws, all_models=True, tpm_limit=2_000_000_000, yearly_token_limit=10**15, ip_allowlist=["127.0.0.0/8"])
+print(d.model_id, plaintext, key.id)
+"""
+    subprocess.run([PYTHON, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True)
+    out = subprocess.run([PYTHON, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    model, key, key_id = out.stdout.split()[-3:]
+    return model, key, int(key_id)
+
+
+def count_events(env: dict, key_id: int) -> int:
+    script = f"from usage.models import UsageEvent; print(UsageEvent.objects.filter(api_key_id={key_id}).count())"
+    out = subprocess.run([PYTHON, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    return int(out.stdout.split()[-1])
+
+
+def wrk(url: str, script: Path, connections: int, duration: int) -> dict:
+    threads = 1 if connections == 1 else 2
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--timeout", "10s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
+    )
+    line = next((line for line in out.stdout.splitlines() if line.startswith("BENCH ")), None)
+    if line is None:
+        raise SystemExit(f"wrk failed: {out.stdout}\n{out.stderr}")
+    result = json.loads(line[6:])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def median_of(runs: list[dict]) -> dict:
+    """Each figure's median over repeated runs (a noisy neighbour spoils one run, not the table)."""
+    import statistics
+
+    merged = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")}
+    merged.update(
+        non2xx=sum(r["non2xx"] for r in runs),
+        errors=sum(r["errors"] for r in runs),
+        rps_min=min(r["rps"] for r in runs),
+        rps_max=max(r["rps"] for r in runs),
+    )
+    return merged
+
+
+def body(model: str, stream: bool) -> str:
+    payload = {"model": model, "messages": [{"role": "user", "content": "Say hello to the benchmark."}], "max_tokens": 32}
+    if stream:
+        payload["stream"] = True
+    return json.dumps(payload)
+
+
+def profile_summary(raw: Path, top: int = 25) -> str:
+    """Collapsed stacks → share of samples per function (self) and per frame on the stack (total)."""
+    own, total, samples = Counter(), Counter(), 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        samples += n
+        frames = stack.split(";")
+        own[_short(frames[-1])] += n
+        for frame in set(_short(f) for f in frames):
+            total[frame] += n
+    lines = [f"{samples} samples", "", "self %  function", "------  --------"]
+    lines += [f"{100 * n / samples:5.1f}%  {name}" for name, n in own.most_common(top)]
+    lines += ["", "total %  function (time on the stack)", "-------  --------"]
+    lines += [f"{100 * n / samples:5.1f}%   {name}" for name, n in total.most_common(top + 15)]
+    return "\n".join(lines)
+
+
+def _short(frame: str) -> str:
+    # py-spy frames look like "function (path/to/file.py:123)"; keep function and the file's tail.
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path, _, _line = where.rpartition(":")
+    parts = Path(path).parts
+    tail = "/".join(parts[-2:]) if parts else where
+    return f"{name} ({tail})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2, help="gateway worker processes")
+    parser.add_argument("--upstream-workers", type=int, default=1)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement (bounded)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1, help="measured runs per cell; the table shows each figure's median")
+    parser.add_argument("--connections", default="1,32")
+    parser.add_argument("--modes", default="non-streaming,streaming")
+    parser.add_argument("--profile", action="store_true", help="py-spy one gateway worker during a 32-connection run of the first mode")
+    parser.add_argument("--access-log", default="1", help="GATEWAY_ACCESS_LOG for the gateway (default on)")
+    args = parser.parse_args()
+
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install -y wrk")
+    env = dict(os.environ)
+    if not env.get("DATABASE_URL", "").startswith("postgres") or not env.get("REDIS_URL"):
+        raise SystemExit("The benchmark runs on PostgreSQL and Redis: set DATABASE_URL=postgres://... and REDIS_URL=redis://...")
+    env.setdefault("SECRET_KEY", "bench-secret-key-" + "x" * 50)
+    env.setdefault("API_KEY_PEPPER", "bench-pepper-" + "y" * 32)
+    env.update(
+        DJANGO_SETTINGS_MODULE="console.settings",
+        DEBUG="0",
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        GATEHOUSE_HTTPS="0",
+        LOG_LEVEL="INFO",
+        GATEWAY_ACCESS_LOG=args.access_log,
+    )
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    ensure_database(env["DATABASE_URL"])
+    workdir = Path(tempfile.mkdtemp(prefix="gatehouse-bench-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        demo_port, gw_port = free_port(), free_port()
+        demo = start(
+            [
+                PYTHON,
+                "-m",
+                "deployments.demo_model",
+                "--port",
+                str(demo_port),
+                "--api-key",
+                UPSTREAM_KEY,
+                "--workers",
+                str(args.upstream_workers),
+            ],
+            env,
+            workdir / "demo.log",
+        )
+        procs.append(demo)
+        upstream = f"http://127.0.0.1:{demo_port}"
+        wait_http(upstream + "/healthz", demo)
+        model, key, key_id = setup_data(env, upstream)
+        gateway = start(
+            [
+                PYTHON,
+                "-m",
+                "uvicorn",
+                "console.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(gw_port),
+                "--workers",
+                str(args.workers),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--no-proxy-headers",
+                "--no-server-header",
+            ],
+            env,
+            workdir / "gateway.log",
+        )
+        procs.append(gateway)
+        gw = f"http://127.0.0.1:{gw_port}"
+        wait_http(gw + "/v1/models", gateway)
+
+        results = []
+        load_before = os.getloadavg()
+        answered_through_gateway = 0
+        in_flight_bound = 0  # requests wrk abandons at the end of a run may still complete (and be metered)
+        for mode in args.modes.split(","):
+            stream = mode == "streaming"
+            scripts = {}
+            for target in ("direct", "gateway"):
+                token = UPSTREAM_KEY if target == "direct" else key
+                path = workdir / f"{mode}-{target}.lua"
+                path.write_text(
+                    LUA
+                    % {
+                        "body": body("gatehouse-demo" if target == "direct" else model, stream),
+                        "auth": f'wrk.headers["Authorization"] = "Bearer {token}"',
+                    }
+                )
+                scripts[target] = path
+            for connections in [int(c) for c in args.connections.split(",")]:
+                row = {"mode": mode, "connections": connections}
+                for target, base in (("direct", upstream), ("gateway", gw)):
+                    url = base + "/v1/chat/completions"
+                    runs = [wrk(url, scripts[target], connections, args.warmup)]
+                    runs += [wrk(url, scripts[target], connections, args.duration) for _ in range(args.repeat)]
+                    if target == "gateway":
+                        answered_through_gateway += sum(r["requests"] - r["non2xx"] for r in runs)
+                        in_flight_bound += len(runs) * connections
+                    measured = median_of(runs[1:])
+                    row[target] = measured
+                    print(
+                        f"  {mode:14} c={connections:<3} {target:8} {measured['rps']:8.0f} req/s  p50 {measured['p50'] / 1000:7.2f} ms"
+                        f"  p99 {measured['p99'] / 1000:7.2f} ms  non2xx {measured['non2xx']} errors {measured['errors']}"
+                        f"  (req/s over {args.repeat} runs: {measured['rps_min']:.0f}-{measured['rps_max']:.0f})",
+                        flush=True,
+                    )
+                results.append(row)
+
+        profile_text = None
+        if args.profile:
+            profile_stream = args.modes.split(",")[0] == "streaming"
+            profile_text = run_profile(gw, scripts_for_profile(workdir, model, key, profile_stream), gateway, args, profile_stream)
+            answered_through_gateway = None  # wrk under py-spy is not counted precisely
+
+        load_after = os.getloadavg()
+        time.sleep(1)
+        events = count_events(env, key_id)
+        print()
+        # Other work on the machine skews every number: say how busy it was.
+        print(
+            f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; {os.cpu_count()} CPUs; "
+            f"gateway workers {args.workers}, upstream workers {args.upstream_workers}, {args.duration} s x {args.repeat} runs per cell"
+        )
+        print(table(results))
+        print()
+        if answered_through_gateway is not None:
+            ok = answered_through_gateway <= events <= answered_through_gateway + in_flight_bound
+            print(
+                f"usage events written: {events}; 2xx answers wrk counted through the gateway: {answered_through_gateway} "
+                f"(+ at most {in_flight_bound} abandoned in flight) -> {'OK' if ok else 'MISMATCH'}"
+            )
+        else:
+            print(f"usage events written: {events}")
+        if profile_text:
+            print()
+            print(profile_text)
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def scripts_for_profile(workdir: Path, model: str, key: str, stream: bool) -> Path:
+    path = workdir / "profile.lua"
+    path.write_text(LUA % {"body": body(model, stream), "auth": f'wrk.headers["Authorization"] = "Bearer {key}"'})
+    return path
+
+
+def run_profile(gw: str, script: Path, gateway: subprocess.Popen, args, stream: bool) -> str:
+    children = subprocess.run(["pgrep", "-P", str(gateway.pid)], capture_output=True, text=True).stdout.split()
+    workers = [pid for pid in children if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text(errors="ignore")]
+    target = workers[0] if workers else str(gateway.pid)
+    raw = script.with_suffix(".collapsed")
+    spy = shutil.which("py-spy") or str(Path(PYTHON).with_name("py-spy"))
+    if not Path(spy).exists():
+        return "py-spy is not installed (pip install -r requirements-dev.txt)"
+    profiler = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            target,
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--duration",
+            str(args.duration),
+            "--rate",
+            "250",
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1)
+    wrk(gw + "/v1/chat/completions", script, 32, args.duration)
+    profiler.wait(args.duration + 30)
+    if not raw.exists():
+        return f"py-spy produced no profile: {profiler.stderr.read().decode()[-500:]}"
+    mode = "streaming" if stream else "non-streaming"
+    return f"where the time goes (py-spy, one gateway worker, {mode}, 32 connections)\n" + profile_summary(raw)
+
+
+def table(results: list[dict]) -> str:
+    head = (
+        "| mode | conns | direct req/s | direct p50 | direct p99 | gateway req/s | gateway p50 | gateway p99 "
+        "| added p50 | added p99 | req/s ratio |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for row in results:
+        d, g = row["direct"], row["gateway"]
+        lines.append(
+            f"| {row['mode']} | {row['connections']} | {d['rps']:.0f} | {d['p50'] / 1000:.2f} ms | {d['p99'] / 1000:.2f} ms "
+            f"| {g['rps']:.0f} | {g['p50'] / 1000:.2f} ms | {g['p99'] / 1000:.2f} ms "
+            f"| {(g['p50'] - d['p50']) / 1000:+.2f} ms | {(g['p99'] - d['p99']) / 1000:+.2f} ms | {g['rps'] / d['rps']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

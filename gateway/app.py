@@ -1,0 +1,721 @@
+"""The gateway: a lean raw-ASGI application (no Django request stack on the hot path).
+
+console.asgi sends /v1/, /api/v2/ and /metrics here and everything else to Django. Per request:
+parse the key (format + checksum, no I/O) → key from the in-process cache → expiry, IP allowlist
+→ read and validate the body → resolve the model in the key's scope → reserve tokens (one Redis
+Lua call, which also carries the key's generation) → proxy → settle the reservation and write
+the usage event (concurrently) → finish the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+import orjson
+from django.conf import settings
+
+from gateway import errors, metrics
+from gateway.auth import KeyCache, KeyEntry, Route, listen_for_changes, parse_bearer
+from gateway.errors import GatewayError
+from gateway.limits import (
+    NEEDS_SEED,
+    QUOTA_REFUSED,
+    TPM_REFUSED,
+    LimiterUnavailable,
+    LocalLimiter,
+    RedisLimiter,
+    Reservation,
+    estimate_prompt_tokens,
+)
+from gateway.metering import UsageWriter, event_row
+from gateway.proxy import SseRelay, make_client, status_error, transport_error, upstream_call
+from gateway.validation import validate_chat
+from lib.net import ip_allowed, resolve_client_ip
+
+log = logging.getLogger("gateway")
+access_log = logging.getLogger("gateway.access")
+
+V1_DEPLOYMENT_PATH = re.compile(r"^/v1/([0-9a-fA-F-]{36})/deployments/([0-9a-fA-F-]{36})/chat/completions/?$")
+QUERY_KEY_HINTS = (b"gh_live_", b"api_key", b"apikey", b"api-key", b"access_token", b"appcode", b"key=", b"token=")
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+class ClientGone(Exception):
+    pass
+
+
+class Exchange:
+    """One request/response: tracks whether the response started, for errors and the access log."""
+
+    __slots__ = ("send", "request_id", "status", "started", "model", "metric_model", "entry", "client_ip", "tokens", "response_started")
+
+    def __init__(self, send, request_id: str):
+        self.send = send
+        self.request_id = request_id
+        self.status = 0
+        self.started = time.time()
+        self.model = ""
+        self.metric_model = ""
+        self.entry: KeyEntry | None = None
+        self.client_ip: str | None = None
+        self.tokens = 0
+        self.response_started = False
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.response_started = True
+        await self.send(
+            {"type": "http.response.start", "status": status, "headers": [*headers, (b"x-request-id", self.request_id.encode())]}
+        )
+
+    async def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS) -> None:
+        await self.start(status, [*headers, (b"content-length", str(len(body)).encode())])
+        await self.send({"type": "http.response.body", "body": body})
+
+
+class Gateway:
+    def __init__(self):
+        self.ready = False
+        self._startup_lock: asyncio.Lock | None = None
+        self.tasks: list[asyncio.Task] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def startup(self) -> None:
+        if self.ready:
+            return
+        if self._startup_lock is None:
+            self._startup_lock = asyncio.Lock()
+        async with self._startup_lock:
+            if self.ready:
+                return
+            self.db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db", initializer=_count_orm_queries)
+            self.cache = KeyCache(self.run_db, ttl=settings.GATEWAY_KEY_CACHE_TTL)
+            self.http = make_client(kind=settings.GATEWAY_UPSTREAM_CLIENT, max_connections=settings.GATEWAY_UPSTREAM_CONNECTIONS)
+            if settings.REDIS_URL:
+                import redis.asyncio as aioredis
+
+                from gateway.resp import PipelinedRedis
+
+                # redis-py for the change subscription; the lean pipelined client for admission.
+                self.redis = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
+                self.limiter = RedisLimiter(PipelinedRedis(settings.REDIS_URL))
+                self.tasks.append(asyncio.get_running_loop().create_task(listen_for_changes(self.redis, self.cache)))
+            else:
+                self.redis = None
+                self.limiter = LocalLimiter()
+            self.writer = UsageWriter(run_db=self.run_db, on_query=lambda kind, n=1: metrics.DB_QUERIES.labels(kind).inc(n))
+            self.writer.start()
+            self.touched: dict[int, float] = {}
+            self.ready = True
+
+    async def shutdown(self) -> None:
+        if not self.ready:
+            return
+        for task in self.tasks:
+            task.cancel()
+        await self.writer.stop()
+        await self.http.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+            await self.limiter.redis.aclose()
+        self.db_executor.shutdown(wait=False)
+        self.ready = False
+
+    async def run_db(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.db_executor, _db_call, fn, args)
+
+    # ---- ASGI entry --------------------------------------------------------------------------
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            return await self.lifespan(receive, send)
+        if scope["type"] != "http":
+            return
+        if not self.ready:
+            await self.startup()
+        exchange = Exchange(send, "req_" + os.urandom(12).hex())
+        try:
+            await self.dispatch(scope, receive, exchange)
+        except GatewayError as exc:
+            if exchange.response_started:
+                log.warning("error after the response started: %s", exc.code)
+            else:
+                headers = [*JSON_HEADERS, *exc.headers]
+                if exc.status == 413:
+                    headers.append((b"connection", b"close"))
+                await exchange.respond(exc.status, exc.body(), headers)
+        except ClientGone:
+            exchange.status = exchange.status or 499
+        except Exception:
+            log.exception("gateway request %s failed", exchange.request_id)
+            if not exchange.response_started:
+                error = GatewayError(500, "The gateway failed to handle this request.", code="internal_error", type="server_error")
+                await exchange.respond(500, error.body())
+        finally:
+            self.finish(scope, exchange)
+
+    async def lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def finish(self, scope, exchange: Exchange) -> None:
+        status = exchange.status or 500
+        model = exchange.model if exchange.status and exchange.model else ""
+        elapsed = time.time() - exchange.started
+        metrics.REQUESTS.labels(str(status), exchange.metric_model if model else "").inc()
+        if model:
+            metrics.LATENCY.labels(exchange.metric_model).observe(elapsed)
+        if settings.GATEWAY_ACCESS_LOG and scope["path"] != "/metrics":
+            entry = exchange.entry
+            # No query string, no headers, no bodies: nothing here can carry a secret.
+            access_log.info(
+                orjson.dumps(
+                    {
+                        "request_id": exchange.request_id,
+                        "method": scope["method"],
+                        "path": scope["path"][:200],
+                        "status": status,
+                        "ms": round(elapsed * 1000, 2),
+                        "model": model,
+                        "key": entry.public_id if entry else None,
+                        "workspace": entry.workspace_public_id if entry else None,
+                        "client_ip": exchange.client_ip,
+                        "tokens": exchange.tokens,
+                    }
+                ).decode()
+            )
+
+    async def dispatch(self, scope, receive, exchange: Exchange) -> None:
+        path, method = scope["path"], scope["method"]
+        if path == "/metrics":
+            return await self.metrics_endpoint(scope, exchange)
+        query = scope.get("query_string") or b""
+        if query and any(hint in query.lower() for hint in QUERY_KEY_HINTS):
+            raise errors.bad_request("API keys are not accepted in the URL; send the key in a request header.", code="key_in_query")
+        if path in ("/v1/chat/completions", "/api/v2/chat/completions"):
+            _require(method, "POST")
+            return await self.chat(scope, receive, exchange, deployment=None)
+        if path in ("/v1/models", "/v1/models/"):
+            _require(method, "GET")
+            return await self.list_models(scope, exchange)
+        match = V1_DEPLOYMENT_PATH.match(path)
+        if match:
+            _require(method, "POST")
+            return await self.chat(scope, receive, exchange, deployment=(match.group(1).lower(), match.group(2).lower()))
+        raise GatewayError(404, f"Unknown path {path[:100]}.", code="unknown_url")
+
+    # ---- endpoints ---------------------------------------------------------------------------
+    async def metrics_endpoint(self, scope, exchange: Exchange) -> None:
+        token = settings.METRICS_TOKEN
+        if not token:
+            raise GatewayError(404, "Not found.", code="unknown_url")
+        auth = _header(scope, b"authorization") or b""
+        expected = b"Bearer " + token.encode()
+        if not hmac.compare_digest(auth, expected):
+            raise GatewayError(401, "The metrics endpoint needs its bearer token.", code="invalid_metrics_token")
+        body, content_type = metrics.render()
+        await exchange.respond(200, body, [(b"content-type", content_type.encode())])
+
+    async def list_models(self, scope, exchange: Exchange) -> None:
+        headers = _headers(scope)
+        key = parse_bearer(headers.get(b"authorization"), "Authorization")
+        entry = await self.checked_entry(scope, headers, key, exchange)
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "gatehouse"} for name in entry.model_names()]
+        await exchange.respond(200, orjson.dumps({"object": "list", "data": data}))
+
+    async def checked_entry(self, scope, headers: dict, key: str, exchange: Exchange, *, reload: bool = False) -> KeyEntry:
+        digest = _digest(key)
+        if reload:
+            self.cache.drop_digest(digest)
+        try:
+            entry = await self.cache.get(digest)
+        except Exception as exc:
+            log.error("key lookup failed: %s", type(exc).__name__)
+            raise GatewayError(
+                503,
+                "Keys cannot be checked right now (the database is unavailable); retry shortly.",
+                code="auth_unavailable",
+                type="server_error",
+            ) from None
+        if entry is None or not entry.usable_at(time.time()):
+            raise errors.invalid_key()
+        exchange.entry = entry
+        if exchange.client_ip is None:
+            exchange.client_ip = resolve_client_ip(
+                _peer(scope), headers.get(b"x-forwarded-for", b"").decode("latin-1") or None, settings.TRUSTED_PROXY_NETWORKS
+            )
+        if entry.networks and not ip_allowed(exchange.client_ip, entry.networks):
+            raise GatewayError(
+                403,
+                f"Requests from {exchange.client_ip} are not allowed for this key (IP allowlist).",
+                code="ip_not_allowed",
+                type="permission_error",
+            )
+        return entry
+
+    async def chat(self, scope, receive, exchange: Exchange, *, deployment: tuple[str, str] | None) -> None:
+        headers = _headers(scope)
+        if deployment is not None and b"x-apig-appcode" in headers:
+            key = parse_bearer(headers[b"x-apig-appcode"], "X-Apig-AppCode")
+        else:
+            key = parse_bearer(headers.get(b"authorization"), "Authorization")
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.GATEWAY_MAX_BODY_BYTES):
+            raise _too_large()
+        await self.checked_entry(scope, headers, key, exchange)
+        body = await _read_body(receive, settings.GATEWAY_MAX_BODY_BYTES)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise errors.bad_request("The request body is not valid JSON.", code="invalid_json") from None
+        validate_chat(payload, model_required=deployment is None)
+        stream = bool(payload.get("stream"))
+        wants_usage = stream and bool((payload.get("stream_options") or {}).get("include_usage"))
+        prompt_estimate = estimate_prompt_tokens(payload["messages"])
+        choices = payload.get("n") or 1
+        completion_budget = payload.get("max_tokens") or payload.get("max_completion_tokens")
+        if completion_budget is None:
+            # No max_tokens: reserve the configured default, but never more than the key's TPM
+            # leaves room for, so a small-TPM key is not refused for a number the caller never chose.
+            completion_budget = settings.GATEWAY_DEFAULT_MAX_TOKENS
+            tpm = exchange.entry.tpm_limit
+            if tpm:
+                completion_budget = max(1, min(completion_budget, (tpm - prompt_estimate) // choices))
+        estimate = prompt_estimate + completion_budget * choices
+
+        # A newer key generation seen at admission means the cached copy is stale: drop it,
+        # release what was reserved and check again with the fresh key (once).
+        for attempt in range(2):
+            entry = exchange.entry if attempt == 0 else await self.checked_entry(scope, headers, key, exchange, reload=True)
+            route = self.resolve(entry, payload, deployment)
+            exchange.model = route.name
+            exchange.metric_model = route.metric_name
+            decision = await self.admit(entry, estimate, route.deployment_id)
+            if decision.generation == entry.generation and decision.deployment_generation == route.generation:
+                break
+            if decision.reservation is not None:
+                await self.limiter.settle(decision.reservation, 0)
+        else:
+            raise GatewayError(
+                503, "The key or deployment changed while this request was admitted; retry.", code="key_changed", type="server_error"
+            )
+
+        if decision.outcome == TPM_REFUSED:
+            metrics.REFUSALS.labels("tpm").inc()
+            raise errors.tpm_exceeded(decision.retry_after, entry.tpm_limit or 0, oversized=estimate > (entry.tpm_limit or 0))
+        if decision.outcome == QUOTA_REFUSED:
+            metrics.REFUSALS.labels("yearly").inc()
+            raise errors.quota_exceeded(entry.yearly_limit or 0)
+        self.touch(entry, exchange.client_ip)
+        reservation = decision.reservation
+        try:
+            if stream:
+                await self.proxy_stream(receive, exchange, entry, route, payload, reservation, wants_usage)
+            else:
+                await self.proxy_once(exchange, entry, route, payload, reservation)
+        finally:
+            if reservation is not None and not reservation.settled:
+                # Anything that escaped metering (a bug, a cancellation): never keep tokens reserved.
+                await asyncio.shield(self._settle_quietly(reservation, 0))
+
+    def resolve(self, entry: KeyEntry, payload: dict, deployment: tuple[str, str] | None) -> Route:
+        if deployment is not None:
+            project_id, deployment_id = deployment
+            route = entry.by_deployment.get(deployment_id) if project_id == entry.workspace_public_id else None
+            if route is None:
+                raise GatewayError(404, "The deployment does not exist or you do not have access to it.", code="model_not_found")
+        else:
+            route = entry.route_for(payload["model"])
+            if route is None:
+                raise errors.model_not_found(payload["model"])
+        if route.status in ("stopped", "failed"):
+            raise GatewayError(503, f"The deployment {route.name} is {route.status}.", code="deployment_unavailable", type="server_error")
+        if route.credential_error:
+            raise GatewayError(
+                502,
+                "The upstream credential for this model cannot be decrypted; ask an administrator.",
+                code="upstream_credential",
+                type="server_error",
+            )
+        return route
+
+    async def admit(self, entry: KeyEntry, estimate: int, deployment_id: int | None):
+        year = datetime.now(entry.time_zone).year
+        kwargs = dict(
+            api_key_id=entry.api_key_id,
+            public_id=entry.public_id,
+            year=year,
+            estimate=estimate,
+            tpm_limit=entry.tpm_limit,
+            yearly_limit=entry.yearly_limit,
+            deployment_id=deployment_id,
+        )
+        try:
+            decision = await self.limiter.admit(**kwargs)
+            if decision.outcome == NEEDS_SEED:
+                seed = await self.run_db(_yearly_usage, entry.api_key_id, entry.time_zone.key, year)
+                metrics.DB_QUERIES.labels("yearly_seed").inc()
+                decision = await self.limiter.admit(**kwargs, seed=seed)
+        except LimiterUnavailable:
+            metrics.REFUSALS.labels("limiter_unavailable").inc()
+            raise errors.limiter_unavailable() from None
+        return decision
+
+    def touch(self, entry: KeyEntry, ip: str | None) -> None:
+        """Stamp last use via keys.services.api_key_touch, off the hot path, once a minute per key and process."""
+        now = time.monotonic()
+        if self.touched.get(entry.api_key_id, 0) > now:
+            return
+        self.touched[entry.api_key_id] = now + 60
+        task = asyncio.ensure_future(self.run_db(_touch_key, entry.api_key_id, ip))
+        task.add_done_callback(_log_touch_failure)
+
+    # ---- proxying and metering ---------------------------------------------------------------
+    async def meter(
+        self,
+        exchange: Exchange,
+        entry: KeyEntry,
+        route: Route,
+        reservation: Reservation | None,
+        *,
+        prompt: int,
+        completion: int,
+        status: int,
+        error_code: str = "",
+        **flags,
+    ) -> None:
+        """Settle the reservation and write the usage event, concurrently; raise if the event was not written."""
+        row = event_row(
+            request_id=exchange.request_id,
+            started=exchange.started,
+            entry=entry,
+            route=route,
+            model=route.name,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            status_code=status,
+            error_code=error_code,
+            client_ip=exchange.client_ip,
+            **flags,
+        )
+        exchange.tokens = prompt + completion
+        jobs = [self.writer.write(row)]
+        if reservation is not None:
+            jobs.append(self._settle_quietly(reservation, prompt + completion))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        if prompt + completion:
+            metrics.TOKENS.labels(route.metric_name, "prompt").inc(prompt)
+            metrics.TOKENS.labels(route.metric_name, "completion").inc(completion)
+        if isinstance(results[0], BaseException):
+            raise errors.usage_unrecorded()
+
+    async def _settle_quietly(self, reservation: Reservation, actual: int) -> None:
+        try:
+            await self.limiter.settle(reservation, actual)
+        except Exception as exc:
+            # The reservation then simply ages out of the TPM window; the yearly counter is
+            # re-seeded from usage events if it is ever lost.
+            log.warning("settling a reservation failed: %s", type(exc).__name__)
+
+    async def upstream_failed(
+        self, exchange, entry, route, reservation, error: GatewayError, prompt: int = 0, completion: int = 0, **flags
+    ) -> None:
+        metrics.UPSTREAM_ERRORS.labels(route.metric_name, error.code).inc()
+        await self.meter(
+            exchange, entry, route, reservation, prompt=prompt, completion=completion, status=error.status, error_code=error.code, **flags
+        )
+        raise error
+
+    async def proxy_once(self, exchange: Exchange, entry: KeyEntry, route: Route, payload: dict, reservation) -> None:
+        headers, body = upstream_call(route, payload, stream=False)
+        try:
+            response = await self.http.open(route.chat_url, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0))
+            body = await response.read()
+        except Exception as exc:
+            return await self.upstream_failed(exchange, entry, route, reservation, transport_error(exc))
+        if response.status != 200:
+            return await self.upstream_failed(exchange, entry, route, reservation, status_error(response.status, body))
+        try:
+            data = orjson.loads(body)
+            if not isinstance(data, dict):
+                raise ValueError
+        except ValueError:
+            error = GatewayError(502, "The model sent a response that is not JSON.", code="upstream_invalid", type="server_error")
+            return await self.upstream_failed(exchange, entry, route, reservation, error)
+        usage = data.get("usage")
+        estimated = not _valid_usage(usage)
+        if estimated:
+            # The upstream did the work but did not count it: estimate, and say so.
+            prompt = estimate_prompt_tokens(payload["messages"])
+            text = "".join(str((c.get("message") or {}).get("content") or "") for c in data.get("choices") or () if isinstance(c, dict))
+            completion = max(1, -(-len(text) // 4))
+        else:
+            prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        if data.get("model") != route.name:
+            data["model"] = route.name
+        await self.meter(exchange, entry, route, reservation, prompt=prompt, completion=completion, status=200, estimated=estimated)
+        await exchange.respond(200, orjson.dumps(data))
+
+    async def proxy_stream(
+        self, receive, exchange: Exchange, entry: KeyEntry, route: Route, payload: dict, reservation, wants_usage: bool
+    ) -> None:
+        headers, body = upstream_call(route, payload, stream=True)
+        try:
+            response = await self.http.open(route.chat_url, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0))
+        except Exception as exc:
+            return await self.upstream_failed(exchange, entry, route, reservation, transport_error(exc), streamed=True)
+        relay = SseRelay(client_model=route.name, upstream_model=route.upstream_model, client_wants_usage=wants_usage)
+        try:
+            if response.status != 200:
+                try:
+                    body = await response.read()
+                except Exception:
+                    body = b""
+                return await self.upstream_failed(exchange, entry, route, reservation, status_error(response.status, body), streamed=True)
+            await exchange.start(200, SSE_HEADERS)
+            outcome = await self._pump(receive, exchange, response, relay)
+        finally:
+            await response.aclose()
+
+        state = relay.state
+        prompt_estimate = estimate_prompt_tokens(payload["messages"])
+        ttft = int((state.first_chunk_at - exchange.started) * 1000) if state.first_chunk_at else None
+        if state.first_chunk_at:
+            metrics.TTFT.labels(route.metric_name).observe(state.first_chunk_at - exchange.started)
+        usage = state.usage if _valid_usage(state.usage) else None
+        if usage is not None and outcome == "done":
+            prompt, completion, estimated = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), False
+        else:
+            prompt, completion, estimated = prompt_estimate, relay.estimated_completion_tokens(), True
+            if usage is not None:
+                prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+                estimated = False
+        if outcome == "client_gone":
+            exchange.status = 499
+            await self.meter(
+                exchange,
+                entry,
+                route,
+                reservation,
+                prompt=prompt,
+                completion=completion,
+                status=499,
+                error_code="client_disconnected",
+                estimated=estimated,
+                aborted=True,
+                streamed=True,
+                ttft_ms=ttft,
+            )
+            raise ClientGone
+        if outcome != "done":
+            error = (
+                transport_error(outcome)
+                if isinstance(outcome, Exception)
+                else GatewayError(502, "The model ended the stream early.", code="upstream_incomplete", type="server_error")
+            )
+            metrics.UPSTREAM_ERRORS.labels(route.metric_name, error.code).inc()
+            try:
+                await self.meter(
+                    exchange,
+                    entry,
+                    route,
+                    reservation,
+                    prompt=prompt,
+                    completion=completion,
+                    status=error.status,
+                    error_code=error.code,
+                    estimated=estimated,
+                    streamed=True,
+                    ttft_ms=ttft,
+                )
+            finally:
+                exchange.status = error.status
+                await exchange.send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n", "more_body": False})
+            return
+        try:
+            await self.meter(
+                exchange,
+                entry,
+                route,
+                reservation,
+                prompt=prompt,
+                completion=completion,
+                status=200,
+                estimated=estimated,
+                streamed=True,
+                ttft_ms=ttft,
+            )
+        except GatewayError as error:
+            exchange.status = error.status
+            await exchange.send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n", "more_body": False})
+            return
+        await exchange.send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    async def _pump(self, receive, exchange: Exchange, response, relay: SseRelay):
+        """Forward the stream until it ends ("done"/"eof"), fails (the exception) or the client leaves ("client_gone")."""
+
+        async def forward():
+            async for data in response.iter_raw():
+                out = relay.feed(data)
+                if out:
+                    if relay.state.first_chunk_at is None:
+                        relay.state.first_chunk_at = time.time()
+                    await exchange.send({"type": "http.response.body", "body": out, "more_body": True})
+            return "done" if relay.state.saw_done else "eof"
+
+        async def client_left():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return "client_gone"
+
+        pump = asyncio.ensure_future(forward())
+        watcher = asyncio.ensure_future(client_left())
+        try:
+            done, _ = await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, watcher):
+                if not task.done():
+                    task.cancel()
+        if pump in done:
+            try:
+                return pump.result()
+            except Exception as exc:
+                return exc
+        try:
+            await pump
+        except BaseException:
+            pass
+        return "client_gone"
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def _require(method: str, expected: str) -> None:
+    if method != expected:
+        raise GatewayError(405, f"Use {expected} for this endpoint.", code="method_not_allowed")
+
+
+def _headers(scope) -> dict[bytes, bytes]:
+    headers: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in headers:
+            if name == b"x-forwarded-for":
+                headers[name] += b"," + value
+            elif name in (b"authorization", b"x-apig-appcode"):
+                # Two credentials in one request: ambiguous, refuse rather than pick one.
+                headers[name] = b"\x00"
+            continue
+        headers[name] = value
+    return headers
+
+
+def _header(scope, wanted: bytes) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == wanted:
+            return value
+    return None
+
+
+def _peer(scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def _digest(key: str) -> str:
+    from keys.tokens import digest
+
+    return digest(key, settings.API_KEY_PEPPER)
+
+
+def _too_large() -> GatewayError:
+    return GatewayError(413, f"The request body is larger than {settings.GATEWAY_MAX_BODY_BYTES} bytes.", code="request_too_large")
+
+
+async def _read_body(receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large()
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _valid_usage(usage) -> bool:
+    return isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int) and isinstance(usage.get("completion_tokens"), int)
+
+
+def _db_call(fn, args):
+    from django.db import close_old_connections
+
+    close_old_connections()
+    try:
+        return fn(*args)
+    except Exception:
+        # A broken connection must not poison the next call on this thread.
+        from django.db import connection
+
+        connection.close()
+        raise
+
+
+def _count_orm_queries() -> None:
+    from django.db import connection
+
+    def counter(execute, sql, params, many, context):
+        metrics.DB_QUERIES.labels("orm").inc()
+        return execute(sql, params, many, context)
+
+    connection.execute_wrappers.append(counter)
+
+
+def _touch_key(api_key_id: int, ip: str | None) -> None:
+    from keys.services import api_key_touch
+
+    api_key_touch(api_key_id=api_key_id, ip=ip)
+
+
+def _log_touch_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # Best effort: a missed last-used stamp is not worth failing a request for.
+        log.warning("last-used update failed: %s", type(task.exception()).__name__)
+
+
+def _yearly_usage(api_key_id: int, time_zone: str, year: int) -> int:
+    from zoneinfo import ZoneInfo
+
+    from django.db.models import Sum
+
+    from usage.models import UsageEvent
+
+    tz = ZoneInfo(time_zone)
+    start, end = datetime(year, 1, 1, tzinfo=tz), datetime(year + 1, 1, 1, tzinfo=tz)
+    total = UsageEvent.objects.filter(api_key_id=api_key_id, created_at__gte=start, created_at__lt=end).aggregate(t=Sum("total_tokens"))[
+        "t"
+    ]
+    return int(total or 0)
+
+
+gateway = Gateway()

@@ -1,0 +1,452 @@
+"""Who is calling and what may they call: credential parsing, the per-process key cache, scope.
+
+A key is looked up by its digest once and kept in an in-process dict with everything the hot
+path needs (limits, allowlist, expiry, the models it may call with their upstream routes and
+price versions), so a cache hit does no database read. Freshness:
+
+- every admitted request compares the key's generation in Redis (keys.changes bumps it after a
+  key's transaction commits) inside the admission Lua call: a revocation or edit is seen by the
+  next request on every process, with no window;
+- a pub/sub listener drops changed keys from the cache at once, so refusal paths (expired,
+  revoked, IP) see edits too, and the whole cache is dropped when that subscription reconnects;
+- entries older than GATEWAY_KEY_CACHE_TTL are refreshed in the background (deployment status,
+  grants and prices, which do not bump a key's generation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+
+from deployments import changes as deployment_changes
+from gateway import errors
+from keys import tokens
+from keys.changes import CHANNEL, GENERATION_KEY, local_generations
+
+log = logging.getLogger("gateway")
+
+MAX_CREDENTIAL_LENGTH = 200
+
+
+def parse_bearer(raw: bytes | None, header: str) -> str:
+    """The key from an Authorization or X-Apig-AppCode header value; GatewayError(401) otherwise.
+
+    Format and checksum are checked here, before any lookup: a malformed credential never
+    reaches the database, the cache or Redis.
+    """
+    if not raw:
+        raise errors.missing_key(header)
+    if len(raw) > MAX_CREDENTIAL_LENGTH:
+        raise errors.invalid_key()
+    try:
+        value = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise errors.invalid_key() from None
+    if header == "Authorization":
+        scheme, _, value = value.partition(" ")
+        if scheme.lower() != "bearer":
+            raise errors.invalid_key()
+        value = value.strip()
+    if not tokens.is_well_formed(value):
+        raise errors.invalid_key()
+    return value
+
+
+@dataclass(slots=True)
+class Price:
+    effective_from: float
+    input_per_million: object  # Decimal
+    output_per_million: object  # Decimal
+    currency: str
+
+
+@dataclass(slots=True)
+class Route:
+    """One model name a key may call and how to reach it."""
+
+    name: str
+    kind: str  # deployment / router / byok
+    chat_url: str
+    upstream_model: str
+    api_key: str | None = field(repr=False)
+    timeout: float
+    status: str = "running"
+    deployment_id: int | None = None
+    deployment_public_id: str | None = None
+    generation: int = 0  # the deployment's generation (deployments.changes) when loaded
+    prices: tuple[Price, ...] = ()
+    credential_error: str = ""
+    # The Prometheus label: a provider's open-ended names share one series, so callers cannot
+    # mint unbounded label values.
+    metric_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.metric_name:
+            self.metric_name = self.name
+
+    def with_model(self, name: str, upstream_model: str, *, wildcard: bool = False) -> Route:
+        return Route(
+            name=name,
+            kind=self.kind,
+            chat_url=self.chat_url,
+            upstream_model=upstream_model,
+            api_key=self.api_key,
+            timeout=self.timeout,
+            credential_error=self.credential_error,
+            metric_name=self.name + "/*" if wildcard else name,
+        )
+
+    def price_at(self, epoch: float) -> Price | None:
+        # Versions are newest first: the first that started at or before the event is in force.
+        for price in self.prices:
+            if price.effective_from <= epoch:
+                return price
+        return None
+
+
+@dataclass(slots=True)
+class KeyEntry:
+    api_key_id: int
+    public_id: str
+    workspace_id: int
+    workspace_public_id: str
+    time_zone: ZoneInfo
+    kind: str
+    revoked: bool
+    expires_at: float | None
+    secret_valid_until: float | None
+    networks: tuple
+    tpm_limit: int | None
+    yearly_limit: int | None
+    routes: dict[str, Route]
+    by_deployment: dict[str, Route]
+    router_wildcards: dict[str, Route]
+    byok_wildcards: dict[str, Route]
+    generation: int
+    loaded_at: float
+    refreshing: bool = False
+
+    def usable_at(self, now: float) -> bool:
+        if self.revoked:
+            return False
+        if self.expires_at is not None and now >= self.expires_at:
+            return False
+        return self.secret_valid_until is None or now < self.secret_valid_until
+
+    def route_for(self, model: str) -> Route | None:
+        route = self.routes.get(model)
+        if route is not None:
+            return route
+        # Providers without a model list accept any model under their prefix.
+        if model.startswith("byok/"):
+            name, _, upstream = model[5:].partition("/")
+            base = self.byok_wildcards.get(name)
+        else:
+            slug, _, upstream = model.partition("/")
+            base = self.router_wildcards.get(slug)
+        if base is None or not upstream:
+            return None
+        return base.with_model(model, upstream, wildcard=True)
+
+    def model_names(self) -> list[str]:
+        return sorted(self.routes)
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _decrypt(token: str) -> tuple[str | None, str]:
+    if not token:
+        return None, ""
+    from lib.crypto import decrypt
+
+    try:
+        return decrypt(token), ""
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def _chat_url(base_url: str) -> str:
+    return base_url.rstrip("/") + "/chat/completions"
+
+
+def current_generation(api_key_id: int) -> int:
+    if settings.REDIS_URL:
+        from lib.redis import redis_client
+
+        try:
+            value = redis_client().hget(GENERATION_KEY, str(api_key_id))
+        except Exception:
+            # Unknown: admission needs Redis anyway and fails closed; once Redis is back the
+            # generation it reports differs from -1 and the key is reloaded.
+            return -1
+        return int(value or 0)
+    return local_generations.get(api_key_id, 0)
+
+
+def deployment_generations() -> dict[int, int]:
+    """Every deployment's change generation (only changed deployments have one; the rest are 0)."""
+    if settings.REDIS_URL:
+        from lib.redis import redis_client
+
+        try:
+            return {int(k): int(v) for k, v in redis_client().hgetall(deployment_changes.GENERATION_KEY).items()}
+        except Exception:
+            return {}
+    return dict(deployment_changes.local_generations)
+
+
+def load_key(digest: str) -> KeyEntry | None:
+    """Read one key and its scope from the database (sync; runs on the gateway's DB thread)."""
+    from deployments.models import DeploymentPrice
+    from deployments.selectors import callable_deployments
+    from keys.models import ApiKeySecret, ByokCredential
+    from keys.selectors import api_key_secret_lookup
+
+    api_key_id = ApiKeySecret.objects.filter(digest=digest).values_list("api_key_id", flat=True).first()
+    if api_key_id is None:
+        return None
+    # Read the generations before the rows: a change committed after this point bumps them
+    # again, so the next admission sees a newer generation and reloads.
+    generation = current_generation(api_key_id)
+    deployment_gens = deployment_generations()
+    secret = api_key_secret_lookup(digest)
+    if secret is None:
+        return None
+    key, valid_until = secret.api_key, secret.valid_until
+    workspace = key.workspace
+
+    deployments = callable_deployments(workspace).select_related("router_provider", "byok_credential")
+    if not key.all_models:
+        deployments = deployments.filter(id__in=key.deployments.values("id"))
+    deployments = list(deployments)
+    prices: dict[int, list[Price]] = {}
+    for p in DeploymentPrice.objects.filter(deployment__in=[d.id for d in deployments]).order_by("-effective_from"):
+        prices.setdefault(p.deployment_id, []).append(
+            Price(p.effective_from.timestamp(), p.input_per_million, p.output_per_million, p.currency)
+        )
+
+    routes: dict[str, Route] = {}
+    by_deployment: dict[str, Route] = {}
+    for d in deployments:
+        if d.upstream_kind == "router" and d.router_provider is not None:
+            base_url, token = d.router_provider.base_url, d.router_provider.api_key_encrypted
+        elif d.upstream_kind == "byok" and d.byok_credential is not None:
+            base_url, token = d.byok_credential.base_url, d.byok_credential.api_key_encrypted
+        else:
+            base_url, token = d.upstream_base_url, d.upstream_api_key_encrypted
+        api_key, problem = _decrypt(token)
+        route = Route(
+            name=d.model_id,
+            kind="deployment",
+            chat_url=_chat_url(base_url),
+            upstream_model=d.upstream_model or d.model_id,
+            api_key=api_key,
+            credential_error=problem,
+            timeout=float(d.timeout_seconds),
+            status=d.status,
+            deployment_id=d.id,
+            deployment_public_id=str(d.public_id),
+            generation=deployment_gens.get(d.id, 0),
+            prices=tuple(prices.get(d.id, ())),
+        )
+        routes[d.model_id] = route
+        by_deployment[str(d.public_id)] = route
+
+    router_wildcards: dict[str, Route] = {}
+    for provider in key.router_providers.filter(is_active=True):
+        api_key, problem = _decrypt(provider.api_key_encrypted)
+        base = Route(
+            name=provider.slug,
+            kind="router",
+            chat_url=_chat_url(provider.base_url),
+            upstream_model="",
+            api_key=api_key,
+            credential_error=problem,
+            timeout=float(settings.GATEWAY_UPSTREAM_TIMEOUT),
+        )
+        if provider.model_names:
+            for model in provider.model_names:
+                routes[f"{provider.slug}/{model}"] = base.with_model(f"{provider.slug}/{model}", model)
+        else:
+            router_wildcards[provider.slug] = base
+
+    byok_wildcards: dict[str, Route] = {}
+    credentials = ByokCredential.objects.filter(workspace=workspace)
+    if not key.all_byok:
+        credentials = credentials.filter(id__in=key.byok_credentials.values("id"))
+    for credential in credentials:
+        api_key, problem = _decrypt(credential.api_key_encrypted)
+        base = Route(
+            name=f"byok/{credential.name}",
+            kind="byok",
+            chat_url=_chat_url(credential.base_url),
+            upstream_model="",
+            api_key=api_key,
+            credential_error=problem,
+            timeout=float(settings.GATEWAY_UPSTREAM_TIMEOUT),
+        )
+        if credential.model_names:
+            for model in credential.model_names:
+                routes[f"byok/{credential.name}/{model}"] = base.with_model(f"byok/{credential.name}/{model}", model)
+        else:
+            byok_wildcards[credential.name] = base
+
+    from lib.net import parse_networks
+
+    return KeyEntry(
+        api_key_id=key.id,
+        public_id=str(key.public_id),
+        workspace_id=workspace.id,
+        workspace_public_id=str(workspace.public_id),
+        time_zone=ZoneInfo(workspace.time_zone),
+        kind=key.kind,
+        revoked=key.revoked_at is not None,
+        expires_at=_epoch(key.expires_at),
+        secret_valid_until=_epoch(valid_until),
+        networks=parse_networks(key.ip_allowlist or []),
+        tpm_limit=key.tpm_limit,
+        yearly_limit=key.yearly_token_limit,
+        routes=routes,
+        by_deployment=by_deployment,
+        router_wildcards=router_wildcards,
+        byok_wildcards=byok_wildcards,
+        generation=generation,
+        loaded_at=time.monotonic(),
+    )
+
+
+class KeyCache:
+    """digest -> KeyEntry, with unknown digests remembered briefly and concurrent misses coalesced."""
+
+    MISSING_TTL = 2.0
+    MAX_MISSING = 10_000
+
+    def __init__(self, run_db, *, ttl: float):
+        self.run_db = run_db  # async callable running a sync function on the DB thread
+        self.ttl = ttl
+        self.entries: dict[str, KeyEntry] = {}
+        self.by_id: dict[int, set[str]] = {}
+        self.by_deployment: dict[int, set[str]] = {}
+        self.missing: dict[str, float] = {}
+        self.inflight: dict[str, asyncio.Future] = {}
+
+    async def get(self, digest: str) -> KeyEntry | None:
+        entry = self.entries.get(digest)
+        if entry is not None:
+            if not settings.REDIS_URL and local_generations.get(entry.api_key_id, 0) != entry.generation:
+                self.drop(entry.api_key_id)
+            else:
+                if time.monotonic() - entry.loaded_at > self.ttl and not entry.refreshing:
+                    entry.refreshing = True
+                    asyncio.get_running_loop().create_task(self._refresh(digest))
+                return entry
+        expiry = self.missing.get(digest)
+        if expiry is not None:
+            if expiry > time.monotonic():
+                return None
+            del self.missing[digest]
+        return await self.load(digest)
+
+    async def load(self, digest: str) -> KeyEntry | None:
+        pending = self.inflight.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self.inflight[digest] = future
+        try:
+            entry = await self.run_db(load_key, digest)
+            self._store(digest, entry)
+            future.set_result(entry)
+            return entry
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters, if any, re-raise it
+            raise
+        finally:
+            del self.inflight[digest]
+
+    def _store(self, digest: str, entry: KeyEntry | None) -> None:
+        if entry is None:
+            if len(self.missing) >= self.MAX_MISSING:
+                self.missing.clear()
+            self.missing[digest] = time.monotonic() + self.MISSING_TTL
+            self.entries.pop(digest, None)
+            return
+        self.entries[digest] = entry
+        self.by_id.setdefault(entry.api_key_id, set()).add(digest)
+        for route in entry.by_deployment.values():
+            self.by_deployment.setdefault(route.deployment_id, set()).add(digest)
+
+    async def _refresh(self, digest: str) -> None:
+        try:
+            await self.load(digest)
+        except Exception:
+            log.exception("background refresh of a cached key failed; keeping the cached copy")
+            entry = self.entries.get(digest)
+            if entry is not None:
+                entry.refreshing = False
+                entry.loaded_at = time.monotonic()
+
+    def drop_digest(self, digest: str) -> None:
+        entry = self.entries.pop(digest, None)
+        if entry is not None:
+            self.by_id.get(entry.api_key_id, set()).discard(digest)
+
+    def drop(self, api_key_id: int) -> None:
+        for digest in self.by_id.pop(api_key_id, ()):
+            self.entries.pop(digest, None)
+
+    def drop_deployment(self, deployment_id: int) -> None:
+        for digest in self.by_deployment.pop(deployment_id, ()):
+            self.entries.pop(digest, None)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.by_id.clear()
+        self.by_deployment.clear()
+        self.missing.clear()
+
+
+async def listen_for_changes(redis, cache: KeyCache) -> None:
+    """Drop changed keys and deployments from the cache as keys.changes / deployments.changes
+    announce them (runs for the process's life)."""
+    while True:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(CHANNEL, deployment_changes.CHANNEL)
+            # Anything may have changed while we were not subscribed.
+            cache.clear()
+            async for message in pubsub.listen():
+                if message.get("type") != "message":
+                    continue
+                channel = message.get("channel")
+                try:
+                    changed = int(message["data"])
+                except (TypeError, ValueError):
+                    cache.clear()
+                    continue
+                if channel in (CHANNEL, CHANNEL.encode()):
+                    cache.drop(changed)
+                else:
+                    cache.drop_deployment(changed)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # connection lost: retry, the admission check still holds meanwhile
+            log.warning("change subscription lost (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(0.5)
+        finally:
+            try:
+                await pubsub.aclose()
+            except Exception:
+                pass
+
+
+__all__ = ["GENERATION_KEY", "KeyCache", "KeyEntry", "Route", "listen_for_changes", "load_key", "parse_bearer"]

@@ -1,0 +1,33 @@
+"""Prometheus metrics for the gateway (served at /metrics to holders of METRICS_TOKEN only).
+
+With several worker processes set PROMETHEUS_MULTIPROC_DIR (an empty directory) so /metrics
+reports the sum over all workers instead of whichever worker answered the scrape.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+REQUESTS = Counter("gatehouse_gateway_requests", "Gateway requests by status and deployment", ["status", "model"])
+LATENCY = Histogram("gatehouse_gateway_request_seconds", "Time to the end of the response", ["model"], buckets=LATENCY_BUCKETS)
+TTFT = Histogram("gatehouse_gateway_ttft_seconds", "Time to the first streamed chunk", ["model"], buckets=LATENCY_BUCKETS)
+UPSTREAM_ERRORS = Counter("gatehouse_gateway_upstream_errors", "Upstream failures by kind", ["model", "kind"])
+REFUSALS = Counter("gatehouse_gateway_limiter_refusals", "Requests refused by the limiter", ["reason"])
+DB_QUERIES = Counter("gatehouse_gateway_db_queries", "Database statements the gateway issued, by purpose", ["kind"])
+TOKENS = Counter("gatehouse_gateway_tokens", "Tokens metered", ["model", "kind"])
+
+
+def render() -> tuple[bytes, str]:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
