@@ -35,4 +35,9 @@ app.conf.beat_schedule = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    "test-calls-sweep": {
+        "task": "deployments.tasks.test_calls_sweep",
+        "schedule": 120.0,
+        "options": {"expires": 110},
+    },
 }

@@ -34,6 +34,8 @@ if not DEBUG and (not ALLOWED_HOSTS or "*" in ALLOWED_HOSTS):
     raise ImproperlyConfigured("ALLOWED_HOSTS must list this site's host names when DEBUG is off ('*' is refused)")
 PUBLIC_BASE_URL = (env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000") or "").rstrip("/")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Where the worker reaches the gateway for console test calls (defaults to PUBLIC_BASE_URL).
+GATEWAY_INTERNAL_URL = (env_str("GATEWAY_INTERNAL_URL", "") or "").rstrip("/")
 TRUSTED_PROXY_NETWORKS = parse_networks(env_list("TRUSTED_PROXIES", []))
 
 INSTALLED_APPS = [

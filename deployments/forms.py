@@ -73,3 +73,13 @@ class GrantsForm(forms.Form):
     def __init__(self, *args, candidates, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["workspaces"].queryset = candidates
+
+
+class TestCallForm(forms.Form):
+    system_prompt = forms.CharField(required=False, max_length=20000, widget=forms.Textarea(attrs={"rows": 2}),
+                                    help_text="Optional instructions sent as the system message.")
+    prompt = forms.CharField(max_length=20000, widget=forms.Textarea(attrs={"rows": 4}))
+    temperature = forms.DecimalField(required=False, min_value=Decimal("0"), max_value=Decimal("2"), max_digits=3,
+                                     decimal_places=2, help_text="0–2; empty uses the model's default.")
+    max_tokens = forms.IntegerField(required=False, min_value=1, max_value=32000, help_text="Empty uses the model's default.")
+    stream = forms.BooleanField(required=False, initial=True, help_text="Show the answer as it is generated.")

@@ -82,3 +82,59 @@ class ModelGrant(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workspace} may call {self.deployment}"
+
+
+class TestCallStatus(models.TextChoices):
+    __test__ = False  # not a pytest class
+
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    STREAMING = "streaming", "Streaming"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+TEST_CALL_ACTIVE = (TestCallStatus.QUEUED, TestCallStatus.RUNNING, TestCallStatus.STREAMING)
+
+
+class TestCall(models.Model):
+    """A prompt sent from the console through the real gateway by the worker (deployments.test_calls)."""
+
+    __test__ = False  # not a pytest class
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="test_calls")
+    workspace = models.ForeignKey("console.Workspace", on_delete=models.CASCADE, related_name="+")
+    created_by = models.ForeignKey("console.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    system_prompt = models.TextField(blank=True)
+    prompt = models.TextField()
+    temperature = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    stream = models.BooleanField(default=True)
+    status = models.CharField(max_length=16, choices=TestCallStatus.choices, default=TestCallStatus.QUEUED)
+    output_text = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cost = models.DecimalField(max_digits=18, decimal_places=9, null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["deployment", "workspace", "-created_at"]),
+            models.Index(fields=["status", "started_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"test call {self.public_id} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (TestCallStatus.DONE, TestCallStatus.FAILED)

@@ -1,11 +1,11 @@
-"""Celery tasks for deployments: health probes (test calls come later). Schedule: console/celery.py."""
+"""Celery tasks for deployments: health probes and console test calls. Schedule: console/celery.py."""
 
 from __future__ import annotations
 
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from deployments import health
+from deployments import health, test_calls
 
 TRANSIENT = (OperationalError, InterfaceError)
 # A probe older than this is superseded by the next round; never let a backlog pile up.
@@ -24,3 +24,15 @@ def deployments_probe_all() -> int:
 def deployment_probe(deployment_id: int) -> str | None:
     deployment = health.deployment_health_check(deployment_id=deployment_id)
     return None if deployment is None else deployment.status
+
+
+@shared_task(acks_late=True)
+def run_test_call(test_call_id: int) -> str | None:
+    """Not retried: a redelivery finds the call already claimed; the sweep fails it if the worker died."""
+    call = test_calls.test_call_run(test_call_id)
+    return None if call is None else call.status
+
+
+@shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=3)
+def test_calls_sweep() -> int:
+    return test_calls.test_calls_sweep()

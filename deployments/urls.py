@@ -12,4 +12,6 @@ urlpatterns = [
     path("<uuid:deployment>/price/", views.deployment_price, name="deployment_price"),
     path("<uuid:deployment>/stop/", views.deployment_stop_view, name="deployment_stop"),
     path("<uuid:deployment>/start/", views.deployment_start_view, name="deployment_start"),
+    path("<uuid:deployment>/test-calls/", views.test_call_run_view, name="test_call_run"),
+    path("<uuid:deployment>/test-calls/<uuid:call>/", views.test_call_poll, name="test_call_poll"),
 ]

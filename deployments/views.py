@@ -3,21 +3,22 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HttpResponseStopPolling
 
 from console.access import WorkspaceAccess, access_workspace
 from console.audit import Actor
 from console.models import Role
 from deployments.access import access_deployment
 from deployments.examples import API_KEY_ENV, render_examples, target_for
-from deployments.forms import DeploymentCreateForm, DeploymentForm, GrantsForm, PriceForm
-from deployments.models import Deployment, DeploymentPrice, ModelGrant
+from deployments.forms import DeploymentCreateForm, DeploymentForm, GrantsForm, PriceForm, TestCallForm
+from deployments.models import Deployment, DeploymentPrice, ModelGrant, TestCall
 from deployments.selectors import callable_deployments, deployments_for_list, price_in_force, sub_workspaces_for_grants
 from deployments.services import (
     deployment_create,
@@ -28,6 +29,7 @@ from deployments.services import (
     model_grant_add,
     model_grant_remove,
 )
+from deployments.test_calls import recent_test_calls, test_call_create
 from keys.tokens import is_well_formed
 from lib.upstream import upstream_host
 
@@ -187,6 +189,10 @@ def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpRes
             context["lang"] = "python"
     elif tab == "api":
         context["api_examples"] = render_examples(target, group="api")
+    elif tab == "test":
+        context["test_form"] = TestCallForm(initial={"stream": True})
+        context["can_test"] = access.can(Role.DEVELOPER)
+        context["test_calls"] = recent_test_calls(dep, access.workspace)
     template = "deployments/deployment_page.html#tab_panel" if request.htmx and request.method == "GET" else "deployments/deployment_page.html"
     response = render(request, template, context, status=200 if not key_error else 400)
     if request.method == "POST":
@@ -241,3 +247,43 @@ def grants_save(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
     else:
         messages.info(request, f"{dep.model_id}: no change.")
     return redirect("grants_page", ws=ws)
+
+
+def _test_call_or_404(deployment: Deployment, workspace, public_id) -> TestCall:
+    call = TestCall.objects.filter(deployment=deployment, workspace=workspace, public_id=public_id).first()
+    if call is None:
+        raise Http404("No such test call.")
+    return call
+
+
+@login_required
+@require_POST
+def test_call_run_view(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
+    access, dep = access_deployment(request.user, ws, deployment, min_role=Role.DEVELOPER)
+    form = TestCallForm(request.POST)
+    if form.is_valid():
+        d = form.cleaned_data
+        try:
+            call = test_call_create(deployment=dep, workspace=access.workspace, actor=Actor.from_request(request),
+                                    prompt=d["prompt"], system_prompt=d["system_prompt"], temperature=d["temperature"],
+                                    max_tokens=d["max_tokens"], stream=d["stream"])
+        except ValidationError as exc:
+            _add_service_errors(form, exc)
+        else:
+            return render(request, "deployments/test_call_result.html", {"access": access, "deployment": dep, "call": call})
+    response = render(request, "deployments/test_call_form.html", {"access": access, "deployment": dep, "form": form},
+                      status=200 if request.htmx else 400)
+    if request.htmx:  # htmx does not swap error statuses: put the form with its errors back in place
+        response["HX-Retarget"], response["HX-Reswap"] = "#test-call-form", "outerHTML"
+    return response
+
+
+@login_required
+@require_GET
+def test_call_poll(request: HttpRequest, ws: str, deployment: str, call: str) -> HttpResponse:
+    access, dep = access_deployment(request.user, ws, deployment)
+    test_call = _test_call_or_404(dep, access.workspace, call)
+    response = render(request, "deployments/test_call_result.html", {"access": access, "deployment": dep, "call": test_call})
+    if test_call.finished and request.htmx:
+        response.status_code = HttpResponseStopPolling.status_code
+    return response

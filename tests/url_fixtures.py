@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def extra_values(world) -> dict:
     from console.audit import Actor
-    from deployments.models import Deployment
+    from deployments.models import Deployment, TestCall
     from keys.services import api_key_create, byok_credential_create
 
     deployment = Deployment.objects.create(
@@ -22,4 +22,6 @@ def extra_values(world) -> dict:
         api_key="sk-test-0123456789",
         model_names="gpt-4o-mini",
     )
-    return {"deployment": deployment.public_id, "key": api_key.public_id, "credential": credential.public_id}
+    test_call = TestCall.objects.create(deployment=deployment, workspace=world.org, prompt="url walk")
+    return {"deployment": deployment.public_id, "key": api_key.public_id, "credential": credential.public_id,
+            "call": test_call.public_id}

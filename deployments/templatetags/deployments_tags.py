@@ -23,3 +23,11 @@ def price(value) -> str:
 @register.filter
 def status_badge(status: str) -> str:
     return STATUS_BADGES.get(status, "badge-muted")
+
+
+TEST_CALL_BADGES = {"done": "badge-ok", "failed": "badge-bad", "streaming": "badge-warn", "running": "badge-warn"}
+
+
+@register.filter
+def test_call_badge(status: str) -> str:
+    return TEST_CALL_BADGES.get(status, "badge-muted")

@@ -1,0 +1,221 @@
+"""Console test calls: a prompt the worker sends through the real gateway, like an SDK would.
+
+The worker authenticates with the workspace's hidden `test_call` ApiKey and a secret minted for
+this one call: the plaintext exists only in the worker's memory, only its digest is stored, and
+the secret row is deleted after the call (it also expires by itself a few minutes later).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+import httpx
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from console.audit import Actor, audit_record
+from console.models import Workspace
+from deployments.models import TEST_CALL_ACTIVE, Deployment, TestCall, TestCallStatus
+from deployments.selectors import price_in_force
+from keys import tokens
+from keys.models import ApiKey, ApiKeyKind, ApiKeySecret
+
+log = logging.getLogger(__name__)
+
+SECRET_LIFETIME = timedelta(minutes=5)
+SAVE_EVERY_SECONDS = 0.2
+STUCK_AFTER = timedelta(minutes=10)
+TEST_KEY_NAME = "console-test-call"
+MAX_PROMPT_CHARS = 20000
+
+
+def gateway_url() -> str:
+    return (settings.GATEWAY_INTERNAL_URL or settings.PUBLIC_BASE_URL).rstrip("/") + "/v1/chat/completions"
+
+
+def test_call_create(*, deployment: Deployment, workspace: Workspace, actor: Actor, prompt: str, system_prompt: str = "",
+                     temperature: Decimal | None = None, max_tokens: int | None = None, stream: bool = True) -> TestCall:
+    from deployments.tasks import run_test_call
+
+    if not prompt.strip():
+        raise ValidationError({"prompt": "Write a prompt."})
+    if len(prompt) > MAX_PROMPT_CHARS or len(system_prompt) > MAX_PROMPT_CHARS:
+        raise ValidationError({"prompt": f"Keep prompts under {MAX_PROMPT_CHARS} characters."})
+    with transaction.atomic():
+        call = TestCall.objects.create(
+            deployment=deployment, workspace=workspace, created_by=actor.user if getattr(actor.user, "pk", None) else None, system_prompt=system_prompt, prompt=prompt,
+            temperature=temperature, max_tokens=max_tokens, stream=stream,
+        )
+        audit_record(workspace=workspace, actor=actor, action="deployment.test_call", target=deployment,
+                     details={"test_call": str(call.public_id), "stream": stream})
+        transaction.on_commit(lambda: run_test_call.delay(call.id))
+    return call
+
+
+def test_call_claim(test_call_id: int) -> bool:
+    """queued → running, exactly once however often the task is delivered."""
+    updated = TestCall.objects.filter(id=test_call_id, status=TestCallStatus.QUEUED).update(
+        status=TestCallStatus.RUNNING, started_at=timezone.now())
+    return updated == 1
+
+
+def test_key_for(workspace: Workspace) -> ApiKey:
+    """The workspace's hidden test-call key (all models), created on first use."""
+    key = ApiKey.objects.filter(workspace=workspace, kind=ApiKeyKind.TEST_CALL, revoked_at__isnull=True).first()
+    if key is None:
+        key = ApiKey.objects.create(workspace=workspace, kind=ApiKeyKind.TEST_CALL, name=TEST_KEY_NAME, all_models=True,
+                                    hint="hidden", created_by_label="console test calls")
+    return key
+
+
+def mint_secret(api_key: ApiKey) -> tuple[str, ApiKeySecret]:
+    plaintext = tokens.generate()
+    secret = ApiKeySecret.objects.create(api_key=api_key, digest=tokens.digest(plaintext, settings.API_KEY_PEPPER),
+                                         hint=tokens.display_hint(plaintext), valid_until=timezone.now() + SECRET_LIFETIME)
+    return plaintext, secret
+
+
+def _save(call: TestCall, *fields: str) -> None:
+    call.save(update_fields=list(fields))
+
+
+def _fail(call: TestCall, error: str) -> None:
+    call.status, call.error, call.finished_at = TestCallStatus.FAILED, error[:2000], timezone.now()
+    _save(call, "status", "error", "finished_at", "output_text", "request_id", "ttft_ms")
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = json.loads(response.read() or b"{}")
+        message = (body.get("error") or {}).get("message") or ""
+    except (ValueError, AttributeError):
+        message = ""
+    return f"The gateway answered HTTP {response.status_code}" + (f": {message}" if message else ".")
+
+
+@dataclass
+class _Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def _body(call: TestCall) -> dict:
+    messages = ([{"role": "system", "content": call.system_prompt}] if call.system_prompt else []) + [
+        {"role": "user", "content": call.prompt}]
+    body: dict = {"model": call.deployment.model_id, "messages": messages, "stream": call.stream}
+    if call.temperature is not None:
+        body["temperature"] = float(call.temperature)
+    if call.max_tokens is not None:
+        body["max_tokens"] = call.max_tokens
+    if call.stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _read_stream(call: TestCall, response: httpx.Response, started: float, usage: _Usage) -> float | None:
+    first: float | None = None
+    last_save = 0.0
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        chunk = json.loads(data)
+        if chunk.get("error"):
+            raise RuntimeError((chunk["error"] or {}).get("message") or "The stream ended with an error.")
+        if chunk.get("usage"):
+            usage.prompt_tokens = chunk["usage"].get("prompt_tokens")
+            usage.completion_tokens = chunk["usage"].get("completion_tokens")
+        for choice in chunk.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content") or ""
+            if not text:
+                continue
+            now = time.monotonic()
+            if first is None:
+                first = now
+                call.ttft_ms = int((now - started) * 1000)
+                call.status = TestCallStatus.STREAMING
+                _save(call, "status", "ttft_ms")
+            call.output_text += text
+            if now - last_save >= SAVE_EVERY_SECONDS:
+                _save(call, "output_text")
+                last_save = now
+    return first
+
+
+def _cost(call: TestCall) -> tuple[Decimal | None, str]:
+    from usage.models import UsageEvent
+
+    event = UsageEvent.objects.filter(request_id=call.request_id).first() if call.request_id else None
+    if event is not None:
+        return event.cost, event.currency
+    price = price_in_force(call.deployment, call.started_at or timezone.now())
+    if price is None or call.prompt_tokens is None:
+        return None, ""
+    cost = (Decimal(call.prompt_tokens) * price.input_per_million + Decimal(call.completion_tokens or 0)
+            * price.output_per_million) / Decimal(1_000_000)
+    return cost, price.currency
+
+
+def test_call_run(test_call_id: int, *, timeout: float = 120) -> TestCall | None:
+    if not test_call_claim(test_call_id):
+        return None
+    call = TestCall.objects.select_related("deployment", "workspace").get(id=test_call_id)
+    plaintext, secret = mint_secret(test_key_for(call.workspace))
+    started = time.monotonic()
+    usage = _Usage()
+    try:
+        with httpx.Client(timeout=httpx.Timeout(timeout, connect=10)) as client, client.stream(
+            "POST", gateway_url(), json=_body(call), headers={"authorization": f"Bearer {plaintext}"}
+        ) as response:
+            call.request_id = response.headers.get("x-request-id", "")[:64]
+            if response.status_code >= 400:
+                _fail(call, _error_message(response))
+                return call
+            if call.stream:
+                _read_stream(call, response, started, usage)
+            else:
+                body = json.loads(response.read())
+                call.ttft_ms = int((time.monotonic() - started) * 1000)
+                call.output_text = "".join((c.get("message") or {}).get("content") or "" for c in body.get("choices") or [])
+                usage.prompt_tokens = (body.get("usage") or {}).get("prompt_tokens")
+                usage.completion_tokens = (body.get("usage") or {}).get("completion_tokens")
+    except httpx.ConnectError:
+        _fail(call, f"Could not connect to the gateway at {gateway_url()}.")
+        return call
+    except httpx.TimeoutException:
+        _fail(call, f"The gateway did not answer within {timeout:.0f} s.")
+        return call
+    except (httpx.HTTPError, ValueError, RuntimeError) as exc:
+        _fail(call, f"The call failed: {exc}")
+        return call
+    finally:
+        del plaintext
+        ApiKeySecret.objects.filter(id=secret.id).delete()
+    call.latency_ms = int((time.monotonic() - started) * 1000)
+    call.prompt_tokens, call.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+    call.cost, call.currency = _cost(call)
+    call.status, call.finished_at = TestCallStatus.DONE, timezone.now()
+    _save(call, "status", "finished_at", "output_text", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
+          "cost", "currency", "request_id")
+    return call
+
+
+def test_calls_sweep(*, older_than: timedelta = STUCK_AFTER) -> int:
+    """Fail test calls whose worker died: running/streaming for longer than `older_than`."""
+    cutoff = timezone.now() - older_than
+    return TestCall.objects.filter(status__in=TEST_CALL_ACTIVE[1:], started_at__lt=cutoff).update(
+        status=TestCallStatus.FAILED, finished_at=timezone.now(),
+        error="The worker stopped before this test call finished. Run it again.")
+
+
+def recent_test_calls(deployment: Deployment, workspace: Workspace, limit: int = 10) -> list[TestCall]:
+    return list(TestCall.objects.filter(deployment=deployment, workspace=workspace).select_related("created_by")[:limit])
