@@ -238,9 +238,8 @@ def test_tabs_work_as_links_and_as_htmx_fragments(world, deployment, client_for,
     assert "HX-Request" in fragment["Vary"]
 
 
-def test_test_call_and_usage_tabs_say_honestly_what_is_missing(world, deployment, client_for):
+def test_usage_tab_says_honestly_what_is_missing(world, deployment, client_for):
     client = client_for(world.viewer)
-    assert b"Test calls come with the worker" in client.get(url("deployment_detail", deployment=deployment), {"tab": "test"}).content
     assert b"Usage charts come with the dashboards" in client.get(url("deployment_detail", deployment=deployment), {"tab": "usage"}).content
 
 
