@@ -82,4 +82,4 @@ class TestCallForm(forms.Form):
     temperature = forms.DecimalField(required=False, min_value=Decimal("0"), max_value=Decimal("2"), max_digits=3,
                                      decimal_places=2, help_text="0–2; empty uses the model's default.")
     max_tokens = forms.IntegerField(required=False, min_value=1, max_value=32000, help_text="Empty uses the model's default.")
-    stream = forms.BooleanField(required=False, initial=True, help_text="Show the answer as it is generated.")
+    stream = forms.BooleanField(required=False, initial=True, label="Stream the answer", help_text="Show the answer as it is generated.")

@@ -25,6 +25,7 @@ from console.models import Workspace
 from deployments.models import TEST_CALL_ACTIVE, Deployment, TestCall, TestCallStatus
 from deployments.selectors import price_in_force
 from keys import tokens
+from keys.changes import key_changed
 from keys.models import ApiKey, ApiKeyKind, ApiKeySecret
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,7 @@ def test_call_run(test_call_id: int, *, timeout: float = 120) -> TestCall | None
     finally:
         del plaintext
         ApiKeySecret.objects.filter(id=secret.id).delete()
+        key_changed(secret.api_key_id)  # gateways drop the cached secret now, not when it expires
     call.latency_ms = int((time.monotonic() - started) * 1000)
     call.prompt_tokens, call.completion_tokens = usage.prompt_tokens, usage.completion_tokens
     call.cost, call.currency = _cost(call)

@@ -1,0 +1,34 @@
+"""The Test call tab in a real browser: Run, watch it stream through htmx polling, see the result."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployments.models import TestCall, TestCallStatus
+from tests.conftest import World
+from tests.factories import make_deployment
+from tests.gateway_support import UPSTREAM_KEY
+from tests.test_deployments_test_calls import ANSWER, QUESTION, demo, gateway, gateways, worker_routed  # noqa: F401
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def test_developer_runs_a_test_call_and_sees_it_finish(page, sign_in, screenshot, demo, worker_routed):  # noqa: F811
+    world = World()
+    deployment = make_deployment(world.org, base_url=demo.url + "/v1", upstream_api_key=UPSTREAM_KEY, upstream_model="gatehouse-demo")
+
+    sign_in("dev")
+    page.goto(f"/w/acme/deployments/{deployment.public_id}/?tab=test")
+    page.fill("#id_system_prompt", "Answer briefly.")
+    page.fill("#id_prompt", QUESTION)
+    page.fill("#id_max_tokens", "64")
+    page.click("[data-testid=test-call-run]")
+    result = page.locator("[data-testid=test-call-result][data-status=done]")
+    result.wait_for(timeout=60_000)
+    assert page.locator("[data-testid=test-call-output]").inner_text() == ANSWER
+    assert "Time to first token" in page.locator("[data-testid=test-call-facts]").inner_text()
+    assert TestCall.objects.get().status == TestCallStatus.DONE
+    screenshot(page, "done")
+    page.reload()
+    assert page.locator("[data-testid=test-call-history] tbody tr").count() == 1
+    screenshot(page, "history")
