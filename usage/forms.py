@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+
+from django import forms
+
+MAX_RANGE_DAYS = 366
+
+
+class UsageFilterForm(forms.Form):
+    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    workspace = forms.ChoiceField(required=False, label="Sub-workspace")
+    key = forms.ChoiceField(required=False)
+    deployment = forms.ChoiceField(required=False)
+
+    def __init__(self, data, *, today: date, workspaces, keys, deployments):
+        super().__init__(data)
+        self.today = today
+        self.fields["workspace"].choices = [("", "All workspaces")] + [(w.slug, w.name) for w in workspaces]
+        self.fields["key"].choices = [("", "All keys")] + [(str(k.public_id), k.name) for k in keys]
+        self.fields["deployment"].choices = [("", "All deployments")] + [(str(d.public_id), d.name) for d in deployments]
+
+    def clean(self):
+        data = super().clean()
+        end = data.get("end") or self.today
+        start = data.get("start") or (end - timedelta(days=29))
+        if start > end:
+            raise forms.ValidationError("The start date must be on or before the end date.")
+        if (end - start).days + 1 > MAX_RANGE_DAYS:
+            raise forms.ValidationError(f"Pick a range of at most {MAX_RANGE_DAYS} days.")
+        data["start"], data["end"] = start, end
+        return data
+
+
+class MonthForm(forms.Form):
+    month = forms.CharField(required=False, max_length=7)
+
+    def clean_month(self) -> date | None:
+        value = self.cleaned_data["month"]
+        if not value:
+            return None
+        if not re.fullmatch(r"\d{4}-\d{2}", value) or not 1 <= int(value[5:]) <= 12 or int(value[:4]) < 2000:
+            raise forms.ValidationError("Pick a month as YYYY-MM.")
+        return date(int(value[:4]), int(value[5:]), 1)
