@@ -15,6 +15,7 @@ only, written in as a literal (the Secrets page hands over a freshly created key
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -93,23 +94,32 @@ def _utf16_units(ch: str) -> list[int]:
     return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
 
-def java_str(value: str) -> str:
-    # javac turns \\uXXXX into characters before it reads string syntax, so \\u0022 would end the
-    # string: quotes and controls use ordinary and octal escapes; \\u only for non-ASCII.
+def _c_style_str(value: str, named: dict[str, str], escape: Callable[[str, int], str | None]) -> str:
+    """A double-quoted literal for C-family languages: `named` escapes first, then `escape(ch, code)`
+    for anything else that needs one (None keeps the character as it is)."""
     out = []
     for ch in value:
         code = ord(ch)
-        if ch in "\\\"":
-            out.append("\\" + ch)
-        elif ch in "\n\r\t\b\f":
-            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}[ch])
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\{code:03o}")
-        elif code > 0x7E:
-            out.extend(f"\\u{unit:04x}" for unit in _utf16_units(ch))
-        else:
-            out.append(ch)
+        out.append(named.get(ch) or escape(ch, code) or ch)
     return '"' + "".join(out) + '"'
+
+
+_C_NAMED = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _utf16_escapes(ch: str) -> str:
+    return "".join(f"\\u{unit:04x}" for unit in _utf16_units(ch))
+
+
+def java_str(value: str) -> str:
+    # javac turns \\uXXXX into characters before it reads string syntax, so \\u0022 would end the
+    # string: quotes and controls use ordinary and octal escapes; \\u only for non-ASCII.
+    def escape(ch: str, code: int) -> str | None:
+        if code < 0x20 or code == 0x7F:
+            return f"\\{code:03o}"
+        return _utf16_escapes(ch) if code > 0x7E else None
+
+    return _c_style_str(value, {**_C_NAMED, "\b": "\\b", "\f": "\\f"}, escape)
 
 
 def java_text_block(text: str, indent: int) -> str:
@@ -120,35 +130,19 @@ def java_text_block(text: str, indent: int) -> str:
 
 
 def go_str(value: str) -> str:
-    out = []
-    for ch in value:
-        code = ord(ch)
-        if ch in "\\\"":
-            out.append("\\" + ch)
-        elif ch in "\n\r\t":
-            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch])
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        elif not ch.isprintable():
-            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+    def escape(ch: str, code: int) -> str | None:
+        if code < 0x20 or code == 0x7F:
+            return f"\\x{code:02x}"
+        if not ch.isprintable():
+            return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+        return None
+
+    return _c_style_str(value, _C_NAMED, escape)
 
 
 def cs_str(value: str) -> str:
-    out = []
-    for ch in value:
-        code = ord(ch)
-        if ch in "\\\"":
-            out.append("\\" + ch)
-        elif ch in "\n\r\t\0":
-            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}[ch])
-        elif code < 0x20 or code > 0x7E:
-            out.extend(f"\\u{unit:04x}" for unit in _utf16_units(ch))
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+    return _c_style_str(value, {**_C_NAMED, "\0": "\\0"},
+                        lambda ch, code: _utf16_escapes(ch) if code < 0x20 or code > 0x7E else None)
 
 
 def cs_verbatim(text: str) -> str:

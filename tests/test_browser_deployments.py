@@ -1,15 +1,24 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from console.audit import Actor
 from deployments.examples import EXAMPLES_BY_ID, render_example, target_for
 from deployments.services import deployment_create
 from keys import tokens
+from tests import gateway_support
 from tests.conftest import World
+from tests.factories import make_deployment, make_key
+from tests.gateway_support import UPSTREAM_KEY
+from usage.models import UsageEvent
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
+demo, gateways, gateway = gateway_support.demo, gateway_support.gateways, gateway_support.gateway  # live-process fixtures
 MODEL_ID = '@acme/Qwen "3" \\ 0.6B'
 
 
@@ -89,3 +98,28 @@ def test_a_fresh_key_posted_from_secrets_appears_in_the_examples_once(page, sign
     page.reload()  # a plain GET: the key is gone
     page.wait_for_selector("[data-testid=tab-examples]")
     assert key not in page.content()
+
+
+def test_the_copied_python_example_pasted_into_a_file_gets_a_completion(page, sign_in, screenshot, live_server, demo, gateway,
+                                                                        settings, tmp_path):
+    """The issue's story end to end: copy in Chromium, paste into a file, set GATEHOUSE_API_KEY, run it."""
+    world = World()
+    deployment = make_deployment(world.org, base_url=demo.url + "/v1", upstream_api_key=UPSTREAM_KEY, upstream_model="gatehouse-demo")
+    key, plaintext = make_key(world.org, deployments=[deployment])
+    settings.PUBLIC_BASE_URL = gateway.url  # what the examples print as the base URL: the live gateway
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    sign_in("dev")
+    page.goto(f"/w/{world.org.slug}/deployments/{deployment.public_id}/?tab=examples")
+    page.click("[role=tab][data-lang=python]")
+    page.click("[data-testid=copy-python]")
+    page.wait_for_selector("[data-testid=copy-python]:has-text('Copied')")
+    pasted = tmp_path / "chat.py"
+    pasted.write_text(page.evaluate("navigator.clipboard.readText()"))
+    screenshot(page, "copied")
+
+    result = subprocess.run([sys.executable, str(pasted)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "GATEHOUSE_API_KEY": plaintext})
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Hello! I am the Gatehouse demo model." in result.stdout
+    assert UsageEvent.objects.filter(api_key=key, deployment=deployment, status_code=200).count() == 1

@@ -3,8 +3,8 @@ toolchain, and (where the runtime needs no third-party package) runs against a r
 OpenAI-compatible server that checks what was actually sent.
 
 Toolchains come from Debian's packages (scripts/test-prereqs.sh installs them). A missing one
-skips its test with the reason. Running the Node.js and LangChain examples needs `openai` from npm
-and `langchain-openai` from PyPI: that is done against the live gateway (a later step).
+skips its test with the reason. The Node.js and LangChain examples need `openai` from npm and
+`langchain-openai` from PyPI: they run against the live gateway in tests/test_gateway_examples.py.
 """
 
 from __future__ import annotations
