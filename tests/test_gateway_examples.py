@@ -18,7 +18,8 @@ from usage.models import UsageEvent
 pytestmark = pytest.mark.django_db(transaction=True)
 demo, gateways, gateway = gateway_support.demo, gateway_support.gateways, gateway_support.gateway  # live-process fixtures
 
-RUNNERS = {"python": [sys.executable], "shell": ["sh"], "javascript": ["node"], "java": ["java"], "go": ["go", "run"], "php": ["php"]}
+RUNNERS = {"python": [sys.executable], "shell": ["sh"], "javascript": ["node"], "java": ["java"], "go": ["go", "run"], "php": ["php"],
+           "csharp": ["mono", "chat.exe"]}  # C#: .NET is not in Debian's packages; Mono runs the same source
 NODE_OPENAI = "openai@7.57.0"  # the `npm install openai` the Node.js example asks for, pinned
 NODE_CACHE = Path(__file__).resolve().parent.parent / "var" / "test" / "node-openai"
 EXPECTED = {  # what each example prints from the demo model's deterministic answers
@@ -34,6 +35,7 @@ EXPECTED = {  # what each example prints from the demo model's deterministic ans
     "java": '"content":"Hello! I am the Gatehouse demo model.',
     "go": "Hello! I am the Gatehouse demo model.",
     "php": "Hello! I am the Gatehouse demo model.",
+    "csharp": '"content":"Hello! I am the Gatehouse demo model.',
 }
 # LangChain runs with langchain-openai from requirements-dev.txt (pinned to the newest release whose
 # langchain-core this machine's package index can resolve; see the pin's comment there).
@@ -62,6 +64,8 @@ def test_code_example_runs_against_the_gateway(world, demo, gateway, tmp_path, e
     path.write_text(render_example(example, target))
     if example.language == "javascript":
         (tmp_path / "node_modules").symlink_to(request.getfixturevalue("node_modules"))
+    if example.language == "csharp":
+        subprocess.run(["mcs", "-r:System.Net.Http", "-out:chat.exe", str(path)], cwd=tmp_path, check=True, timeout=120)
 
     result = subprocess.run(
         [*RUNNERS[example.language], str(path)],
