@@ -27,6 +27,7 @@ export DEMO_MODEL_PORT
 
 python manage.py migrate --no-input -v 0
 python manage.py seed_demo
+python manage.py seed_demo_usage  # a month of demo traffic, once, so the dashboards have something to show
 echo
 echo "  Gatehouse console: ${PUBLIC_BASE_URL}/"
 echo "  Database: ${DATABASE_URL:-SQLite at var/gatehouse.sqlite3}   Broker: ${CELERY_BROKER_URL:-${REDIS_URL:-filesystem (var/broker)}}"

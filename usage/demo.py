@@ -1,0 +1,125 @@
+"""Demo traffic for the embedded default (`make run`): a month of plausible usage so the dashboards,
+bills and key limits have something to show on first start.
+
+The events are written exactly as the gateway writes them (price in force copied, cost stamped)
+by two clearly named demo keys, then rolled up by the real rollup code. Nothing here runs outside
+`seed_demo_usage`, and it only ever seeds a database that has no usage yet.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.db import transaction
+from django.utils import timezone
+
+from console.audit import Actor
+from console.models import Workspace
+from deployments.models import Deployment, DeploymentPrice, ModelGrant
+from deployments.services import model_grant_add
+from keys.models import ApiKey
+from keys.services import api_key_create
+from usage.models import UsageEvent
+from usage.services import usage_backfill
+
+NANO = Decimal("0.000000001")
+MILLION = Decimal(1_000_000)
+
+
+@dataclass(frozen=True)
+class DemoTraffic:
+    events: int
+    keys: list[str]
+
+
+def _demo_key(workspace: Workspace, actor: Actor, name: str, deployment: Deployment, **limits) -> ApiKey:
+    existing = ApiKey.objects.filter(workspace=workspace, name=name).first()
+    if existing is not None:
+        return existing
+    # The plaintext is dropped on purpose: these keys only label demo traffic. Rotate one in
+    # Secrets to call the gateway with it.
+    api_key, _ = api_key_create(workspace=workspace, actor=actor, name=name, deployments=[deployment],
+                                description="Labels the demo traffic seeded by `make run`.", **limits)
+    return api_key
+
+
+def _backdate_prices(deployment: Deployment, *, since: datetime, change_at: datetime) -> list[DeploymentPrice]:
+    """Price versions covering the demo month: 20 % cheaper until `change_at`, then the current
+    price. Written directly, not through deployment_price_set (which refuses a past effective date
+    because it would reprice past usage): there is no usage yet, so nothing is repriced."""
+    current = deployment.prices.order_by("-effective_from").first()
+    if current is None or deployment.prices.filter(effective_from__lte=since).exists():
+        return list(deployment.prices.order_by("effective_from"))
+    discount = Decimal("0.8")
+    DeploymentPrice.objects.create(deployment=deployment, effective_from=since, currency=current.currency,
+                                   input_per_million=current.input_per_million * discount,
+                                   output_per_million=current.output_per_million * discount)
+    DeploymentPrice.objects.create(deployment=deployment, effective_from=change_at, currency=current.currency,
+                                   input_per_million=current.input_per_million, output_per_million=current.output_per_million)
+    return list(deployment.prices.order_by("effective_from"))
+
+
+def _price_at(prices: list[DeploymentPrice], at: datetime) -> DeploymentPrice | None:
+    in_force = [p for p in prices if p.effective_from <= at]
+    return in_force[-1] if in_force else None
+
+
+def _events_for_day(rng: random.Random, *, workspace: Workspace, key: ApiKey, deployment: Deployment, prices: list[DeploymentPrice],
+                    day_start: datetime, day_end: datetime, volume: int) -> list[UsageEvent]:
+    events = []
+    span = max((day_end - day_start).total_seconds(), 1)
+    for _ in range(volume):
+        at = day_start + timedelta(seconds=rng.uniform(0, span))
+        price = _price_at(prices, at)
+        input_price = price.input_per_million if price else Decimal(0)
+        output_price = price.output_per_million if price else Decimal(0)
+        failed = rng.random() < 0.03
+        prompt = 0 if failed else int(rng.lognormvariate(6.2, 0.7))
+        completion = 0 if failed else int(rng.lognormvariate(5.0, 0.8))
+        streamed = rng.random() < 0.4
+        events.append(UsageEvent(
+            request_id=f"demo-{uuid.uuid4().hex}", created_at=at, workspace=workspace, api_key=key, deployment=deployment,
+            model=deployment.model_id, prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+            status_code=rng.choice((429, 502)) if failed else 200, error_code="rate_limit_exceeded" if failed else "",
+            streamed=streamed, latency_ms=int(rng.lognormvariate(5.8, 0.5)), ttft_ms=int(rng.lognormvariate(4.5, 0.4)) if streamed else None,
+            input_price_per_million=input_price, output_price_per_million=output_price, currency=price.currency if price else "USD",
+            cost=((prompt * input_price + completion * output_price) / MILLION).quantize(NANO),
+        ))
+    return events
+
+
+def demo_traffic_seed(*, deployment: Deployment, days: int = 30, now: datetime | None = None, seed: int = 7) -> DemoTraffic:
+    """Seed `days` days of demo traffic on `deployment` from its default workspace and first
+    sub-workspace. Does nothing (0 events) once any usage exists, so restarts never pile it up."""
+    if UsageEvent.objects.exists():
+        return DemoTraffic(events=0, keys=[])
+    now = now or timezone.now()
+    rng = random.Random(seed)
+    actor = Actor.system("manage.py seed_demo_usage")
+    org = deployment.workspace
+    sub = Workspace.objects.filter(parent=org).order_by("name").first()
+    with transaction.atomic():
+        prices = _backdate_prices(deployment, since=now - timedelta(days=days + 1), change_at=now - timedelta(days=12))
+        keys = [(org, _demo_key(org, actor, "web-app.demo", deployment, tpm_limit=60_000, yearly_token_limit=50_000_000), 90)]
+        if sub is not None:
+            if not ModelGrant.objects.filter(deployment=deployment, workspace=sub).exists():
+                model_grant_add(deployment=deployment, workspace=sub, actor=actor)
+            keys.append((sub, _demo_key(sub, actor, "notebooks.demo", deployment, tpm_limit=20_000), 35))
+        events: list[UsageEvent] = []
+        for workspace, key, daily in keys:
+            today = now.astimezone(workspace.tz).replace(hour=0, minute=0, second=0, microsecond=0)
+            for back in range(days - 1, -1, -1):
+                day_start = today - timedelta(days=back)
+                weekday_factor = 0.35 if day_start.weekday() >= 5 else 1.0
+                volume = max(1, int(rng.gauss(daily, daily * 0.2) * weekday_factor))
+                day_end = min(day_start + timedelta(days=1), now)
+                events += _events_for_day(rng, workspace=workspace, key=key, deployment=deployment, prices=prices,
+                                          day_start=day_start,
+                                          day_end=day_end, volume=volume)
+        UsageEvent.objects.bulk_create(events, batch_size=1000)
+    usage_backfill(since=(now - timedelta(days=days + 1)).date(), now=now)
+    return DemoTraffic(events=len(events), keys=[key.name for _, key, _ in keys])
