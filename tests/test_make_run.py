@@ -53,6 +53,24 @@ def test_run_script_starts_web_worker_and_beat_on_embedded_default(tmp_path):
             page = client.post("/accounts/login/", data={"username": "admin", "password": password, "csrfmiddlewaretoken": token})
             assert page.status_code == 200
             assert "<h1>Acme</h1>" in page.text and "Research" in page.text
+            # The seeded month of demo traffic is on the dashboard.
+            assert "web-app.demo" in client.get("/w/acme/usage/").text
+
+            # A test call from the console: web → filesystem broker → worker → gateway → demo model.
+            listing = client.get("/w/acme/deployments/").text
+            detail = re.search(r'href="(/w/acme/deployments/[0-9a-f-]{36}/)"', listing).group(1)
+            tab = client.get(detail + "?tab=test").text
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', tab).group(1)
+            started = client.post(detail + "test-calls/", data={"csrfmiddlewaretoken": token, "prompt": "Hello?", "stream": "on"})
+            poll = re.search(r'hx-get="([^"]+)"', started.text).group(1)
+            result = started.text
+            for _ in range(120):
+                if 'data-status="done"' in result or 'data-status="failed"' in result:
+                    break
+                time.sleep(0.5)
+                result = client.get(poll).text
+            assert 'data-status="done"' in result, result
+            assert "Gatehouse demo model" in result
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C stops everything
