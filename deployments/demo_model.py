@@ -94,6 +94,17 @@ def tool_arguments(schema: object) -> dict:
     return {name: values.get(spec.get("type") if isinstance(spec, dict) else None, "Paris") for name, spec in props.items()}
 
 
+async def client_left_within(receive, seconds: float) -> bool:
+    """Wait `seconds`, or less if the client disconnects (the request body is already read)."""
+    try:
+        async with asyncio.timeout(seconds):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+    except TimeoutError:
+        return False
+    return True
+
+
 class DemoModel:
     def __init__(self, *, api_key: str | None = None, latency_ms: int = 0, chunk_delay_ms: int = 0):
         self.api_key = api_key
@@ -137,8 +148,9 @@ class DemoModel:
         stats["requests"] += 1
         model = str(request.get("model") or SERVED_MODELS[0])
         options = parse_options(model, request.get("metadata"), self.defaults)
-        if options.get("latency_ms"):
-            await asyncio.sleep(options["latency_ms"] / 1000)
+        if options.get("latency_ms") and await client_left_within(receive, options["latency_ms"] / 1000):
+            stats["cancelled"] += 1  # the caller (the gateway) hung up while we were "thinking"
+            return
         if options.get("hang"):
             await asyncio.sleep(3600)
         if options.get("fail"):

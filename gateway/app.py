@@ -330,7 +330,7 @@ class Gateway:
             if stream:
                 await self.proxy_stream(receive, exchange, entry, route, payload, reservation, wants_usage)
             else:
-                await self.proxy_once(exchange, entry, route, payload, reservation)
+                await self.proxy_once(receive, exchange, entry, route, payload, reservation)
         finally:
             if reservation is not None and not reservation.settled:
                 # Anything that escaped metering (a bug, a cancellation): never keep tokens reserved.
@@ -444,11 +444,24 @@ class Gateway:
         )
         raise error
 
-    async def proxy_once(self, exchange: Exchange, entry: KeyEntry, route: Route, payload: dict, reservation) -> None:
+    async def fetch_once(self, route: Route, headers, body: bytes):
+        response = await self.http.open(route.chat_url, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0))
+        try:
+            return response, await response.read()
+        finally:
+            await response.aclose()  # back to the pool only when read to the end; closed otherwise
+
+    async def proxy_once(self, receive, exchange: Exchange, entry: KeyEntry, route: Route, payload: dict, reservation) -> None:
         headers, body = upstream_call(route, payload, stream=False)
         try:
-            response = await self.http.open(route.chat_url, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0))
-            body = await response.read()
+            response, body = await _unless_client_leaves(receive, self.fetch_once(route, headers, body))
+        except ClientGone:
+            # The caller hung up while the model was still working: stop the upstream call (its
+            # connection is closed, so a well-behaved server stops generating) and meter it.
+            exchange.status = 499
+            await self.meter(exchange, entry, route, reservation, prompt=estimate_prompt_tokens(payload["messages"]), completion=0,
+                             status=499, error_code="client_disconnected", estimated=True, aborted=True)
+            raise
         except Exception as exc:
             return await self.upstream_failed(exchange, entry, route, reservation, transport_error(exc))
         if response.status != 200:
@@ -607,6 +620,33 @@ class Gateway:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+async def _unless_client_leaves(receive, work):
+    """Await `work`, but raise ClientGone (cancelling it) if the client disconnects first.
+
+    The request body has been read, so the next ASGI message can only be http.disconnect. One
+    watcher task and a done-callback: cheaper than asyncio.wait over two tasks on the hot path."""
+    task = asyncio.current_task()
+    gone = False
+
+    def on_message(watcher: asyncio.Future) -> None:
+        nonlocal gone
+        if not watcher.cancelled() and watcher.exception() is None and watcher.result()["type"] == "http.disconnect":
+            gone = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(receive())
+    watcher.add_done_callback(on_message)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            raise ClientGone from None
+        raise
+    finally:
+        watcher.remove_done_callback(on_message)
+        watcher.cancel()
+
+
 def _require(method: str, expected: str) -> None:
     if method != expected:
         raise GatewayError(405, f"Use {expected} for this endpoint.", code="method_not_allowed")

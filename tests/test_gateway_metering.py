@@ -98,6 +98,24 @@ def test_client_disconnect_mid_stream_cancels_upstream_and_writes_one_flagged_ev
     assert wait_for(lambda: reserved(key) == (event.total_tokens, event.total_tokens))  # settled to what was counted
 
 
+def test_client_disconnect_while_waiting_for_a_non_streamed_answer_cancels_upstream(world, demo, gateway):
+    deployment = deployment_for(world, demo, "gatehouse-demo+latency_ms=3000")
+    key, plaintext = limited_key(world)
+    cancelled_before = demo_stats(demo).get("cancelled", 0)
+
+    with httpx.Client(timeout=0.5) as client, pytest.raises(httpx.ReadTimeout):  # the caller gives up after 0.5 s
+        client.post(gateway.url + "/v1/chat/completions", json=chat_body(deployment.model_id, "hi"),
+                    headers={"authorization": f"Bearer {plaintext}"})
+
+    # The upstream call is stopped (the demo counts it cancelled only if it went before its 3 s answer).
+    assert wait_for(lambda: demo_stats(demo).get("cancelled", 0) == cancelled_before + 1)
+    event = wait_for(lambda: UsageEvent.objects.filter(api_key=key).first())
+    assert (event.status_code, event.error_code, event.aborted, event.estimated) == (499, "client_disconnected", True, True)
+    assert event.prompt_tokens > 0 and event.completion_tokens == 0
+    assert wait_for(lambda: reserved(key) == (event.total_tokens, event.total_tokens))
+    assert UsageEvent.objects.filter(api_key=key).count() == 1
+
+
 def test_upstream_dying_mid_stream_is_metered_as_estimated_and_reported_to_the_client(world, demo, gateway):
     deployment = deployment_for(world, demo, "gatehouse-demo+stop_after=6")
     key, plaintext = limited_key(world)
