@@ -135,7 +135,7 @@ def budget_set(*, workspace: Workspace, amount: Decimal, currency: str, block_re
     """Create or change a workspace's monthly budget. Its spend is re-read at once, so raising the
     amount or unticking "block" unblocks the gateway now, not after the next rollup pass."""
     now = now or timezone.now()
-    values = {"amount": amount, "currency": currency, "block_requests": block_requests}
+    values = {"amount": amount.quantize(Decimal("0.01")), "currency": currency, "block_requests": block_requests}
     with transaction.atomic():
         budget = Budget.objects.select_for_update().filter(workspace=workspace).first()
         if budget is None:
