@@ -284,7 +284,7 @@ def test_members_see_the_80_percent_banner_on_every_shell_page(world, client_for
 def test_blocking_banner_for_the_organisation_and_its_sub_workspaces_without_figures(world, client_for, spend, frozen):
     _budget(world.org, "10", block=True)
     spend(world.org, "12")
-    assert "monthly budget used up" in _banner(client_for(world.developer), "acme")
+    assert "Monthly budget used up" in _banner(client_for(world.developer), "acme")
     assert "refuses" in _banner(client_for(world.developer), "acme")
     sub_banner = _banner(client_for(world.sub_member), "acme-research")
     assert "Requests are blocked" in sub_banner and "Acme has used its monthly budget" in sub_banner

@@ -90,7 +90,7 @@ class BudgetStatus:
 
     @property
     def remaining_cents(self) -> Decimal:
-        return max(self.budget.amount - self.spent_cents, ZERO)
+        return max(self.budget.amount - self.spent_cents, ZERO).quantize(Decimal("0.01"))
 
     @property
     def resets_on(self) -> date:
