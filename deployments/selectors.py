@@ -60,3 +60,11 @@ def deployments_for_list(workspace: Workspace, *, now: datetime | None = None) -
 
 def sub_workspaces_for_grants(root: Workspace) -> list[Workspace]:
     return list(Workspace.objects.filter(parent=root).order_by("name"))
+
+
+def unhealthy_deployments(workspace: Workspace, limit: int = 10) -> list[Deployment]:
+    """Deployments this workspace may call that the health probe found unreachable or failed."""
+    from deployments.models import DeploymentStatus
+
+    return list(callable_deployments(workspace).filter(status__in=[DeploymentStatus.UNREACHABLE, DeploymentStatus.FAILED])
+                .order_by("name", "pk")[:limit])

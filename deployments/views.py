@@ -19,7 +19,13 @@ from deployments.access import access_deployment
 from deployments.examples import API_KEY_ENV, render_examples, target_for
 from deployments.forms import DeploymentCreateForm, DeploymentForm, GrantsForm, PriceForm, TestCallForm
 from deployments.models import Deployment, DeploymentPrice, ModelGrant, TestCall
-from deployments.selectors import callable_deployments, deployments_for_list, price_in_force, sub_workspaces_for_grants
+from deployments.selectors import (
+    callable_deployments,
+    deployments_for_list,
+    price_in_force,
+    sub_workspaces_for_grants,
+    unhealthy_deployments,
+)
 from deployments.services import (
     deployment_create,
     deployment_price_set,
@@ -287,3 +293,11 @@ def test_call_poll(request: HttpRequest, ws: str, deployment: str, call: str) ->
     if test_call.finished and request.htmx:
         response.status_code = HttpResponseStopPolling.status_code
     return response
+
+
+@login_required
+@require_GET
+def deployments_overview_panel(request: HttpRequest, ws: str) -> HttpResponse:
+    """The overview page's health panel (loaded with htmx): deployments unreachable or failed."""
+    access = access_workspace(request.user, ws)
+    return render(request, "deployments/overview_panel.html", {"access": access, "unhealthy": unhealthy_deployments(access.workspace)})

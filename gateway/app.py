@@ -318,6 +318,13 @@ class Gateway:
                 503, "The key or deployment changed while this request was admitted; retry.", code="key_changed", type="server_error"
             )
 
+        # Checked on the entry the admission confirmed current (its generation is bumped when a
+        # budget blocks or unblocks); a plain float compare, no query.
+        if entry.budget_blocked_until is not None and time.time() < entry.budget_blocked_until:
+            if decision.reservation is not None:
+                await self.limiter.settle(decision.reservation, 0)
+            metrics.REFUSALS.labels("budget").inc()
+            raise errors.budget_exhausted()
         if decision.outcome == TPM_REFUSED:
             metrics.REFUSALS.labels("tpm").inc()
             raise errors.tpm_exceeded(decision.retry_after, entry.tpm_limit or 0, oversized=estimate > (entry.tpm_limit or 0))

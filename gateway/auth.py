@@ -131,6 +131,9 @@ class KeyEntry:
     generation: int
     loaded_at: float
     refreshing: bool = False
+    # Epoch until which a used-up budget with "block requests" refuses this workspace's calls
+    # (usage.budgets.budget_blocked_until); the month's end, so a new month needs no reload.
+    budget_blocked_until: float | None = None
 
     def usable_at(self, now: float) -> bool:
         if self.revoked:
@@ -222,6 +225,9 @@ def load_key(digest: str) -> KeyEntry | None:
         return None
     key, valid_until = secret.api_key, secret.valid_until
     workspace = key.workspace
+    from usage.budgets import budget_blocked_until
+
+    blocked_until = budget_blocked_until(workspace)
 
     deployments = callable_deployments(workspace).select_related("router_provider", "byok_credential")
     if not key.all_models:
@@ -320,6 +326,7 @@ def load_key(digest: str) -> KeyEntry | None:
         byok_wildcards=byok_wildcards,
         generation=generation,
         loaded_at=time.monotonic(),
+        budget_blocked_until=_epoch(blocked_until),
     )
 
 

@@ -61,6 +61,15 @@ def quota_exceeded(limit: int) -> GatewayError:
     )
 
 
+def budget_exhausted() -> GatewayError:
+    return GatewayError(
+        429,
+        "This workspace has used its monthly budget; requests are refused until the budget is raised or the month ends.",
+        code="insufficient_quota",
+        type="insufficient_quota",
+    )
+
+
 def limiter_unavailable() -> GatewayError:
     return GatewayError(
         503,

@@ -37,3 +37,25 @@ def _publish(api_key_id: int) -> None:
     pipe.hincrby(GENERATION_KEY, str(api_key_id), 1)
     pipe.publish(CHANNEL, str(api_key_id))
     pipe.execute()
+
+
+def keys_changed(api_key_ids: list[int]) -> None:
+    """key_changed for many keys at once (e.g. every key of a workspace whose budget blocks or
+    unblocks): one pipeline after commit instead of one per key."""
+    ids = sorted(set(api_key_ids))
+    if ids:
+        transaction.on_commit(lambda: _publish_many(ids))
+
+
+def _publish_many(api_key_ids: list[int]) -> None:
+    for api_key_id in api_key_ids:
+        local_generations[api_key_id] += 1
+    if not settings.REDIS_URL:
+        return
+    from lib.redis import redis_client
+
+    pipe = redis_client().pipeline()
+    for api_key_id in api_key_ids:
+        pipe.hincrby(GENERATION_KEY, str(api_key_id), 1)
+        pipe.publish(CHANNEL, str(api_key_id))
+    pipe.execute()

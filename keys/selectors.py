@@ -158,3 +158,12 @@ def key_rows(workspace: Workspace, api_keys: list[ApiKey], now: dt.datetime) -> 
     for api_key in api_keys:
         api_key.workspace = workspace  # saves a query per row in scope_summary
     return [KeyRow(api_key=k, status=api_key_status(k, now), scope=scope_summary(k), used_this_year=used.get(k.id, 0)) for k in api_keys]
+
+
+OVERVIEW_EXPIRY_WINDOW = dt.timedelta(days=14)
+
+
+def keys_expiring_within(workspace: Workspace, now: dt.datetime, window: dt.timedelta = OVERVIEW_EXPIRY_WINDOW, limit: int = 10) -> list[ApiKey]:
+    """Live application keys of this workspace that expire within `window`, soonest first."""
+    return list(visible_api_keys(workspace).filter(revoked_at__isnull=True, expires_at__gt=now, expires_at__lte=now + window)
+                .order_by("expires_at", "pk")[:limit])

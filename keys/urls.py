@@ -4,6 +4,7 @@ from keys import views
 
 urlpatterns = [
     path("", views.secrets_page, name="secrets_page"),
+    path("overview-panel/", views.keys_overview_panel, name="keys_overview_panel"),
     path("new/", views.api_key_create, name="api_key_create"),
     path("new/validate/", views.api_key_validate, name="api_key_validate"),
     path("<uuid:key>/", views.api_key_detail, name="api_key_detail"),

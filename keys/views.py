@@ -323,3 +323,12 @@ def byok_delete(request: HttpRequest, ws: str, credential: str) -> HttpResponse:
     else:
         messages.success(request, f"Deleted the BYOK credential “{cred.name}”.")
     return redirect("byok_page", ws=ws)
+
+
+@login_required
+@require_GET
+def keys_overview_panel(request: HttpRequest, ws: str) -> HttpResponse:
+    """The overview page's keys panel (loaded with htmx): keys expiring within 14 days."""
+    access = access_workspace(request.user, ws)
+    keys = selectors.keys_expiring_within(access.workspace, timezone.now())
+    return render(request, "keys/overview_panel.html", {"access": access, "keys": keys, "days": selectors.OVERVIEW_EXPIRY_WINDOW.days})

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, timedelta
+from decimal import Decimal
 
 from django import forms
 
@@ -44,3 +45,20 @@ class MonthForm(forms.Form):
         if not re.fullmatch(r"\d{4}-\d{2}", value) or not 1 <= int(value[5:]) <= 12 or int(value[:4]) < 2000:
             raise forms.ValidationError("Pick a month as YYYY-MM.")
         return date(int(value[:4]), int(value[5:]), 1)
+
+
+class BudgetForm(forms.Form):
+    amount = forms.DecimalField(
+        label="Monthly budget", max_digits=14, decimal_places=2, min_value=Decimal("0.01"), max_value=Decimal("999999999999.99"),
+        widget=forms.NumberInput(attrs={"step": "0.01", "min": "0.01", "inputmode": "decimal"}),
+        error_messages={"min_value": "Enter an amount of at least 0.01.", "max_decimal_places": "Use at most 2 decimal places (cents)."},
+    )
+    currency = forms.ChoiceField(help_text="The currency of this workspace's prices; only spend in it counts.")
+    block_requests = forms.BooleanField(
+        required=False, label="Block requests at 100 %",
+        help_text="The gateway answers 429 insufficient_quota for this workspace's keys until the budget is raised or the month ends.",
+    )
+
+    def __init__(self, *args, currencies: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["currency"].choices = [(c, c) for c in currencies]

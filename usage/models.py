@@ -180,3 +180,52 @@ class UsageDrift(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} drift, workspace {self.workspace_id}, {self.day}"
+
+
+class Budget(models.Model):
+    """A monthly spending budget for one workspace, in the currency of its prices.
+
+    A default workspace's budget covers its whole organisation (its own usage plus every
+    sub-workspace's); a sub-workspace's covers its own usage only. Months are calendar months in
+    the workspace's time zone. `spent`/`spent_month`/`checked_at` are the worker's last reading
+    (usage.services.budgets_check after each rollup pass): the banner and the gateway read them,
+    so neither aggregates usage per request.
+    """
+
+    workspace = models.OneToOneField("console.Workspace", on_delete=models.CASCADE, related_name="budget")
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3, default="USD")
+    block_requests = models.BooleanField(default=False, help_text="Refuse gateway requests once 100 % is reached")
+    spent = models.DecimalField(max_digits=20, decimal_places=9, default=Decimal("0"))
+    spent_month = models.DateField(null=True, blank=True, help_text="First day of the month `spent` refers to")
+    checked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(amount__gt=0), name="budget_amount_positive")]
+
+    def __str__(self) -> str:
+        return f"{self.amount} {self.currency} a month"
+
+    def exhausted_in(self, month) -> bool:
+        return self.spent_month == month and self.spent >= self.amount
+
+
+class BudgetAlert(models.Model):
+    """One threshold (80 or 100 %) crossed in one month: the unique row makes the alert fire once."""
+
+    workspace = models.ForeignKey("console.Workspace", on_delete=models.CASCADE, related_name="+")
+    month = models.DateField()
+    threshold = models.PositiveSmallIntegerField()
+    spent = models.DecimalField(max_digits=20, decimal_places=9)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-month", "-threshold"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "month", "threshold"], name="budget_alert_once_a_month")]
+
+    def __str__(self) -> str:
+        return f"{self.threshold} % of the budget in {self.month:%Y-%m}"
