@@ -137,7 +137,10 @@ def deployment_health_check(*, deployment_id: int, now: datetime | None = None) 
 
 
 def deployment_probe_on_commit(*, deployment_id: int) -> None:
-    """For request code (create, start, upstream change): probe once the change is committed."""
-    from deployments.tasks import deployment_probe
+    """For request code (create, start, upstream change): probe once the change is committed.
 
-    transaction.on_commit(lambda: deployment_probe.delay(deployment_id))
+    Expires like the periodic probes: after a worker outage the next round checks it anyway.
+    """
+    from deployments.tasks import PROBE_EXPIRES_SECONDS, deployment_probe
+
+    transaction.on_commit(lambda: deployment_probe.apply_async(args=(deployment_id,), expires=PROBE_EXPIRES_SECONDS))

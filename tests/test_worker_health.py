@@ -148,13 +148,13 @@ def test_probe_all_enqueues_running_and_unreachable_endpoint_deployments_only(wo
 def test_probe_after_a_change_is_enqueued_on_commit(world, upstream, django_capture_on_commit_callbacks, monkeypatch):
     d = deployment(world, f"{upstream}/v1")
     sent = []
-    monkeypatch.setattr("deployments.tasks.deployment_probe.delay", lambda *args: sent.append(args))
+    monkeypatch.setattr("deployments.tasks.deployment_probe.apply_async", lambda args, **kw: sent.append((args, kw)))
 
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         health.deployment_probe_on_commit(deployment_id=d.id)
         assert sent == []
 
-    assert len(callbacks) == 1 and sent == [(d.id,)]
+    assert len(callbacks) == 1 and sent == [((d.id,), {"expires": 120})]
 
 
 def test_a_forbidden_upstream_address_is_not_contacted(world):
