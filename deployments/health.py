@@ -10,6 +10,7 @@ probed here.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -37,8 +38,24 @@ class ProbeResult:
     error: str = ""
 
 
+# What an upstream's error text may echo back and the console must not show: the key we sent
+# (exactly), other key-like tokens, Authorization values, and URL credentials or query strings.
+_SCRUBS = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;\"']+"), r"\1 [redacted]"),
+    (re.compile(r"(?i)\b((?:sk|pk|rk|gh[a-z]?|hf|xox[a-z]?)[-_])[A-Za-z0-9_\-]{8,}"), r"\1[redacted]"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]+@"), r"\1[redacted]@"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s?#\"']+)\?[^\s\"']*"), r"\1?[redacted]"),
+    (re.compile(r"\b[A-Za-z0-9_\-]{40,}\b"), "[redacted]"),
+)
+
+
 def _redact(text: str, secret: str) -> str:
-    return text.replace(secret, "[redacted]") if secret else text
+    """The text without the key we sent or anything else that looks like a credential."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    for pattern, replacement in _SCRUBS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def _upstream_message(response: httpx.Response) -> str:
