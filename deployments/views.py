@@ -29,7 +29,7 @@ from deployments.services import (
     model_grant_add,
     model_grant_remove,
 )
-from deployments.test_calls import recent_test_calls, test_call_create
+from deployments.test_calls import recent_test_calls, test_call_create, test_call_expire_if_unclaimed
 from keys.tokens import is_well_formed
 from lib.upstream import upstream_host
 
@@ -282,7 +282,7 @@ def test_call_run_view(request: HttpRequest, ws: str, deployment: str) -> HttpRe
 @require_GET
 def test_call_poll(request: HttpRequest, ws: str, deployment: str, call: str) -> HttpResponse:
     access, dep = access_deployment(request.user, ws, deployment)
-    test_call = _test_call_or_404(dep, access.workspace, call)
+    test_call = test_call_expire_if_unclaimed(_test_call_or_404(dep, access.workspace, call))
     response = render(request, "deployments/test_call_result.html", {"access": access, "deployment": dep, "call": test_call})
     if test_call.finished and request.htmx:
         response.status_code = HttpResponseStopPolling.status_code

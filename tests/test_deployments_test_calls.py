@@ -10,6 +10,7 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import time_machine
 from celery.app.routes import MapRoute
 from django.urls import reverse
 from django.utils import timezone
@@ -33,9 +34,14 @@ ANSWER = "Hello! I am the Gatehouse demo model. You said: What is the capital of
 
 @pytest.fixture
 def enqueued(monkeypatch):
-    """What run_test_call.delay was asked to send (the broker is the process boundary)."""
+    """What run_test_call was asked to send (the broker is the process boundary)."""
     sent: list[int] = []
-    monkeypatch.setattr(tasks.run_test_call, "delay", lambda test_call_id: sent.append(test_call_id))
+
+    def apply_async(args, expires):
+        assert expires == svc.QUEUED_TOO_LONG.total_seconds()  # a late worker never runs a call the console gave up on
+        sent.append(*args)
+
+    monkeypatch.setattr(tasks.run_test_call, "apply_async", apply_async)
     return sent
 
 
@@ -153,6 +159,51 @@ def test_sweep_fails_calls_stuck_in_running_or_streaming_only(world, enqueued):
     assert statuses == {stuck[0].id: "failed", stuck[1].id: "failed", fresh.id: "running", queued.id: "queued"}
     assert "worker stopped" in TestCall.objects.get(id=stuck[0].id).error
     assert svc.test_calls_sweep() == 0
+
+
+@pytest.mark.django_db
+def test_sweep_fails_calls_no_worker_picked_up_and_a_late_worker_runs_nothing(world, enqueued):
+    deployment = dead_deployment(world)
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        waiting = create(world, deployment)
+        running = create(world, deployment)
+        assert svc.test_call_claim(running.id)
+
+    with time_machine.travel(start + svc.QUEUED_TOO_LONG - timedelta(seconds=1), tick=False):
+        assert svc.test_calls_sweep() == 0
+    assert TestCall.objects.get(id=waiting.id).status == TestCallStatus.QUEUED
+
+    with time_machine.travel(start + svc.QUEUED_TOO_LONG + timedelta(seconds=1), tick=False):
+        assert svc.test_calls_sweep() == 1
+    waiting.refresh_from_db()
+    assert waiting.status == TestCallStatus.FAILED and waiting.finished_at is not None
+    assert waiting.error.startswith("No worker picked this up within 2 minutes — is the Celery worker running?")
+    assert TestCall.objects.get(id=running.id).status == TestCallStatus.RUNNING  # running calls get STUCK_AFTER
+    assert svc.test_call_run(waiting.id) is None  # the worker comes back: the claim refuses a failed call
+
+    with time_machine.travel(start + svc.STUCK_AFTER + timedelta(seconds=1), tick=False):
+        assert svc.test_calls_sweep() == 1
+    assert TestCall.objects.get(id=running.id).error == "The worker stopped before this test call finished. Run it again."
+
+
+@pytest.mark.django_db
+def test_polling_a_call_nobody_picked_up_reports_it_even_without_a_worker_to_sweep(world, client_for, enqueued):
+    deployment = dead_deployment(world)
+    client = client_for(world.developer)
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        call = create(world, deployment)
+    with time_machine.travel(start + timedelta(minutes=1), tick=False):
+        waiting = client.get(poll_url(call), HTTP_HX_REQUEST="true")
+    assert waiting.status_code == 200 and "Waiting for the worker" in waiting.content.decode()
+
+    with time_machine.travel(start + svc.QUEUED_TOO_LONG + timedelta(seconds=1), tick=False):
+        response = client.get(poll_url(call), HTTP_HX_REQUEST="true")
+
+    assert response.status_code == 286  # polling stops
+    assert "is the Celery worker running?" in response.content.decode()
+    assert TestCall.objects.get(id=call.id).status == TestCallStatus.FAILED
 
 
 # --- the Test call tab -------------------------------------------------------------------------------------
