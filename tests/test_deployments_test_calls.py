@@ -264,6 +264,38 @@ def test_developer_runs_a_call_and_bad_input_changes_nothing(world, client_for, 
     assert done.status_code == 286 and "boom" in done.content.decode() and "hx-get" not in done.content.decode()
 
 
+def oob_history(html: str) -> str | None:
+    """The history table sent out of band in an htmx response, if any."""
+    marker = '<div id="test-call-history" hx-swap-oob="true">'
+    return html[html.index(marker):] if marker in html else None
+
+
+@pytest.mark.django_db
+def test_the_history_is_swapped_in_when_a_call_starts_and_when_it_finishes(world, client_for, enqueued):
+    deployment = dead_deployment(world)
+    earlier = create(world, deployment, system_prompt="earlier")
+    TestCall.objects.filter(id=earlier.id).update(status=TestCallStatus.DONE)
+    client = client_for(world.developer)
+    assert oob_history(client.get(tab_url(deployment)).content.decode()) is None  # the page has it in place
+
+    started = client.post(run_url(deployment), {"prompt": "Say hi"}, HTTP_HX_REQUEST="true").content.decode()
+    call = TestCall.objects.exclude(id=earlier.id).get()
+    history = oob_history(started)
+    assert f'data-test-call="{call.public_id}"' in history and f'data-test-call="{earlier.public_id}"' in history
+    assert started.index("data-testid=\"test-call-result\"") < started.index("test-call-history")
+
+    polling = client.get(poll_url(call), HTTP_HX_REQUEST="true")
+    assert polling.status_code == 200 and oob_history(polling.content.decode()) is None  # not on every tick
+
+    TestCall.objects.filter(id=call.id).update(status=TestCallStatus.DONE, latency_ms=123, prompt_tokens=7, completion_tokens=3)
+    final = client.get(poll_url(call), HTTP_HX_REQUEST="true")
+
+    assert final.status_code == 286
+    row = oob_history(final.content.decode()).split(f'data-test-call="{call.public_id}"')[1].split("</tr>")[0]
+    assert "badge-ok\">Done" in row and "123 ms" in row and "7 / 3" in row
+    assert oob_history(client.get(poll_url(call)).content.decode()) is None  # a plain GET is just the card
+
+
 @pytest.mark.django_db
 def test_history_shows_the_last_ten_in_a_fixed_number_of_queries(world, client_for, enqueued, django_assert_max_num_queries):
     deployment = dead_deployment(world)
@@ -272,7 +304,7 @@ def test_history_shows_the_last_ten_in_a_fixed_number_of_queries(world, client_f
     client = client_for(world.developer)
     with django_assert_max_num_queries(12):
         page = client.get(tab_url(deployment)).content.decode()
-    assert page.count("<tr><td>") == 10
+    assert page.count("<tr data-test-call=") == 10
 
 
 # --- end to end: real worker, live gateway, demo model ------------------------------------------------------
