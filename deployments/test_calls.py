@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -227,7 +227,7 @@ def test_calls_sweep(*, older_than: timedelta = STUCK_AFTER, queued_for: timedel
     return stuck + _fail_unclaimed(TestCall.objects.all(), now=now, queued_for=queued_for)
 
 
-def _fail_unclaimed(calls, *, now, queued_for: timedelta = QUEUED_TOO_LONG) -> int:
+def _fail_unclaimed(calls, *, now: datetime, queued_for: timedelta = QUEUED_TOO_LONG) -> int:
     # Conditional on status=queued, like the claim: whichever of the two runs first wins.
     return calls.filter(status=TestCallStatus.QUEUED, created_at__lt=now - queued_for).update(
         status=TestCallStatus.FAILED, finished_at=now, error=NOT_PICKED_UP)
