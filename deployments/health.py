@@ -10,6 +10,7 @@ probed here.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -37,8 +38,24 @@ class ProbeResult:
     error: str = ""
 
 
+# What an upstream's error text may echo back and the console must not show: the key we sent
+# (exactly), other key-like tokens, Authorization values, and URL credentials or query strings.
+_SCRUBS = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;\"']+"), r"\1 [redacted]"),
+    (re.compile(r"(?i)\b((?:sk|pk|rk|gh[a-z]?|hf|xox[a-z]?)[-_])[A-Za-z0-9_\-]{8,}"), r"\1[redacted]"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]+@"), r"\1[redacted]@"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s?#\"']+)\?[^\s\"']*"), r"\1?[redacted]"),
+    (re.compile(r"\b[A-Za-z0-9_\-]{40,}\b"), "[redacted]"),
+)
+
+
 def _redact(text: str, secret: str) -> str:
-    return text.replace(secret, "[redacted]") if secret else text
+    """The text without the key we sent or anything else that looks like a credential."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    for pattern, replacement in _SCRUBS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def _upstream_message(response: httpx.Response) -> str:
@@ -137,7 +154,10 @@ def deployment_health_check(*, deployment_id: int, now: datetime | None = None) 
 
 
 def deployment_probe_on_commit(*, deployment_id: int) -> None:
-    """For request code (create, start, upstream change): probe once the change is committed."""
-    from deployments.tasks import deployment_probe
+    """For request code (create, start, upstream change): probe once the change is committed.
 
-    transaction.on_commit(lambda: deployment_probe.delay(deployment_id))
+    Expires like the periodic probes: after a worker outage the next round checks it anyway.
+    """
+    from deployments.tasks import PROBE_EXPIRES_SECONDS, deployment_probe
+
+    transaction.on_commit(lambda: deployment_probe.apply_async(args=(deployment_id,), expires=PROBE_EXPIRES_SECONDS))

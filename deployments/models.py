@@ -49,6 +49,15 @@ class Deployment(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def has_problem(self) -> bool:
+        return self.status in (DeploymentStatus.UNREACHABLE, DeploymentStatus.FAILED)
+
+    @property
+    def is_health_checked(self) -> bool:
+        """The worker probes it (deployments.health): an endpoint that is not stopped."""
+        return self.upstream_kind == UpstreamKind.ENDPOINT and self.status != DeploymentStatus.STOPPED
+
 
 class DeploymentPrice(models.Model):
     """Effective-dated price versions: an event is costed with the version in force at its time."""

@@ -13,6 +13,7 @@ from django.utils import timezone
 from console.audit import Actor, audit_record
 from console.models import Workspace
 from deployments.changes import deployment_changed
+from deployments.health import deployment_probe_on_commit
 from deployments.models import Deployment, DeploymentPrice, DeploymentStatus, ModelGrant, UpstreamKind
 from deployments.selectors import price_in_force
 from keys.models import ByokCredential, RouterProvider
@@ -80,6 +81,12 @@ def _clean_upstream(
     raise ValidationError({"upstream_kind": "Choose an upstream kind."})
 
 
+def _probe_soon(deployment: Deployment) -> None:
+    """Check a new or restarted upstream once committed, instead of at the next minute's round."""
+    if deployment.upstream_kind == UpstreamKind.ENDPOINT and deployment.upstream_base_url:
+        deployment_probe_on_commit(deployment_id=deployment.id)
+
+
 def _describe_upstream(deployment: Deployment) -> str:
     if deployment.upstream_kind == UpstreamKind.ROUTER:
         return f"router:{deployment.router_provider.slug}" if deployment.router_provider else "router"
@@ -133,6 +140,7 @@ def deployment_create(
     deployment_price_set(deployment=deployment, actor=actor, input_per_million=input_per_million,
                          output_per_million=output_per_million, currency=currency)
     deployment_changed(deployment.id)
+    _probe_soon(deployment)
     return deployment
 
 
@@ -199,6 +207,8 @@ def deployment_update(
     deployment.save(update_fields=[*update_fields, "updated_at"])
     audit_record(workspace=deployment.workspace, actor=actor, action="deployment.updated", target=deployment, details=changes)
     deployment_changed(deployment.id)
+    if changes.keys() & {"upstream_kind", "upstream_base_url", "upstream_api_key"}:
+        _probe_soon(deployment)
     return deployment
 
 
@@ -212,6 +222,8 @@ def _set_status(*, deployment: Deployment, actor: Actor, status: DeploymentStatu
         locked.save(update_fields=["status", "last_error", "updated_at"])
         audit_record(workspace=locked.workspace, actor=actor, action=action, target=locked, details={"from": old, "to": status})
         deployment_changed(locked.id)
+        if status == DeploymentStatus.RUNNING:
+            _probe_soon(locked)
     deployment.status, deployment.last_error = locked.status, locked.last_error
     return deployment
 

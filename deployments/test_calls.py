@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from console.audit import Actor, audit_record
 from console.models import Workspace
-from deployments.models import TEST_CALL_ACTIVE, Deployment, TestCall, TestCallStatus
+from deployments.models import Deployment, TestCall, TestCallStatus
 from deployments.selectors import price_in_force
 from keys import tokens
 from keys.changes import key_changed
@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 SECRET_LIFETIME = timedelta(minutes=5)
 SAVE_EVERY_SECONDS = 0.2
 STUCK_AFTER = timedelta(minutes=10)
+# A worker claims a call within a second; one still queued after this never will be (the worker
+# is down or the message was lost). The task expires at the same moment, so a worker that comes
+# back later does not run a call the console has already reported as failed.
+QUEUED_TOO_LONG = timedelta(minutes=2)
+NOT_PICKED_UP = (f"No worker picked this up within {QUEUED_TOO_LONG.seconds // 60} minutes — is the Celery worker running? "
+                 "Run it again once it is.")
 TEST_KEY_NAME = "console-test-call"
 MAX_PROMPT_CHARS = 20000
 
@@ -56,7 +62,7 @@ def test_call_create(*, deployment: Deployment, workspace: Workspace, actor: Act
         )
         audit_record(workspace=workspace, actor=actor, action="deployment.test_call", target=deployment,
                      details={"test_call": str(call.public_id), "stream": stream})
-        transaction.on_commit(lambda: run_test_call.delay(call.id))
+        transaction.on_commit(lambda: run_test_call.apply_async(args=(call.id,), expires=QUEUED_TOO_LONG.total_seconds()))
     return call
 
 
@@ -211,12 +217,28 @@ def test_call_run(test_call_id: int, *, timeout: float = 120) -> TestCall | None
     return call
 
 
-def test_calls_sweep(*, older_than: timedelta = STUCK_AFTER) -> int:
-    """Fail test calls whose worker died: running/streaming for longer than `older_than`."""
-    cutoff = timezone.now() - older_than
-    return TestCall.objects.filter(status__in=TEST_CALL_ACTIVE[1:], started_at__lt=cutoff).update(
-        status=TestCallStatus.FAILED, finished_at=timezone.now(),
-        error="The worker stopped before this test call finished. Run it again.")
+def test_calls_sweep(*, older_than: timedelta = STUCK_AFTER, queued_for: timedelta = QUEUED_TOO_LONG) -> int:
+    """Fail test calls no worker will finish: running/streaming for longer than `older_than` (the
+    worker died), or still queued after `queued_for` (no worker picked them up)."""
+    now = timezone.now()
+    stuck = TestCall.objects.filter(
+        status__in=(TestCallStatus.RUNNING, TestCallStatus.STREAMING), started_at__lt=now - older_than
+    ).update(status=TestCallStatus.FAILED, finished_at=now, error="The worker stopped before this test call finished. Run it again.")
+    return stuck + _fail_unclaimed(TestCall.objects.all(), now=now, queued_for=queued_for)
+
+
+def _fail_unclaimed(calls, *, now: datetime, queued_for: timedelta = QUEUED_TOO_LONG) -> int:
+    # Conditional on status=queued, like the claim: whichever of the two runs first wins.
+    return calls.filter(status=TestCallStatus.QUEUED, created_at__lt=now - queued_for).update(
+        status=TestCallStatus.FAILED, finished_at=now, error=NOT_PICKED_UP)
+
+
+def test_call_expire_if_unclaimed(call: TestCall) -> TestCall:
+    """For the console's poll: the periodic sweep runs on a worker too, so when no worker is up
+    only the person watching the call can notice that nobody picked it up."""
+    if call.status == TestCallStatus.QUEUED and _fail_unclaimed(TestCall.objects.filter(id=call.id), now=timezone.now()):
+        call.refresh_from_db(fields=["status", "finished_at", "error"])
+    return call
 
 
 def recent_test_calls(deployment: Deployment, workspace: Workspace, limit: int = 10) -> list[TestCall]:

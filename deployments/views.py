@@ -35,7 +35,7 @@ from deployments.services import (
     model_grant_add,
     model_grant_remove,
 )
-from deployments.test_calls import recent_test_calls, test_call_create
+from deployments.test_calls import recent_test_calls, test_call_create, test_call_expire_if_unclaimed
 from keys.tokens import is_well_formed
 from lib.upstream import upstream_host
 
@@ -262,6 +262,15 @@ def _test_call_or_404(deployment: Deployment, workspace, public_id) -> TestCall:
     return call
 
 
+def _result_context(request: HttpRequest, access, deployment: Deployment, call: TestCall) -> dict:
+    """A new call's card, and each poll of it. When the call is new or has just finished, htmx also
+    gets the history table (swapped out of band), so it lists the call without a reload."""
+    context = {"access": access, "deployment": deployment, "call": call, "test_calls": None}
+    if request.htmx and (call.finished or request.method == "POST"):
+        context["test_calls"] = recent_test_calls(deployment, access.workspace)
+    return context
+
+
 @login_required
 @require_POST
 def test_call_run_view(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
@@ -276,7 +285,7 @@ def test_call_run_view(request: HttpRequest, ws: str, deployment: str) -> HttpRe
         except ValidationError as exc:
             _add_service_errors(form, exc)
         else:
-            return render(request, "deployments/test_call_result.html", {"access": access, "deployment": dep, "call": call})
+            return render(request, "deployments/test_call_result.html", _result_context(request, access, dep, call))
     response = render(request, "deployments/test_call_form.html", {"access": access, "deployment": dep, "form": form},
                       status=200 if request.htmx else 400)
     if request.htmx:  # htmx does not swap error statuses: put the form with its errors back in place
@@ -288,8 +297,8 @@ def test_call_run_view(request: HttpRequest, ws: str, deployment: str) -> HttpRe
 @require_GET
 def test_call_poll(request: HttpRequest, ws: str, deployment: str, call: str) -> HttpResponse:
     access, dep = access_deployment(request.user, ws, deployment)
-    test_call = _test_call_or_404(dep, access.workspace, call)
-    response = render(request, "deployments/test_call_result.html", {"access": access, "deployment": dep, "call": test_call})
+    test_call = test_call_expire_if_unclaimed(_test_call_or_404(dep, access.workspace, call))
+    response = render(request, "deployments/test_call_result.html", _result_context(request, access, dep, test_call))
     if test_call.finished and request.htmx:
         response.status_code = HttpResponseStopPolling.status_code
     return response

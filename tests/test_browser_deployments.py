@@ -123,3 +123,34 @@ def test_the_copied_python_example_pasted_into_a_file_gets_a_completion(page, si
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Hello! I am the Gatehouse demo model." in result.stdout
     assert UsageEvent.objects.filter(api_key=key, deployment=deployment, status_code=200).count() == 1
+
+
+def test_a_viewer_sees_when_health_was_checked_and_why_a_deployment_is_unreachable(page, sign_in, screenshot):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployments.models import Deployment, DeploymentStatus
+
+    world, healthy = make_world()
+    down = deployment_create(workspace=world.org, actor=Actor.system("tests"), name="Llama 8B", model_id="@acme/llama-8b",
+                             upstream_base_url="http://10.0.0.7:8000/v1", input_per_million="0.10", output_per_million="0.30")
+    Deployment.objects.filter(id=healthy.id).update(last_checked_at=timezone.now() - timedelta(seconds=20))
+    Deployment.objects.filter(id=down.id).update(
+        status=DeploymentStatus.UNREACHABLE, last_checked_at=timezone.now() - timedelta(minutes=2, seconds=5),
+        last_error="Cannot connect: [Errno 111] Connection refused")
+
+    sign_in("vera")
+    page.goto("/w/acme/deployments/")
+    row = page.locator(f"tr[data-deployment='{down.public_id}']")
+    assert row.locator("[data-testid=health-error]").inner_text() == "Cannot connect: [Errno 111] Connection refused"
+    assert row.locator("[data-testid=health-checked]").inner_text() == "checked 2 min ago"
+    healthy_row = page.locator(f"tr[data-deployment='{healthy.public_id}']")
+    assert healthy_row.locator("[data-testid=health-checked]").inner_text() == "checked just now"
+    assert healthy_row.locator("[data-testid=health-error]").count() == 0
+    screenshot(page, "list")
+
+    page.click("text=Llama 8B")
+    status = page.locator("[data-testid=overview-status]")
+    assert "Connection refused" in status.inner_text() and "checked 2 min ago" in status.inner_text()
+    screenshot(page, "overview")

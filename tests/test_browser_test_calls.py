@@ -19,6 +19,8 @@ def test_developer_runs_a_test_call_and_sees_it_finish(page, sign_in, screenshot
 
     sign_in("dev")
     page.goto(f"/w/acme/deployments/{deployment.public_id}/?tab=test")
+    assert page.locator("[data-testid=test-call-empty]").is_visible()
+    page.evaluate("window.__sameDocument = true")
     page.fill("#id_system_prompt", "Answer briefly.")
     page.fill("#id_prompt", QUESTION)
     page.fill("#id_max_tokens", "64")
@@ -27,7 +29,14 @@ def test_developer_runs_a_test_call_and_sees_it_finish(page, sign_in, screenshot
     result.wait_for(timeout=60_000)
     assert page.locator("[data-testid=test-call-output]").inner_text() == ANSWER
     assert "Time to first token" in page.locator("[data-testid=test-call-facts]").inner_text()
-    assert TestCall.objects.get().status == TestCallStatus.DONE
+    call = TestCall.objects.get()
+    assert call.status == TestCallStatus.DONE
+    # The finished call is in the history below without a reload (swapped in out of band).
+    row = page.locator(f"[data-testid=test-call-history] tr[data-test-call='{call.public_id}']")
+    row.locator("text=Done").wait_for(timeout=5_000)
+    assert page.locator("[data-testid=test-call-history] tbody tr").count() == 1
+    assert QUESTION[:20] in row.inner_text() and f"{call.latency_ms} ms" in row.inner_text()
+    assert page.evaluate("window.__sameDocument") is True
     screenshot(page, "done")
     page.reload()
     assert page.locator("[data-testid=test-call-history] tbody tr").count() == 1

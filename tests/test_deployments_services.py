@@ -212,7 +212,58 @@ def test_grants_stay_inside_the_organisation(world, actor):
     assert not ModelGrant.objects.exists()
 
 
-def test_changes_are_published_to_gateways_after_commit(world, actor, django_capture_on_commit_callbacks):
+@pytest.fixture
+def probes(monkeypatch) -> list[int]:
+    """Deployment ids a health probe was enqueued for (the broker is the process boundary)."""
+    sent: list[int] = []
+    monkeypatch.setattr("deployments.tasks.deployment_probe.apply_async", lambda args, **kw: sent.append(args[0]))
+    return sent
+
+
+def test_create_and_start_probe_the_upstream_once_committed(world, actor, probes, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        deployment = make(world, actor)
+        assert probes == []  # never before the row is committed: the worker would not find it
+    assert probes == [deployment.id]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        deployment_stop(deployment=deployment, actor=actor)
+    assert probes == [deployment.id]  # a stopped deployment is not probed
+
+    with django_capture_on_commit_callbacks(execute=True):
+        deployment_start(deployment=deployment, actor=actor)
+    assert probes == [deployment.id] * 2
+
+
+def test_an_upstream_change_is_probed_but_a_rename_is_not(world, actor, probes, django_capture_on_commit_callbacks):
+    deployment = make(world, actor)
+    same = {"model_id": deployment.model_id, "upstream_base_url": deployment.upstream_base_url}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        deployment_update(deployment=deployment, actor=actor, name="Renamed", **same)
+    assert probes == []
+
+    with django_capture_on_commit_callbacks(execute=True):
+        deployment_update(deployment=deployment, actor=actor, name="Renamed", model_id=deployment.model_id,
+                          upstream_base_url="http://10.0.0.6:8000/v1")
+    assert probes == [deployment.id]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        deployment_update(deployment=deployment, actor=actor, name="Renamed", model_id=deployment.model_id,
+                          upstream_base_url="http://10.0.0.6:8000/v1", upstream_api_key="sk-new-key-1234")
+    assert probes == [deployment.id] * 2
+
+
+def test_router_deployments_are_not_probed(world, actor, probes, django_capture_on_commit_callbacks):
+    provider = RouterProvider.objects.create(slug="openrouter", name="OpenRouter", base_url="https://openrouter.example/api/v1")
+    with django_capture_on_commit_callbacks(execute=True):
+        routed = make(world, actor, model_id="routed", upstream_kind="router", upstream_base_url="", router_provider=provider)
+        deployment_stop(deployment=routed, actor=actor)
+        deployment_start(deployment=routed, actor=actor)
+    assert probes == []
+
+
+def test_changes_are_published_to_gateways_after_commit(world, actor, probes, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         deployment = make(world, actor)
     before = changes.local_generations[deployment.id]

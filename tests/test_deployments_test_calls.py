@@ -10,6 +10,7 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import time_machine
 from celery.app.routes import MapRoute
 from django.urls import reverse
 from django.utils import timezone
@@ -33,9 +34,14 @@ ANSWER = "Hello! I am the Gatehouse demo model. You said: What is the capital of
 
 @pytest.fixture
 def enqueued(monkeypatch):
-    """What run_test_call.delay was asked to send (the broker is the process boundary)."""
+    """What run_test_call was asked to send (the broker is the process boundary)."""
     sent: list[int] = []
-    monkeypatch.setattr(tasks.run_test_call, "delay", lambda test_call_id: sent.append(test_call_id))
+
+    def apply_async(args, expires):
+        assert expires == svc.QUEUED_TOO_LONG.total_seconds()  # a late worker never runs a call the console gave up on
+        sent.append(*args)
+
+    monkeypatch.setattr(tasks.run_test_call, "apply_async", apply_async)
     return sent
 
 
@@ -155,6 +161,51 @@ def test_sweep_fails_calls_stuck_in_running_or_streaming_only(world, enqueued):
     assert svc.test_calls_sweep() == 0
 
 
+@pytest.mark.django_db
+def test_sweep_fails_calls_no_worker_picked_up_and_a_late_worker_runs_nothing(world, enqueued):
+    deployment = dead_deployment(world)
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        waiting = create(world, deployment)
+        running = create(world, deployment)
+        assert svc.test_call_claim(running.id)
+
+    with time_machine.travel(start + svc.QUEUED_TOO_LONG - timedelta(seconds=1), tick=False):
+        assert svc.test_calls_sweep() == 0
+    assert TestCall.objects.get(id=waiting.id).status == TestCallStatus.QUEUED
+
+    with time_machine.travel(start + svc.QUEUED_TOO_LONG + timedelta(seconds=1), tick=False):
+        assert svc.test_calls_sweep() == 1
+    waiting.refresh_from_db()
+    assert waiting.status == TestCallStatus.FAILED and waiting.finished_at is not None
+    assert waiting.error.startswith("No worker picked this up within 2 minutes — is the Celery worker running?")
+    assert TestCall.objects.get(id=running.id).status == TestCallStatus.RUNNING  # running calls get STUCK_AFTER
+    assert svc.test_call_run(waiting.id) is None  # the worker comes back: the claim refuses a failed call
+
+    with time_machine.travel(start + svc.STUCK_AFTER + timedelta(seconds=1), tick=False):
+        assert svc.test_calls_sweep() == 1
+    assert TestCall.objects.get(id=running.id).error == "The worker stopped before this test call finished. Run it again."
+
+
+@pytest.mark.django_db
+def test_polling_a_call_nobody_picked_up_reports_it_even_without_a_worker_to_sweep(world, client_for, enqueued):
+    deployment = dead_deployment(world)
+    client = client_for(world.developer)
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        call = create(world, deployment)
+    with time_machine.travel(start + timedelta(minutes=1), tick=False):
+        waiting = client.get(poll_url(call), HTTP_HX_REQUEST="true")
+    assert waiting.status_code == 200 and "Waiting for the worker" in waiting.content.decode()
+
+    with time_machine.travel(start + svc.QUEUED_TOO_LONG + timedelta(seconds=1), tick=False):
+        response = client.get(poll_url(call), HTTP_HX_REQUEST="true")
+
+    assert response.status_code == 286  # polling stops
+    assert "is the Celery worker running?" in response.content.decode()
+    assert TestCall.objects.get(id=call.id).status == TestCallStatus.FAILED
+
+
 # --- the Test call tab -------------------------------------------------------------------------------------
 
 
@@ -213,6 +264,38 @@ def test_developer_runs_a_call_and_bad_input_changes_nothing(world, client_for, 
     assert done.status_code == 286 and "boom" in done.content.decode() and "hx-get" not in done.content.decode()
 
 
+def oob_history(html: str) -> str | None:
+    """The history table sent out of band in an htmx response, if any."""
+    marker = '<div id="test-call-history" hx-swap-oob="true">'
+    return html[html.index(marker):] if marker in html else None
+
+
+@pytest.mark.django_db
+def test_the_history_is_swapped_in_when_a_call_starts_and_when_it_finishes(world, client_for, enqueued):
+    deployment = dead_deployment(world)
+    earlier = create(world, deployment, system_prompt="earlier")
+    TestCall.objects.filter(id=earlier.id).update(status=TestCallStatus.DONE)
+    client = client_for(world.developer)
+    assert oob_history(client.get(tab_url(deployment)).content.decode()) is None  # the page has it in place
+
+    started = client.post(run_url(deployment), {"prompt": "Say hi"}, HTTP_HX_REQUEST="true").content.decode()
+    call = TestCall.objects.exclude(id=earlier.id).get()
+    history = oob_history(started)
+    assert f'data-test-call="{call.public_id}"' in history and f'data-test-call="{earlier.public_id}"' in history
+    assert started.index("data-testid=\"test-call-result\"") < started.index("test-call-history")
+
+    polling = client.get(poll_url(call), HTTP_HX_REQUEST="true")
+    assert polling.status_code == 200 and oob_history(polling.content.decode()) is None  # not on every tick
+
+    TestCall.objects.filter(id=call.id).update(status=TestCallStatus.DONE, latency_ms=123, prompt_tokens=7, completion_tokens=3)
+    final = client.get(poll_url(call), HTTP_HX_REQUEST="true")
+
+    assert final.status_code == 286
+    row = oob_history(final.content.decode()).split(f'data-test-call="{call.public_id}"')[1].split("</tr>")[0]
+    assert "badge-ok\">Done" in row and "123 ms" in row and "7 / 3" in row
+    assert oob_history(client.get(poll_url(call)).content.decode()) is None  # a plain GET is just the card
+
+
 @pytest.mark.django_db
 def test_history_shows_the_last_ten_in_a_fixed_number_of_queries(world, client_for, enqueued, django_assert_max_num_queries):
     deployment = dead_deployment(world)
@@ -221,7 +304,7 @@ def test_history_shows_the_last_ten_in_a_fixed_number_of_queries(world, client_f
     client = client_for(world.developer)
     with django_assert_max_num_queries(12):
         page = client.get(tab_url(deployment)).content.decode()
-    assert page.count("<tr><td>") == 10
+    assert page.count("<tr data-test-call=") == 10
 
 
 # --- end to end: real worker, live gateway, demo model ------------------------------------------------------

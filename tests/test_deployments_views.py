@@ -299,6 +299,41 @@ def test_list_shows_status_price_and_requests_today(world, client_for):
     assert [d.requests_today for d in sub_page.context["deployments"]] == [1]  # only its own traffic
 
 
+def test_list_and_overview_show_when_health_was_checked_and_why_it_failed(world, client_for):
+    checked = timezone.now() - timedelta(minutes=3, seconds=5)
+    rows = {
+        "running": ("model-ok", DeploymentStatus.RUNNING, "", checked),
+        "down": ("model-down", DeploymentStatus.UNREACHABLE, "Cannot connect: [Errno 111] Connection refused", checked),
+        "failed": ("model-failed", DeploymentStatus.FAILED, "HTTP 500 from the upstream. " + "x" * 200, checked),
+        "stopped": ("model-stopped", DeploymentStatus.STOPPED, "", checked),
+        "new": ("model-new", DeploymentStatus.RUNNING, "", None),
+    }
+    made = {}
+    for name, (model_id, status, error, at) in rows.items():
+        made[name] = make(world.org, name=name, model_id=model_id)
+        Deployment.objects.filter(id=made[name].id).update(status=status, last_error=error, last_checked_at=at)
+    client = client_for(world.viewer)
+
+    page = client.get(url("deployments_page")).content.decode()
+    cells = {name: _row(page, d) for name, d in made.items()}
+
+    assert "checked" in cells["running"] and ">3 min ago</time>" in cells["running"] and "health-error" not in cells["running"]
+    assert "Connection refused" in cells["down"] and ">3 min ago</time>" in cells["down"]
+    shown = cells["failed"].split('data-testid="health-error"')[1].split("</div>")[0]
+    assert shown.endswith("…") and len(shown.split(">", 1)[1]) == 90  # truncated in the list
+    assert f'title="HTTP 500 from the upstream. {"x" * 200}"' in shown  # the whole text on hover
+    assert "checked" not in cells["stopped"]  # stopped deployments are not probed: an old time would mislead
+    assert "not checked yet" in cells["new"]
+
+    overview = client.get(url("deployment_detail", deployment=made["failed"])).content.decode()
+    assert "x" * 200 in overview and ">3 min ago</time>" in overview  # the overview shows the whole error
+
+
+def _row(page: str, deployment: Deployment) -> str:
+    start = page.index(f'data-deployment="{deployment.public_id}"')
+    return page[start:page.index("</tr>", start)]
+
+
 def test_list_page_query_count_does_not_grow_with_deployments(world, client_for, django_assert_num_queries):
     client = client_for(world.viewer)
     make(world.org, name="One", model_id="one")

@@ -12,12 +12,12 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from console.audit import Actor
-from console.services import workspace_create
+from console.services import workspace_create, workspace_update
 from usage import rollup
-from usage.models import UsageCursor, UsageDaily, UsageDayBucket, UsageEvent, UsageHourBucket, UsageHourly
-from usage.services import usage_backfill, usage_rollup, usage_workspace_rebuild, usage_workspace_rebuild_on_commit
+from usage.models import UsageCursor, UsageDaily, UsageDayBucket, UsageEvent, UsageHourBucket, UsageHourly, UsageRollupZone
+from usage.services import usage_backfill, usage_rollup, usage_workspace_rebuild
 
-from .usage_factory import event, event_totals, make_deployment, make_key, rollup_totals, snapshots
+from .usage_factory import event, event_totals, make_deployment, make_key, rollup_totals, snapshot, snapshots
 
 NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
 
@@ -302,16 +302,73 @@ def test_time_zone_change_rebuild_moves_rows_to_the_new_local_days(acme):
     assert list(UsageDaily.objects.filter(workspace=acme.sub).values_list("day", flat=True)) == [date(2026, 3, 10)]
 
 
-def test_rebuild_is_enqueued_only_after_commit(acme, django_capture_on_commit_callbacks, monkeypatch):
-    sent = []
-    monkeypatch.setattr("usage.tasks.usage_rebuild_workspace.delay", lambda *args: sent.append(args))
+def test_time_zone_change_in_the_console_moves_daily_rows_on_the_next_pass(acme):
+    late, morning = datetime(2026, 3, 9, 23, 30, tzinfo=UTC), datetime(2026, 3, 10, 8, 0, tzinfo=UTC)
+    event(acme.sub, late, prompt=11)
+    event(acme.sub, morning, prompt=22)
+    _history(acme)
+    usage_rollup(now=NOW)
+    sub_days = lambda: dict(  # noqa: E731
+        UsageDaily.objects.filter(workspace=acme.sub, api_key=None).values_list("day", "prompt_tokens"))
+    assert sub_days() == {date(2026, 3, 9): 11, date(2026, 3, 10): 22}
+    org_rows, org_done = snapshot_of(acme.org), computed_at(acme.org)
 
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        usage_workspace_rebuild_on_commit(workspace_id=acme.sub.id)
-        assert sent == []  # not before the commit
+    workspace_update(workspace=acme.sub, actor=Actor.system("tests"), name=acme.sub.name, time_zone="Europe/Berlin")
+    assert sub_days() == {date(2026, 3, 9): 11, date(2026, 3, 10): 22}  # nothing moves until the pass runs
 
-    assert len(callbacks) == 1
-    assert sent == [(acme.sub.id,)]
+    report = usage_rollup(now=NOW + timedelta(minutes=1))
+
+    assert report.rezoned_workspaces == 1
+    # 23:30 UTC is 00:30 the next day in Berlin: both events now fall on 10 March, and the
+    # 9 March row (no events in the new zone) is gone.
+    assert sub_days() == {date(2026, 3, 10): 33}
+    for day in UsageDaily.objects.filter(workspace=acme.sub).values_list("day", flat=True).distinct():
+        start = datetime.combine(day, datetime.min.time(), tzinfo=acme.sub.tz)
+        expected = event_totals(workspace=acme.sub, created_at__gte=start, created_at__lt=start + timedelta(days=1))
+        assert rollup_totals(workspace=acme.sub, day=day) == expected
+    assert UsageRollupZone.objects.get(workspace=acme.sub).time_zone == "Europe/Berlin"
+    assert (snapshot_of(acme.org), computed_at(acme.org)) == (org_rows, org_done)  # other workspaces untouched
+
+    rebuilt = snapshots()
+    again = usage_rollup(now=NOW + timedelta(minutes=2))
+
+    assert (again.rezoned_workspaces, again.day_buckets, again.hour_buckets) == (0, 0, 0)
+    assert snapshots() == rebuilt
+
+
+def test_rollups_built_in_an_unrecorded_zone_are_rebuilt_once(acme):
+    event(acme.sub, datetime(2026, 3, 9, 23, 30, tzinfo=UTC))
+    usage_rollup(now=NOW)
+    good = snapshots()
+    # As if the rows were built before the zone was recorded (a workspace created and used
+    # between two steps of a pass): their zone is unknown, so they are rebuilt.
+    UsageRollupZone.objects.filter(workspace=acme.sub).delete()
+    UsageDaily.objects.filter(workspace=acme.sub).update(requests=999)
+
+    report = usage_rollup(now=NOW + timedelta(minutes=1))
+
+    assert report.rezoned_workspaces == 1
+    assert snapshots() == good
+    assert UsageRollupZone.objects.get(workspace=acme.sub).time_zone == "UTC"
+    assert usage_rollup(now=NOW + timedelta(minutes=2)).rezoned_workspaces == 0
+
+
+def test_a_new_workspace_without_rollups_is_recorded_without_a_rebuild(acme):
+    usage_rollup(now=NOW)
+    new = workspace_create(name="Fresh", slug="fresh", actor=Actor.system("tests"), time_zone="Asia/Kolkata")
+
+    report = usage_rollup(now=NOW + timedelta(minutes=1))
+
+    assert report.rezoned_workspaces == 0 and report.day_buckets == 0
+    assert UsageRollupZone.objects.get(workspace=new).time_zone == "Asia/Kolkata"
+
+
+def snapshot_of(workspace) -> list[tuple]:
+    return [row for row in snapshot(UsageDaily) if row[1] == workspace.id]
+
+
+def computed_at(workspace) -> set:
+    return set(UsageDayBucket.objects.filter(workspace=workspace).values_list("day", "computed_at"))
 
 
 def test_id_holes_are_found_exactly_across_id_blocks(acme):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import time_machine
+from django.urls import reverse
 
 from console.models import AuditEvent
 from deployments import health
@@ -148,13 +150,35 @@ def test_probe_all_enqueues_running_and_unreachable_endpoint_deployments_only(wo
 def test_probe_after_a_change_is_enqueued_on_commit(world, upstream, django_capture_on_commit_callbacks, monkeypatch):
     d = deployment(world, f"{upstream}/v1")
     sent = []
-    monkeypatch.setattr("deployments.tasks.deployment_probe.delay", lambda *args: sent.append(args))
+    monkeypatch.setattr("deployments.tasks.deployment_probe.apply_async", lambda args, **kw: sent.append((args, kw)))
 
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         health.deployment_probe_on_commit(deployment_id=d.id)
         assert sent == []
 
-    assert len(callbacks) == 1 and sent == [(d.id,)]
+    assert len(callbacks) == 1 and sent == [((d.id,), {"expires": 120})]
+
+
+def test_an_upstream_echoing_credentials_is_reported_without_them_on_the_pages(world, upstream, client_for):
+    d = deployment(world, f"{upstream}/leaky/v1")
+
+    checked = health.deployment_health_check(deployment_id=d.id, now=NOW)
+
+    assert checked.status == DeploymentStatus.UNREACHABLE
+    assert checked.last_error.startswith("The upstream refused the API key (HTTP 401): Key Bearer [redacted] rejected")
+    for secret in (UPSTREAM_KEY, "x" * 24, "hunter2", "tok_abcdef123456"):
+        assert secret not in checked.last_error
+    assert "https://[redacted]@keys.internal/rotate?[redacted]" in checked.last_error
+
+    client = client_for(world.viewer)
+    with time_machine.travel(NOW + timedelta(minutes=2, seconds=10), tick=False):
+        pages = [client.get(reverse(name, kwargs={"ws": "acme", **extra})).content.decode()
+                 for name, extra in (("deployments_page", {}), ("deployment_detail", {"deployment": d.public_id}))]
+    for page in pages:
+        assert "checked <time" in page and ">2 min ago</time>" in page
+        assert "Key Bearer [redacted] rejected" in page
+        for secret in (UPSTREAM_KEY, "hunter2", "tok_abcdef123456", "/leaky/"):
+            assert secret not in page
 
 
 def test_a_forbidden_upstream_address_is_not_contacted(world):

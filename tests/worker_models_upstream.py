@@ -1,7 +1,8 @@
 """A tiny OpenAI-compatible upstream for health-check tests, run as its own process.
 
 GET /v1/models answers 200 with the Bearer key from STUB_API_KEY, else 401; /broken/v1/models
-answers 503, /nolist/v1/models 404, /slow/v1/models after 3 s. GET /_hits counts the probes.
+answers 503, /nolist/v1/models 404, /slow/v1/models after 3 s; /leaky/v1/models answers 401 with
+a message that echoes the Authorization header and a URL with credentials. GET /_hits counts the probes.
 Usage: python tests/worker_models_upstream.py PORT
 """
 
@@ -36,6 +37,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, {"object": "list", "data": [{"id": "demo", "object": "model"}]})
         if self.path == "/broken/v1/models":
             return self._json(503, {"error": {"message": "model is still loading"}})
+        if self.path == "/leaky/v1/models":
+            message = (f"Key {self.headers.get('Authorization')} rejected (also tried sk-live-{'x' * 24}); "
+                       "rotate it at https://ops:hunter2@keys.internal/rotate?token=tok_abcdef123456")
+            return self._json(401, {"error": {"message": message}})
         if self.path == "/slow/v1/models":
             time.sleep(3)
             return self._json(200, {"object": "list", "data": []})

@@ -136,6 +136,23 @@ class UsageHourBucket(RollupBucketState):
         return f"{self.workspace_id} {self.hour:%Y-%m-%d %H}h {'dirty' if self.dirty else 'done'}"
 
 
+class UsageRollupZone(models.Model):
+    """The time zone a workspace's daily rollups are built in.
+
+    Each rollup pass compares it with Workspace.time_zone. When the console has changed the zone,
+    local days have moved: the pass marks the workspace's whole history dirty, recomputes it in
+    the new zone and records that zone here, so the console needs no hook into usage.
+    An empty time_zone means "unknown": the next pass rebuilds.
+    """
+
+    workspace = models.OneToOneField("console.Workspace", primary_key=True, on_delete=models.CASCADE, related_name="+")
+    time_zone = models.CharField(max_length=64, blank=True)
+    updated_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"workspace {self.workspace_id} rolled up in {self.time_zone or 'an unknown zone'}"
+
+
 class UsageCursor(models.Model):
     """Singleton (pk=1): how far event discovery has read.
 

@@ -32,13 +32,30 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, CharField, Count, DecimalField, F, IntegerField, Max, Min, Q, Sum, Value, When, Window
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    DecimalField,
+    Exists,
+    F,
+    IntegerField,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    Subquery,
+    Sum,
+    Value,
+    When,
+    Window,
+)
 from django.db.models.functions import Cast, Coalesce, Lead, Round, TruncDate, TruncHour
 from django.utils import timezone
 
 from console.models import Workspace
 from usage.aggregates import ExactSum, LocalDate, Percentile
-from usage.models import UsageCursor, UsageDaily, UsageDayBucket, UsageEvent, UsageHourBucket, UsageHourly
+from usage.models import UsageCursor, UsageDaily, UsageDayBucket, UsageEvent, UsageHourBucket, UsageHourly, UsageRollupZone
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +99,7 @@ class RollupReport:
     hour_buckets: int = 0
     rows_written: int = 0
     pending_gaps: int = 0
+    rezoned_workspaces: int = 0
 
 
 def hour_floor(moment: datetime) -> datetime:
@@ -410,6 +428,7 @@ def run(*, now: datetime | None = None, max_batches: int | None = None) -> Rollu
     """One aggregation pass: discover, prune old hours, recompute every bucket dirty as of `now`."""
     now = now or timezone.now()
     report = RollupReport()
+    report.rezoned_workspaces = len(rezone(now=now))
     report.events_seen, report.pending_gaps = discover(now=now)
     prune_hourly(now=now)
     batches = 0
@@ -425,6 +444,42 @@ def run(*, now: datetime | None = None, max_batches: int | None = None) -> Rollu
             else:
                 report.hour_buckets += buckets
     return report
+
+
+def rezone(*, now: datetime) -> list[int]:
+    """Mark all history dirty for each workspace whose time zone differs from the one its daily
+    rollups were built in, and record the new zone. Returns those workspaces' ids.
+
+    The comparison runs on every pass, so a zone change made anywhere (console, admin, shell)
+    is picked up without a hook, and a pass that crashed half-way simply finds it again.
+    """
+    built_in = UsageRollupZone.objects.filter(workspace=OuterRef("pk")).values("time_zone")
+    # A workspace seen for the first time (created since the last pass): its rollups, if any
+    # already exist, were built in a zone nobody recorded, so record "unknown" and rebuild.
+    new = list(Workspace.objects.filter(~Exists(built_in)).annotate(
+        has_rows=Exists(UsageDaily.objects.filter(workspace=OuterRef("pk")))).values_list("id", "time_zone", "has_rows"))
+    if new:
+        UsageRollupZone.objects.bulk_create(
+            [UsageRollupZone(workspace_id=pk, time_zone="" if has_rows else name, updated_at=now) for pk, name, has_rows in new],
+            ignore_conflicts=True,
+        )
+    changed = list(
+        Workspace.objects.annotate(built=Subquery(built_in)).exclude(built=F("time_zone")).order_by("id").values_list("id", flat=True)
+    )
+    rezoned = []
+    for pk in changed:
+        with transaction.atomic():
+            # The lock orders concurrent passes: the second one finds the zone recorded and skips.
+            state = UsageRollupZone.objects.select_for_update().filter(workspace_id=pk).first()
+            name = Workspace.objects.filter(pk=pk).values_list("time_zone", flat=True).first()
+            if state is None or name is None or state.time_zone == name:
+                continue  # deleted meanwhile, or another pass got here first
+            logger.info("usage: workspace %s moved from %s to %s; rebuilding its daily rollups", pk, state.time_zone or "?", name)
+            mark_history(since=None, workspace_ids=[pk], now=now)
+            state.time_zone, state.updated_at = name, now
+            state.save(update_fields=["time_zone", "updated_at"])
+            rezoned.append(pk)
+    return rezoned
 
 
 def mark_history(*, since: date | None, workspace_ids: list[int] | None, now: datetime) -> None:

@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 def usage_rollup(*, now: datetime | None = None) -> RollupReport:
-    """Roll up every event not rolled up yet (the every-minute beat task), then check budgets
+    """Roll up every event not rolled up yet (the every-minute beat task), rebuilding the daily
+    rollups of any workspace whose time zone changed since they were built; then check budgets
     against the fresh rollups."""
     now = now or timezone.now()
     report = rollup.run(now=now)
@@ -42,18 +43,11 @@ def usage_backfill(*, since: date | None = None, workspace: Workspace | None = N
 
 
 def usage_workspace_rebuild(*, workspace_id: int, now: datetime | None = None) -> RollupReport:
-    """Recompute all of a workspace's rollups, e.g. after its time zone changed (days move)."""
+    """Recompute all of a workspace's rollups now (the rollup pass does this by itself after a time-zone change)."""
     workspace = Workspace.objects.filter(id=workspace_id).first()
     if workspace is None:
         return RollupReport()  # deleted since the task was enqueued: nothing to rebuild
     return usage_backfill(workspace=workspace, now=now)
-
-
-def usage_workspace_rebuild_on_commit(*, workspace_id: int) -> None:
-    """For request code that changes a workspace's time zone: enqueue the rebuild once committed."""
-    from usage.tasks import usage_rebuild_workspace
-
-    transaction.on_commit(lambda: usage_rebuild_workspace.delay(workspace_id))
 
 
 def usage_reconcile(*, days: int | None = None, now: datetime | None = None) -> ReconcileReport:

@@ -24,7 +24,7 @@ RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 60
 @shared_task(acks_late=True, **RETRY)
 def usage_rollup() -> dict:
     report = services.usage_rollup()
-    if report.events_seen or report.day_buckets or report.hour_buckets:
+    if report.events_seen or report.day_buckets or report.hour_buckets or report.rezoned_workspaces:
         logger.info("usage rollup: %s", report)
     return asdict(report)
 
