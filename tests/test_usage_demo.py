@@ -66,3 +66,13 @@ def test_demo_traffic_needs_the_demo_deployment(world):
     with pytest.raises(CommandError, match="run seed_demo first"):
         call_command("seed_demo_usage")
     assert UsageEvent.objects.count() == 0
+
+
+def test_demo_budgets_show_one_workspace_inside_and_one_past_its_warning(world, demo_deployment):
+    from usage.models import Budget, BudgetAlert
+
+    demo_traffic_seed(deployment=demo_deployment, days=30, now=NOW)
+
+    assert {b.workspace.slug: b.block_requests for b in Budget.objects.select_related("workspace")} == {
+        world.org.slug: False, world.sub.slug: False}
+    assert list(BudgetAlert.objects.values_list("workspace__slug", "threshold")) == [(world.sub.slug, 80)]

@@ -12,7 +12,7 @@ import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import transaction
 from django.utils import timezone
@@ -23,8 +23,9 @@ from deployments.models import Deployment, DeploymentPrice, ModelGrant
 from deployments.services import model_grant_add
 from keys.models import ApiKey
 from keys.services import api_key_create
+from usage.budgets import budget_spend, local_month
 from usage.models import UsageEvent
-from usage.services import usage_backfill
+from usage.services import budget_set, usage_backfill
 
 NANO = Decimal("0.000000001")
 MILLION = Decimal(1_000_000)
@@ -122,4 +123,11 @@ def demo_traffic_seed(*, deployment: Deployment, days: int = 30, now: datetime |
                                           day_end=day_end, volume=volume)
         UsageEvent.objects.bulk_create(events, batch_size=1000)
     usage_backfill(since=(now - timedelta(days=days + 1)).date(), now=now)
+    # Budgets that show both states: the organisation comfortably inside its budget, the
+    # sub-workspace past its 80 % warning (neither blocks requests).
+    for workspace, _, _ in keys:
+        spent = budget_spend(workspace, local_month(now, workspace.tz), "USD")
+        share = Decimal("0.45") if workspace.is_default else Decimal("0.9")
+        amount = max(Decimal("0.05"), (spent / share).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+        budget_set(workspace=workspace, amount=amount, currency="USD", block_requests=False, actor=actor, now=now)
     return DemoTraffic(events=len(events), keys=[key.name for _, key, _ in keys])
