@@ -12,6 +12,8 @@ import pytest
 from usage.selectors import allocate_cents, cents
 from usage.services import usage_rollup
 
+from usage.models import UsageHourly
+
 from .usage_factory import event, make_deployment, make_key, rollup_totals
 
 NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
@@ -45,9 +47,24 @@ def _csv(resp) -> list[list[str]]:
     return list(csv.reader(io.StringIO(resp.content.decode())))
 
 
-def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, django_assert_max_num_queries):
+def _sections(rows: list[list[str]]) -> dict[str, list[list[str]]]:
+    """CSV sections (separated by blank rows) by the first cell of their header row."""
+    sections, current = {}, None
+    for row in rows:
+        if not row:
+            current = None
+        elif current is None:
+            current = sections.setdefault(row[0], [row])
+        else:
+            current.append(row)
+    return sections
+
+
+def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, django_assert_num_queries):
     client = client_for(usage.owner)
-    with django_assert_max_num_queries(13):
+    # session, user, workspace, role, sub-workspaces, keys, deployments, series, 3 breakdowns, (no key has a
+    # limit: no yearly query), the shell's workspace switcher
+    with django_assert_num_queries(12):
         resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}")
     assert resp.status_code == 200
     report = resp.context["report"]
@@ -59,23 +76,137 @@ def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, 
     assert report.totals["cost_cents"] == cents(expected["cost"])
     body = resp.content.decode()
     assert f'data-total="cost">{cents(expected["cost"])}' in body
-    assert "<svg" in body and "<title>Mar 10: 7 requests</title>" in body
+    assert "<svg" in body and "<title>Tue Mar 10: 7 requests</title>" in body
     assert 'style="' not in body
     assert {r["workspace__slug"] for r in report.by_workspace} == {usage.org.slug, usage.sub.slug}
 
-    rows = _csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}"))
-    assert rows[0][0] == "day" and len(rows) == 1 + 10 + 1
-    total = rows[-1]
+    sections = _sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}")))
+    days = sections["day"]
+    assert days[0][:2] == ["day", "requests"] and len(days) == 1 + 10 + 1
+    total = days[-1]
     assert total[0] == "total"
     assert int(total[1]) == expected["requests"] and int(total[5]) == expected["total_tokens"]
-    assert Decimal(total[6]) == cents(expected["cost"])
-    assert sum(int(r[1]) for r in rows[1:-1]) == expected["requests"]
-    assert sum(Decimal(r[6]) for r in rows[1:-1]) == expected["cost"]
+    assert Decimal(total[7]) == report.totals["cost_cents"] == cents(expected["cost"])
+    assert sum(int(r[1]) for r in days[1:-1]) == expected["requests"]
+    # Cents are allocated: the day rows add up to the total exactly, as on screen.
+    assert sum(Decimal(r[7]) for r in days[1:-1]) == Decimal(total[7])
+    assert [Decimal(r[7]) for r in days[1:-1]] == [p["cost_cents"] for p in report.periods]
+    # Every breakdown shown is exported in the order shown, and adds up to the same totals.
+    for kind, rows in (("workspace", report.by_workspace), ("key", report.by_key), ("deployment", report.by_deployment)):
+        section = sections[kind]
+        assert [r[0] for r in section[1:-1]] == [r.get("workspace__name") or r.get("api_key__name") or r.get("deployment__name")
+                                                for r in rows]
+        assert sum(int(r[2]) for r in section[1:-1]) == int(section[-1][2]) == expected["requests"]
+        assert sum(Decimal(r[8]) for r in section[1:-1]) == Decimal(section[-1][8]) == report.totals["cost_cents"]
+        assert sum(r["cost_cents"] for r in rows) == report.totals["cost_cents"]
+        assert f'<th class="num">{report.totals["cost_cents"]}</th>' in body  # the table's total row
+
+
+def test_tokens_chart_stacks_prompt_and_completion_with_a_legend(usage, client_for, frozen):
+    resp = client_for(usage.owner).get(f"/w/{usage.org.slug}/usage/{RANGE}")
+    body = resp.content.decode()
+    tokens = [c for c in resp.context["charts"] if c["metric"] == "tokens"][0]
+    assert [s.label for s in tokens["series"]] == ["Prompt", "Completion"]
+    mar10 = resp.context["report"].periods[-1]
+    assert mar10["prompt_tokens"] == 5 * 1003 + 10 + 5001 + 333 and mar10["completion_tokens"] == 77 * 10 + 999
+    title = (f"Tue Mar 10: {mar10['prompt_tokens']:,} prompt + {mar10['completion_tokens']:,} completion = "
+             f"{mar10['total_tokens']:,} tokens")
+    assert f"<title>{title}</title>" in body
+    assert 'class="legend-swatch chart-s2"' in body
+    # Two stacked segments in the last column, the completion one on top of the prompt one.
+    prompt, completion = tokens["columns"][-1]["segments"]
+    assert completion["y"] + completion["h"] == pytest.approx(prompt["y"])
+    # The y axis has round ticks, labelled, starting at 0 and reaching the tallest column.
+    labels = [t["label"] for t in tokens["y_ticks"]]
+    assert labels[0] == "0" and len(labels) >= 3
+    tallest = min(seg["y"] for col in tokens["columns"] for seg in col["segments"])
+    assert tokens["y_ticks"][-1]["y"] <= tallest
+    cost = [c for c in resp.context["charts"] if c["metric"] == "cost"][0]
+    assert cost["unit"] == "USD" and f"Tue Mar 10: {mar10['cost_cents']} USD" in cost["columns"][-1]["title"]
+
+
+def test_hourly_view_reads_hourly_rollups_with_local_hour_ticks(usage, client_for, frozen, django_assert_num_queries):
+    usage.org.time_zone = "America/New_York"  # EDT (UTC-4) through the whole window
+    usage.org.save(update_fields=["time_zone"])
+    client = client_for(usage.owner)
+    with django_assert_num_queries(12):
+        resp = client.get(f"/w/{usage.org.slug}/usage/?range=48h&start=2020-01-01")
+    report = resp.context["report"]
+    assert report.hourly and len(report.periods) == 48
+    first = datetime(2026, 3, 8, 13, tzinfo=UTC)  # 48 hours ending with 12:00 UTC, the hour NOW is in
+    assert report.periods[0]["period"] == first and report.periods[-1]["period"] == datetime(2026, 3, 10, 12, tzinfo=UTC)
+    expected = rollup_totals(UsageHourly, workspace__in=[usage.org, usage.sub], hour__gte=first)
+    assert expected["requests"] == 14  # today's and yesterday's; the day before is 48 h 4 min ago
+    assert report.totals["requests"] == expected["requests"] and report.totals["cost"] == expected["cost"]
+    tokens = resp.context["charts"][1]
+    assert tokens["title"] == "Tokens per hour"
+    assert [t["label"] for t in tokens["x_ticks"]] == ["12:00", "18:00", "Mar 9", "06:00", "12:00", "18:00", "Mar 10", "06:00"]
+    body = resp.content.decode()
+    assert "<title>Mar 10, 08:00: 7 requests</title>" in body  # 12:26–12:30 UTC is 08:xx in New York
+    assert 'id="id_start"' not in body and '<option value="48h" selected>' in body
+
+    sections = _sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv?range=48h")))
+    hours = sections["hour"]
+    assert len(hours) == 1 + 48 + 1 and hours[1][0] == "2026-03-08T09:00-04:00"
+    assert int(hours[-1][1]) == expected["requests"] and Decimal(hours[-1][7]) == cents(expected["cost"])
+    assert sum(Decimal(r[7]) for r in hours[1:-1]) == Decimal(hours[-1][7])
+
+
+def test_sorting_orders_every_breakdown_and_marks_the_column(usage, client_for, frozen, django_assert_num_queries):
+    client = client_for(usage.owner)
+    with django_assert_num_queries(12):
+        resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=requests")
+    by_key = resp.context["report"].by_key
+    assert [r["api_key__name"] for r in by_key] == ["research", "backend"]  # 3 < 18 requests, ascending
+    body = resp.content.decode()
+    assert 'aria-sort="ascending"' in body and "Requests <span class=\"sort-arrow\" aria-hidden=\"true\">↑</span>" in body
+    # The active column's link reverses it; the others sort largest first; the filters stay.
+    assert f'href="/w/{usage.org.slug}/usage/?start=2026-03-01&amp;end=2026-03-10&amp;sort=-requests"' in body
+    assert f'href="/w/{usage.org.slug}/usage/?start=2026-03-01&amp;end=2026-03-10&amp;sort=-cost"' in body
+    assert f'hx-get="/w/{usage.org.slug}/usage/?start=2026-03-01&amp;end=2026-03-10&amp;sort=-cost" hx-target="#usage-view"' in body
+    desc = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=-requests").context["report"].by_key
+    assert [r["api_key__name"] for r in desc] == ["backend", "research"]
+    names = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=name").context["report"].by_deployment
+    assert [r["deployment__name"] for r in names] == ["chat", "embed"]
+    p95 = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=-p95").context["report"]
+    assert p95.sort == "-p95"
+    # A sort the page does not offer falls back to cost, largest first.
+    bogus = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=password").context["report"]
+    assert bogus.sort == "-cost" and bogus.by_key[0]["cost"] >= bogus.by_key[-1]["cost"]
+    # The CSV follows the same sort.
+    section = _sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}&sort=requests")))["key"]
+    assert [r[0] for r in section[1:-1]] == ["research", "backend"]
+
+
+def test_each_breakdown_row_links_to_the_filtered_view_keeping_the_range(usage, client_for, frozen):
+    client = client_for(usage.owner)
+    body = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=requests").content.decode()
+    base = f"/w/{usage.org.slug}/usage/?start=2026-03-01&amp;end=2026-03-10&amp;sort=requests"
+    assert f'href="{base}&amp;key={usage.key.public_id}"' in body
+    assert f'href="{base}&amp;deployment={usage.embed.public_id}"' in body
+    assert f'href="{base}&amp;workspace={usage.sub.slug}"' in body
+    # Following the key link narrows everything to that key (the link works without JavaScript).
+    resp = client.get(f"/w/{usage.org.slug}/usage/?start=2026-03-01&end=2026-03-10&key={usage.key.public_id}")
+    assert resp.context["report"].totals["requests"] == rollup_totals(api_key=usage.key)["requests"] == 18
+    assert 'data-testid="clear-filters"' in resp.content.decode()
+
+
+def test_htmx_gets_the_part_it_swaps(usage, client_for, frozen):
+    client = client_for(usage.owner)
+    url = f"/w/{usage.org.slug}/usage/{RANGE}"
+    results = client.get(url, headers={"HX-Request": "true", "HX-Target": "usage-results"}).content.decode().lstrip()
+    assert results.startswith('<div id="usage-results"') and "usage-filters" not in results
+    view = client.get(url, headers={"HX-Request": "true", "HX-Target": "usage-view"}).content.decode().lstrip()
+    assert view.startswith('<div id="usage-view"') and 'data-testid="usage-filters"' in view and 'id="usage-results"' in view
+    resp = client.get(url, headers={"HX-Request": "true", "HX-Target": "deployment-usage"})
+    assert resp.content.decode().lstrip().startswith('<div id="deployment-usage"') and "by-key" not in resp.content.decode()
+    assert "HX-Target" in resp["Vary"]
 
 
 def test_filters_narrow_rows_and_htmx_gets_the_fragment(usage, client_for, frozen):
     client = client_for(usage.owner)
-    resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&workspace={usage.sub.slug}", headers={"HX-Request": "true"})
+    resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&workspace={usage.sub.slug}",
+                      headers={"HX-Request": "true", "HX-Target": "usage-results"})
     assert resp.status_code == 200
     assert resp.content.decode().lstrip().startswith('<div id="usage-results"')
     assert resp.context["report"].totals["requests"] == rollup_totals(workspace=usage.sub)["requests"] == 3
@@ -112,9 +243,10 @@ def test_sub_member_sees_only_own_workspace_and_sibling_is_404(usage, client_for
         assert client_for(usage.outsider).get(f"/w/{usage.org.slug}/{url}").status_code == 404
 
 
-def test_billing_split_sums_to_org_total_to_the_cent(usage, client_for, frozen, django_assert_max_num_queries):
+def test_billing_split_sums_to_org_total_to_the_cent(usage, client_for, frozen, django_assert_num_queries):
     client = client_for(usage.owner)
-    with django_assert_max_num_queries(8):
+    # session, user, workspace, role, statement rows, price versions, the shell's workspace switcher
+    with django_assert_num_queries(7):
         resp = client.get(f"/w/{usage.org.slug}/billing/?month=2026-03")
     st = resp.context["statement"]
     exact = rollup_totals(workspace__in=[usage.org, usage.sub])["cost"]
@@ -128,8 +260,9 @@ def test_billing_split_sums_to_org_total_to_the_cent(usage, client_for, frozen, 
     body = resp.content.decode()
     assert f'data-testid="statement-total">{st.total} <small>USD' in body
     rows = _csv(client.get(f"/w/{usage.org.slug}/billing/export.csv?month=2026-03"))
-    assert rows[-1][0] == "total" and Decimal(rows[-1][5]) == st.total
-    assert sum(Decimal(r[5]) for r in rows[1:-1] if r[1] == "subtotal") == st.total
+    assert rows[0][9] == "cost" and rows[-1][0] == "total" and Decimal(rows[-1][9]) == st.total
+    assert sum(Decimal(r[9]) for r in rows[1:-1] if r[1] == "subtotal") == st.total
+    assert sum(Decimal(r[9]) for r in rows[1:-1] if r[1] != "subtotal") == st.total
     # An empty month is an empty statement, not an error; a bad month is a form error.
     assert client.get(f"/w/{usage.org.slug}/billing/?month=2025-01").context["statement"].total == 0
     assert client.get(f"/w/{usage.org.slug}/billing/?month=2025-13").context["form"].errors
@@ -147,3 +280,38 @@ def test_allocate_cents_parts_add_up_when_rounding_would_not():
     assert sum(allocate_cents(parts)) == Decimal("0.02")
     assert allocate_cents(parts) == [Decimal("0.01"), Decimal("0.01"), Decimal("0.00")]
     assert allocate_cents([Decimal("1.234"), Decimal("2.345"), Decimal("0.001")]) == [Decimal("1.23"), Decimal("2.35"), Decimal("0.00")]
+
+
+def test_statement_lines_show_each_price_version_and_still_add_up(usage, client_for, frozen):
+    """A price change mid-month: one line per version, input × price + output × price each, dates shown."""
+    summarize = make_deployment(usage.org, "summarize", price=("0.25", "2.00"), at=datetime(2026, 1, 1, tzinfo=UTC))
+    summarize.prices.create(effective_from=datetime(2026, 3, 9, tzinfo=UTC), input_per_million=Decimal("0.40"),
+                            output_per_million=Decimal("3.10"))
+    for at in (datetime(2026, 3, 2, 9, tzinfo=UTC), datetime(2026, 3, 8, 23, tzinfo=UTC), datetime(2026, 3, 9, 1, tzinfo=UTC)):
+        event(usage.org, at, key=usage.key, deployment=summarize, prompt=123_457, completion=98_765)
+    usage_rollup(now=NOW)
+
+    client = client_for(usage.owner)
+    resp = client.get(f"/w/{usage.org.slug}/billing/?month=2026-03")
+    st = resp.context["statement"]
+    lines = [i for i in st.sections[0].items if i["deployment_id"] == summarize.id]
+    assert [(i["input_price"], i["output_price"], i["requests"]) for i in lines] == [("0.25", "2.00", 2), ("0.40", "3.10", 1)]
+    assert [[v.date() for v in i["versions"]] for i in lines] == [[date(2026, 1, 1)], [date(2026, 3, 9)]]
+    for line in lines:
+        formula = (line["prompt_tokens"] * line["input_price_per_million"] + line["completion_tokens"] * line["output_price_per_million"])
+        # The exact line is the sum of the events' costs, each stamped to the nano-unit.
+        assert abs(line["cost"] - formula / Decimal(1_000_000)) <= Decimal("0.000000001") * line["requests"]
+    assert sum(i["cost_cents"] for s in st.sections for i in s.items) == st.total == cents(st.exact)
+    assert st.exact == rollup_totals(workspace__in=[usage.org, usage.sub])["cost"]
+    body = resp.content.decode()
+    assert "from Mar 9, 2026" in body and "× 0.40 USD" in body and "× 3.10 USD" in body and "from Jan 1, 2026" in body
+
+    rows = _csv(client.get(f"/w/{usage.org.slug}/billing/export.csv?month=2026-03"))
+    mine = [r for r in rows if r[1] == "summarize"]
+    assert [(r[3], r[4], r[5], r[6]) for r in mine] == [("2026-01-01", "0.250000", "2.000000", "2"), ("2026-03-09", "0.400000", "3.100000", "1")]
+    assert [Decimal(r[9]) for r in mine] == [i["cost_cents"] for i in lines]
+
+
+def test_billing_month_picker_links_to_the_neighbouring_months(usage, client_for, frozen):
+    body = client_for(usage.owner).get(f"/w/{usage.org.slug}/billing/?month=2026-01").content.decode()
+    assert 'href="?month=2025-12"' in body and 'href="?month=2026-02"' in body and 'value="2026-01"' in body
