@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from datetime import UTC, date, datetime, timedelta
@@ -9,10 +10,9 @@ from decimal import Decimal
 
 import pytest
 
+from usage.models import UsageHourly
 from usage.selectors import allocate_cents, cents
 from usage.services import usage_rollup
-
-from usage.models import UsageHourly
 
 from .usage_factory import event, make_deployment, make_key, rollup_totals
 
@@ -315,3 +315,90 @@ def test_statement_lines_show_each_price_version_and_still_add_up(usage, client_
 def test_billing_month_picker_links_to_the_neighbouring_months(usage, client_for, frozen):
     body = client_for(usage.owner).get(f"/w/{usage.org.slug}/billing/?month=2026-01").content.decode()
     assert 'href="?month=2025-12"' in body and 'href="?month=2026-02"' in body and 'value="2026-01"' in body
+
+
+def _admit_through_the_gateway(key, tokens: int) -> None:
+    """Reserve tokens the way a gateway process does (its Lua script), so the page reads the real counter."""
+    from django.conf import settings
+
+    from gateway.limits import ADMIT, RedisLimiter
+    from gateway.resp import PipelinedRedis
+
+    async def admit():
+        redis = PipelinedRedis(settings.REDIS_URL)
+        try:
+            decision = await RedisLimiter(redis).admit(api_key_id=key.id, public_id=str(key.public_id), year=2026, estimate=tokens,
+                                                       tpm_limit=key.tpm_limit, yearly_limit=None)
+        finally:
+            await redis.aclose()
+        assert decision.outcome == ADMIT
+
+    asyncio.run(admit())
+
+
+def test_key_limits_show_this_minute_from_the_gateway_and_this_year_from_rollups(usage, client_for, frozen, django_assert_num_queries):
+    from gateway.app import _yearly_usage
+
+    usage.key.tpm_limit, usage.key.yearly_token_limit = 1000, 40_000
+    usage.key.save(update_fields=["tpm_limit", "yearly_token_limit"])
+    usage.sub_key.yearly_token_limit = 1_000_000
+    usage.sub_key.save(update_fields=["yearly_token_limit"])
+    client = client_for(usage.owner)
+    before = client.get(f"/w/{usage.org.slug}/usage/{RANGE}").context["limits"]
+    assert [(limit.key.name, limit.tpm_used) for limit in before] == [("backend", 0), ("research", None)]
+
+    _admit_through_the_gateway(usage.key, 850)
+    with django_assert_num_queries(13):  # the page's 12 and the year's usage per key
+        resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}")
+    backend, research = resp.context["limits"]
+    assert (backend.tpm_used, backend.tpm_percent) == (850, 85)
+    # The yearly window is the gateway's: what it seeds its counter with, from the events.
+    assert backend.yearly_used == _yearly_usage(usage.key.id, usage.org.time_zone, 2026) == 3 * (5025 + 770 + 5001)
+    assert backend.yearly_percent == 80 and backend.flag == "near limit"
+    assert research.yearly_used == 3 * (333 + 999) and research.flag == "" and research.tpm_percent is None
+    body = resp.content.decode()
+    assert '<meter min="0" max="1000" value="850" high="800"' in body
+    assert body.count("data-flag>Near limit") == 1
+    assert "850 / 1,000 tokens (85 %)" in body and "32,388 / 40,000 tokens in 2026 (80 %)" in body
+    # A filter on the other key shows only that key's limits.
+    narrowed = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&key={usage.sub_key.public_id}").context["limits"]
+    assert [limit.key.name for limit in narrowed] == ["research"]
+    # The CSV carries the same figures.
+    limits = _sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}")))["key limits"]
+    assert limits[1][2:] == ["1000", "850", "40000", "2026", "32388"]
+
+
+def test_key_limits_say_not_available_without_a_shared_counter(usage, client_for, frozen, settings):
+    usage.key.tpm_limit = 1000
+    usage.key.save(update_fields=["tpm_limit"])
+    settings.REDIS_URL = ""  # the embedded default: each gateway process counts TPM in its own memory
+    resp = client_for(usage.owner).get(f"/w/{usage.org.slug}/usage/{RANGE}")
+    (limit,) = resp.context["limits"]
+    assert limit.tpm_used is None and "without Redis" in limit.tpm_note
+    assert 'data-tpm="unavailable"' in resp.content.decode() and "<meter" not in resp.content.decode()
+
+
+def test_key_limits_say_not_available_when_redis_is_down(usage, client_for, frozen, settings):
+    from lib.redis import redis_client
+
+    usage.key.tpm_limit = 1000
+    usage.key.save(update_fields=["tpm_limit"])
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    redis_client.cache_clear()
+    try:
+        (limit,) = client_for(usage.owner).get(f"/w/{usage.org.slug}/usage/{RANGE}").context["limits"]
+    finally:
+        redis_client.cache_clear()
+    assert limit.tpm_used is None and "cannot be reached" in limit.tpm_note
+
+
+def test_deployment_usage_tab_loads_this_deployments_usage(usage, client_for, frozen):
+    client = client_for(usage.owner)
+    page = client.get(f"/w/{usage.org.slug}/deployments/{usage.embed.public_id}/?tab=usage").content.decode()
+    url = f"/w/{usage.org.slug}/usage/?deployment={usage.embed.public_id}"
+    assert f'id="deployment-usage" hx-get="{url}" hx-trigger="load"' in page and f'<a href="{url}">' in page
+    resp = client.get(url, headers={"HX-Request": "true", "HX-Target": "deployment-usage"})
+    report = resp.context["report"]
+    assert report.totals["requests"] == rollup_totals(deployment=usage.embed)["requests"] == 3
+    assert report.by_key == [] and "limits" not in resp.context
+    assert f'href="{url}" data-testid="open-usage"' in resp.content.decode()
