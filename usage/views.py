@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -36,6 +36,7 @@ class Filters:
     keys: list[ApiKey]
     zones: dict[int, ZoneInfo]
     params: dict[str, str]  # the filters in effect, for links that change one of them
+    labels: list[str] = field(default_factory=list)  # the same, as a person reads them
 
 
 def _filters(request: HttpRequest, access: WorkspaceAccess, now: datetime) -> Filters:
@@ -54,12 +55,14 @@ def _filters(request: HttpRequest, access: WorkspaceAccess, now: datetime) -> Fi
     by_key = {str(k.public_id): k.id for k in keys}
     by_dep = {str(d.public_id): d.id for d in deployments}
     filters = {"sub": by_slug.get(data["workspace"]), "key_id": by_key.get(data["key"]), "deployment_id": by_dep.get(data["deployment"])}
+    labels = [f"{form.fields[name].label or name.capitalize()}: {dict(form.fields[name].choices)[data[name]]}"
+              for name in ("workspace", "key", "deployment") if data[name]]
     if data["range"] == "48h":
         scope = UsageScope.last_48_hours(ws, now, **filters)
         params.pop("start", None), params.pop("end", None)
     else:
         scope = UsageScope(workspace=ws, start=data["start"], end=data["end"], **filters)
-    return Filters(form, scope, keys, zones, params)
+    return Filters(form, scope, keys, zones, params, labels)
 
 
 def _limited_keys(filters: Filters) -> list[ApiKey]:
@@ -94,7 +97,8 @@ def usage_page(request: HttpRequest, ws: str) -> HttpResponse:
     filters = _filters(request, access, now)
     fragment = FRAGMENTS.get(request.htmx.target) if request.htmx else None
     context = {"access": access, "nav": "usage", "form": filters.form, "scope": filters.scope, "params": filters.params,
-               "usage_url": reverse("usage_page", kwargs={"ws": access.workspace.slug}), "embedded": fragment == "embedded"}
+               "usage_url": reverse("usage_page", kwargs={"ws": access.workspace.slug}), "embedded": fragment == "embedded",
+               "filter_labels": filters.labels}
     if filters.scope is not None:
         report = _report(access, filters, breakdowns=fragment != "embedded")
         context.update(report=report, charts=usage_charts(report))
