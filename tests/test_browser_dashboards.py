@@ -83,7 +83,7 @@ def test_usage_filters_sort_and_csv_then_billing_month_split(page, sign_in, scre
     page.locator("[data-testid=by-workspace] th a", has_text="Requests").click()
     expect(page.locator("[data-testid=by-workspace] th[aria-sort=descending]")).to_contain_text("Requests")
     page.locator("[data-testid=by-workspace] th a", has_text="Requests").click()
-    expect(page.locator("[data-testid=by-workspace] th[aria-sort=ascending]")).to_contain_text("Requests ↑")
+    expect(page.locator("[data-testid=by-workspace] th[aria-sort=ascending]")).to_contain_text("↑")
     assert page.locator("[data-testid=by-workspace] tbody tr").first.locator("td").first.inner_text() == "Research"
     assert "sort=requests" in page.url and "start=" in page.url
     assert page.evaluate("window.stillTheSamePage") is True  # no full reload so far
@@ -130,5 +130,5 @@ def test_usage_filters_sort_and_csv_then_billing_month_split(page, sign_in, scre
     assert own.locator("[data-testid=subtotal]").inner_text() == "0.80"
     assert sub.locator("[data-testid=subtotal]").inner_text() == "1.20"
     assert page.locator("[data-testid=statement-total]").inner_text().startswith("2.00")
-    expect(own.locator("[data-testid=line-item]")).to_contain_text("× 0.50 USD")
+    expect(own.locator("[data-testid=line-item]")).to_contain_text("0.50 in · 1.50 out USD")
     screenshot(page, "6-billing-last-month")

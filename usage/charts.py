@@ -12,8 +12,10 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 
-WIDTH, HEIGHT = 640, 200
-LEFT, RIGHT, TOP, BOTTOM = 58, 10, 12, 28
+# viewBox sizes chosen so a half-width chart (and a full-width one) is drawn at about 0.85 scale
+# on a laptop screen: the 12-unit labels stay readable.
+WIDTH, WIDE_WIDTH, HEIGHT = 540, 1100, 210
+LEFT, RIGHT, TOP, BOTTOM = 52, 24, 12, 30
 Y_TICKS = 4
 
 
@@ -52,25 +54,26 @@ def _period_text(period: dict, hourly: bool) -> str:
     return f"{local:%b %-d, %H:%M}" if hourly else f"{local:%a %b %-d}"
 
 
-def _x_ticks(periods: list[dict], hourly: bool) -> list[tuple[int, str]]:
+def _x_ticks(periods: list[dict], hourly: bool, most: int) -> list[tuple[int, str]]:
     if hourly:
         return [(i, f"{p['local']:%b %-d}" if p["local"].hour == 0 else f"{p['local']:%H:%M}")
                 for i, p in enumerate(periods) if p["local"].hour % 6 == 0]
-    every = max(1, math.ceil(len(periods) / 7))
+    every = max(1, math.ceil(len(periods) / most))
     # Count back from the last day, so the most recent one is always labelled.
     last = len(periods) - 1
     return [(i, f"{p['local']:%b %-d}") for i, p in enumerate(periods) if (last - i) % every == 0]
 
 
 def bar_chart(periods: list[dict], series: list[Series], *, title: str, unit: str, hourly: bool, money: bool = False,
-              value_keys: dict[str, str] | None = None) -> dict:
+              value_keys: dict[str, str] | None = None, wide: bool = False) -> dict:
     """Geometry for one chart. `value_keys` maps a series to the key its hover text reads (cost in cents)."""
     value_keys = value_keys or {}
     totals = [sum(float(p[s.key]) for s in series) for p in periods]
     peak = max(totals, default=0)
     step = _nice_step(peak / Y_TICKS) if peak else 1
     top = step * max(1, math.ceil(peak / step - 1e-9)) if peak else step * Y_TICKS
-    plot_w, plot_h, bottom = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM, HEIGHT - BOTTOM
+    width = WIDE_WIDTH if wide else WIDTH
+    plot_w, plot_h, bottom = width - LEFT - RIGHT, HEIGHT - TOP - BOTTOM, HEIGHT - BOTTOM
     slot = plot_w / max(len(periods), 1)
     scale = plot_h / top
 
@@ -94,10 +97,11 @@ def bar_chart(periods: list[dict], series: list[Series], *, title: str, unit: st
     for k in range(count + 1):
         value = step * k
         y_ticks.append({"y": round(bottom - value * scale, 2), "label": _axis_label(value, step, money)})
-    x_ticks = [{"x": round(LEFT + i * slot + slot / 2, 2), "label": label} for i, label in _x_ticks(periods, hourly)]
+    x_ticks = [{"x": round(LEFT + i * slot + slot / 2, 2), "label": label} for i, label in _x_ticks(periods, hourly, 14 if wide else 7)]
     return {
         "title": title, "unit": unit, "series": series if len(series) > 1 else [], "columns": columns, "y_ticks": y_ticks,
-        "x_ticks": x_ticks, "width": WIDTH, "height": HEIGHT, "left": LEFT, "top": TOP, "bottom_y": bottom, "plot_h": plot_h, "right_x": WIDTH - RIGHT,
+        "x_ticks": x_ticks, "width": width, "height": HEIGHT, "left": LEFT, "top": TOP, "bottom_y": bottom, "plot_h": plot_h,
+        "right_x": width - RIGHT, "wide": wide,
         "metric": series[0].key if len(series) == 1 else "tokens",
     }
 
@@ -107,10 +111,10 @@ def usage_charts(report) -> list[dict]:
     per = "hour" if report.hourly else "day"
     hourly = report.hourly
     return [
+        bar_chart(report.periods, [Series("prompt_tokens", "Prompt", "chart-s1"), Series("completion_tokens", "Completion", "chart-s2")],
+                  title=f"Tokens per {per}", unit="tokens", hourly=hourly, wide=True),
         bar_chart(report.periods, [Series("requests", "Requests", "chart-s1")], title=f"Requests per {per}", unit="requests",
                   hourly=hourly),
-        bar_chart(report.periods, [Series("prompt_tokens", "Prompt", "chart-s1"), Series("completion_tokens", "Completion", "chart-s2")],
-                  title=f"Tokens per {per}", unit="tokens", hourly=hourly),
         bar_chart(report.periods, [Series("cost", "Cost", "chart-s1")], title=f"Cost per {per}", unit=report.currency, hourly=hourly,
                   money=True, value_keys={"cost": "cost_cents", "total": "cost_cents"}),
     ]
