@@ -22,7 +22,7 @@ def _breakdown_name(kind: str, row: dict) -> list:
         return [row["workspace__name"], row["workspace__slug"]]
     if kind == "key":
         return [row["api_key__name"] or "No key / deleted", row["api_key__public_id"] or ""]
-    return [row["deployment__name"] or f"{row['model_label']} (deleted)", row["deployment__public_id"] or ""]
+    return [row["deployment__name"] or "Deleted deployments", row["deployment__public_id"] or ""]
 
 
 def write_usage_csv(writer, report: UsageReport, workspace: Workspace, limits: list[KeyLimit]) -> None:

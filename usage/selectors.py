@@ -57,6 +57,14 @@ def allocate_cents(exact: list[Decimal]) -> list[Decimal]:
     return [Decimal(f) * CENT for f in floors]
 
 
+def tree_q(workspace: Workspace) -> Q:
+    """Rollup rows of a workspace, and of its sub-workspaces if it is a default one. An id list from a
+    subquery rather than an OR over a join: each id is an index range on (workspace, day)."""
+    if not workspace.is_default:
+        return Q(workspace_id=workspace.id)
+    return Q(workspace_id__in=Workspace.objects.filter(Q(id=workspace.id) | Q(parent_id=workspace.id)).values("id"))
+
+
 def _sums() -> dict:
     return {name: Sum(name) for name in SUMMED}
 
@@ -123,12 +131,9 @@ class UsageScope:
         return [self.start + timedelta(days=i) for i in range((self.end - self.start).days + 1)]
 
     def workspace_q(self) -> Q:
-        ws = self.workspace
         if self.sub is not None:
             return Q(workspace=self.sub)
-        if ws.is_default:
-            return Q(workspace=ws) | Q(workspace__parent=ws)
-        return Q(workspace=ws)
+        return tree_q(self.workspace)
 
     def rows(self) -> QuerySet:
         if self.hourly:
@@ -334,9 +339,8 @@ def billing_statement(workspace: Workspace, month: date) -> Statement:
     allocated from their exact sums so they add up to it, and lines likewise to their section total.
     """
     first, last = month_bounds(month)
-    scope = Q(workspace=workspace) | Q(workspace__parent=workspace) if workspace.is_default else Q(workspace=workspace)
     rows = list(
-        UsageDaily.objects.filter(scope, day__gte=first, day__lte=last)
+        UsageDaily.objects.filter(tree_q(workspace), day__gte=first, day__lte=last)
         .values("workspace_id", "workspace__name", "workspace__slug", "workspace__parent_id", "deployment_id", "deployment__name",
                 "currency", "input_price_per_million", "output_price_per_million")
         .annotate(requests=Sum("requests"), prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"),

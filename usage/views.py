@@ -55,11 +55,14 @@ def _filters(request: HttpRequest, access: WorkspaceAccess, now: datetime) -> Fi
     by_key = {str(k.public_id): k.id for k in keys}
     by_dep = {str(d.public_id): d.id for d in deployments}
     filters = {"sub": by_slug.get(data["workspace"]), "key_id": by_key.get(data["key"]), "deployment_id": by_dep.get(data["deployment"])}
+    if "sort" in params:
+        params["sort"] = data["sort"]  # an unknown sort was replaced by the default; links carry that
     labels = [f"{form.fields[name].label or name.capitalize()}: {dict(form.fields[name].choices)[data[name]]}"
               for name in ("workspace", "key", "deployment") if data[name]]
     if data["range"] == "48h":
         scope = UsageScope.last_48_hours(ws, now, **filters)
-        params.pop("start", None), params.pop("end", None)
+        for name in ("start", "end"):
+            params.pop(name, None)
     else:
         scope = UsageScope(workspace=ws, start=data["start"], end=data["end"], **filters)
     return Filters(form, scope, keys, zones, params, labels)
