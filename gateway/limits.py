@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from deployments import changes as deployment_changes
 from keys.changes import GENERATION_KEY, local_generations
+from keys.counters import tpm_counter_key, yearly_counter_key
 
 ADMIT = 0
 TPM_REFUSED = 1
@@ -117,7 +118,8 @@ class Decision:
 
 
 def _keys(public_id: str, year: int) -> tuple[str, str]:
-    return f"gatehouse:tpm:{public_id}", f"gatehouse:yearly:{public_id}:{year}"
+    # Named in keys.counters: the usage pages read the same counters.
+    return tpm_counter_key(public_id), yearly_counter_key(public_id, year)
 
 
 def _yearly_ttl(year: int) -> int:

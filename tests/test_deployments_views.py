@@ -238,9 +238,14 @@ def test_tabs_work_as_links_and_as_htmx_fragments(world, deployment, client_for,
     assert "HX-Request" in fragment["Vary"]
 
 
-def test_usage_tab_says_honestly_what_is_missing(world, deployment, client_for):
+def test_usage_tab_loads_this_deployments_usage_for_a_viewer(world, deployment, client_for):
     client = client_for(world.viewer)
-    assert b"Usage charts come with the dashboards" in client.get(url("deployment_detail", deployment=deployment), {"tab": "usage"}).content
+    page = client.get(url("deployment_detail", deployment=deployment), {"tab": "usage"}).content.decode()
+    usage_url = f"/w/{world.org.slug}/usage/?deployment={deployment.public_id}"
+    assert f'hx-get="{usage_url}"' in page
+    tab = client.get(usage_url, headers={"HX-Request": "true", "HX-Target": "deployment-usage"})
+    assert tab.status_code == 200 and tab.context["scope"].deployment_id == deployment.id
+    assert b'data-testid="deployment-usage"' in tab.content and b"<html" not in tab.content
 
 
 def test_a_posted_key_is_rendered_into_the_examples_for_that_response_only(world, deployment, client_for, caplog):

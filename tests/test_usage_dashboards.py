@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from datetime import UTC, date, datetime, timedelta
@@ -9,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from usage.models import UsageHourly
 from usage.selectors import allocate_cents, cents
 from usage.services import usage_rollup
 
@@ -45,9 +47,24 @@ def _csv(resp) -> list[list[str]]:
     return list(csv.reader(io.StringIO(resp.content.decode())))
 
 
-def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, django_assert_max_num_queries):
+def _sections(rows: list[list[str]]) -> dict[str, list[list[str]]]:
+    """CSV sections (separated by blank rows) by the first cell of their header row."""
+    sections, current = {}, None
+    for row in rows:
+        if not row:
+            current = None
+        elif current is None:
+            current = sections.setdefault(row[0], [row])
+        else:
+            current.append(row)
+    return sections
+
+
+def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, django_assert_num_queries):
     client = client_for(usage.owner)
-    with django_assert_max_num_queries(15):  # 13 + the budget card and the shell's budget banner
+    # session, user, workspace, role, sub-workspaces, keys, deployments, series, 3 breakdowns, (no key has a
+    # limit: no yearly query), the shell's workspace switcher, the shell's budget banner, the budget card
+    with django_assert_num_queries(14):
         resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}")
     assert resp.status_code == 200
     report = resp.context["report"]
@@ -59,23 +76,137 @@ def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, 
     assert report.totals["cost_cents"] == cents(expected["cost"])
     body = resp.content.decode()
     assert f'data-total="cost">{cents(expected["cost"])}' in body
-    assert "<svg" in body and "<title>Mar 10: 7 requests</title>" in body
+    assert "<svg" in body and "<title>Tue Mar 10: 7 requests</title>" in body
     assert 'style="' not in body
     assert {r["workspace__slug"] for r in report.by_workspace} == {usage.org.slug, usage.sub.slug}
 
-    rows = _csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}"))
-    assert rows[0][0] == "day" and len(rows) == 1 + 10 + 1
-    total = rows[-1]
+    sections = _sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}")))
+    days = sections["day"]
+    assert days[0][:2] == ["day", "requests"] and len(days) == 1 + 10 + 1
+    total = days[-1]
     assert total[0] == "total"
     assert int(total[1]) == expected["requests"] and int(total[5]) == expected["total_tokens"]
-    assert Decimal(total[6]) == cents(expected["cost"])
-    assert sum(int(r[1]) for r in rows[1:-1]) == expected["requests"]
-    assert sum(Decimal(r[6]) for r in rows[1:-1]) == expected["cost"]
+    assert Decimal(total[7]) == report.totals["cost_cents"] == cents(expected["cost"])
+    assert sum(int(r[1]) for r in days[1:-1]) == expected["requests"]
+    # Cents are allocated: the day rows add up to the total exactly, as on screen.
+    assert sum(Decimal(r[7]) for r in days[1:-1]) == Decimal(total[7])
+    assert [Decimal(r[7]) for r in days[1:-1]] == [p["cost_cents"] for p in report.periods]
+    # Every breakdown shown is exported in the order shown, and adds up to the same totals.
+    for kind, rows in (("workspace", report.by_workspace), ("key", report.by_key), ("deployment", report.by_deployment)):
+        section = sections[kind]
+        assert [r[0] for r in section[1:-1]] == [r.get("workspace__name") or r.get("api_key__name") or r.get("deployment__name")
+                                                for r in rows]
+        assert sum(int(r[2]) for r in section[1:-1]) == int(section[-1][2]) == expected["requests"]
+        assert sum(Decimal(r[8]) for r in section[1:-1]) == Decimal(section[-1][8]) == report.totals["cost_cents"]
+        assert sum(r["cost_cents"] for r in rows) == report.totals["cost_cents"]
+        assert f'<th class="num">{report.totals["cost_cents"]}</th>' in body  # the table's total row
+
+
+def test_tokens_chart_stacks_prompt_and_completion_with_a_legend(usage, client_for, frozen):
+    resp = client_for(usage.owner).get(f"/w/{usage.org.slug}/usage/{RANGE}")
+    body = resp.content.decode()
+    tokens = [c for c in resp.context["charts"] if c["metric"] == "tokens"][0]
+    assert [s.label for s in tokens["series"]] == ["Prompt", "Completion"]
+    mar10 = resp.context["report"].periods[-1]
+    assert mar10["prompt_tokens"] == 5 * 1003 + 10 + 5001 + 333 and mar10["completion_tokens"] == 77 * 10 + 999
+    title = (f"Tue Mar 10: {mar10['prompt_tokens']:,} prompt + {mar10['completion_tokens']:,} completion = "
+             f"{mar10['total_tokens']:,} tokens")
+    assert f"<title>{title}</title>" in body
+    assert 'class="legend-swatch chart-s2"' in body
+    # Two stacked segments in the last column, the completion one on top of the prompt one.
+    prompt, completion = tokens["columns"][-1]["segments"]
+    assert completion["y"] + completion["h"] == pytest.approx(prompt["y"])
+    # The y axis has round ticks, labelled, starting at 0 and reaching the tallest column.
+    labels = [t["label"] for t in tokens["y_ticks"]]
+    assert labels[0] == "0" and len(labels) >= 3
+    tallest = min(seg["y"] for col in tokens["columns"] for seg in col["segments"])
+    assert tokens["y_ticks"][-1]["y"] <= tallest
+    cost = [c for c in resp.context["charts"] if c["metric"] == "cost"][0]
+    assert cost["unit"] == "USD" and f"Tue Mar 10: {mar10['cost_cents']} USD" in cost["columns"][-1]["title"]
+
+
+def test_hourly_view_reads_hourly_rollups_with_local_hour_ticks(usage, client_for, frozen, django_assert_num_queries):
+    usage.org.time_zone = "America/New_York"  # EDT (UTC-4) through the whole window
+    usage.org.save(update_fields=["time_zone"])
+    client = client_for(usage.owner)
+    with django_assert_num_queries(14):  # as the day view: 12 + budget banner + budget card
+        resp = client.get(f"/w/{usage.org.slug}/usage/?range=48h&start=2020-01-01")
+    report = resp.context["report"]
+    assert report.hourly and len(report.periods) == 48
+    first = datetime(2026, 3, 8, 13, tzinfo=UTC)  # 48 hours ending with 12:00 UTC, the hour NOW is in
+    assert report.periods[0]["period"] == first and report.periods[-1]["period"] == datetime(2026, 3, 10, 12, tzinfo=UTC)
+    expected = rollup_totals(UsageHourly, workspace__in=[usage.org, usage.sub], hour__gte=first)
+    assert expected["requests"] == 14  # today's and yesterday's; the day before is 48 h 4 min ago
+    assert report.totals["requests"] == expected["requests"] and report.totals["cost"] == expected["cost"]
+    tokens = [c for c in resp.context["charts"] if c["metric"] == "tokens"][0]
+    assert tokens["title"] == "Tokens per hour"
+    assert [t["label"] for t in tokens["x_ticks"]] == ["12:00", "18:00", "Mar 9", "06:00", "12:00", "18:00", "Mar 10", "06:00"]
+    body = resp.content.decode()
+    assert "<title>Mar 10, 08:00: 7 requests</title>" in body  # 12:26–12:30 UTC is 08:xx in New York
+    assert 'id="id_start"' not in body and '<option value="48h" selected>' in body
+
+    sections = _sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv?range=48h")))
+    hours = sections["hour"]
+    assert len(hours) == 1 + 48 + 1 and hours[1][0] == "2026-03-08T09:00-04:00"
+    assert int(hours[-1][1]) == expected["requests"] and Decimal(hours[-1][7]) == cents(expected["cost"])
+    assert sum(Decimal(r[7]) for r in hours[1:-1]) == Decimal(hours[-1][7])
+
+
+def test_sorting_orders_every_breakdown_and_marks_the_column(usage, client_for, frozen, django_assert_num_queries):
+    client = client_for(usage.owner)
+    with django_assert_num_queries(14):
+        resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=requests")
+    by_key = resp.context["report"].by_key
+    assert [r["api_key__name"] for r in by_key] == ["research", "backend"]  # 3 < 18 requests, ascending
+    body = resp.content.decode()
+    assert 'aria-sort="ascending"' in body and "Requests&nbsp;<span class=\"sort-arrow\" aria-hidden=\"true\">↑</span>" in body
+    # The active column's link reverses it; the others sort largest first; the filters stay.
+    assert f'href="/w/{usage.org.slug}/usage/?start=2026-03-01&amp;end=2026-03-10&amp;sort=-requests"' in body
+    assert f'href="/w/{usage.org.slug}/usage/?start=2026-03-01&amp;end=2026-03-10&amp;sort=-cost"' in body
+    assert f'hx-get="/w/{usage.org.slug}/usage/?start=2026-03-01&amp;end=2026-03-10&amp;sort=-cost" hx-target="#usage-view"' in body
+    desc = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=-requests").context["report"].by_key
+    assert [r["api_key__name"] for r in desc] == ["backend", "research"]
+    names = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=name").context["report"].by_deployment
+    assert [r["deployment__name"] for r in names] == ["chat", "embed"]
+    p95 = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=-p95").context["report"]
+    assert p95.sort == "-p95"
+    # A sort the page does not offer falls back to cost, largest first.
+    bogus = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=password").context["report"]
+    assert bogus.sort == "-cost" and bogus.by_key[0]["cost"] >= bogus.by_key[-1]["cost"]
+    # The CSV follows the same sort.
+    section = _sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}&sort=requests")))["key"]
+    assert [r[0] for r in section[1:-1]] == ["research", "backend"]
+
+
+def test_each_breakdown_row_links_to_the_filtered_view_keeping_the_range(usage, client_for, frozen):
+    client = client_for(usage.owner)
+    body = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=requests").content.decode()
+    base = f"/w/{usage.org.slug}/usage/?start=2026-03-01&amp;end=2026-03-10&amp;sort=requests"
+    assert f'href="{base}&amp;key={usage.key.public_id}"' in body
+    assert f'href="{base}&amp;deployment={usage.embed.public_id}"' in body
+    assert f'href="{base}&amp;workspace={usage.sub.slug}"' in body
+    # Following the key link narrows everything to that key (the link works without JavaScript).
+    resp = client.get(f"/w/{usage.org.slug}/usage/?start=2026-03-01&end=2026-03-10&key={usage.key.public_id}")
+    assert resp.context["report"].totals["requests"] == rollup_totals(api_key=usage.key)["requests"] == 18
+    assert 'data-testid="clear-filters"' in resp.content.decode()
+
+
+def test_htmx_gets_the_part_it_swaps(usage, client_for, frozen):
+    client = client_for(usage.owner)
+    url = f"/w/{usage.org.slug}/usage/{RANGE}"
+    results = client.get(url, headers={"HX-Request": "true", "HX-Target": "usage-results"}).content.decode().lstrip()
+    assert results.startswith('<div id="usage-results"') and "usage-filters" not in results
+    view = client.get(url, headers={"HX-Request": "true", "HX-Target": "usage-view"}).content.decode().lstrip()
+    assert view.startswith('<div id="usage-view"') and 'data-testid="usage-filters"' in view and 'id="usage-results"' in view
+    resp = client.get(url, headers={"HX-Request": "true", "HX-Target": "deployment-usage"})
+    assert resp.content.decode().lstrip().startswith('<div id="deployment-usage"') and "by-key" not in resp.content.decode()
+    assert "HX-Target" in resp["Vary"]
 
 
 def test_filters_narrow_rows_and_htmx_gets_the_fragment(usage, client_for, frozen):
     client = client_for(usage.owner)
-    resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&workspace={usage.sub.slug}", headers={"HX-Request": "true"})
+    resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&workspace={usage.sub.slug}",
+                      headers={"HX-Request": "true", "HX-Target": "usage-results"})
     assert resp.status_code == 200
     assert resp.content.decode().lstrip().startswith('<div id="usage-results"')
     assert resp.context["report"].totals["requests"] == rollup_totals(workspace=usage.sub)["requests"] == 3
@@ -112,9 +243,10 @@ def test_sub_member_sees_only_own_workspace_and_sibling_is_404(usage, client_for
         assert client_for(usage.outsider).get(f"/w/{usage.org.slug}/{url}").status_code == 404
 
 
-def test_billing_split_sums_to_org_total_to_the_cent(usage, client_for, frozen, django_assert_max_num_queries):
+def test_billing_split_sums_to_org_total_to_the_cent(usage, client_for, frozen, django_assert_num_queries):
     client = client_for(usage.owner)
-    with django_assert_max_num_queries(8):
+    # session, user, workspace, role, statement rows, price versions, the shell's workspace switcher
+    with django_assert_num_queries(9):  # 7 + the shell's budget banner and the budget card
         resp = client.get(f"/w/{usage.org.slug}/billing/?month=2026-03")
     st = resp.context["statement"]
     exact = rollup_totals(workspace__in=[usage.org, usage.sub])["cost"]
@@ -128,8 +260,9 @@ def test_billing_split_sums_to_org_total_to_the_cent(usage, client_for, frozen, 
     body = resp.content.decode()
     assert f'data-testid="statement-total">{st.total} <small>USD' in body
     rows = _csv(client.get(f"/w/{usage.org.slug}/billing/export.csv?month=2026-03"))
-    assert rows[-1][0] == "total" and Decimal(rows[-1][5]) == st.total
-    assert sum(Decimal(r[5]) for r in rows[1:-1] if r[1] == "subtotal") == st.total
+    assert rows[0][9] == "cost" and rows[-1][0] == "total" and Decimal(rows[-1][9]) == st.total
+    assert sum(Decimal(r[9]) for r in rows[1:-1] if r[1] == "subtotal") == st.total
+    assert sum(Decimal(r[9]) for r in rows[1:-1] if r[1] != "subtotal") == st.total
     # An empty month is an empty statement, not an error; a bad month is a form error.
     assert client.get(f"/w/{usage.org.slug}/billing/?month=2025-01").context["statement"].total == 0
     assert client.get(f"/w/{usage.org.slug}/billing/?month=2025-13").context["form"].errors
@@ -147,3 +280,125 @@ def test_allocate_cents_parts_add_up_when_rounding_would_not():
     assert sum(allocate_cents(parts)) == Decimal("0.02")
     assert allocate_cents(parts) == [Decimal("0.01"), Decimal("0.01"), Decimal("0.00")]
     assert allocate_cents([Decimal("1.234"), Decimal("2.345"), Decimal("0.001")]) == [Decimal("1.23"), Decimal("2.35"), Decimal("0.00")]
+
+
+def test_statement_lines_show_each_price_version_and_still_add_up(usage, client_for, frozen):
+    """A price change mid-month: one line per version, input × price + output × price each, dates shown."""
+    summarize = make_deployment(usage.org, "summarize", price=("0.25", "2.00"), at=datetime(2026, 1, 1, tzinfo=UTC))
+    summarize.prices.create(effective_from=datetime(2026, 3, 9, tzinfo=UTC), input_per_million=Decimal("0.40"),
+                            output_per_million=Decimal("3.10"))
+    for at in (datetime(2026, 3, 2, 9, tzinfo=UTC), datetime(2026, 3, 8, 23, tzinfo=UTC), datetime(2026, 3, 9, 1, tzinfo=UTC)):
+        event(usage.org, at, key=usage.key, deployment=summarize, prompt=123_457, completion=98_765)
+    usage_rollup(now=NOW)
+
+    client = client_for(usage.owner)
+    resp = client.get(f"/w/{usage.org.slug}/billing/?month=2026-03")
+    st = resp.context["statement"]
+    lines = [i for i in st.sections[0].items if i["deployment_id"] == summarize.id]
+    assert [(i["input_price"], i["output_price"], i["requests"]) for i in lines] == [("0.25", "2.00", 2), ("0.40", "3.10", 1)]
+    assert [[v.date() for v in i["versions"]] for i in lines] == [[date(2026, 1, 1)], [date(2026, 3, 9)]]
+    for line in lines:
+        formula = (line["prompt_tokens"] * line["input_price_per_million"] + line["completion_tokens"] * line["output_price_per_million"])
+        # The exact line is the sum of the events' costs, each stamped to the nano-unit.
+        assert abs(line["cost"] - formula / Decimal(1_000_000)) <= Decimal("0.000000001") * line["requests"]
+    assert sum(i["cost_cents"] for s in st.sections for i in s.items) == st.total == cents(st.exact)
+    assert st.exact == rollup_totals(workspace__in=[usage.org, usage.sub])["cost"]
+    body = resp.content.decode()
+    assert "from Mar 9, 2026" in body and "0.40 in · 3.10 out USD" in body and "from Jan 1, 2026" in body
+
+    rows = _csv(client.get(f"/w/{usage.org.slug}/billing/export.csv?month=2026-03"))
+    mine = [r for r in rows if r[1] == "summarize"]
+    assert [(r[3], r[4], r[5], r[6]) for r in mine] == [("2026-01-01", "0.250000", "2.000000", "2"), ("2026-03-09", "0.400000", "3.100000", "1")]
+    assert [Decimal(r[9]) for r in mine] == [i["cost_cents"] for i in lines]
+
+
+def test_billing_month_picker_links_to_the_neighbouring_months(usage, client_for, frozen):
+    body = client_for(usage.owner).get(f"/w/{usage.org.slug}/billing/?month=2026-01").content.decode()
+    assert 'href="?month=2025-12"' in body and 'href="?month=2026-02"' in body and 'value="2026-01"' in body
+
+
+def _admit_through_the_gateway(key, tokens: int) -> None:
+    """Reserve tokens the way a gateway process does (its Lua script), so the page reads the real counter."""
+    from django.conf import settings
+
+    from gateway.limits import ADMIT, RedisLimiter
+    from gateway.resp import PipelinedRedis
+
+    async def admit():
+        redis = PipelinedRedis(settings.REDIS_URL)
+        try:
+            decision = await RedisLimiter(redis).admit(api_key_id=key.id, public_id=str(key.public_id), year=2026, estimate=tokens,
+                                                       tpm_limit=key.tpm_limit, yearly_limit=None)
+        finally:
+            await redis.aclose()
+        assert decision.outcome == ADMIT
+
+    asyncio.run(admit())
+
+
+def test_key_limits_show_this_minute_from_the_gateway_and_this_year_from_rollups(usage, client_for, frozen, django_assert_num_queries):
+    from gateway.app import _yearly_usage
+
+    usage.key.tpm_limit, usage.key.yearly_token_limit = 1000, 40_000
+    usage.key.save(update_fields=["tpm_limit", "yearly_token_limit"])
+    usage.sub_key.yearly_token_limit = 1_000_000
+    usage.sub_key.save(update_fields=["yearly_token_limit"])
+    client = client_for(usage.owner)
+    before = client.get(f"/w/{usage.org.slug}/usage/{RANGE}").context["limits"]
+    assert [(limit.key.name, limit.tpm_used) for limit in before] == [("backend", 0), ("research", None)]
+
+    _admit_through_the_gateway(usage.key, 850)
+    with django_assert_num_queries(15):  # the page's 14 and the year's usage per key
+        resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}")
+    backend, research = resp.context["limits"]
+    assert (backend.tpm_used, backend.tpm_percent) == (850, 85)
+    # The yearly window is the gateway's: what it seeds its counter with, from the events.
+    assert backend.yearly_used == _yearly_usage(usage.key.id, usage.org.time_zone, 2026) == 3 * (5025 + 770 + 5001)
+    assert backend.yearly_percent == 80 and backend.flag == "near limit"
+    assert research.yearly_used == 3 * (333 + 999) and research.flag == "" and research.tpm_percent is None
+    body = resp.content.decode()
+    assert '<meter min="0" max="1000" value="850" high="800"' in body
+    assert body.count("data-flag>Near limit") == 1
+    assert "850 / 1,000 tokens (85 %)" in body and "32,388 / 40,000 tokens in 2026 (80 %)" in body
+    # A filter on the other key shows only that key's limits.
+    narrowed = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&key={usage.sub_key.public_id}").context["limits"]
+    assert [limit.key.name for limit in narrowed] == ["research"]
+    # The CSV carries the same figures.
+    limits = _sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}")))["key limits"]
+    assert limits[1][2:] == ["1000", "850", "40000", "2026", "32388"]
+
+
+def test_key_limits_say_not_available_without_a_shared_counter(usage, client_for, frozen, settings):
+    usage.key.tpm_limit = 1000
+    usage.key.save(update_fields=["tpm_limit"])
+    settings.REDIS_URL = ""  # the embedded default: each gateway process counts TPM in its own memory
+    resp = client_for(usage.owner).get(f"/w/{usage.org.slug}/usage/{RANGE}")
+    (limit,) = resp.context["limits"]
+    assert limit.tpm_used is None and "without Redis" in limit.tpm_note
+    assert 'data-tpm="unavailable"' in resp.content.decode() and "<meter" not in resp.content.decode()
+
+
+def test_key_limits_say_not_available_when_redis_is_down(usage, client_for, frozen, settings):
+    from lib.redis import redis_client
+
+    usage.key.tpm_limit = 1000
+    usage.key.save(update_fields=["tpm_limit"])
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    redis_client.cache_clear()
+    try:
+        (limit,) = client_for(usage.owner).get(f"/w/{usage.org.slug}/usage/{RANGE}").context["limits"]
+    finally:
+        redis_client.cache_clear()
+    assert limit.tpm_used is None and "cannot be reached" in limit.tpm_note
+
+
+def test_deployment_usage_tab_loads_this_deployments_usage(usage, client_for, frozen):
+    client = client_for(usage.owner)
+    page = client.get(f"/w/{usage.org.slug}/deployments/{usage.embed.public_id}/?tab=usage").content.decode()
+    url = f"/w/{usage.org.slug}/usage/?deployment={usage.embed.public_id}"
+    assert f'id="deployment-usage" hx-get="{url}" hx-trigger="load"' in page and f'<a href="{url}">' in page
+    resp = client.get(url, headers={"HX-Request": "true", "HX-Target": "deployment-usage"})
+    report = resp.context["report"]
+    assert report.totals["requests"] == rollup_totals(deployment=usage.embed)["requests"] == 3
+    assert report.by_key == [] and "limits" not in resp.context
+    assert f'href="{url}" data-testid="open-usage"' in resp.content.decode()

@@ -154,6 +154,12 @@ def test_price_change_does_not_alter_past_cost(acme):
 
     assert rollup_totals(workspace=acme.org, day=date(2026, 3, 9))["cost"] == past
     assert rollup_totals(workspace=acme.org, day=date(2026, 3, 10))["cost"] == today_before + Decimal("1.000000000")
+    # The day now has one row per price version, each holding the tokens costed at that price.
+    versions = UsageDaily.objects.filter(workspace=acme.org, day=date(2026, 3, 10), api_key=acme.key_a, deployment=acme.chat)
+    by_price = {(r.input_price_per_million, r.output_price_per_million): r for r in versions}
+    assert set(by_price) == {(Decimal("0.50"), Decimal("1.50")), (Decimal("1.00"), Decimal("3.00"))}
+    assert (by_price[Decimal("1.00"), Decimal("3.00")].requests, by_price[Decimal("1.00"), Decimal("3.00")].prompt_tokens) == (1, 1_000_000)
+    assert by_price[Decimal("0.50"), Decimal("1.50")].cost == Decimal("0.000532500")
 
 
 def test_crash_inside_a_batch_leaves_the_bucket_for_the_next_run(acme, settings, monkeypatch):

@@ -75,7 +75,8 @@ def rollup_totals(model=UsageDaily, **filters) -> dict:
 def snapshot(model=UsageDaily) -> list[tuple]:
     """Every rollup row's content (not its id), sorted: equal snapshots mean identical rows."""
     period = "day" if model is UsageDaily else "hour"
-    fields = [period, "workspace_id", "api_key_id", "deployment_id", "model", "currency", "requests", "errors", "prompt_tokens",
+    fields = [period, "workspace_id", "api_key_id", "deployment_id", "model", "currency", "input_price_per_million",
+              "output_price_per_million", "requests", "errors", "prompt_tokens",
               "completion_tokens", "total_tokens", "estimated_requests", "estimated_tokens", "cost", "latency_p50_ms", "latency_p95_ms"]
     return sorted(model.objects.values_list(*fields), key=repr)
 

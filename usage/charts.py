@@ -1,34 +1,120 @@
-"""Server-rendered SVG bar charts: geometry computed here, drawn by templates/usage/bar_chart.html."""
+"""Server-rendered SVG bar charts: geometry computed here, drawn by templates/usage/bar_chart.html.
+
+A chart is one column per period (day or hour), optionally stacked from several series (prompt and
+completion tokens), a y axis with round ticks labelled in the chart's unit, and x ticks on round
+days or on every sixth hour of the workspace's time zone. Each column carries a <title>, so hovering
+anywhere over it reads the exact values.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from decimal import Decimal
 
-WIDTH, HEIGHT = 640, 180
-LEFT, RIGHT, TOP, BOTTOM = 56, 8, 10, 26
+# viewBox sizes chosen so a half-width chart (and a full-width one) is drawn at about 0.85 scale
+# on a laptop screen: the 12-unit labels stay readable.
+WIDTH, WIDE_WIDTH, HEIGHT = 540, 1100, 210
+LEFT, RIGHT, TOP, BOTTOM = 52, 24, 12, 30
+Y_TICKS = 4
 
 
-def _fmt(value, unit: str) -> str:
-    if unit == "cost":
-        return f"{Decimal(value):,.2f}"
-    return f"{int(value):,}"
+@dataclass(frozen=True)
+class Series:
+    key: str
+    label: str
+    css: str  # a class that sets the fill (chart-s1, chart-s2)
 
 
-def bar_chart(days: list[dict], metric: str, *, title: str, unit: str, value_key: str | None = None) -> dict:
-    key = value_key or metric
-    values = [d[key] for d in days]
-    top = max(values, default=0) or 1
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    step = plot_w / max(len(days), 1)
-    bars = []
-    for i, (d, v) in enumerate(zip(days, values, strict=True)):
-        h = float(v) / float(top) * plot_h
-        bars.append({"x": round(LEFT + i * step + step * 0.12, 2), "y": round(TOP + plot_h - h, 2), "w": round(step * 0.76, 2),
-                     "h": round(h, 2), "label": f"{d['day']:%b %-d}: {_fmt(v, metric)} {unit}"})
-    ticks = []
-    for idx in sorted({0, len(days) // 2, len(days) - 1}) if days else []:
-        ticks.append({"x": round(LEFT + idx * step + step / 2, 2), "label": f"{days[idx]['day']:%b %-d}"})
-    return {"title": title, "unit": unit, "metric": metric, "bars": bars, "ticks": ticks, "width": WIDTH, "height": HEIGHT,
-            "left": LEFT, "top": TOP, "bottom_y": HEIGHT - BOTTOM, "right_x": WIDTH - RIGHT, "mid_y": TOP + plot_h / 2,
-            "max_label": _fmt(top if max(values, default=0) else 0, metric), "mid_label": _fmt(Decimal(str(top)) / 2, metric)
-            if metric == "cost" else f"{int(top) // 2:,}"}
+def _nice_step(raw: float) -> float:
+    """1, 2, 2.5 or 5 × a power of ten, at least raw."""
+    if raw <= 0:
+        return 1
+    power = 10 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
+
+
+def _axis_label(value: float, step: float, money: bool) -> str:
+    if money:
+        places = max(2, min(6, -Decimal(repr(step)).normalize().as_tuple().exponent))
+        return f"{value:,.{places}f}" if value else "0"
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= size:
+            scaled = value / size
+            return f"{scaled:,.{0 if scaled == int(scaled) else 1}f}{suffix}"
+    return f"{value:,.0f}" if value == int(value) else f"{value:,.1f}"
+
+
+def _value_text(value, money: bool) -> str:
+    return f"{Decimal(value):,.2f}" if money else f"{int(value):,}"
+
+
+def _period_text(period: dict, hourly: bool) -> str:
+    local = period["local"]
+    return f"{local:%b %-d, %H:%M}" if hourly else f"{local:%a %b %-d}"
+
+
+def _x_ticks(periods: list[dict], hourly: bool, most: int) -> list[tuple[int, str]]:
+    if hourly:
+        return [(i, f"{p['local']:%b %-d}" if p["local"].hour == 0 else f"{p['local']:%H:%M}")
+                for i, p in enumerate(periods) if p["local"].hour % 6 == 0]
+    every = max(1, math.ceil(len(periods) / most))
+    # Count back from the last day, so the most recent one is always labelled.
+    last = len(periods) - 1
+    return [(i, f"{p['local']:%b %-d}") for i, p in enumerate(periods) if (last - i) % every == 0]
+
+
+def bar_chart(periods: list[dict], series: list[Series], *, title: str, unit: str, hourly: bool, money: bool = False,
+              value_keys: dict[str, str] | None = None, wide: bool = False) -> dict:
+    """Geometry for one chart. `value_keys` maps a series to the key its hover text reads (cost in cents)."""
+    value_keys = value_keys or {}
+    totals = [sum(float(p[s.key]) for s in series) for p in periods]
+    peak = max(totals, default=0)
+    step = _nice_step(peak / Y_TICKS) if peak else 1
+    top = step * max(1, math.ceil(peak / step - 1e-9)) if peak else step * Y_TICKS
+    width = WIDE_WIDTH if wide else WIDTH
+    plot_w, plot_h, bottom = width - LEFT - RIGHT, HEIGHT - TOP - BOTTOM, HEIGHT - BOTTOM
+    slot = plot_w / max(len(periods), 1)
+    scale = plot_h / top
+
+    columns = []
+    for i, (p, total) in enumerate(zip(periods, totals, strict=True)):
+        x = LEFT + i * slot
+        y = float(bottom)
+        segments = []
+        for s in series:
+            h = float(p[s.key]) * scale
+            y -= h
+            segments.append({"css": s.css, "y": round(y, 2), "h": round(h, 2)})
+        parts = [f"{_value_text(p[value_keys.get(s.key, s.key)], money)} {s.label.lower()}" for s in series]
+        amount = _value_text(p[value_keys["total"]] if "total" in value_keys else total, money)
+        text = f"{_period_text(p, hourly)}: " + (f"{' + '.join(parts)} = {amount} {unit}" if len(series) > 1 else f"{amount} {unit}")
+        columns.append({"x": round(x, 2), "w": round(slot, 2), "bar_x": round(x + slot * 0.14, 2), "bar_w": round(max(slot * 0.72, 1), 2),
+                        "segments": segments, "title": text})
+
+    y_ticks = []
+    count = round(top / step)
+    for k in range(count + 1):
+        value = step * k
+        y_ticks.append({"y": round(bottom - value * scale, 2), "label": _axis_label(value, step, money)})
+    x_ticks = [{"x": round(LEFT + i * slot + slot / 2, 2), "label": label} for i, label in _x_ticks(periods, hourly, 14 if wide else 7)]
+    return {
+        "title": title, "unit": unit, "series": series if len(series) > 1 else [], "columns": columns, "y_ticks": y_ticks,
+        "x_ticks": x_ticks, "width": width, "height": HEIGHT, "left": LEFT, "top": TOP, "bottom_y": bottom, "plot_h": plot_h,
+        "right_x": width - RIGHT, "wide": wide,
+        "metric": series[0].key if len(series) == 1 else "tokens",
+    }
+
+
+def usage_charts(report) -> list[dict]:
+    """Requests, tokens (prompt and completion stacked) and cost, per day or per hour."""
+    per = "hour" if report.hourly else "day"
+    hourly = report.hourly
+    return [
+        bar_chart(report.periods, [Series("prompt_tokens", "Prompt", "chart-s1"), Series("completion_tokens", "Completion", "chart-s2")],
+                  title=f"Tokens per {per}", unit="tokens", hourly=hourly, wide=True),
+        bar_chart(report.periods, [Series("requests", "Requests", "chart-s1")], title=f"Requests per {per}", unit="requests",
+                  hourly=hourly),
+        bar_chart(report.periods, [Series("cost", "Cost", "chart-s1")], title=f"Cost per {per}", unit=report.currency, hourly=hourly,
+                  money=True, value_keys={"cost": "cost_cents", "total": "cost_cents"}),
+    ]

@@ -6,15 +6,19 @@ from decimal import Decimal
 
 from django import forms
 
+from usage.selectors import DEFAULT_SORT, SORT_FIELDS
+
 MAX_RANGE_DAYS = 366
 
 
 class UsageFilterForm(forms.Form):
+    range = forms.ChoiceField(required=False, choices=[("", "Per day"), ("48h", "Last 48 hours")])
     start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     workspace = forms.ChoiceField(required=False, label="Sub-workspace")
     key = forms.ChoiceField(required=False)
     deployment = forms.ChoiceField(required=False)
+    sort = forms.CharField(required=False)
 
     def __init__(self, data, *, today: date, workspaces, keys, deployments):
         super().__init__(data)
@@ -23,8 +27,15 @@ class UsageFilterForm(forms.Form):
         self.fields["key"].choices = [("", "All keys")] + [(str(k.public_id), k.name) for k in keys]
         self.fields["deployment"].choices = [("", "All deployments")] + [(str(d.public_id), d.name) for d in deployments]
 
+    def clean_sort(self) -> str:
+        # A sort the page does not offer falls back to the default rather than hiding the numbers.
+        value = self.cleaned_data["sort"]
+        return value if value.lstrip("-") in SORT_FIELDS else DEFAULT_SORT
+
     def clean(self):
         data = super().clean()
+        if data.get("range") == "48h":
+            return data  # the hourly window is fixed; dates do not apply
         end = data.get("end") or self.today
         start = data.get("start") or (end - timedelta(days=29))
         if start > end:

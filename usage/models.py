@@ -57,6 +57,11 @@ class RollupMetrics(models.Model):
     deployment = models.ForeignKey("deployments.Deployment", null=True, on_delete=models.SET_NULL, related_name="+")
     currency = models.CharField(max_length=3)
     model = models.CharField(max_length=200)
+    # The price version the events were costed with (copied from the events, so part of the
+    # row's identity): a bucket that spans a price change has one row per version, and a
+    # statement can show tokens × price per version.
+    input_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
+    output_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
 
     requests = models.PositiveIntegerField()
     errors = models.PositiveIntegerField(help_text="Requests answered with HTTP status 400 or above")
@@ -74,7 +79,7 @@ class RollupMetrics(models.Model):
 
 
 class UsageDaily(RollupMetrics):
-    """Per workspace × key × deployment (× currency) × day, the day in the workspace's time zone."""
+    """Per workspace × key × deployment (× price version, currency) × day, the day in the workspace's time zone."""
 
     day = models.DateField()
 

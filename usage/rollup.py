@@ -76,6 +76,9 @@ def _whole_ms(expression):
     return Cast(Round(Cast(expression, DecimalField(max_digits=20, decimal_places=6))), IntegerField())
 
 
+# A rollup row's identity besides its period: the event fields it is grouped by, same names on both.
+GROUP_KEYS = ("workspace_id", "api_key_id", "deployment_id", "currency", "input_price_per_million", "output_price_per_million")
+
 # Rollup column (without the r_ prefix, which keeps the names clear of the event's own fields)
 # → aggregate over the bucket's events. Cost sums are exact on both databases (ExactSum).
 ROLLUP_COLUMNS = {
@@ -325,14 +328,13 @@ def _spans(keys: list[tuple[int, object]], step) -> list[tuple[int, object, obje
 def _insert_grouped(model, period: str, period_expr, events) -> int:
     """INSERT INTO <rollup table> SELECT ... grouped events: rows never travel through Python."""
     grouped = (
-        events.values("workspace_id", "api_key_id", "deployment_id", "currency", r_period=period_expr)
+        events.values(*GROUP_KEYS, r_period=period_expr)
         .annotate(r_model=Max("model"), **ROLLUP_COLUMNS)
         .order_by()
     )
     sql, params = grouped.query.sql_with_params()
     qn = connection.ops.quote_name
-    keys = {"workspace_id": "workspace_id", "api_key_id": "api_key_id", "deployment_id": "deployment_id", "currency": "currency",
-            period: "r_period", "model": "r_model"}
+    keys = {**{name: name for name in GROUP_KEYS}, period: "r_period", "model": "r_model"}
     targets = [*keys, *(name.removeprefix("r_") for name in ROLLUP_COLUMNS)]
     sources = [*keys.values(), *ROLLUP_COLUMNS]
     statement = (

@@ -1,4 +1,5 @@
-"""Read side of the usage and billing dashboards. Everything here reads rollups (UsageDaily), never events.
+"""Read side of the usage and billing dashboards. Everything here reads rollups (UsageDaily,
+UsageHourly), never events; the per-key limits also read the gateway's live TPM counters.
 
 Money stays an exact Decimal (9 places, as stored) through every sum; it is rounded to cents once,
 on the figures a person reads. Where several rounded figures must add up to a rounded total
@@ -8,21 +9,37 @@ on the figures a person reads. Where several rounded figures must add up to a ro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from functools import reduce
+from operator import or_
+from typing import ClassVar
+from zoneinfo import ZoneInfo
 
-from django.db.models import Max, Q, QuerySet, Sum
+from django.db.models import F, Max, Q, QuerySet, Sum
+from redis.exceptions import RedisError
 
 from console.models import Workspace
-from usage.models import UsageDaily
+from deployments.models import DeploymentPrice
+from keys.counters import tpm_used_this_minute
+from keys.models import ApiKey
+from usage.models import UsageDaily, UsageHourly
+from usage.rollup import hour_floor, local_day_start
 
 CENT = Decimal("0.01")
+EARLIEST = datetime.min.replace(tzinfo=UTC)
 ZERO = Decimal(0)
 SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "estimated_requests", "estimated_tokens", "cost")
 
 
 def cents(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def price_text(price: Decimal) -> str:
+    """A per-million price as people write it: 0.50, 0.333, 1.777 (at least cents, no trailing zeros beyond)."""
+    exact = price.normalize()
+    return f"{exact.quantize(CENT) if exact.as_tuple().exponent > -2 else exact:f}"
 
 
 def allocate_cents(exact: list[Decimal]) -> list[Decimal]:
@@ -40,6 +57,14 @@ def allocate_cents(exact: list[Decimal]) -> list[Decimal]:
     return [Decimal(f) * CENT for f in floors]
 
 
+def tree_q(workspace: Workspace) -> Q:
+    """Rollup rows of a workspace, and of its sub-workspaces if it is a default one. An id list from a
+    subquery rather than an OR over a join: each id is an index range on (workspace, day)."""
+    if not workspace.is_default:
+        return Q(workspace_id=workspace.id)
+    return Q(workspace_id__in=Workspace.objects.filter(Q(id=workspace.id) | Q(parent_id=workspace.id)).values("id"))
+
+
 def _sums() -> dict:
     return {name: Sum(name) for name in SUMMED}
 
@@ -50,9 +75,34 @@ def _clean(row: dict) -> dict:
     return row
 
 
+HOURLY_WINDOW = 48
+NEAR_LIMIT_PERCENT = 80
+SORT_FIELDS = {
+    "name": None,  # the group's own label field
+    "requests": "requests",
+    "errors": "errors",
+    "prompt_tokens": "prompt_tokens",
+    "completion_tokens": "completion_tokens",
+    "estimated_tokens": "estimated_tokens",
+    "cost": "cost",
+    "p95": "p95_bound",
+}
+DEFAULT_SORT = "-cost"
+# Breakdown kind → (grouped fields, label field for sorting by name, id field for ties).
+BREAKDOWNS = {
+    "workspace": (("workspace_id", "workspace__slug", "workspace__name"), "workspace__name", "workspace_id"),
+    "key": (("api_key_id", "api_key__public_id", "api_key__name"), "api_key__name", "api_key_id"),
+    "deployment": (("deployment_id", "deployment__public_id", "deployment__name"), "deployment__name", "deployment_id"),
+}
+
+
 @dataclass
 class UsageScope:
-    """Which rollup rows a dashboard reads: a workspace (its tree if it is a default one) and filters."""
+    """Which rollup rows a dashboard reads: a workspace (its tree if it is a default one) and filters.
+
+    Daily scopes read UsageDaily for the local days start..end; hourly ones read UsageHourly for
+    the HOURLY_WINDOW hours ending with the one `now` is in (start/end are then those hours' local days).
+    """
 
     workspace: Workspace
     start: date
@@ -60,16 +110,36 @@ class UsageScope:
     sub: Workspace | None = None
     key_id: int | None = None
     deployment_id: int | None = None
+    hourly: bool = False
+    last_hour: datetime | None = None
 
-    def rows(self) -> QuerySet[UsageDaily]:
-        ws = self.workspace
+    @classmethod
+    def last_48_hours(cls, workspace: Workspace, now: datetime, **filters) -> UsageScope:
+        last = hour_floor(now)
+        tz = workspace.tz
+        first = last - timedelta(hours=HOURLY_WINDOW - 1)
+        return cls(workspace=workspace, start=first.astimezone(tz).date(), end=last.astimezone(tz).date(), hourly=True,
+                   last_hour=last, **filters)
+
+    @property
+    def first_hour(self) -> datetime:
+        return self.last_hour - timedelta(hours=HOURLY_WINDOW - 1)
+
+    def periods(self) -> list:
+        if self.hourly:
+            return [self.first_hour + timedelta(hours=i) for i in range(HOURLY_WINDOW)]
+        return [self.start + timedelta(days=i) for i in range((self.end - self.start).days + 1)]
+
+    def workspace_q(self) -> Q:
         if self.sub is not None:
-            scope = Q(workspace=self.sub)
-        elif ws.is_default:
-            scope = Q(workspace=ws) | Q(workspace__parent=ws)
+            return Q(workspace=self.sub)
+        return tree_q(self.workspace)
+
+    def rows(self) -> QuerySet:
+        if self.hourly:
+            qs = UsageHourly.objects.filter(self.workspace_q(), hour__gte=self.first_hour, hour__lte=self.last_hour)
         else:
-            scope = Q(workspace=ws)
-        qs = UsageDaily.objects.filter(scope, day__gte=self.start, day__lte=self.end)
+            qs = UsageDaily.objects.filter(self.workspace_q(), day__gte=self.start, day__lte=self.end)
         if self.key_id is not None:
             qs = qs.filter(api_key_id=self.key_id)
         if self.deployment_id is not None:
@@ -79,41 +149,148 @@ class UsageScope:
 
 @dataclass
 class UsageReport:
-    days: list[dict]
+    periods: list[dict]
     totals: dict
     currencies: list[str]
+    hourly: bool = False
+    sort: str = DEFAULT_SORT
     by_workspace: list[dict] = field(default_factory=list)
     by_key: list[dict] = field(default_factory=list)
     by_deployment: list[dict] = field(default_factory=list)
 
+    @property
+    def currency(self) -> str:
+        return ", ".join(self.currencies) or "USD"
 
-def usage_report(scope: UsageScope, *, with_workspaces: bool) -> UsageReport:
-    """Per-day series (every day in range, zeros included), totals and breakdowns: 3 or 4 queries."""
+
+def _with_cents(rows: list[dict]) -> list[dict]:
+    """Each row's cost in cents, allocated so the rows add up exactly to the rounded total."""
+    for row, amount in zip(rows, allocate_cents([r["cost"] for r in rows]), strict=True):
+        row["cost_cents"] = amount
+    return rows
+
+
+def _order(sort: str, label: str, tie: str):
+    descending = sort.startswith("-")
+    name = sort.lstrip("-")
+    target = F(SORT_FIELDS[name] or label)
+    return [target.desc(nulls_last=True) if descending else target.asc(nulls_last=True), F(tie).asc(nulls_last=True)]
+
+
+def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAULT_SORT, breakdowns: bool = True) -> UsageReport:
+    """Per-period series (every day or hour in range, zeros included), totals and breakdowns.
+
+    One query for the series (grouped by period and currency, which also lists the currencies),
+    one per breakdown. Costs in cents are allocated within the series and within each breakdown,
+    so every table (and its CSV) adds up exactly to the total shown.
+    """
+    if sort.lstrip("-") not in SORT_FIELDS:
+        sort = DEFAULT_SORT
     qs = scope.rows()
-    per_day = {row["day"]: _clean(row) for row in qs.values("day").annotate(**_sums()).order_by("day")}
-    days = []
-    current = scope.start
-    while current <= scope.end:
-        days.append(per_day.get(current) or _clean({"day": current}))
-        current += timedelta(days=1)
-    totals = _clean({name: sum((d[name] for d in days), ZERO if name == "cost" else 0) for name in SUMMED})
+    period = "hour" if scope.hourly else "day"
+    per_period: dict = {}
+    currencies: set[str] = set()
+    for row in qs.values(period, "currency").annotate(**_sums()).order_by():
+        currencies.add(row["currency"])
+        into = per_period.setdefault(row[period], _clean({"period": row[period]}))
+        for name in SUMMED:
+            into[name] += row[name] or 0
+    periods = [per_period.get(p) or _clean({"period": p}) for p in scope.periods()]
+    tz = scope.workspace.tz
+    for p in periods:
+        p["local"] = p["period"].astimezone(tz) if scope.hourly else p["period"]
+    totals = _clean({name: sum((p[name] for p in periods), ZERO if name == "cost" else 0) for name in SUMMED})
     totals["cost_cents"] = cents(totals["cost"])
-    for d in days:
-        d["cost_cents"] = cents(d["cost"])
-    currencies = sorted(set(qs.values_list("currency", flat=True).distinct()))
+    _with_cents(periods)
 
-    def breakdown(*group: str) -> list[dict]:
-        rows = [_clean(r) for r in qs.values(*group).annotate(**_sums(), p95_bound=Max("latency_p95_ms")).order_by("-cost", "-requests")]
-        for r in rows:
-            r["cost_cents"] = cents(r["cost"])
-        return rows
+    def breakdown(kind: str) -> list[dict]:
+        group, label, tie = BREAKDOWNS[kind]
+        extra = {"model_label": Max("model")} if kind == "deployment" else {}
+        grouped = qs.values(*group).annotate(**_sums(), p95_bound=Max("latency_p95_ms"), **extra).order_by(*_order(sort, label, tie))
+        return _with_cents([_clean(r) for r in grouped])
 
-    report = UsageReport(days=days, totals=totals, currencies=currencies)
-    report.by_key = breakdown("api_key_id", "api_key__public_id", "api_key__name")
-    report.by_deployment = breakdown("deployment_id", "deployment__public_id", "deployment__name", "model")
-    if with_workspaces:
-        report.by_workspace = breakdown("workspace_id", "workspace__slug", "workspace__name")
+    report = UsageReport(periods=periods, totals=totals, currencies=sorted(currencies), hourly=scope.hourly, sort=sort)
+    if breakdowns:
+        report.by_key = breakdown("key")
+        report.by_deployment = breakdown("deployment")
+        if with_workspaces:
+            report.by_workspace = breakdown("workspace")
     return report
+
+
+@dataclass
+class KeyLimit:
+    """A key's limits against what it has used: this minute (the gateway's live TPM window, or None
+    when there is no shared counter to read) and this year (from the daily rollups)."""
+
+    key: ApiKey
+    year: int
+    yearly_used: int
+    tpm_used: int | None
+    tpm_note: str = ""
+    near_percent: ClassVar[int] = NEAR_LIMIT_PERCENT
+
+    @property
+    def tpm_high(self) -> int:
+        return (self.key.tpm_limit or 0) * NEAR_LIMIT_PERCENT // 100
+
+    @property
+    def yearly_high(self) -> int:
+        return (self.key.yearly_token_limit or 0) * NEAR_LIMIT_PERCENT // 100
+
+    @property
+    def tpm_percent(self) -> int | None:
+        if not self.key.tpm_limit or self.tpm_used is None:
+            return None
+        return min(100, self.tpm_used * 100 // self.key.tpm_limit)
+
+    @property
+    def yearly_percent(self) -> int | None:
+        if not self.key.yearly_token_limit:
+            return None
+        return min(100, self.yearly_used * 100 // self.key.yearly_token_limit)
+
+    @property
+    def flag(self) -> str:
+        worst = max((p for p in (self.tpm_percent, self.yearly_percent) if p is not None), default=0)
+        return "at limit" if worst >= 100 else "near limit" if worst >= NEAR_LIMIT_PERCENT else ""
+
+
+def key_limits(keys: list[ApiKey], zones: dict[int, ZoneInfo], *, now: datetime, redis) -> list[KeyLimit]:
+    """Limits of the keys that have any, with their usage. One rollup query and one Redis round trip.
+
+    The yearly window is the gateway's: the calendar year in the key's workspace time zone, counted
+    in total tokens (gateway.app seeds its counter from the events the same way). Rollup days are in
+    that same zone, so the year's rollup rows are exactly the year's events, up to the last rollup run.
+    `redis` is None without REDIS_URL: the embedded gateway keeps TPM in its own process memory,
+    which no other process can read.
+    """
+    limited = [k for k in keys if k.tpm_limit or k.yearly_token_limit]
+    if not limited:
+        return []
+    years = {k.id: now.astimezone(zones[k.workspace_id]).year for k in limited}
+    by_year: dict[int, list[int]] = {}
+    for key_id, year in years.items():
+        by_year.setdefault(year, []).append(key_id)
+    window = reduce(or_, (Q(api_key_id__in=ids, day__gte=date(y, 1, 1), day__lte=date(y, 12, 31)) for y, ids in by_year.items()))
+    used = dict(UsageDaily.objects.filter(window).values("api_key_id").annotate(t=Sum("total_tokens")).values_list("api_key_id", "t").order_by())
+
+    with_tpm = [str(k.public_id) for k in limited if k.tpm_limit]
+    minute: dict[str, int] | None = None
+    note = ""
+    if redis is None:
+        note = "Not available: without Redis each gateway process counts TPM in its own memory."
+    elif with_tpm:
+        try:
+            # The gateway's clock (time.time()) decides which seconds are in the window, not `now`.
+            minute = tpm_used_this_minute(redis, with_tpm)
+        except RedisError:
+            note = "Not available: the limit counters (Redis) cannot be reached."
+    return [
+        KeyLimit(key=k, year=years[k.id], yearly_used=int(used.get(k.id) or 0),
+                 tpm_used=minute.get(str(k.public_id), 0) if minute is not None and k.tpm_limit else None, tpm_note=note)
+        for k in limited
+    ]
 
 
 @dataclass
@@ -137,6 +314,14 @@ class Statement:
     prompt_tokens: int
     completion_tokens: int
 
+    @property
+    def previous_month(self) -> date:
+        return (self.month - timedelta(days=1)).replace(day=1)
+
+    @property
+    def next_month(self) -> date:
+        return (self.month + timedelta(days=32)).replace(day=1)
+
 
 def month_bounds(month: date) -> tuple[date, date]:
     first = month.replace(day=1)
@@ -146,19 +331,23 @@ def month_bounds(month: date) -> tuple[date, date]:
 
 def billing_statement(workspace: Workspace, month: date) -> Statement:
     """A month's statement: one section per workspace (the default workspace first, then each
-    sub-workspace by name), line items per deployment. One query.
+    sub-workspace by name), a line per deployment and price version. Two queries.
 
-    Cents: the statement total is the exact sum rounded once; section totals are allocated from
-    their exact sums so they add up to it, and line items likewise to their section total.
+    A line is input tokens × input price + output tokens × output price (per million), the price
+    being the version its events were costed with; its exact amount is the rollups' cost (the sum of
+    the events' costs). Cents: the statement total is the exact sum rounded once; section totals are
+    allocated from their exact sums so they add up to it, and lines likewise to their section total.
     """
     first, last = month_bounds(month)
-    scope = Q(workspace=workspace) | Q(workspace__parent=workspace) if workspace.is_default else Q(workspace=workspace)
-    rows = (UsageDaily.objects.filter(scope, day__gte=first, day__lte=last)
-            .values("workspace_id", "workspace__name", "workspace__slug", "workspace__parent_id", "deployment_id",
-                    "deployment__name", "model", "currency")
-            .annotate(requests=Sum("requests"), prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"),
-                      cost=Sum("cost"))
-            .order_by("workspace__parent_id", "workspace__name", "model", "deployment_id"))
+    rows = list(
+        UsageDaily.objects.filter(tree_q(workspace), day__gte=first, day__lte=last)
+        .values("workspace_id", "workspace__name", "workspace__slug", "workspace__parent_id", "deployment_id", "deployment__name",
+                "currency", "input_price_per_million", "output_price_per_million")
+        .annotate(requests=Sum("requests"), prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"),
+                  cost=Sum("cost"), model=Max("model"))
+        .order_by("workspace__parent_id", "workspace__name", "deployment__name", "deployment_id")
+    )
+    versions = _price_versions(rows, first, last, workspace.tz)
     sections: dict[int, Section] = {}
     currencies = set()
     for row in rows:
@@ -167,8 +356,14 @@ def billing_statement(workspace: Workspace, month: date) -> Statement:
         if section is None:
             section = sections[row["workspace_id"]] = Section(row["workspace_id"], row["workspace__name"], row["workspace__slug"], [], ZERO)
         row["label"] = row["deployment__name"] or f"{row['model']} (deleted deployment)"
+        row["input_price"], row["output_price"] = price_text(row["input_price_per_million"]), price_text(row["output_price_per_million"])
+        row["versions"] = versions.get((row["deployment_id"], row["input_price_per_million"], row["output_price_per_million"],
+                                        row["currency"]), [])
         section.items.append(row)
         section.exact += row["cost"]
+    for section in sections.values():
+        # Within a deployment, price versions in the order they took effect.
+        section.items.sort(key=lambda i: (i["label"].lower(), i["deployment_id"] or 0, i["versions"][0] if i["versions"] else EARLIEST))
     if workspace.id not in sections and workspace.is_default:
         own = Section(workspace.id, workspace.name, workspace.slug, [], ZERO)
         sections = {workspace.id: own, **sections}
@@ -183,6 +378,38 @@ def billing_statement(workspace: Workspace, month: date) -> Statement:
         total=cents(exact), prompt_tokens=sum(i["prompt_tokens"] for s in ordered for i in s.items),
         completion_tokens=sum(i["completion_tokens"] for s in ordered for i in s.items),
     )
+
+
+def _price_versions(rows: list[dict], first: date, last: date, tz: ZoneInfo) -> dict[tuple, list[datetime]]:
+    """(deployment, input price, output price, currency) → when the matching price versions took effect.
+
+    Events copy the price, not the version, so a line is matched to the versions with its prices
+    that were in force during the month (a price set back to an earlier value has two). A version
+    no longer on record (its deployment deleted) leaves the line without dates.
+    """
+    ids = {r["deployment_id"] for r in rows if r["deployment_id"] is not None}
+    if not ids:
+        return {}
+    month_start, month_end = local_day_start(first, tz), local_day_start(last + timedelta(days=1), tz)
+    found: dict[tuple, list[datetime]] = {}
+    fallback: dict[tuple, list[datetime]] = {}
+    previous = None
+    for price in DeploymentPrice.objects.filter(deployment_id__in=ids, effective_from__lt=month_end).order_by("deployment_id", "effective_from"):
+        if previous is not None and previous.deployment_id == price.deployment_id:
+            _note_version(previous, price.effective_from, month_start, found, fallback)
+        elif previous is not None:
+            _note_version(previous, None, month_start, found, fallback)
+        previous = price
+    if previous is not None:
+        _note_version(previous, None, month_start, found, fallback)
+    return {key: [v.astimezone(tz) for v in found.get(key) or fallback[key][-1:]] for key in {*found, *fallback}}
+
+
+def _note_version(price: DeploymentPrice, until: datetime | None, month_start: datetime, found: dict, fallback: dict) -> None:
+    key = (price.deployment_id, price.input_per_million, price.output_per_million, price.currency)
+    fallback.setdefault(key, []).append(price.effective_from)
+    if until is None or until > month_start:
+        found.setdefault(key, []).append(price.effective_from)
 
 
 def _allocate_within(exact: list[Decimal], total: Decimal) -> list[Decimal]:

@@ -1,78 +1,132 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
+from django.views.decorators.vary import vary_on_headers
 
 from console.access import WorkspaceAccess, access_workspace
 from console.models import Workspace
 from deployments.models import Deployment
-from keys.models import ApiKey
-from usage.charts import bar_chart
+from keys.models import ApiKey, ApiKeyKind
+from lib.redis import redis_client
+from usage.charts import usage_charts
+from usage.exports import write_statement_csv, write_usage_csv
 from usage.forms import MonthForm, UsageFilterForm
-from usage.selectors import UsageScope, billing_statement, usage_report
+from usage.selectors import KeyLimit, UsageReport, UsageScope, billing_statement, key_limits, usage_report
+
+FILTER_FIELDS = ("range", "start", "end", "workspace", "key", "deployment", "sort")
+# The htmx target a request swaps decides how much of the page it gets back.
+FRAGMENTS = {"usage-results": "results", "usage-view": "view", "deployment-usage": "embedded"}
 
 
-def _filters(request: HttpRequest, access: WorkspaceAccess) -> tuple[UsageFilterForm, UsageScope | None]:
+@dataclass
+class Filters:
+    form: UsageFilterForm
+    scope: UsageScope | None
+    keys: list[ApiKey]
+    zones: dict[int, ZoneInfo]
+    params: dict[str, str]  # the filters in effect, for links that change one of them
+    labels: list[str] = field(default_factory=list)  # the same, as a person reads them
+
+
+def _filters(request: HttpRequest, access: WorkspaceAccess, now: datetime) -> Filters:
     ws = access.workspace
     subs = list(Workspace.objects.filter(parent=ws)) if ws.is_default else []
     tree = [ws.id] + [s.id for s in subs]
     keys = list(ApiKey.objects.filter(workspace_id__in=tree).order_by("name"))
     deployments = list(Deployment.objects.filter(workspace_id=ws.root_id).order_by("name"))
-    form = UsageFilterForm(request.GET, today=timezone.now().astimezone(ws.tz).date(), workspaces=subs, keys=keys,
-                           deployments=deployments)
+    form = UsageFilterForm(request.GET, today=now.astimezone(ws.tz).date(), workspaces=subs, keys=keys, deployments=deployments)
+    zones = {w.id: w.tz for w in [ws, *subs]}
+    params = {name: request.GET[name] for name in FILTER_FIELDS if request.GET.get(name)}
     if not form.is_valid():
-        return form, None
+        return Filters(form, None, keys, zones, params)
     data = form.cleaned_data
     by_slug = {s.slug: s for s in subs}
     by_key = {str(k.public_id): k.id for k in keys}
     by_dep = {str(d.public_id): d.id for d in deployments}
-    scope = UsageScope(workspace=ws, start=data["start"], end=data["end"], sub=by_slug.get(data["workspace"]),
-                       key_id=by_key.get(data["key"]), deployment_id=by_dep.get(data["deployment"]))
-    return form, scope
+    filters = {"sub": by_slug.get(data["workspace"]), "key_id": by_key.get(data["key"]), "deployment_id": by_dep.get(data["deployment"])}
+    if "sort" in params:
+        params["sort"] = data["sort"]  # an unknown sort was replaced by the default; links carry that
+    labels = [f"{form.fields[name].label or name.capitalize()}: {dict(form.fields[name].choices)[data[name]]}"
+              for name in ("workspace", "key", "deployment") if data[name]]
+    if data["range"] == "48h":
+        scope = UsageScope.last_48_hours(ws, now, **filters)
+        for name in ("start", "end"):
+            params.pop(name, None)
+    else:
+        scope = UsageScope(workspace=ws, start=data["start"], end=data["end"], **filters)
+    return Filters(form, scope, keys, zones, params, labels)
+
+
+def _limited_keys(filters: Filters) -> list[ApiKey]:
+    """The people-made, live keys the view covers (a key filter or a sub-workspace narrows it)."""
+    scope = filters.scope
+    keys = [k for k in filters.keys if k.kind == ApiKeyKind.USER and k.revoked_at is None]
+    if scope.key_id is not None:
+        return [k for k in keys if k.id == scope.key_id]
+    if scope.sub is not None:
+        return [k for k in keys if k.workspace_id == scope.sub.id]
+    return keys
+
+
+def _report(access: WorkspaceAccess, filters: Filters, *, breakdowns: bool = True) -> UsageReport:
+    scope = filters.scope
+    return usage_report(scope, with_workspaces=access.workspace.is_default and scope.sub is None,
+                        sort=filters.form.cleaned_data["sort"], breakdowns=breakdowns)
+
+
+def _limits(filters: Filters, now: datetime) -> list[KeyLimit]:
+    return key_limits(_limited_keys(filters), filters.zones, now=now, redis=redis_client() if settings.REDIS_URL else None)
 
 
 @login_required
 @require_GET
+@vary_on_headers("HX-Request", "HX-Target")
 def usage_page(request: HttpRequest, ws: str) -> HttpResponse:
+    """The usage dashboard. htmx requests get the part they swap: the results (a filter changed), the
+    filters and results (a sort or row link changed a filter), or the compact deployment tab."""
     access = access_workspace(request.user, ws)
-    form, scope = _filters(request, access)
-    context = {"access": access, "nav": "usage", "form": form, "scope": scope, "query": request.GET.urlencode()}
-    if scope is not None:
-        report = usage_report(scope, with_workspaces=access.workspace.is_default and scope.sub is None)
-        context["report"] = report
-        context["charts"] = [
-            bar_chart(report.days, "requests", title="Requests per day", unit="requests"),
-            bar_chart(report.days, "total_tokens", title="Tokens per day", unit="tokens"),
-            bar_chart(report.days, "cost", title="Cost per day", unit=", ".join(report.currencies) or "USD", value_key="cost"),
-        ]
-    template = "usage/usage_page.html#results" if request.htmx else "usage/usage_page.html"
+    now = timezone.now()
+    filters = _filters(request, access, now)
+    fragment = FRAGMENTS.get(request.htmx.target) if request.htmx else None
+    context = {"access": access, "nav": "usage", "form": filters.form, "scope": filters.scope, "params": filters.params,
+               "usage_url": reverse("usage_page", kwargs={"ws": access.workspace.slug}), "embedded": fragment == "embedded",
+               "filter_labels": filters.labels}
+    if filters.scope is not None:
+        report = _report(access, filters, breakdowns=fragment != "embedded")
+        context.update(report=report, charts=usage_charts(report))
+        if fragment != "embedded":
+            context["limits"] = _limits(filters, now)
+    template = f"usage/usage_page.html#{fragment}" if fragment else "usage/usage_page.html"
     return render(request, template, context)
 
 
 @login_required
 @require_GET
 def usage_export(request: HttpRequest, ws: str) -> HttpResponse:
+    """The page's numbers as CSV: the same filters, sort, sections and totals as on screen."""
     access = access_workspace(request.user, ws)
-    form, scope = _filters(request, access)
+    now = timezone.now()
+    filters = _filters(request, access, now)
+    scope = filters.scope
     if scope is None:
+        form = filters.form
         return HttpResponse("; ".join(e for errs in form.errors.values() for e in errs), status=400, content_type="text/plain")
-    report = usage_report(scope, with_workspaces=False)
+    report = _report(access, filters)
+    name = "last-48-hours" if scope.hourly else f"{scope.start}-{scope.end}"
     response = HttpResponse(content_type="text/csv")
-    response["Content-Disposition"] = f'attachment; filename="usage-{access.workspace.slug}-{scope.start}-{scope.end}.csv"'
-    writer = csv.writer(response)
-    writer.writerow(["day", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost", "currency"])
-    currency = ", ".join(report.currencies) or "USD"
-    for d in report.days:
-        writer.writerow([d["day"].isoformat(), d["requests"], d["errors"], d["prompt_tokens"], d["completion_tokens"],
-                         d["total_tokens"], d["cost"], currency])
-    t = report.totals
-    writer.writerow(["total", t["requests"], t["errors"], t["prompt_tokens"], t["completion_tokens"], t["total_tokens"],
-                     t["cost_cents"], currency])
+    response["Content-Disposition"] = f'attachment; filename="usage-{access.workspace.slug}-{name}.csv"'
+    write_usage_csv(csv.writer(response), report, access.workspace, _limits(filters, now))
     return response
 
 
@@ -102,12 +156,5 @@ def billing_export(request: HttpRequest, ws: str) -> HttpResponse:
     st = billing_statement(access.workspace, month)
     response = HttpResponse(content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="statement-{access.workspace.slug}-{month:%Y-%m}.csv"'
-    writer = csv.writer(response)
-    writer.writerow(["workspace", "deployment", "requests", "input_tokens", "output_tokens", "cost", "currency"])
-    for section in st.sections:
-        for item in section.items:
-            writer.writerow([section.slug, item["label"], item["requests"], item["prompt_tokens"], item["completion_tokens"],
-                             item["cost_cents"], item["currency"]])
-        writer.writerow([section.slug, "subtotal", "", "", "", section.total, st.currency])
-    writer.writerow(["total", "", "", st.prompt_tokens, st.completion_tokens, st.total, st.currency])
+    write_statement_csv(csv.writer(response), st)
     return response

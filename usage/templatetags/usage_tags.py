@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django import template
 from django.db.models import Q
 
@@ -17,3 +19,27 @@ def usage_drift_banner(access) -> dict:
     scope = Q(workspace=workspace) | Q(workspace__parent=workspace) if workspace.is_default else Q(workspace=workspace)
     drifts = list(UsageDrift.objects.filter(scope, resolved_at__isnull=True).select_related("workspace").order_by("day", "workspace__name")[:6])
     return {"drifts": drifts[:5], "more": len(drifts) > 5}
+
+
+@register.simple_tag
+def query_with(params: dict, **changes) -> str:
+    """The dashboard's query string with some filters changed (an empty value drops the filter)."""
+    merged = {**params, **{name: "" if value is None else str(value) for name, value in changes.items()}}
+    return urlencode({name: value for name, value in merged.items() if value})
+
+
+@register.inclusion_tag("usage/sort_header.html", takes_context=True)
+def sort_header(context, column: str, label: str, numeric: bool = True, hint: str = "") -> dict:
+    """A breakdown column header: a link that sorts by it (numbers largest first, names A–Z; again reverses)."""
+    current = context["report"].sort
+    active = current.lstrip("-") == column
+    descending = current.startswith("-")
+    if active:
+        target = column if descending else f"-{column}"
+    else:
+        target = f"-{column}" if numeric else column
+    return {
+        "href": f"{context['usage_url']}?{query_with(context['params'], sort=target)}",
+        "label": label, "numeric": numeric, "hint": hint, "active": active, "descending": descending,
+        "htmx": not context.get("embedded"),
+    }

@@ -1,0 +1,68 @@
+"""CSV exports of the dashboards: the same report objects the pages render, so the file holds
+exactly what is on screen (sections, order, cents, totals).
+
+Each section starts with a header row whose first cell names it, ends with a "total" row where
+it has one, and is followed by a blank row.
+"""
+
+from __future__ import annotations
+
+from console.models import Workspace
+from usage.selectors import KeyLimit, Statement, UsageReport
+
+METRICS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "estimated_tokens")
+
+
+def _metrics(row: dict) -> list:
+    return [row[name] for name in METRICS]
+
+
+def _breakdown_name(kind: str, row: dict) -> list:
+    if kind == "workspace":
+        return [row["workspace__name"], row["workspace__slug"]]
+    if kind == "key":
+        return [row["api_key__name"] or "No key / deleted", row["api_key__public_id"] or ""]
+    return [row["deployment__name"] or "Deleted deployments", row["deployment__public_id"] or ""]
+
+
+def write_usage_csv(writer, report: UsageReport, workspace: Workspace, limits: list[KeyLimit]) -> None:
+    currency = report.currency
+    totals = report.totals
+    period = "hour" if report.hourly else "day"
+    writer.writerow([period, *METRICS, "cost", "currency"])
+    for p in report.periods:
+        # Hours in the workspace's time zone, with the offset: unambiguous across a DST change.
+        label = p["local"].isoformat(timespec="minutes") if report.hourly else p["local"].isoformat()
+        writer.writerow([label, *_metrics(p), p["cost_cents"], currency])
+    writer.writerow(["total", *_metrics(totals), totals["cost_cents"], currency])
+
+    for kind, rows in (("workspace", report.by_workspace), ("key", report.by_key), ("deployment", report.by_deployment)):
+        if not rows:
+            continue
+        writer.writerow([])
+        writer.writerow([kind, "id", *METRICS, "cost", "currency", "p95_latency_ms_upper_bound"])
+        for r in rows:
+            writer.writerow([*_breakdown_name(kind, r), *_metrics(r), r["cost_cents"], currency, r["p95_bound"]])
+        writer.writerow(["total", "", *_metrics(totals), totals["cost_cents"], currency, ""])
+
+    if limits:
+        writer.writerow([])
+        writer.writerow(["key limits", "id", "tpm_limit", "tpm_used_this_minute", "yearly_limit", "year", "yearly_used"])
+        for limit in limits:
+            key = limit.key
+            minute = "" if not key.tpm_limit else ("not available" if limit.tpm_used is None else limit.tpm_used)
+            writer.writerow([key.name, key.public_id, key.tpm_limit or "", minute, key.yearly_token_limit or "", limit.year,
+                             limit.yearly_used])
+
+
+def write_statement_csv(writer, st: Statement) -> None:
+    writer.writerow(["workspace", "deployment", "model", "price_effective_from", "input_price_per_million", "output_price_per_million",
+                     "requests", "input_tokens", "output_tokens", "cost", "currency"])
+    for section in st.sections:
+        for item in section.items:
+            since = " ".join(f"{v:%Y-%m-%d}" for v in item["versions"])
+            writer.writerow([section.slug, item["label"], item["model"], since, item["input_price_per_million"],
+                             item["output_price_per_million"], item["requests"], item["prompt_tokens"], item["completion_tokens"],
+                             item["cost_cents"], item["currency"]])
+        writer.writerow([section.slug, "subtotal", "", "", "", "", "", "", "", section.total, st.currency])
+    writer.writerow(["total", "", "", "", "", "", "", st.prompt_tokens, st.completion_tokens, st.total, st.currency])
