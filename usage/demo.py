@@ -59,8 +59,8 @@ def _backdate_prices(deployment: Deployment, *, since: datetime, change_at: date
     DeploymentPrice.objects.create(deployment=deployment, effective_from=since, currency=current.currency,
                                    input_per_million=current.input_per_million * discount,
                                    output_per_million=current.output_per_million * discount)
-    DeploymentPrice.objects.create(deployment=deployment, effective_from=change_at, currency=current.currency,
-                                   input_per_million=current.input_per_million, output_per_million=current.output_per_million)
+    # The price seed_demo set moments ago becomes the one in force since the change.
+    DeploymentPrice.objects.filter(id=current.id).update(effective_from=change_at)
     return list(deployment.prices.order_by("effective_from"))
 
 
