@@ -10,6 +10,7 @@ the usage event (concurrently) → finish the response.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import os
@@ -528,23 +529,13 @@ class Gateway:
             if usage is not None:
                 prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
                 estimated = False
+        metered = functools.partial(self.meter, exchange, entry, route, reservation, prompt=prompt, completion=completion,
+                                    estimated=estimated, streamed=True, ttft_ms=ttft)
         if outcome == "client_gone":
             exchange.status = 499
-            await self.meter(
-                exchange,
-                entry,
-                route,
-                reservation,
-                prompt=prompt,
-                completion=completion,
-                status=499,
-                error_code="client_disconnected",
-                estimated=estimated,
-                aborted=True,
-                streamed=True,
-                ttft_ms=ttft,
-            )
+            await metered(status=499, error_code="client_disconnected", aborted=True)
             raise ClientGone
+        error = None
         if outcome != "done":
             error = (
                 transport_error(outcome)
@@ -552,42 +543,14 @@ class Gateway:
                 else GatewayError(502, "The model ended the stream early.", code="upstream_incomplete", type="server_error")
             )
             metrics.UPSTREAM_ERRORS.labels(route.metric_name, error.code).inc()
-            try:
-                await self.meter(
-                    exchange,
-                    entry,
-                    route,
-                    reservation,
-                    prompt=prompt,
-                    completion=completion,
-                    status=error.status,
-                    error_code=error.code,
-                    estimated=estimated,
-                    streamed=True,
-                    ttft_ms=ttft,
-                )
-            finally:
-                exchange.status = error.status
-                await exchange.send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n", "more_body": False})
-            return
         try:
-            await self.meter(
-                exchange,
-                entry,
-                route,
-                reservation,
-                prompt=prompt,
-                completion=completion,
-                status=200,
-                estimated=estimated,
-                streamed=True,
-                ttft_ms=ttft,
-            )
-        except GatewayError as error:
+            await metered(status=error.status if error else 200, error_code=error.code if error else "")
+        except GatewayError as unrecorded:
+            error = error or unrecorded  # the stream's own failure is what the client most needs to hear
+        if error is not None:
             exchange.status = error.status
-            await exchange.send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n", "more_body": False})
-            return
-        await exchange.send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        last = b"data: " + error.body() + b"\n\n" if error is not None else b"data: [DONE]\n\n"
+        await exchange.send({"type": "http.response.body", "body": last, "more_body": False})
 
     async def _pump(self, receive, exchange: Exchange, response, relay: SseRelay):
         """Forward the stream until it ends ("done"/"eof"), fails (the exception) or the client leaves ("client_gone")."""

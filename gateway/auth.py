@@ -206,6 +206,20 @@ def deployment_generations() -> dict[int, int]:
     return dict(deployment_changes.local_generations)
 
 
+def _add_credential_routes(routes: dict[str, Route], wildcards: dict[str, Route], *, kind: str, prefix: str, key: str,
+                           encrypted: str, base_url: str, model_names: list[str]) -> None:
+    """Routes through a router provider or BYOK credential: `prefix/model` for each listed model,
+    or a wildcard (any `prefix/...`) when it lists none."""
+    api_key, problem = _decrypt(encrypted)
+    base = Route(name=prefix, kind=kind, chat_url=_chat_url(base_url), upstream_model="", api_key=api_key,
+                 credential_error=problem, timeout=float(settings.GATEWAY_UPSTREAM_TIMEOUT))
+    if model_names:
+        for model in model_names:
+            routes[f"{prefix}/{model}"] = base.with_model(f"{prefix}/{model}", model)
+    else:
+        wildcards[key] = base
+
+
 def load_key(digest: str) -> KeyEntry | None:
     """Read one key and its scope from the database (sync; runs on the gateway's DB thread)."""
     from deployments.models import DeploymentPrice
@@ -268,42 +282,17 @@ def load_key(digest: str) -> KeyEntry | None:
 
     router_wildcards: dict[str, Route] = {}
     for provider in key.router_providers.filter(is_active=True):
-        api_key, problem = _decrypt(provider.api_key_encrypted)
-        base = Route(
-            name=provider.slug,
-            kind="router",
-            chat_url=_chat_url(provider.base_url),
-            upstream_model="",
-            api_key=api_key,
-            credential_error=problem,
-            timeout=float(settings.GATEWAY_UPSTREAM_TIMEOUT),
-        )
-        if provider.model_names:
-            for model in provider.model_names:
-                routes[f"{provider.slug}/{model}"] = base.with_model(f"{provider.slug}/{model}", model)
-        else:
-            router_wildcards[provider.slug] = base
+        _add_credential_routes(routes, router_wildcards, kind="router", prefix=provider.slug, key=provider.slug,
+                               encrypted=provider.api_key_encrypted, base_url=provider.base_url, model_names=provider.model_names)
 
     byok_wildcards: dict[str, Route] = {}
     credentials = ByokCredential.objects.filter(workspace=workspace)
     if not key.all_byok:
         credentials = credentials.filter(id__in=key.byok_credentials.values("id"))
     for credential in credentials:
-        api_key, problem = _decrypt(credential.api_key_encrypted)
-        base = Route(
-            name=f"byok/{credential.name}",
-            kind="byok",
-            chat_url=_chat_url(credential.base_url),
-            upstream_model="",
-            api_key=api_key,
-            credential_error=problem,
-            timeout=float(settings.GATEWAY_UPSTREAM_TIMEOUT),
-        )
-        if credential.model_names:
-            for model in credential.model_names:
-                routes[f"byok/{credential.name}/{model}"] = base.with_model(f"byok/{credential.name}/{model}", model)
-        else:
-            byok_wildcards[credential.name] = base
+        _add_credential_routes(routes, byok_wildcards, kind="byok", prefix=f"byok/{credential.name}", key=credential.name,
+                               encrypted=credential.api_key_encrypted, base_url=credential.base_url,
+                               model_names=credential.model_names)
 
     from lib.net import parse_networks
 
