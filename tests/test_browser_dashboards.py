@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 from tests.conftest import World
 from usage.services import usage_rollup
 
-from .usage_factory import event, make_deployment, make_key
+from .usage_factory import csv_sections, event, make_deployment, make_key
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -22,16 +22,8 @@ def _number(text: str) -> int:
 
 
 def _csv_sections(path: Path) -> dict[str, list[list[str]]]:
-    sections, current = {}, None
     with path.open(newline="") as f:
-        for row in csv.reader(f):
-            if not row:
-                current = None
-            elif current is None:
-                current = sections.setdefault(row[0], [row])
-            else:
-                current.append(row)
-    return sections
+        return csv_sections(csv.reader(f))
 
 
 def test_usage_filters_sort_and_csv_then_billing_month_split(page, sign_in, screenshot, tmp_path):

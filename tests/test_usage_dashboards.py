@@ -14,7 +14,7 @@ from usage.models import UsageHourly
 from usage.selectors import allocate_cents, cents
 from usage.services import usage_rollup
 
-from .usage_factory import event, make_deployment, make_key, rollup_totals
+from .usage_factory import csv_sections, event, make_deployment, make_key, rollup_totals
 
 NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
 
@@ -47,17 +47,6 @@ def _csv(resp) -> list[list[str]]:
     return list(csv.reader(io.StringIO(resp.content.decode())))
 
 
-def _sections(rows: list[list[str]]) -> dict[str, list[list[str]]]:
-    """CSV sections (separated by blank rows) by the first cell of their header row."""
-    sections, current = {}, None
-    for row in rows:
-        if not row:
-            current = None
-        elif current is None:
-            current = sections.setdefault(row[0], [row])
-        else:
-            current.append(row)
-    return sections
 
 
 def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, django_assert_num_queries):
@@ -80,7 +69,7 @@ def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, 
     assert 'style="' not in body
     assert {r["workspace__slug"] for r in report.by_workspace} == {usage.org.slug, usage.sub.slug}
 
-    sections = _sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}")))
+    sections = csv_sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}")))
     days = sections["day"]
     assert days[0][:2] == ["day", "requests"] and len(days) == 1 + 10 + 1
     total = days[-1]
@@ -145,7 +134,7 @@ def test_hourly_view_reads_hourly_rollups_with_local_hour_ticks(usage, client_fo
     assert "<title>Mar 10, 08:00: 7 requests</title>" in body  # 12:26–12:30 UTC is 08:xx in New York
     assert 'id="id_start"' not in body and '<option value="48h" selected>' in body
 
-    sections = _sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv?range=48h")))
+    sections = csv_sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv?range=48h")))
     hours = sections["hour"]
     assert len(hours) == 1 + 48 + 1 and hours[1][0] == "2026-03-08T09:00-04:00"
     assert int(hours[-1][1]) == expected["requests"] and Decimal(hours[-1][7]) == cents(expected["cost"])
@@ -174,7 +163,7 @@ def test_sorting_orders_every_breakdown_and_marks_the_column(usage, client_for, 
     bogus = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=password").context["report"]
     assert bogus.sort == "-cost" and bogus.by_key[0]["cost"] >= bogus.by_key[-1]["cost"]
     # The CSV follows the same sort.
-    section = _sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}&sort=requests")))["key"]
+    section = csv_sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}&sort=requests")))["key"]
     assert [r[0] for r in section[1:-1]] == ["research", "backend"]
 
 
@@ -364,7 +353,7 @@ def test_key_limits_show_this_minute_from_the_gateway_and_this_year_from_rollups
     narrowed = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&key={usage.sub_key.public_id}").context["limits"]
     assert [limit.key.name for limit in narrowed] == ["research"]
     # The CSV carries the same figures.
-    limits = _sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}")))["key limits"]
+    limits = csv_sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv{RANGE}")))["key limits"]
     assert limits[1][2:] == ["1000", "850", "40000", "2026", "32388"]
 
 

@@ -83,3 +83,16 @@ def snapshot(model=UsageDaily) -> list[tuple]:
 
 def snapshots() -> tuple[list[tuple], list[tuple]]:
     return snapshot(UsageDaily), snapshot(UsageHourly)
+
+
+def csv_sections(rows) -> dict[str, list[list[str]]]:
+    """A dashboard CSV's sections (separated by blank rows), by the first cell of their header row."""
+    sections, current = {}, None
+    for row in rows:
+        if not row:
+            current = None
+        elif current is None:
+            current = sections.setdefault(row[0], [row])
+        else:
+            current.append(row)
+    return sections
