@@ -128,10 +128,11 @@ def main() -> None:
         # A 10 M-event history in production has long been vacuumed: set hint bits and the
         # visibility map now, so the timings are not those of a first read after a bulk load
         # racing autovacuum.
-        connection.connection.autocommit = True
+        raw = connection.connection
+        previous, raw.autocommit = raw.autocommit, True
         with connection.cursor() as c:
             c.execute("VACUUM (ANALYZE) usage_usageevent")
-        connection.connection.autocommit = False
+        raw.autocommit = previous  # as Django opened it: its atomic() blocks switch it off themselves
 
     load_s = 0.0
     if not args.reuse:
