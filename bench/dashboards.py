@@ -25,6 +25,7 @@ import json
 import math
 import os
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -193,6 +194,7 @@ class Result:
     bytes: int
     ms: list[float]
     sql: list[tuple[float, str, tuple]] = field(default_factory=list)  # (ms, sql, params) of the last request
+    sql_ms: list[float] = field(default_factory=list)  # time in SQL of each timed request
 
     def percentile(self, p: float) -> float:
         """Nearest-rank percentile of the timed requests."""
@@ -266,7 +268,7 @@ def measure(
     client.force_login(User.objects.get(username=username))
     results = []
     for page in pages:
-        statuses, ms, size = set(), [], 0
+        statuses, ms, sql_ms, size = set(), [], [], 0
         log: list[tuple[float, str, tuple]] = []
 
         def record(execute, sql, params, many, context, log=log):
@@ -286,11 +288,12 @@ def measure(
                 response = client.get(page.url, headers=page.headers)
                 body = response.content
                 ms.append((time.perf_counter() - started) * 1000)
+            sql_ms.append(sum(q[0] for q in log))
             statuses.add(response.status_code)
             size = len(body)
             if i + 1 >= min_iterations and time.perf_counter() - page_started > page_budget_s:
                 break
-        result = Result(page, statuses, len(log), size, ms, list(log))
+        result = Result(page, statuses, len(log), size, ms, list(log), sql_ms)
         results.append(result)
         if progress:
             progress(result)
@@ -298,10 +301,13 @@ def measure(
 
 
 def table(results: list[Result]) -> str:
-    lines = ["| page | queries | KB | requests | p50 ms | p95 ms | max ms | p95 ≤ 150 ms |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| page | queries | KB | requests | SQL ms, median | p50 ms | p95 ms | max ms | p95 ≤ 150 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         lines.append(
-            f"| {r.page.name} | {r.queries} | {r.bytes / 1024:.0f} | {len(r.ms)} | {r.percentile(50):.1f} | "
+            f"| {r.page.name} | {r.queries} | {r.bytes / 1024:.0f} | {len(r.ms)} | {statistics.median(r.sql_ms):.1f} | {r.percentile(50):.1f} | "
             f"{r.percentile(95):.1f} | {max(r.ms):.1f} | {'✓' if r.ok else '✗'} |"
         )
     return "\n".join(lines)

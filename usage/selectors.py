@@ -14,6 +14,8 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from django.db.models import Max, Q, QuerySet, Sum
 
 from console.models import Workspace
+from deployments.models import Deployment
+from keys.models import ApiKey
 from usage.models import UsageDaily
 
 CENT = Decimal("0.01")
@@ -50,6 +52,16 @@ def _clean(row: dict) -> dict:
     return row
 
 
+def tree_ids(workspace: Workspace) -> list[int]:
+    """A default workspace's id and its sub-workspaces' ids.
+
+    Rollup rows are filtered with `workspace_id IN (…)`, not `workspace = x OR workspace.parent = x`:
+    the OR across a join cannot use the (workspace, day) index, so every query read the whole
+    rollup table (docs/BENCHMARKS.md, "Dashboards").
+    """
+    return [workspace.id, *Workspace.objects.filter(parent=workspace).values_list("id", flat=True)]
+
+
 @dataclass
 class UsageScope:
     """Which rollup rows a dashboard reads: a workspace (its tree if it is a default one) and filters."""
@@ -60,16 +72,17 @@ class UsageScope:
     sub: Workspace | None = None
     key_id: int | None = None
     deployment_id: int | None = None
+    tree: list[int] | None = None  # tree_ids(workspace) when the caller has it already
 
     def rows(self) -> QuerySet[UsageDaily]:
         ws = self.workspace
         if self.sub is not None:
-            scope = Q(workspace=self.sub)
+            ids = [self.sub.id]
         elif ws.is_default:
-            scope = Q(workspace=ws) | Q(workspace__parent=ws)
+            ids = self.tree if self.tree is not None else tree_ids(ws)
         else:
-            scope = Q(workspace=ws)
-        qs = UsageDaily.objects.filter(scope, day__gte=self.start, day__lte=self.end)
+            ids = [ws.id]
+        qs = UsageDaily.objects.filter(workspace_id__in=ids, day__gte=self.start, day__lte=self.end)
         if self.key_id is not None:
             qs = qs.filter(api_key_id=self.key_id)
         if self.deployment_id is not None:
@@ -87,10 +100,24 @@ class UsageReport:
     by_deployment: list[dict] = field(default_factory=list)
 
 
-def usage_report(scope: UsageScope, *, with_workspaces: bool) -> UsageReport:
-    """Per-day series (every day in range, zeros included), totals and breakdowns: 3 or 4 queries."""
+def usage_report(scope: UsageScope, *, with_workspaces: bool, with_breakdowns: bool = True) -> UsageReport:
+    """Per-day series (every day in range, zeros included), totals and breakdowns: 2 queries (1
+    without breakdowns), each one pass over the rollup rows in scope.
+
+    A year of a busy organisation is ~200k rollup rows, and summing them is what a page costs, so
+    the breakdowns by key, deployment and workspace are added up here from one query grouped by
+    all three (a few hundred rows), not from one query each.
+    """
     qs = scope.rows()
-    per_day = {row["day"]: _clean(row) for row in qs.values("day").annotate(**_sums()).order_by("day")}
+    per_day: dict = {}
+    currencies = set()
+    for row in qs.values("day", "currency").annotate(**_sums()).order_by():
+        currencies.add(row.pop("currency"))
+        day = per_day.get(row["day"])
+        if day is None:
+            per_day[row["day"]] = _clean(row)
+        else:
+            _add(day, _clean(row))
     days = []
     current = scope.start
     while current <= scope.end:
@@ -100,20 +127,54 @@ def usage_report(scope: UsageScope, *, with_workspaces: bool) -> UsageReport:
     totals["cost_cents"] = cents(totals["cost"])
     for d in days:
         d["cost_cents"] = cents(d["cost"])
-    currencies = sorted(set(qs.values_list("currency", flat=True).distinct()))
+    report = UsageReport(days=days, totals=totals, currencies=sorted(currencies))
+    if not with_breakdowns:
+        return report
 
-    def breakdown(*group: str) -> list[dict]:
-        rows = [_clean(r) for r in qs.values(*group).annotate(**_sums(), p95_bound=Max("latency_p95_ms")).order_by("-cost", "-requests")]
-        for r in rows:
-            r["cost_cents"] = cents(r["cost"])
-        return rows
-
-    report = UsageReport(days=days, totals=totals, currencies=currencies)
-    report.by_key = breakdown("api_key_id", "api_key__public_id", "api_key__name")
-    report.by_deployment = breakdown("deployment_id", "deployment__public_id", "deployment__name", "model")
+    # Grouped by ids only: grouping by the joined names too made PostgreSQL sort ~200k rows (on
+    # disk) instead of hashing a few hundred groups. The names come from three small lookups.
+    groups = {"by_key": "api_key_id", "by_deployment": ("deployment_id", "model"), "by_workspace": "workspace_id"}
+    if not with_workspaces:
+        del groups["by_workspace"]
+    merged: dict[str, dict] = {name: {} for name in groups}
+    for row in qs.values("workspace_id", "api_key_id", "deployment_id", "model").annotate(**_sums(), p95_bound=Max("latency_p95_ms")).order_by():
+        _clean(row)
+        for name, group in groups.items():
+            key = tuple(row[f] for f in group) if isinstance(group, tuple) else row[group]
+            into = merged[name].get(key)
+            if into is None:
+                merged[name][key] = {**{m: row[m] for m in SUMMED}, "p95_bound": row["p95_bound"]}
+            else:
+                _add(into, row)
+                into["p95_bound"] = max(into["p95_bound"], row["p95_bound"])
+    labels = {
+        "by_key": _labels(ApiKey.objects, merged["by_key"], "api_key", ("public_id", "name")),
+        "by_deployment": _labels(Deployment.objects, {k[0] for k in merged["by_deployment"]}, "deployment", ("public_id", "name")),
+    }
     if with_workspaces:
-        report.by_workspace = breakdown("workspace_id", "workspace__slug", "workspace__name")
+        labels["by_workspace"] = _labels(Workspace.objects, merged["by_workspace"], "workspace", ("slug", "name"))
+    for name, rows in merged.items():
+        out = []
+        for key, r in rows.items():
+            if name == "by_deployment":
+                r.update(deployment_id=key[0], model=key[1], **labels[name](key[0]))
+            else:
+                r.update({f"{'api_key' if name == 'by_key' else 'workspace'}_id": key, **labels[name](key)})
+            r["cost_cents"] = cents(r["cost"])
+            out.append(r)
+        setattr(report, name, sorted(out, key=lambda r: (-r["cost"], -r["requests"])))
     return report
+
+
+def _labels(manager, ids, prefix: str, fields: tuple[str, ...]):
+    """id -> {"<prefix>__<field>": value}; None (a deleted key or deployment) -> Nones."""
+    found = {row[0]: row[1:] for row in manager.filter(id__in=[i for i in ids if i is not None]).values_list("id", *fields)}
+    return lambda pk: {f"{prefix}__{f}": v for f, v in zip(fields, found.get(pk, (None,) * len(fields)), strict=True)}
+
+
+def _add(into: dict, row: dict) -> None:
+    for name in SUMMED:
+        into[name] += row[name]
 
 
 @dataclass
@@ -146,19 +207,25 @@ def month_bounds(month: date) -> tuple[date, date]:
 
 def billing_statement(workspace: Workspace, month: date) -> Statement:
     """A month's statement: one section per workspace (the default workspace first, then each
-    sub-workspace by name), line items per deployment. One query.
+    sub-workspace by name), line items per deployment. Two queries.
 
     Cents: the statement total is the exact sum rounded once; section totals are allocated from
     their exact sums so they add up to it, and line items likewise to their section total.
     """
     first, last = month_bounds(month)
-    scope = Q(workspace=workspace) | Q(workspace__parent=workspace) if workspace.is_default else Q(workspace=workspace)
-    rows = (UsageDaily.objects.filter(scope, day__gte=first, day__lte=last)
-            .values("workspace_id", "workspace__name", "workspace__slug", "workspace__parent_id", "deployment_id",
-                    "deployment__name", "model", "currency")
-            .annotate(requests=Sum("requests"), prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"),
-                      cost=Sum("cost"))
-            .order_by("workspace__parent_id", "workspace__name", "model", "deployment_id"))
+    tree = {w.id: w for w in (Workspace.objects.filter(Q(id=workspace.id) | Q(parent=workspace)) if workspace.is_default else [workspace])}
+    # Grouped by ids only (names from `tree`, and the deployment's as an aggregate), so PostgreSQL
+    # hashes the few line items instead of sorting every rollup row of the month by name.
+    rows = (UsageDaily.objects.filter(workspace_id__in=tree, day__gte=first, day__lte=last)
+            .values("workspace_id", "deployment_id", "model", "currency")
+            .annotate(deployment_name=Max("deployment__name"), requests=Sum("requests"), prompt_tokens=Sum("prompt_tokens"),
+                      completion_tokens=Sum("completion_tokens"), cost=Sum("cost"))
+            .order_by())
+    rows = sorted(rows, key=lambda r: (r["model"], r["deployment_id"] is None, r["deployment_id"] or 0))
+    for row in rows:
+        ws = tree[row["workspace_id"]]
+        row.update(workspace__name=ws.name, workspace__slug=ws.slug, workspace__parent_id=ws.parent_id,
+                   deployment__name=row.pop("deployment_name"))
     sections: dict[int, Section] = {}
     currencies = set()
     for row in rows:

@@ -32,7 +32,7 @@ def _filters(request: HttpRequest, access: WorkspaceAccess) -> tuple[UsageFilter
     by_key = {str(k.public_id): k.id for k in keys}
     by_dep = {str(d.public_id): d.id for d in deployments}
     scope = UsageScope(workspace=ws, start=data["start"], end=data["end"], sub=by_slug.get(data["workspace"]),
-                       key_id=by_key.get(data["key"]), deployment_id=by_dep.get(data["deployment"]))
+                       key_id=by_key.get(data["key"]), deployment_id=by_dep.get(data["deployment"]), tree=tree)
     return form, scope
 
 
@@ -61,7 +61,7 @@ def usage_export(request: HttpRequest, ws: str) -> HttpResponse:
     form, scope = _filters(request, access)
     if scope is None:
         return HttpResponse("; ".join(e for errs in form.errors.values() for e in errs), status=400, content_type="text/plain")
-    report = usage_report(scope, with_workspaces=False)
+    report = usage_report(scope, with_workspaces=False, with_breakdowns=False)
     response = HttpResponse(content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="usage-{access.workspace.slug}-{scope.start}-{scope.end}.csv"'
     writer = csv.writer(response)
