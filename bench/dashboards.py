@@ -37,7 +37,7 @@ from usage_data import ROOT, Traffic, recreate_database, setup_django
 DATA_SHAPE = 1
 DB_PREFIX = "gatehouse_dashbench"
 TARGET_P95_MS = 150.0
-ROLLUP_TABLES = ("usage_usagedaily", "usage_usagehourly")
+ROLLUP_TABLES = ("usage_usagedaily", "usage_usagehourly", "usage_usagemonthly", "usage_usagedailytotal")
 
 ORG = ("Northwind", "northwind", "Europe/Berlin", 8)
 # (name, slug, time zone, keys)
