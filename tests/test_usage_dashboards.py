@@ -63,9 +63,9 @@ def _sections(rows: list[list[str]]) -> dict[str, list[list[str]]]:
 def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, django_assert_num_queries):
     client = client_for(usage.owner)
     # session, user, workspace, role, sub-workspaces, keys, deployments, series, breakdowns (one query for
-    # all three), (no key has a limit: no yearly query), the shell's workspace switcher, the shell's
-    # budget banner, the budget card
-    with django_assert_num_queries(12):
+    # all three, grouped by ids) and the names of their keys, deployments and workspaces (3), (no key has
+    # a limit: no yearly query), the shell's workspace switcher, the shell's budget banner, the budget card
+    with django_assert_num_queries(15):
         resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}")
     assert resp.status_code == 200
     report = resp.context["report"]
@@ -130,7 +130,7 @@ def test_hourly_view_reads_hourly_rollups_with_local_hour_ticks(usage, client_fo
     usage.org.time_zone = "America/New_York"  # EDT (UTC-4) through the whole window
     usage.org.save(update_fields=["time_zone"])
     client = client_for(usage.owner)
-    with django_assert_num_queries(12):  # as the day view: 10 + budget banner + budget card
+    with django_assert_num_queries(15):  # as the day view: 13 + budget banner + budget card
         resp = client.get(f"/w/{usage.org.slug}/usage/?range=48h&start=2020-01-01")
     report = resp.context["report"]
     assert report.hourly and len(report.periods) == 48
@@ -174,7 +174,7 @@ def test_a_range_of_whole_months_and_edge_days_shows_exactly_the_daily_rollups(u
         event(workspace, at, key=key, deployment=deployment, prompt=4321, completion=123, latency=2000)
     usage_rollup(now=NOW)
     client = client_for(usage.owner)
-    with django_assert_num_queries(12):
+    with django_assert_num_queries(15):  # as for any range: the month rows and edge days are one query
         resp = client.get(f"/w/{usage.org.slug}/usage/?start=2026-01-15&end=2026-03-10&sort=name")
     report = resp.context["report"]
     in_range = {"workspace__in": [usage.org, usage.sub], "day__gte": date(2026, 1, 15), "day__lte": date(2026, 3, 10)}
@@ -201,7 +201,7 @@ def test_a_range_of_whole_months_and_edge_days_shows_exactly_the_daily_rollups(u
 
 def test_sorting_orders_every_breakdown_and_marks_the_column(usage, client_for, frozen, django_assert_num_queries):
     client = client_for(usage.owner)
-    with django_assert_num_queries(12):
+    with django_assert_num_queries(15):
         resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=requests")
     by_key = resp.context["report"].by_key
     assert [r["api_key__name"] for r in by_key] == ["research", "backend"]  # 3 < 18 requests, ascending
@@ -395,7 +395,7 @@ def test_key_limits_show_this_minute_from_the_gateway_and_this_year_from_rollups
     assert [(limit.key.name, limit.tpm_used) for limit in before] == [("backend", 0), ("research", None)]
 
     _admit_through_the_gateway(usage.key, 850)
-    with django_assert_num_queries(13):  # the page's 12 and the year's usage per key
+    with django_assert_num_queries(16):  # the page's 15 and the year's usage per key
         resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}")
     backend, research = resp.context["limits"]
     assert (backend.tpm_used, backend.tpm_percent) == (850, 85)
