@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
-import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from usage_data import Traffic, recreate_database
+from usage_data import setup_django as _setup_django
 
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Tokyo"]
 KEYS_PER_WORKSPACE = 5
@@ -45,26 +42,10 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def recreate_database(server: str, name: str) -> None:
-    import psycopg
-
-    if not name.startswith("gh_bench"):
-        raise SystemExit("refusing to drop a database whose name does not start with gh_bench")
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
 def setup_django(server: str, name: str) -> None:
-    os.environ["DATABASE_URL"] = f"{server}/{name}"
     os.environ.pop("REDIS_URL", None)
     os.environ.setdefault("DEBUG", "1")
-    os.environ.setdefault("GATEHOUSE_VAR_DIR", str(ROOT / "var" / "bench"))
-    os.environ["DJANGO_SETTINGS_MODULE"] = "console.settings"
-    os.environ["LOG_LEVEL"] = "WARNING"
-    import django
-
-    django.setup()
+    _setup_django(server, name)
 
 
 def make_world(n_workspaces: int):
@@ -89,50 +70,6 @@ def make_world(n_workspaces: int):
     return workspaces, keys, deployments
 
 
-COLUMNS = (
-    "request_id, created_at, workspace_id, api_key_id, deployment_id, model, endpoint, prompt_tokens, completion_tokens, "
-    "total_tokens, estimated, status_code, error_code, aborted, streamed, is_test_call, latency_ms, "
-    "input_price_per_million, output_price_per_million, currency, cost"
-)
-
-
-class Traffic:
-    """Synthetic gateway traffic: a few busy workspaces and a long tail, mostly successes."""
-
-    def __init__(self, world, seed: int = 1):
-        self.rng = random.Random(seed)
-        self.workspaces, self.keys, self.deployments = world
-        weights = [1 / (i + 1) for i in range(len(self.workspaces))]
-        self.pick = lambda: self.rng.choices(self.workspaces, weights)[0]
-        self.serial = 0
-        self.prefix = "bench"
-
-    def line(self, at: datetime) -> str:
-        rng = self.rng
-        ws = self.pick()
-        dep_id, model, inp, out = rng.choice(self.deployments[ws])
-        prompt, completion = rng.randrange(1, 4000), (0 if out == 0 else rng.randrange(0, 1200))
-        status = 200 if rng.random() < 0.97 else rng.choice((429, 500, 502))
-        nanos = (prompt * inp + completion * out) * 10  # cents per million → nanos per token
-        self.serial += 1
-        return (
-            f"{self.prefix}-{self.serial}\t{at.isoformat()}\t{ws}\t{rng.choice(self.keys[ws])}\t{dep_id}\t{model}\tchat.completions\t"
-            f"{prompt}\t{completion}\t{prompt + completion}\t{'t' if rng.random() < 0.02 else 'f'}\t{status}\t\tf\tf\tf\t"
-            f"{int(rng.lognormvariate(6, 0.8))}\t{inp / 100:.2f}\t{out / 100:.2f}\tUSD\t{nanos // 10**9}.{nanos % 10**9:09d}\n"
-        )
-
-    def copy(self, conn, times: list[datetime]) -> None:
-        with conn.cursor() as cur, cur.copy(f"COPY usage_usageevent ({COLUMNS}) FROM STDIN") as copy:
-            chunk = []
-            for at in times:
-                chunk.append(self.line(at))
-                if len(chunk) == 20_000:
-                    copy.write("".join(chunk))
-                    chunk = []
-            if chunk:
-                copy.write("".join(chunk))
-
-
 def timed(fn):
     start = time.perf_counter()
     result = fn()
@@ -142,7 +79,7 @@ def timed(fn):
 def main() -> None:
     args = parse_args()
     if not args.reuse:
-        recreate_database(args.server, args.database)
+        recreate_database(args.server, args.database, prefix="gh_bench")
     setup_django(args.server, args.database)
     from django.core.management import call_command
     from django.db import connection
@@ -191,10 +128,11 @@ def main() -> None:
         # A 10 M-event history in production has long been vacuumed: set hint bits and the
         # visibility map now, so the timings are not those of a first read after a bulk load
         # racing autovacuum.
-        connection.connection.autocommit = True
+        raw = connection.connection
+        previous, raw.autocommit = raw.autocommit, True
         with connection.cursor() as c:
             c.execute("VACUUM (ANALYZE) usage_usageevent")
-        connection.connection.autocommit = False
+        raw.autocommit = previous  # as Django opened it: its atomic() blocks switch it off themselves
 
     load_s = 0.0
     if not args.reuse:

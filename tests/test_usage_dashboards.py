@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from usage.models import UsageHourly
-from usage.selectors import allocate_cents, cents
+from usage.selectors import allocate_cents, cents, split_months
 from usage.services import usage_rollup
 
 from .usage_factory import csv_sections, event, make_deployment, make_key, rollup_totals
@@ -51,9 +51,10 @@ def _csv(resp) -> list[list[str]]:
 
 def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, django_assert_num_queries):
     client = client_for(usage.owner)
-    # session, user, workspace, role, sub-workspaces, keys, deployments, series, 3 breakdowns, (no key has a
-    # limit: no yearly query), the shell's workspace switcher, the shell's budget banner, the budget card
-    with django_assert_num_queries(14):
+    # session, user, workspace, role, sub-workspaces, keys, deployments, series, breakdowns (one query for
+    # all three, grouped by ids) and the names of their keys, deployments and workspaces (3), (no key has
+    # a limit: no yearly query), the shell's workspace switcher, the shell's budget banner, the budget card
+    with django_assert_num_queries(15):
         resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}")
     assert resp.status_code == 200
     report = resp.context["report"]
@@ -118,7 +119,7 @@ def test_hourly_view_reads_hourly_rollups_with_local_hour_ticks(usage, client_fo
     usage.org.time_zone = "America/New_York"  # EDT (UTC-4) through the whole window
     usage.org.save(update_fields=["time_zone"])
     client = client_for(usage.owner)
-    with django_assert_num_queries(14):  # as the day view: 12 + budget banner + budget card
+    with django_assert_num_queries(15):  # as the day view: 13 + budget banner + budget card
         resp = client.get(f"/w/{usage.org.slug}/usage/?range=48h&start=2020-01-01")
     report = resp.context["report"]
     assert report.hourly and len(report.periods) == 48
@@ -141,9 +142,55 @@ def test_hourly_view_reads_hourly_rollups_with_local_hour_ticks(usage, client_fo
     assert sum(Decimal(r[7]) for r in hours[1:-1]) == Decimal(hours[-1][7])
 
 
+def test_split_months_covers_a_range_once_with_whole_months_and_edge_days():
+    assert split_months(date(2026, 1, 15), date(2026, 3, 10)) == ([date(2026, 2, 1)], [(date(2026, 1, 15), date(2026, 1, 31)),
+                                                                                      (date(2026, 3, 1), date(2026, 3, 10))])
+    assert split_months(date(2026, 1, 1), date(2026, 2, 28)) == ([date(2026, 1, 1), date(2026, 2, 1)], [])
+    assert split_months(date(2026, 2, 3), date(2026, 2, 20)) == ([], [(date(2026, 2, 3), date(2026, 2, 20))])
+    assert split_months(date(2025, 12, 31), date(2026, 1, 1)) == ([], [(date(2025, 12, 31), date(2025, 12, 31)),
+                                                                       (date(2026, 1, 1), date(2026, 1, 1))])
+
+
+def test_a_range_of_whole_months_and_edge_days_shows_exactly_the_daily_rollups(usage, client_for, frozen, django_assert_num_queries):
+    """Whole months are read from UsageMonthly, the edge days and the per-day series from finer rows:
+    every table, on screen and in the CSV, still adds up to the daily rollups of the range."""
+    for at, key, deployment, workspace in (
+        (datetime(2026, 1, 10, 9, tzinfo=UTC), usage.key, usage.chat, usage.org),  # before the range
+        (datetime(2026, 1, 20, 9, tzinfo=UTC), usage.key, usage.embed, usage.org),  # January edge days
+        (datetime(2026, 2, 2, 9, tzinfo=UTC), usage.sub_key, usage.chat, usage.sub),  # February, whole
+        (datetime(2026, 2, 27, 9, tzinfo=UTC), usage.key, usage.chat, usage.org),
+    ):
+        event(workspace, at, key=key, deployment=deployment, prompt=4321, completion=123, latency=2000)
+    usage_rollup(now=NOW)
+    client = client_for(usage.owner)
+    with django_assert_num_queries(15):  # as for any range: the month rows and edge days are one query
+        resp = client.get(f"/w/{usage.org.slug}/usage/?start=2026-01-15&end=2026-03-10&sort=name")
+    report = resp.context["report"]
+    in_range = {"workspace__in": [usage.org, usage.sub], "day__gte": date(2026, 1, 15), "day__lte": date(2026, 3, 10)}
+    expected = rollup_totals(**in_range)
+    assert expected["requests"] == 21 + 3
+    assert report.totals["cost"] == expected["cost"] and report.totals["requests"] == expected["requests"]
+    for kind, field in (("key", "api_key"), ("deployment", "deployment"), ("workspace", "workspace")):
+        rows = getattr(report, f"by_{kind}")
+        assert {r[f"{field}_id"]: (r["requests"], r["prompt_tokens"], r["cost"]) for r in rows} == {
+            pk: (t["requests"], t["prompt_tokens"], t["cost"])
+            for pk in {r[f"{field}_id"] for r in rows}
+            for t in [rollup_totals(**in_range, **{f"{field}_id": pk})]
+        }
+        assert sum(r["cost_cents"] for r in rows) == report.totals["cost_cents"]
+    assert [r["api_key__name"] for r in report.by_key] == ["backend", "research"]  # sort=name, ascending
+    assert max(r["p95_bound"] for r in report.by_key) == 2000
+
+    sections = csv_sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv?start=2026-01-15&end=2026-03-10&sort=name")))
+    assert len(sections["day"]) == 1 + 55 + 1
+    for kind in ("workspace", "key", "deployment"):
+        assert sum(int(r[2]) for r in sections[kind][1:-1]) == expected["requests"]
+        assert sum(Decimal(r[8]) for r in sections[kind][1:-1]) == report.totals["cost_cents"]
+
+
 def test_sorting_orders_every_breakdown_and_marks_the_column(usage, client_for, frozen, django_assert_num_queries):
     client = client_for(usage.owner)
-    with django_assert_num_queries(14):
+    with django_assert_num_queries(15):
         resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=requests")
     by_key = resp.context["report"].by_key
     assert [r["api_key__name"] for r in by_key] == ["research", "backend"]  # 3 < 18 requests, ascending
@@ -337,7 +384,7 @@ def test_key_limits_show_this_minute_from_the_gateway_and_this_year_from_rollups
     assert [(limit.key.name, limit.tpm_used) for limit in before] == [("backend", 0), ("research", None)]
 
     _admit_through_the_gateway(usage.key, 850)
-    with django_assert_num_queries(15):  # the page's 14 and the year's usage per key
+    with django_assert_num_queries(16):  # the page's 15 and the year's usage per key
         resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}")
     backend, research = resp.context["limits"]
     assert (backend.tpm_used, backend.tpm_percent) == (850, 85)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -14,10 +15,20 @@ from django.db import connection
 from console.audit import Actor
 from console.services import workspace_create, workspace_update
 from usage import rollup
-from usage.models import UsageCursor, UsageDaily, UsageDayBucket, UsageEvent, UsageHourBucket, UsageHourly, UsageRollupZone
+from usage.models import (
+    UsageCursor,
+    UsageDaily,
+    UsageDailyTotal,
+    UsageDayBucket,
+    UsageEvent,
+    UsageHourBucket,
+    UsageHourly,
+    UsageMonthly,
+    UsageRollupZone,
+)
 from usage.services import usage_backfill, usage_rollup, usage_workspace_rebuild
 
-from .usage_factory import event, event_totals, make_deployment, make_key, rollup_totals, snapshot, snapshots
+from .usage_factory import coarse_from_daily, event, event_totals, make_deployment, make_key, rollup_totals, snapshot, snapshots
 
 NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
 
@@ -102,6 +113,39 @@ def test_day_is_the_local_day_of_the_workspace_including_dst_and_half_hour_zones
     assert days(acme.org) == {date(2026, 3, 28): 1}
 
 
+def test_monthly_and_day_total_rows_add_up_the_events_of_their_month_and_day(acme):
+    _history(acme)
+    # February in the organisation (Europe/Berlin: 23:30 UTC on Feb 28 is already March 1 there).
+    acme.org.time_zone = "Europe/Berlin"
+    acme.org.save(update_fields=["time_zone"])
+    event(acme.org, datetime(2026, 2, 3, 9, 0, tzinfo=UTC), key=acme.key_a, deployment=acme.chat, prompt=500, completion=50, latency=900)
+    event(acme.org, datetime(2026, 2, 28, 23, 30, tzinfo=UTC), key=acme.key_a, deployment=acme.chat, prompt=9, completion=1)
+
+    usage_rollup(now=NOW)
+
+    berlin = ZoneInfo("Europe/Berlin")
+    for month, next_month in ((date(2026, 2, 1), date(2026, 3, 1)), (date(2026, 3, 1), date(2026, 4, 1))):
+        start, end = rollup.local_day_start(month, berlin), rollup.local_day_start(next_month, berlin)
+        expected = event_totals(workspace=acme.org, created_at__gte=start, created_at__lt=end)
+        assert rollup_totals(UsageMonthly, workspace=acme.org, month=month) == expected
+        assert rollup_totals(UsageDailyTotal, workspace=acme.org, day__gte=month, day__lt=next_month) == expected
+    assert rollup_totals(UsageMonthly, workspace=acme.org, month=date(2026, 2, 1))["requests"] == 1
+    # The month's latency is the highest daily one: the pages show it as an upper bound.
+    assert UsageMonthly.objects.get(workspace=acme.org, month=date(2026, 2, 1)).latency_p95_ms == 900
+    assert rollup_totals(UsageMonthly)["cost"] == rollup_totals(UsageDailyTotal)["cost"] == event_totals()["cost"]
+    assert (snapshot(UsageMonthly), snapshot(UsageDailyTotal)) == coarse_from_daily()
+
+    # A late event re-opens its day, and with it the day's total and its month's rows.
+    before = rollup_totals(UsageMonthly, workspace=acme.org, month=date(2026, 2, 1))
+    late = event(acme.org, datetime(2026, 2, 10, 12, 0, tzinfo=UTC), key=acme.key_b, deployment=acme.embed, prompt=1000, completion=0)
+    report = usage_rollup(now=NOW + timedelta(minutes=5))
+    assert report.day_buckets == 1
+    after = rollup_totals(UsageMonthly, workspace=acme.org, month=date(2026, 2, 1))
+    assert (after["requests"], after["cost"]) == (before["requests"] + 1, before["cost"] + late.cost)
+    assert rollup_totals(UsageDailyTotal, workspace=acme.org, day=date(2026, 2, 10))["requests"] == 1
+    assert (snapshot(UsageMonthly), snapshot(UsageDailyTotal)) == coarse_from_daily()
+
+
 def test_running_twice_gives_identical_rows_and_does_no_work(acme):
     _history(acme)
     usage_rollup(now=NOW)
@@ -166,11 +210,8 @@ def test_crash_inside_a_batch_leaves_the_bucket_for_the_next_run(acme, settings,
     _history(acme)
     usage_rollup(now=NOW)
     uninterrupted = snapshots()
-    UsageDaily.objects.all().delete()
-    UsageHourly.objects.all().delete()
-    UsageDayBucket.objects.all().delete()
-    UsageHourBucket.objects.all().delete()
-    UsageCursor.objects.all().delete()
+    for model in (UsageDaily, UsageHourly, UsageMonthly, UsageDailyTotal, UsageDayBucket, UsageHourBucket, UsageCursor):
+        model.objects.all().delete()
 
     settings.USAGE_ROLLUP_BATCH_SIZE = 1
     batches = []
@@ -188,6 +229,9 @@ def test_crash_inside_a_batch_leaves_the_bucket_for_the_next_run(acme, settings,
     assert UsageDayBucket.objects.filter(dirty=False).count() == 2
     assert UsageDayBucket.objects.filter(dirty=True).count() == 4
     assert UsageDaily.objects.values("workspace", "day").distinct().count() == 2
+    # The coarser rows were written in the committed batches' transactions, nowhere else.
+    assert (snapshot(UsageMonthly), snapshot(UsageDailyTotal)) == coarse_from_daily()
+    assert UsageDailyTotal.objects.values("workspace", "day").distinct().count() == 2
 
     monkeypatch.undo()
     usage_rollup(now=NOW + timedelta(seconds=30))

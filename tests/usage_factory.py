@@ -11,7 +11,7 @@ from django.db.models import Count, Q, Sum
 
 from deployments.models import Deployment, DeploymentPrice
 from keys.models import ApiKey
-from usage.models import UsageDaily, UsageEvent, UsageHourly
+from usage.models import UsageDaily, UsageDailyTotal, UsageEvent, UsageHourly, UsageMonthly
 
 NANO = Decimal("0.000000001")
 _serial = itertools.count(1)
@@ -72,17 +72,45 @@ def rollup_totals(model=UsageDaily, **filters) -> dict:
     return {k: (v or 0) for k, v in agg.items()}
 
 
+SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "estimated_requests", "estimated_tokens", "cost")
+GROUP = ("workspace_id", "api_key_id", "deployment_id", "currency", "input_price_per_million", "output_price_per_million")
+
+
 def snapshot(model=UsageDaily) -> list[tuple]:
     """Every rollup row's content (not its id), sorted: equal snapshots mean identical rows."""
-    period = "day" if model is UsageDaily else "hour"
+    if model is UsageDailyTotal:
+        return sorted(model.objects.values_list("day", "workspace_id", "currency", *SUMMED), key=repr)
+    period = {UsageDaily: "day", UsageHourly: "hour", UsageMonthly: "month"}[model]
     fields = [period, "workspace_id", "api_key_id", "deployment_id", "model", "currency", "input_price_per_million",
               "output_price_per_million", "requests", "errors", "prompt_tokens",
               "completion_tokens", "total_tokens", "estimated_requests", "estimated_tokens", "cost", "latency_p50_ms", "latency_p95_ms"]
     return sorted(model.objects.values_list(*fields), key=repr)
 
 
-def snapshots() -> tuple[list[tuple], list[tuple]]:
-    return snapshot(UsageDaily), snapshot(UsageHourly)
+def coarse_from_daily() -> tuple[list[tuple], list[tuple]]:
+    """What UsageMonthly and UsageDailyTotal must hold, added up here in Python from UsageDaily."""
+    months: dict[tuple, list] = {}
+    totals: dict[tuple, list] = {}
+    for row in UsageDaily.objects.values():
+        key = (row["day"].replace(day=1), *(row[f] for f in GROUP))
+        into = months.setdefault(key, [row["model"], *(0 for _ in SUMMED), 0, 0])
+        into[0] = max(into[0], row["model"])
+        for i, name in enumerate(SUMMED, start=1):
+            into[i] += row[name]
+        into[-2], into[-1] = max(into[-2], row["latency_p50_ms"]), max(into[-1], row["latency_p95_ms"])
+        total = totals.setdefault((row["day"], row["workspace_id"], row["currency"]), [0 for _ in SUMMED])
+        for i, name in enumerate(SUMMED):
+            total[i] += row[name]
+    monthly = [(k[0], *k[1:4], v[0], *k[4:], *v[1:]) for k, v in months.items()]
+    return sorted(monthly, key=repr), sorted(((*k, *v) for k, v in totals.items()), key=repr)
+
+
+def snapshots() -> tuple[list[tuple], ...]:
+    """Daily, hourly, monthly and day-total rows. The coarser ones are checked to be exactly the
+    daily ones added up (so every test comparing snapshots also checks that)."""
+    monthly, totals = snapshot(UsageMonthly), snapshot(UsageDailyTotal)
+    assert (monthly, totals) == coarse_from_daily()
+    return snapshot(UsageDaily), snapshot(UsageHourly), monthly, totals
 
 
 def csv_sections(rows) -> dict[str, list[list[str]]]:

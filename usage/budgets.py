@@ -18,9 +18,9 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 
 from console.models import Workspace
-from usage.models import Budget, UsageDaily
+from usage.models import Budget, UsageMonthly
 from usage.rollup import local_day_start
-from usage.selectors import ZERO, cents, month_bounds
+from usage.selectors import ZERO, cents, tree_q
 
 THRESHOLDS = (80, 100)
 
@@ -35,14 +35,14 @@ def next_month(month: date) -> date:
 
 
 def covered(workspace: Workspace) -> Q:
-    """UsageDaily rows a workspace's budget counts: the organisation for a default workspace."""
+    """Rows (keys, usage) a workspace's budget counts: the organisation for a default workspace."""
     return Q(workspace=workspace) | Q(workspace__parent=workspace) if workspace.is_default else Q(workspace=workspace)
 
 
 def budget_spend(workspace: Workspace, month: date, currency: str) -> Decimal:
-    """Exact spend (9 places) in `month` from the daily rollups, in one query."""
-    first, last = month_bounds(month)
-    total = UsageDaily.objects.filter(covered(workspace), day__gte=first, day__lte=last, currency=currency).aggregate(s=Sum("cost"))["s"]
+    """Exact spend (9 places) in `month` from the monthly rollups (the sums of its daily ones), in
+    one query; a default workspace's budget counts its organisation (tree_q)."""
+    total = UsageMonthly.objects.filter(tree_q(workspace), month=month.replace(day=1), currency=currency).aggregate(s=Sum("cost"))["s"]
     return total or ZERO
 
 
@@ -123,9 +123,8 @@ def budget_statuses(workspace: Workspace, *, with_subs: bool, now: datetime | No
     months = {b.id: local_month(now, b.workspace.tz) for b in subs}
     ranges = Q(pk__in=[])
     for b in subs:
-        first, last = month_bounds(months[b.id])
-        ranges |= Q(workspace_id=b.workspace_id, currency=b.currency, day__gte=first, day__lte=last)
-    spent = dict(UsageDaily.objects.filter(ranges).values("workspace_id").annotate(s=Sum("cost")).values_list("workspace_id", "s").order_by())
+        ranges |= Q(workspace_id=b.workspace_id, currency=b.currency, month=months[b.id])
+    spent = dict(UsageMonthly.objects.filter(ranges).values("workspace_id").annotate(s=Sum("cost")).values_list("workspace_id", "s").order_by())
     return status, [BudgetStatus(b.workspace, b, months[b.id], spent.get(b.workspace_id) or ZERO) for b in subs]
 
 

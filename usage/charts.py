@@ -12,6 +12,9 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
 # viewBox sizes chosen so a half-width chart (and a full-width one) is drawn at about 0.85 scale
 # on a laptop screen: the 12-unit labels stay readable.
 WIDTH, WIDE_WIDTH, HEIGHT = 540, 1100, 210
@@ -100,10 +103,25 @@ def bar_chart(periods: list[dict], series: list[Series], *, title: str, unit: st
     x_ticks = [{"x": round(LEFT + i * slot + slot / 2, 2), "label": label} for i, label in _x_ticks(periods, hourly, 14 if wide else 7)]
     return {
         "title": title, "unit": unit, "series": series if len(series) > 1 else [], "columns": columns, "y_ticks": y_ticks,
+        "columns_svg": _columns_svg(columns, plot_h),
         "x_ticks": x_ticks, "width": width, "height": HEIGHT, "left": LEFT, "top": TOP, "bottom_y": bottom, "plot_h": plot_h,
         "right_x": width - RIGHT, "wide": wide,
         "metric": series[0].key if len(series) == 1 else "tokens",
     }
+
+
+def _columns_svg(columns: list[dict], plot_h: int) -> SafeString:
+    """The bars' markup, built here rather than in bar_chart.html: a year is ~1,100 columns, and
+    rendering them through template loops cost more than every query of the page together
+    (docs/BENCHMARKS.md, "Dashboards"). Titles are escaped; everything else is numbers."""
+    parts = []
+    for col in columns:
+        parts.append(f'<g class="chart-col"><title>{escape(col["title"])}</title><rect class="chart-hit" x="{col["x"]}" y="{TOP}" '
+                     f'width="{col["w"]}" height="{plot_h}"/>')
+        parts.extend(f'<rect class="chart-bar {seg["css"]}" x="{col["bar_x"]}" y="{seg["y"]}" width="{col["bar_w"]}" height="{seg["h"]}"/>'
+                     for seg in col["segments"] if seg["h"])
+        parts.append("</g>")
+    return mark_safe("".join(parts))  # noqa: S308 - escaped above
 
 
 def usage_charts(report) -> list[dict]:

@@ -102,6 +102,48 @@ class UsageHourly(RollupMetrics):
         return f"{self.workspace_id} {self.hour:%Y-%m-%d %H}h {self.model}"
 
 
+class UsageMonthly(RollupMetrics):
+    """UsageDaily summed per local calendar month (`month` is its first day), for the pages that
+    read whole months: a year of a busy organisation is ~10k rows here against ~200k daily ones.
+
+    Written by the rollup pass from UsageDaily, in the transaction that replaces the daily rows
+    of any of the month's days. The latency columns are the highest daily value (the pages show
+    an upper bound, "p95 ≤", never an exact monthly percentile).
+    """
+
+    month = models.DateField()
+
+    class Meta:
+        indexes = [models.Index(fields=["workspace", "month"])]
+
+    def __str__(self) -> str:
+        return f"{self.workspace_id} {self.month:%Y-%m} {self.model}"
+
+
+class UsageDailyTotal(models.Model):
+    """UsageDaily summed per workspace × local day × currency: the usage page's per-day series
+    without key or deployment filters (~1 row per workspace and day, not ~80). Written with the
+    day's UsageDaily rows, in the same transaction."""
+
+    workspace = models.ForeignKey("console.Workspace", on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    currency = models.CharField(max_length=3)
+    requests = models.PositiveIntegerField()
+    errors = models.PositiveIntegerField()
+    prompt_tokens = models.PositiveBigIntegerField()
+    completion_tokens = models.PositiveBigIntegerField()
+    total_tokens = models.PositiveBigIntegerField()
+    estimated_requests = models.PositiveIntegerField()
+    estimated_tokens = models.PositiveBigIntegerField()
+    cost = models.DecimalField(max_digits=20, decimal_places=9)
+
+    class Meta:
+        indexes = [models.Index(fields=["workspace", "day"])]
+
+    def __str__(self) -> str:
+        return f"{self.workspace_id} {self.day} {self.currency}"
+
+
 class RollupBucketState(models.Model):
     """Checkpoint for one bucket: dirty until its rollup rows were recomputed from events.
 

@@ -8,6 +8,7 @@ from datetime import date
 from django.db.models import Sum
 
 from console.models import Workspace
+from usage.models import UsageDailyTotal
 from usage.selectors import ZERO, UsageScope, cents
 
 TOP = 5
@@ -29,7 +30,8 @@ def overview_numbers(workspace: Workspace, *, today: date, top_since: date) -> O
     A default workspace counts its organisation, a sub-workspace only itself (UsageScope)."""
     totals = {"requests": 0, "total_tokens": 0, "cost": ZERO}
     currencies = []
-    for row in UsageScope(workspace, today, today).rows().values("currency").annotate(
+    today_rows = UsageDailyTotal.objects.filter(UsageScope(workspace, today, today).workspace_q(), day=today)
+    for row in today_rows.values("currency").annotate(
             requests=Sum("requests"), total_tokens=Sum("total_tokens"), cost=Sum("cost")).order_by("currency"):
         currencies.append(row["currency"])
         for name in totals:

@@ -50,12 +50,22 @@ from django.db.models import (
     When,
     Window,
 )
-from django.db.models.functions import Cast, Coalesce, Lead, Round, TruncDate, TruncHour
+from django.db.models.functions import Cast, Coalesce, Lead, Round, TruncDate, TruncHour, TruncMonth
 from django.utils import timezone
 
 from console.models import Workspace
 from usage.aggregates import ExactSum, LocalDate, Percentile
-from usage.models import UsageCursor, UsageDaily, UsageDayBucket, UsageEvent, UsageHourBucket, UsageHourly, UsageRollupZone
+from usage.models import (
+    UsageCursor,
+    UsageDaily,
+    UsageDailyTotal,
+    UsageDayBucket,
+    UsageEvent,
+    UsageHourBucket,
+    UsageHourly,
+    UsageMonthly,
+    UsageRollupZone,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -382,7 +392,70 @@ def _recompute_days(buckets: list[UsageDayBucket]) -> int:
         zone = Value(next(iter(by_zone)))
     else:
         zone = Case(*(When(workspace_id__in=ids, then=Value(name)) for name, ids in by_zone.items()), output_field=CharField())
-    return _insert_grouped(UsageDaily, "day", LocalDate("created_at", zone), events)
+    written = _insert_grouped(UsageDaily, "day", LocalDate("created_at", zone), events)
+    _recompute_coarse(spans)
+    return written
+
+
+# UsageDaily column → how the coarser rollups combine it (r_ aliases, as in ROLLUP_COLUMNS).
+SUMMED_COLUMNS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "estimated_requests",
+                  "estimated_tokens", "cost")
+
+
+def month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def month_end(month: date) -> date:
+    return (month.replace(day=28) + timedelta(days=4)).replace(day=1) - ONE_DAY
+
+
+def _insert_select(model, grouped) -> None:
+    """INSERT INTO <model's table> (<names>) SELECT ... from a values().annotate() queryset whose
+    columns are those names, annotations prefixed r_ (Django refuses an alias equal to a field)."""
+    sql, params = grouped.query.sql_with_params()
+    qn = connection.ops.quote_name
+    names = [*grouped.query.values_select, *grouped.query.annotation_select]
+    targets = [name.removeprefix("r_") for name in names]
+    statement = (f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(t) for t in targets)}) "
+                 f"SELECT {', '.join('g.' + qn(n) for n in names)} FROM ({sql}) g")
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+
+
+def _recompute_coarse(spans: list[tuple[int, date, date]]) -> None:
+    """Replace, from UsageDaily, the day totals of these day spans and the monthly rows of every
+    month they touch. Runs in the transaction that replaced the spans' daily rows.
+
+    A month's rows read the daily rows of all its days, some of which another run may be
+    replacing at the same time: a lock per (workspace, month) makes the second run wait, and its
+    statements then see the first one's committed rows (READ COMMITTED takes a snapshot per
+    statement). Taken in sorted order, so two runs never wait on each other.
+    """
+    days = reduce(or_, (Q(workspace_id=ws, day__gte=a, day__lte=b) for ws, a, b in spans))
+    sums = {f"r_{name}": Sum(name) for name in SUMMED_COLUMNS}
+    UsageDailyTotal.objects.filter(days).delete()
+    _insert_select(UsageDailyTotal, UsageDaily.objects.filter(days).values("workspace_id", "day", "currency").annotate(**sums).order_by())
+
+    months = set()
+    for ws, a, b in spans:
+        month = month_start(a)
+        while month <= b:
+            months.add((ws, month))
+            month = month_end(month) + ONE_DAY
+    months = sorted(months)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            for ws, month in months:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ws, month.year * 12 + month.month - 1])
+    UsageMonthly.objects.filter(reduce(or_, (Q(workspace_id=ws, month=m) for ws, m in months))).delete()
+    grouped = (
+        UsageDaily.objects.filter(reduce(or_, (Q(workspace_id=ws, day__gte=m, day__lte=month_end(m)) for ws, m in months)))
+        .values(*GROUP_KEYS, month=TruncMonth("day"))
+        .annotate(r_model=Max("model"), **sums, r_latency_p50_ms=Max("latency_p50_ms"), r_latency_p95_ms=Max("latency_p95_ms"))
+        .order_by()
+    )
+    _insert_select(UsageMonthly, grouped)
 
 
 def _recompute_hours(buckets: list[UsageHourBucket]) -> int:

@@ -1,5 +1,10 @@
-"""Read side of the usage and billing dashboards. Everything here reads rollups (UsageDaily,
-UsageHourly), never events; the per-key limits also read the gateway's live TPM counters.
+"""Read side of the usage and billing dashboards. Everything here reads rollups (UsageHourly,
+UsageDaily and the coarser UsageDailyTotal and UsageMonthly), never events; the per-key limits
+also read the gateway's live TPM counters.
+
+A year of a busy organisation is ~200k daily rows, and summing them is what a page costs, so
+whole months are read from UsageMonthly and the per-day series, unless filtered by key or
+deployment, from UsageDailyTotal (docs/BENCHMARKS.md, "Dashboards").
 
 Money stays an exact Decimal (9 places, as stored) through every sum; it is rounded to cents once,
 on the figures a person reads. Where several rounded figures must add up to a rounded total
@@ -16,15 +21,15 @@ from operator import or_
 from typing import ClassVar
 from zoneinfo import ZoneInfo
 
-from django.db.models import F, Max, Q, QuerySet, Sum
+from django.db.models import Max, Q, QuerySet, Sum
 from redis.exceptions import RedisError
 
 from console.models import Workspace
-from deployments.models import DeploymentPrice
+from deployments.models import Deployment, DeploymentPrice
 from keys.counters import tpm_used_this_minute
 from keys.models import ApiKey
-from usage.models import UsageDaily, UsageHourly
-from usage.rollup import hour_floor, local_day_start
+from usage.models import UsageDaily, UsageDailyTotal, UsageHourly, UsageMonthly
+from usage.rollup import hour_floor, local_day_start, month_end
 
 CENT = Decimal("0.01")
 EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -135,16 +140,53 @@ class UsageScope:
             return Q(workspace=self.sub)
         return tree_q(self.workspace)
 
-    def rows(self) -> QuerySet:
-        if self.hourly:
-            qs = UsageHourly.objects.filter(self.workspace_q(), hour__gte=self.first_hour, hour__lte=self.last_hour)
-        else:
-            qs = UsageDaily.objects.filter(self.workspace_q(), day__gte=self.start, day__lte=self.end)
+    def _filtered(self, qs: QuerySet) -> QuerySet:
         if self.key_id is not None:
             qs = qs.filter(api_key_id=self.key_id)
         if self.deployment_id is not None:
             qs = qs.filter(deployment_id=self.deployment_id)
         return qs
+
+    def rows(self) -> QuerySet:
+        if self.hourly:
+            qs = UsageHourly.objects.filter(self.workspace_q(), hour__gte=self.first_hour, hour__lte=self.last_hour)
+        else:
+            qs = UsageDaily.objects.filter(self.workspace_q(), day__gte=self.start, day__lte=self.end)
+        return self._filtered(qs)
+
+    def series_rows(self) -> QuerySet:
+        """Rows to sum per period and currency: the day totals unless a key or deployment filter needs the full rows."""
+        if self.hourly or self.key_id is not None or self.deployment_id is not None:
+            return self.rows()
+        return UsageDailyTotal.objects.filter(self.workspace_q(), day__gte=self.start, day__lte=self.end)
+
+    def breakdown_parts(self) -> list[QuerySet]:
+        """Rollup rows that together cover the scope exactly once: whole months from UsageMonthly,
+        the days before the first and after the last whole month from UsageDaily."""
+        if self.hourly:
+            return [self.rows()]
+        months, edges = split_months(self.start, self.end)
+        parts = []
+        if months:
+            parts.append(self._filtered(UsageMonthly.objects.filter(self.workspace_q(), month__in=months)))
+        # One part per edge: an OR of two day ranges would not be an index range on (workspace, day).
+        parts.extend(self._filtered(UsageDaily.objects.filter(self.workspace_q(), day__gte=a, day__lte=b)) for a, b in edges)
+        return parts
+
+
+def split_months(start: date, end: date) -> tuple[list[date], list[tuple[date, date]]]:
+    """The whole calendar months within start..end (their first days), and the day ranges left over."""
+    months, edges = [], []
+    month = start.replace(day=1)
+    if month < start:
+        edges.append((start, min(end, month_end(month))))
+        month = month_end(month) + timedelta(days=1)
+    while month_end(month) <= end:
+        months.append(month)
+        month = month_end(month) + timedelta(days=1)
+    if month <= end and (not edges or edges[0][1] < month):
+        edges.append((month, end))
+    return months, edges
 
 
 @dataclass
@@ -170,27 +212,38 @@ def _with_cents(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def _order(sort: str, label: str, tie: str):
-    descending = sort.startswith("-")
-    name = sort.lstrip("-")
-    target = F(SORT_FIELDS[name] or label)
-    return [target.desc(nulls_last=True) if descending else target.asc(nulls_last=True), F(tie).asc(nulls_last=True)]
+def _sorted(rows: list[dict], sort: str, label: str, tie: str) -> list[dict]:
+    """The order main's SQL gave: by the sort field (nulls last either way), then by id (nulls last)."""
+    target = SORT_FIELDS[sort.lstrip("-")] or label
+    rows.sort(key=lambda r: (r[tie] is None, r[tie] or 0))
+    present = sorted((r for r in rows if r[target] is not None), key=lambda r: r[target], reverse=sort.startswith("-"))
+    return present + [r for r in rows if r[target] is None]
+
+
+def _names(kind: str, ids: list[int]) -> dict[int, tuple]:
+    """id → (public id or slug, name) of a breakdown's keys, deployments or workspaces: one query."""
+    if not ids:
+        return {}
+    model, public = {"key": (ApiKey, "public_id"), "deployment": (Deployment, "public_id"), "workspace": (Workspace, "slug")}[kind]
+    return {pk: (ref, name) for pk, ref, name in model.objects.filter(id__in=ids).values_list("id", public, "name")}
 
 
 def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAULT_SORT, breakdowns: bool = True) -> UsageReport:
     """Per-period series (every day or hour in range, zeros included), totals and breakdowns.
 
-    One query for the series (grouped by period and currency, which also lists the currencies),
-    one per breakdown. Costs in cents are allocated within the series and within each breakdown,
-    so every table (and its CSV) adds up exactly to the total shown.
+    One query for the series (grouped by period and currency, which also lists the currencies);
+    one for all breakdowns, grouped by workspace, key and deployment ids (a few hundred groups)
+    over whole months' and edge days' rows, added up per breakdown here; one per breakdown for
+    the names (2-3 small lookups by id). Costs in
+    cents are allocated within the series and within each breakdown, so every table (and its
+    CSV) adds up exactly to the total shown.
     """
     if sort.lstrip("-") not in SORT_FIELDS:
         sort = DEFAULT_SORT
-    qs = scope.rows()
     period = "hour" if scope.hourly else "day"
     per_period: dict = {}
     currencies: set[str] = set()
-    for row in qs.values(period, "currency").annotate(**_sums()).order_by():
+    for row in scope.series_rows().values(period, "currency").annotate(**_sums()).order_by():
         currencies.add(row["currency"])
         into = per_period.setdefault(row[period], _clean({"period": row[period]}))
         for name in SUMMED:
@@ -203,18 +256,38 @@ def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAUL
     totals["cost_cents"] = cents(totals["cost"])
     _with_cents(periods)
 
-    def breakdown(kind: str) -> list[dict]:
-        group, label, tie = BREAKDOWNS[kind]
-        extra = {"model_label": Max("model")} if kind == "deployment" else {}
-        grouped = qs.values(*group).annotate(**_sums(), p95_bound=Max("latency_p95_ms"), **extra).order_by(*_order(sort, label, tie))
-        return _with_cents([_clean(r) for r in grouped])
-
     report = UsageReport(periods=periods, totals=totals, currencies=sorted(currencies), hourly=scope.hourly, sort=sort)
-    if breakdowns:
-        report.by_key = breakdown("key")
-        report.by_deployment = breakdown("deployment")
-        if with_workspaces:
-            report.by_workspace = breakdown("workspace")
+    if not breakdowns:
+        return report
+    kinds = ["key", "deployment", *(["workspace"] if with_workspaces else [])]
+    # Grouped by ids only: grouping by the joined names as well took twice as long.
+    ids = [BREAKDOWNS[kind][0][0] for kind in BREAKDOWNS]
+    parts = [qs.values(*ids).annotate(**_sums(), p95_bound=Max("latency_p95_ms"), model_label=Max("model")).order_by()
+             for qs in scope.breakdown_parts()]
+    merged: dict[str, dict] = {kind: {} for kind in kinds}
+    grouped = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0] if parts else []
+    for row in grouped:
+        _clean(row)
+        for kind in kinds:
+            pk = row[BREAKDOWNS[kind][0][0]]
+            into = merged[kind].get(pk)
+            if into is None:
+                merged[kind][pk] = {**{m: row[m] for m in SUMMED}, "p95_bound": row["p95_bound"], "model_label": row["model_label"]}
+                continue
+            for name in SUMMED:
+                into[name] += row[name]
+            into["p95_bound"] = max(into["p95_bound"], row["p95_bound"])
+            into["model_label"] = max(into["model_label"], row["model_label"])
+    for kind in kinds:
+        group, label, tie = BREAKDOWNS[kind]
+        names = _names(kind, [pk for pk in merged[kind] if pk is not None])
+        for pk, row in merged[kind].items():
+            row.update(zip(group, (pk, *names.get(pk, (None, None))), strict=True))
+        rows = _with_cents(_sorted(list(merged[kind].values()), sort, label, tie))
+        if kind != "deployment":
+            for r in rows:
+                del r["model_label"]
+        setattr(report, f"by_{kind}", rows)
     return report
 
 
@@ -272,8 +345,8 @@ def key_limits(keys: list[ApiKey], zones: dict[int, ZoneInfo], *, now: datetime,
     by_year: dict[int, list[int]] = {}
     for key_id, year in years.items():
         by_year.setdefault(year, []).append(key_id)
-    window = reduce(or_, (Q(api_key_id__in=ids, day__gte=date(y, 1, 1), day__lte=date(y, 12, 31)) for y, ids in by_year.items()))
-    used = dict(UsageDaily.objects.filter(window).values("api_key_id").annotate(t=Sum("total_tokens")).values_list("api_key_id", "t").order_by())
+    window = reduce(or_, (Q(api_key_id__in=ids, month__gte=date(y, 1, 1), month__lte=date(y, 12, 1)) for y, ids in by_year.items()))
+    used = dict(UsageMonthly.objects.filter(window).values("api_key_id").annotate(t=Sum("total_tokens")).values_list("api_key_id", "t").order_by())
 
     with_tpm = [str(k.public_id) for k in limited if k.tpm_limit]
     minute: dict[str, int] | None = None
@@ -331,7 +404,8 @@ def month_bounds(month: date) -> tuple[date, date]:
 
 def billing_statement(workspace: Workspace, month: date) -> Statement:
     """A month's statement: one section per workspace (the default workspace first, then each
-    sub-workspace by name), a line per deployment and price version. Two queries.
+    sub-workspace by name), a line per deployment and price version, from the month's UsageMonthly
+    rows (its days are the workspaces' local days, as on every page). Two queries.
 
     A line is input tokens × input price + output tokens × output price (per million), the price
     being the version its events were costed with; its exact amount is the rollups' cost (the sum of
@@ -340,7 +414,7 @@ def billing_statement(workspace: Workspace, month: date) -> Statement:
     """
     first, last = month_bounds(month)
     rows = list(
-        UsageDaily.objects.filter(tree_q(workspace), day__gte=first, day__lte=last)
+        UsageMonthly.objects.filter(tree_q(workspace), month=first)
         .values("workspace_id", "workspace__name", "workspace__slug", "workspace__parent_id", "deployment_id", "deployment__name",
                 "currency", "input_price_per_million", "output_price_per_million")
         .annotate(requests=Sum("requests"), prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"),
