@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from decimal import Decimal
+from html import escape
 
-from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 # viewBox sizes chosen so a half-width chart (and a full-width one) is drawn at about 0.85 scale
@@ -68,9 +68,11 @@ def _x_ticks(periods: list[dict], hourly: bool, most: int) -> list[tuple[int, st
 
 
 def bar_chart(periods: list[dict], series: list[Series], *, title: str, unit: str, hourly: bool, money: bool = False,
-              value_keys: dict[str, str] | None = None, wide: bool = False) -> dict:
-    """Geometry for one chart. `value_keys` maps a series to the key its hover text reads (cost in cents)."""
+              value_keys: dict[str, str] | None = None, wide: bool = False, labels: list[str] | None = None) -> dict:
+    """Geometry for one chart. `value_keys` maps a series to the key its hover text reads (cost in
+    cents); `labels` are the periods' hover labels when the caller already made them."""
     value_keys = value_keys or {}
+    labels = labels or [_period_text(p, hourly) for p in periods]
     totals = [sum(float(p[s.key]) for s in series) for p in periods]
     peak = max(totals, default=0)
     step = _nice_step(peak / Y_TICKS) if peak else 1
@@ -81,7 +83,7 @@ def bar_chart(periods: list[dict], series: list[Series], *, title: str, unit: st
     scale = plot_h / top
 
     columns = []
-    for i, (p, total) in enumerate(zip(periods, totals, strict=True)):
+    for i, (p, total, label) in enumerate(zip(periods, totals, labels, strict=True)):
         x = LEFT + i * slot
         y = float(bottom)
         segments = []
@@ -91,7 +93,7 @@ def bar_chart(periods: list[dict], series: list[Series], *, title: str, unit: st
             segments.append({"css": s.css, "y": round(y, 2), "h": round(h, 2)})
         parts = [f"{_value_text(p[value_keys.get(s.key, s.key)], money)} {s.label.lower()}" for s in series]
         amount = _value_text(p[value_keys["total"]] if "total" in value_keys else total, money)
-        text = f"{_period_text(p, hourly)}: " + (f"{' + '.join(parts)} = {amount} {unit}" if len(series) > 1 else f"{amount} {unit}")
+        text = f"{label}: " + (f"{' + '.join(parts)} = {amount} {unit}" if len(series) > 1 else f"{amount} {unit}")
         columns.append({"x": round(x, 2), "w": round(slot, 2), "bar_x": round(x + slot * 0.14, 2), "bar_w": round(max(slot * 0.72, 1), 2),
                         "segments": segments, "title": text})
 
@@ -128,11 +130,12 @@ def usage_charts(report) -> list[dict]:
     """Requests, tokens (prompt and completion stacked) and cost, per day or per hour."""
     per = "hour" if report.hourly else "day"
     hourly = report.hourly
+    labels = [_period_text(p, hourly) for p in report.periods]  # shared by the three charts
     return [
         bar_chart(report.periods, [Series("prompt_tokens", "Prompt", "chart-s1"), Series("completion_tokens", "Completion", "chart-s2")],
-                  title=f"Tokens per {per}", unit="tokens", hourly=hourly, wide=True),
+                  title=f"Tokens per {per}", unit="tokens", hourly=hourly, wide=True, labels=labels),
         bar_chart(report.periods, [Series("requests", "Requests", "chart-s1")], title=f"Requests per {per}", unit="requests",
-                  hourly=hourly),
+                  hourly=hourly, labels=labels),
         bar_chart(report.periods, [Series("cost", "Cost", "chart-s1")], title=f"Cost per {per}", unit=report.currency, hourly=hourly,
-                  money=True, value_keys={"cost": "cost_cents", "total": "cost_cents"}),
+                  money=True, value_keys={"cost": "cost_cents", "total": "cost_cents"}, labels=labels),
     ]

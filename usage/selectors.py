@@ -21,6 +21,7 @@ from operator import or_
 from typing import ClassVar
 from zoneinfo import ZoneInfo
 
+from django.db import connection
 from django.db.models import Max, Q, QuerySet, Sum
 from redis.exceptions import RedisError
 
@@ -117,6 +118,7 @@ class UsageScope:
     deployment_id: int | None = None
     hourly: bool = False
     last_hour: datetime | None = None
+    latest_day: date | None = None  # no workspace in scope has usage after this local day (yet)
 
     @classmethod
     def last_48_hours(cls, workspace: Workspace, now: datetime, **filters) -> UsageScope:
@@ -166,6 +168,12 @@ class UsageScope:
         if self.hourly:
             return [self.rows()]
         months, edges = split_months(self.start, self.end)
+        if edges and self.latest_day is not None and self.end >= self.latest_day:
+            # The range runs to "now": its last month's rows so far are the whole month's rows.
+            first, last = edges[-1]
+            if last == self.end and first.day == 1:
+                months.append(first)
+                edges.pop()
         parts = []
         if months:
             parts.append(self._filtered(UsageMonthly.objects.filter(self.workspace_q(), month__in=months)))
@@ -265,8 +273,7 @@ def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAUL
     parts = [qs.values(*ids).annotate(**_sums(), p95_bound=Max("latency_p95_ms"), model_label=Max("model")).order_by()
              for qs in scope.breakdown_parts()]
     merged: dict[str, dict] = {kind: {} for kind in kinds}
-    grouped = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0] if parts else []
-    for row in grouped:
+    for row in _grouped_once(parts, ids):
         _clean(row)
         for kind in kinds:
             pk = row[BREAKDOWNS[kind][0][0]]
@@ -289,6 +296,28 @@ def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAUL
                 del r["model_label"]
         setattr(report, f"by_{kind}", rows)
     return report
+
+
+def _grouped_once(parts: list[QuerySet], ids: list[str]) -> list[dict] | QuerySet:
+    """The parts' rows, one per id group. On PostgreSQL the union is summed once more in SQL (a
+    year is ~1,900 part rows but ~800 groups, and every row costs Python conversions); elsewhere
+    the caller's merge adds the few duplicate groups up."""
+    if not parts:
+        return []
+    if len(parts) == 1:
+        return parts[0]
+    union = parts[0].union(*parts[1:], all=True)
+    if connection.vendor != "postgresql":
+        return union
+    sql, params = union.query.sql_with_params()
+    q = connection.ops.quote_name
+    sums = [f"SUM({q(n)}){'' if n == 'cost' else '::bigint'} AS {q(n)}" for n in SUMMED]
+    outer = (f"SELECT {', '.join(map(q, ids))}, {', '.join(sums)}, MAX({q('p95_bound')}) AS {q('p95_bound')}, "
+             f"MAX({q('model_label')}) AS {q('model_label')} FROM ({sql}) AS parts GROUP BY {', '.join(map(q, ids))}")
+    with connection.cursor() as cursor:
+        cursor.execute(outer, params)
+        names = [c.name for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 @dataclass

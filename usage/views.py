@@ -64,7 +64,10 @@ def _filters(request: HttpRequest, access: WorkspaceAccess, now: datetime) -> Fi
         for name in ("start", "end"):
             params.pop(name, None)
     else:
-        scope = UsageScope(workspace=ws, start=data["start"], end=data["end"], **filters)
+        # The latest local day any workspace in view can have usage for: a range ending on or
+        # after it holds the current month's days so far, which UsageMonthly answers in one row.
+        latest = max(now.astimezone(tz).date() for tz in zones.values())
+        scope = UsageScope(workspace=ws, start=data["start"], end=data["end"], latest_day=latest, **filters)
     return Filters(form, scope, keys, zones, params, labels)
 
 
