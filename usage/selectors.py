@@ -119,6 +119,7 @@ class UsageScope:
     hourly: bool = False
     last_hour: datetime | None = None
     latest_day: date | None = None  # no workspace in scope has usage after this local day (yet)
+    tree_ids: tuple[int, ...] | None = None  # the workspace tree's ids when the caller loaded them anyway
 
     @classmethod
     def last_48_hours(cls, workspace: Workspace, now: datetime, **filters) -> UsageScope:
@@ -140,6 +141,10 @@ class UsageScope:
     def workspace_q(self) -> Q:
         if self.sub is not None:
             return Q(workspace=self.sub)
+        if self.tree_ids is not None:
+            # A literal id list: PostgreSQL then knows how many rows it gets (from a subquery it
+            # guesses 2 workspaces of 7, and sorts a year's rows instead of hashing them).
+            return Q(workspace_id__in=self.tree_ids)
         return tree_q(self.workspace)
 
     def _filtered(self, qs: QuerySet) -> QuerySet:
@@ -270,10 +275,8 @@ def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAUL
     kinds = ["key", "deployment", *(["workspace"] if with_workspaces else [])]
     # Grouped by ids only: grouping by the joined names as well took twice as long.
     ids = [BREAKDOWNS[kind][0][0] for kind in BREAKDOWNS]
-    parts = [qs.values(*ids).annotate(**_sums(), p95_bound=Max("latency_p95_ms"), model_label=Max("model")).order_by()
-             for qs in scope.breakdown_parts()]
     merged: dict[str, dict] = {kind: {} for kind in kinds}
-    for row in _grouped_once(parts, ids):
+    for row in _grouped(scope.breakdown_parts(), ids):
         _clean(row)
         for kind in kinds:
             pk = row[BREAKDOWNS[kind][0][0]]
@@ -298,22 +301,22 @@ def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAUL
     return report
 
 
-def _grouped_once(parts: list[QuerySet], ids: list[str]) -> list[dict] | QuerySet:
-    """The parts' rows, one per id group. On PostgreSQL the union is summed once more in SQL (a
-    year is ~1,900 part rows but ~800 groups, and every row costs Python conversions); elsewhere
-    the caller's merge adds the few duplicate groups up."""
+def _grouped(parts: list[QuerySet], ids: list[str]) -> list[dict] | QuerySet:
+    """The parts' rows summed per id group. On PostgreSQL the parts' plain rows are unioned and
+    summed once, in one hash aggregate (a year is ~13k month and edge-day rows, ~800 groups);
+    elsewhere each part is grouped and the caller's merge adds the few duplicate groups up."""
     if not parts:
         return []
-    if len(parts) == 1:
-        return parts[0]
-    union = parts[0].union(*parts[1:], all=True)
-    if connection.vendor != "postgresql":
-        return union
-    sql, params = union.query.sql_with_params()
+    if connection.vendor != "postgresql" or len(parts) == 1:
+        grouped = [qs.values(*ids).annotate(**_sums(), p95_bound=Max("latency_p95_ms"), model_label=Max("model")).order_by()
+                   for qs in parts]
+        return grouped[0].union(*grouped[1:], all=True) if len(grouped) > 1 else grouped[0]
+    plain = [qs.values(*ids, *SUMMED, "latency_p95_ms", "model").order_by() for qs in parts]
+    sql, params = plain[0].union(*plain[1:], all=True).query.sql_with_params()
     q = connection.ops.quote_name
     sums = [f"SUM({q(n)}){'' if n == 'cost' else '::bigint'} AS {q(n)}" for n in SUMMED]
-    outer = (f"SELECT {', '.join(map(q, ids))}, {', '.join(sums)}, MAX({q('p95_bound')}) AS {q('p95_bound')}, "
-             f"MAX({q('model_label')}) AS {q('model_label')} FROM ({sql}) AS parts GROUP BY {', '.join(map(q, ids))}")
+    outer = (f"SELECT {', '.join(map(q, ids))}, {', '.join(sums)}, MAX({q('latency_p95_ms')}) AS {q('p95_bound')}, "
+             f"MAX({q('model')}) AS {q('model_label')} FROM ({sql}) AS parts GROUP BY {', '.join(map(q, ids))}")
     with connection.cursor() as cursor:
         cursor.execute(outer, params)
         names = [c.name for c in cursor.description]

@@ -67,7 +67,7 @@ def _filters(request: HttpRequest, access: WorkspaceAccess, now: datetime) -> Fi
         # The latest local day any workspace in view can have usage for: a range ending on or
         # after it holds the current month's days so far, which UsageMonthly answers in one row.
         latest = max(now.astimezone(tz).date() for tz in zones.values())
-        scope = UsageScope(workspace=ws, start=data["start"], end=data["end"], latest_day=latest, **filters)
+        scope = UsageScope(workspace=ws, start=data["start"], end=data["end"], latest_day=latest, tree_ids=tuple(tree), **filters)
     return Filters(form, scope, keys, zones, params, labels)
 
 
