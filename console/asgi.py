@@ -13,6 +13,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 django_application = get_asgi_application()
 
 from gateway.app import gateway  # noqa: E402  (needs the app registry that get_asgi_application set up)
+from lib.runtime import freeze_startup_objects  # noqa: E402
+
+freeze_startup_objects()
 
 GATEWAY_PREFIXES = ("/v1/", "/api/v2/")
 

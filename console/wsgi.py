@@ -4,3 +4,7 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 application = get_wsgi_application()
+
+from lib.runtime import freeze_startup_objects  # noqa: E402
+
+freeze_startup_objects()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from html import escape
 
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import mark_safe
 
 # viewBox sizes chosen so a half-width chart (and a full-width one) is drawn at about 0.85 scale
 # on a laptop screen: the 12-unit labels stay readable.
@@ -82,7 +82,12 @@ def bar_chart(periods: list[dict], series: list[Series], *, title: str, unit: st
     slot = plot_w / max(len(periods), 1)
     scale = plot_h / top
 
-    columns = []
+    columns, svg = [], []
+    money_keys = [value_keys.get(s.key, s.key) for s in series]
+    total_key = value_keys.get("total")
+    names = [s.label.lower() for s in series]
+    bar_offset, bar_w = slot * 0.14, f"{max(slot * 0.72, 1):.2f}"
+    hit = f'y="{TOP}" width="{slot:.2f}" height="{plot_h}"/>'
     for i, (p, total, label) in enumerate(zip(periods, totals, labels, strict=True)):
         x = LEFT + i * slot
         y = float(bottom)
@@ -91,11 +96,20 @@ def bar_chart(periods: list[dict], series: list[Series], *, title: str, unit: st
             h = float(p[s.key]) * scale
             y -= h
             segments.append({"css": s.css, "y": round(y, 2), "h": round(h, 2)})
-        parts = [f"{_value_text(p[value_keys.get(s.key, s.key)], money)} {s.label.lower()}" for s in series]
-        amount = _value_text(p[value_keys["total"]] if "total" in value_keys else total, money)
-        text = f"{label}: " + (f"{' + '.join(parts)} = {amount} {unit}" if len(series) > 1 else f"{amount} {unit}")
-        columns.append({"x": round(x, 2), "w": round(slot, 2), "bar_x": round(x + slot * 0.14, 2), "bar_w": round(max(slot * 0.72, 1), 2),
-                        "segments": segments, "title": text})
+        amount = _value_text(p[total_key] if total_key else total, money)
+        if len(series) > 1:
+            parts = " + ".join(f"{_value_text(p[k], money)} {n}" for k, n in zip(money_keys, names, strict=True))
+            text = f"{label}: {parts} = {amount} {unit}"
+        else:
+            text = f"{label}: {amount} {unit}"
+        columns.append({"x": round(x, 2), "segments": segments, "title": text})
+        # The bars' markup is built here rather than in bar_chart.html: a year is ~1,100 columns,
+        # and template loops over them cost more than every query of the page together.
+        bar_x = f"{x + bar_offset:.2f}"
+        svg.append(f'<g class="chart-col"><title>{escape(text)}</title><rect class="chart-hit" x="{x:.2f}" {hit}')
+        svg.extend(f'<rect class="chart-bar {seg["css"]}" x="{bar_x}" y="{seg["y"]}" width="{bar_w}" height="{seg["h"]}"/>'
+                   for seg in segments if seg["h"])
+        svg.append("</g>")
 
     y_ticks = []
     count = round(top / step)
@@ -105,25 +119,11 @@ def bar_chart(periods: list[dict], series: list[Series], *, title: str, unit: st
     x_ticks = [{"x": round(LEFT + i * slot + slot / 2, 2), "label": label} for i, label in _x_ticks(periods, hourly, 14 if wide else 7)]
     return {
         "title": title, "unit": unit, "series": series if len(series) > 1 else [], "columns": columns, "y_ticks": y_ticks,
-        "columns_svg": _columns_svg(columns, plot_h),
+        "columns_svg": mark_safe("".join(svg)),  # noqa: S308 - titles escaped, the rest numbers
         "x_ticks": x_ticks, "width": width, "height": HEIGHT, "left": LEFT, "top": TOP, "bottom_y": bottom, "plot_h": plot_h,
         "right_x": width - RIGHT, "wide": wide,
         "metric": series[0].key if len(series) == 1 else "tokens",
     }
-
-
-def _columns_svg(columns: list[dict], plot_h: int) -> SafeString:
-    """The bars' markup, built here rather than in bar_chart.html: a year is ~1,100 columns, and
-    rendering them through template loops cost more than every query of the page together
-    (docs/BENCHMARKS.md, "Dashboards"). Titles are escaped; everything else is numbers."""
-    parts = []
-    for col in columns:
-        parts.append(f'<g class="chart-col"><title>{escape(col["title"])}</title><rect class="chart-hit" x="{col["x"]}" y="{TOP}" '
-                     f'width="{col["w"]}" height="{plot_h}"/>')
-        parts.extend(f'<rect class="chart-bar {seg["css"]}" x="{col["bar_x"]}" y="{seg["y"]}" width="{col["bar_w"]}" height="{seg["h"]}"/>'
-                     for seg in col["segments"] if seg["h"])
-        parts.append("</g>")
-    return mark_safe("".join(parts))  # noqa: S308 - escaped above
 
 
 def usage_charts(report) -> list[dict]:
