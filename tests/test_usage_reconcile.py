@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.db.models import F
 
 from usage.models import DriftCheck, UsageDaily, UsageDayBucket, UsageDrift
 from usage.services import usage_reconcile, usage_rollup
@@ -129,3 +130,33 @@ def test_drift_banner_is_shown_to_admins_only(rolled_up, client_for, no_enqueue)
         assert "usage-drift-banner" not in page, (user, slug)
     # Another organisation's admin never sees it.
     assert "usage-drift-banner" not in client_for(rolled_up.outsider).get("/w/globex/").content.decode()
+
+
+def test_tampered_monthly_and_day_total_rows_are_coarse_drift_and_healed(rolled_up, django_capture_on_commit_callbacks, no_enqueue):
+    from usage.models import UsageDailyTotal, UsageMonthly
+
+    UsageMonthly.objects.filter(workspace=rolled_up.org, month=date(2026, 3, 1)).update(requests=F("requests") + 5)
+    UsageDailyTotal.objects.filter(workspace=rolled_up.sub, day=date(2026, 3, 9)).delete()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = usage_reconcile(days=0, now=NOW + timedelta(minutes=1))  # months are checked by the full check
+
+    drifts = {(d.workspace.slug, d.day, d.kind): d.details for d in UsageDrift.objects.select_related("workspace")}
+    assert set(drifts) == {(rolled_up.org.slug, date(2026, 3, 1), DriftCheck.COARSE), (rolled_up.sub.slug, date(2026, 3, 9), DriftCheck.COARSE)}
+    assert drifts[(rolled_up.org.slug, date(2026, 3, 1), DriftCheck.COARSE)]["month"]["requests"]["actual"] == str(8 + 5)
+    assert drifts[(rolled_up.sub.slug, date(2026, 3, 9), DriftCheck.COARSE)]["day_totals"]["requests"] == {"expected": "4", "actual": "0"}
+    assert not report.ok and len(no_enqueue) == 1
+
+    usage_rollup(now=NOW + timedelta(minutes=2))  # the marked days are recomputed, their month and totals rewritten
+    report = usage_reconcile(days=0, now=NOW + timedelta(minutes=3))
+
+    assert report.ok and report.resolved == 2
+
+
+def test_a_windowed_check_leaves_a_month_that_began_before_it_to_the_full_check(rolled_up, no_enqueue):
+    from usage.models import UsageMonthly
+
+    UsageMonthly.objects.filter(workspace=rolled_up.org, month=date(2026, 3, 1)).update(requests=F("requests") + 5)
+
+    assert usage_reconcile(days=7, now=NOW + timedelta(minutes=1)).ok
+    assert [kind for _, _, kind, _ in usage_reconcile(days=0, now=NOW + timedelta(minutes=1)).drifts] == [DriftCheck.COARSE]

@@ -219,6 +219,7 @@ class UsageCursor(models.Model):
 class DriftCheck(models.TextChoices):
     ROLLUP = "rollup", "Daily rollups vs usage events"
     TREE = "tree", "Default workspace total vs its own plus its sub-workspaces'"
+    COARSE = "coarse", "Monthly and per-day total rollups vs the daily rollups"
 
 
 class UsageDrift(models.Model):

@@ -1,10 +1,14 @@
 """Reconciliation: prove the daily rollups add up to the usage events, per workspace and day.
 
-Two checks over a window of days:
+Three checks over a window of days:
 - rollup: Σ UsageDaily == Σ UsageEvent (requests, prompt/completion/total tokens, cost to the
   nano) for every (workspace, local day);
 - tree: a default workspace's total, summed over its tree in one query, equals its own rollups
-  plus its sub-workspaces' and equals their events.
+  plus its sub-workspaces' and equals their events;
+- coarse: the tables the dashboards read instead of days, UsageDailyTotal per (workspace, day)
+  and UsageMonthly per (workspace, month; reported on the month's first day), equal the daily
+  rows they were derived from. They are written in the daily rows' transaction, so any
+  difference is drift, never work in flight.
 
 A (workspace, day) whose bucket is dirty, or that has events discovery has not seen yet, is in
 flight and skipped; anything else that differs is drift: logged, stored as an open UsageDrift
@@ -27,7 +31,7 @@ from django.db.models.functions import Cast, Coalesce, Round, TruncDate
 from django.utils import timezone
 
 from console.models import Workspace
-from usage.models import DriftCheck, UsageCursor, UsageDaily, UsageDayBucket, UsageDrift, UsageEvent
+from usage.models import DriftCheck, UsageCursor, UsageDaily, UsageDailyTotal, UsageDayBucket, UsageDrift, UsageEvent, UsageMonthly
 from usage.rollup import NANOS, ONE_DAY, _ranges_q, local_day_start, mark_dirty
 
 logger = logging.getLogger(__name__)
@@ -164,13 +168,56 @@ def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileRe
             details["own_plus_sub_workspaces"] = _details(parts, total)
         found[(root, day, DriftCheck.TREE)] = details
 
+    # Coarse rows are compared with the daily rows as they are; where those already drift from
+    # the events, that one drift is reported (and its recompute rewrites both).
+    rollup_drift = {(ws, day) for ws, day, kind in found if kind == DriftCheck.ROLLUP}
+    coarse, coarse_heal = _coarse_drift(rollup_qs, since, exclude=rollup_drift)
+    found.update(coarse)
+
     report.in_flight = len(skipped)
     report.drifts = [(workspaces[ws].slug, day, kind, details) for (ws, day, kind), details in sorted(found.items())]
-    _record(found=found, skipped=skipped, since=since, now=now, workspaces=workspaces, tree_members=tree_members, report=report)
+    _record(found=found, skipped=skipped, since=since, now=now, workspaces=workspaces, tree_members=tree_members, report=report,
+            extra_heal=coarse_heal)
     return report
 
 
-def _record(*, found, skipped, since, now, workspaces, tree_members, report: ReconcileReport) -> None:
+def _coarse_drift(daily_qs, since: date | None, exclude: set[tuple[int, date]]) -> tuple[dict, set[tuple[int, date]]]:
+    """UsageDailyTotal and UsageMonthly against the daily rows, in 4 grouped queries. Returns the
+    drifts and the days to recompute to heal them (a month is rewritten with any of its days, so
+    every day it has rows for is marked)."""
+    totals_qs = UsageDailyTotal.objects.all() if since is None else UsageDailyTotal.objects.filter(day__gte=since)
+    # Months that begin inside the window (a month that began before it would also compare days
+    # outside it, which a windowed check leaves to the full one).
+    first_month = None if since is None else (since if since.day == 1 else (since.replace(day=28) + timedelta(days=4)).replace(day=1))
+    months_qs = UsageMonthly.objects.all() if first_month is None else UsageMonthly.objects.filter(month__gte=first_month)
+    month_days = UsageDaily.objects.all() if first_month is None else UsageDaily.objects.filter(day__gte=first_month)
+
+    def sums(qs, *group) -> dict:
+        return {tuple(r[g] for g in group): _totals(r) for r in qs.values(*group).annotate(**ROLLUP_SUMS).order_by()}
+
+    by_day, day_totals = sums(daily_qs, "workspace_id", "day"), sums(totals_qs, "workspace_id", "day")
+    daily_by_month: dict[tuple[int, date], Totals] = defaultdict(lambda: ZERO)
+    days_of_month: dict[tuple[int, date], list[date]] = defaultdict(list)
+    for (ws, day), totals in sums(month_days, "workspace_id", "day").items():
+        daily_by_month[(ws, day.replace(day=1))] = _add(daily_by_month[(ws, day.replace(day=1))], totals)
+        days_of_month[(ws, day.replace(day=1))].append(day)
+    monthly = sums(months_qs, "workspace_id", "month")
+    found, heal = {}, set()
+    excluded_months = {(ws, day.replace(day=1)) for ws, day in exclude}
+    for key in sorted(set(by_day) | set(day_totals)):
+        if key not in exclude and by_day.get(key, ZERO) != day_totals.get(key, ZERO):
+            found[(*key, DriftCheck.COARSE)] = {"day_totals": _details(by_day.get(key, ZERO), day_totals.get(key, ZERO))}
+            heal.add(key)
+    for key in sorted(set(daily_by_month) | set(monthly)):
+        if key not in excluded_months and daily_by_month.get(key, ZERO) != monthly.get(key, ZERO):
+            entry = found.setdefault((*key, DriftCheck.COARSE), {})
+            entry["month"] = _details(daily_by_month.get(key, ZERO), monthly.get(key, ZERO))
+            heal.update((key[0], day) for day in days_of_month.get(key, [key[1]]))
+    return found, heal
+
+
+def _record(*, found, skipped, since, now, workspaces, tree_members, report: ReconcileReport,
+            extra_heal: set[tuple[int, date]] = frozenset()) -> None:
     with transaction.atomic():
         open_drifts = UsageDrift.objects.select_for_update().filter(resolved_at__isnull=True)
         if since is not None:
@@ -194,9 +241,10 @@ def _record(*, found, skipped, since, now, workspaces, tree_members, report: Rec
             logger.info("usage drift resolved: workspace %s, day %s", workspaces[ws].slug, day)
         if found:
             # Self-heal: recompute the drifting days from events on the next rollup run.
-            heal = set()
+            heal = set(extra_heal)
             for ws, day, kind in found:
-                heal.update((member, day) for member in (tree_members[ws] if kind == DriftCheck.TREE else [ws]))
+                if kind != DriftCheck.COARSE:  # coarse drifts name their days in extra_heal
+                    heal.update((member, day) for member in (tree_members[ws] if kind == DriftCheck.TREE else [ws]))
             mark_dirty(day_keys=heal, hour_keys=[], now=now)
             from usage.tasks import usage_rollup
 
