@@ -38,7 +38,8 @@ def test_usage_filters_sort_and_csv_then_billing_month_split(page, sign_in, scre
             event(world.org, now - timedelta(days=day, minutes=i), key=key, deployment=chat, prompt=20_000 + 500 * i, completion=3_000 * i)
         event(world.org, now - timedelta(days=day, minutes=3), key=other_key, deployment=chat, prompt=4_000, completion=1_000)
         event(world.sub, now - timedelta(days=day, minutes=5), key=sub_key, deployment=chat, prompt=9_000, completion=12_000)
-    last_month = (now.date().replace(day=1) - timedelta(days=1)).replace(day=10)
+    # A month before any of the last 8 days' events (on December 1st, October: November holds some of them).
+    last_month = ((now - timedelta(days=8)).date().replace(day=1) - timedelta(days=1)).replace(day=10)
     at = now.replace(year=last_month.year, month=last_month.month, day=10, hour=12)
     event(world.org, at, key=key, deployment=chat, prompt=1_000_000, completion=200_000)
     event(world.sub, at, key=sub_key, deployment=chat, prompt=300_000, completion=700_000)
