@@ -26,6 +26,11 @@ class RouterProvider(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def display_name(self) -> str:
+        """What dashboards call the key: its name, or what the hidden test-call credential is for."""
+        return display_name(self.name, self.kind)
+
 
 class ByokCredential(models.Model):
     """A workspace's own provider key ("bring your own key"); clients call `byok/<name>/<model>`."""
@@ -48,11 +53,20 @@ class ByokCredential(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def display_name(self) -> str:
+        """What dashboards call the key: its name, or what the hidden test-call credential is for."""
+        return display_name(self.name, self.kind)
+
 
 class ApiKeyKind(models.TextChoices):
     USER = "user", "Application key"
     # A workspace-owned credential the worker uses for console test calls; never displayed.
     TEST_CALL = "test_call", "Test-call credential"
+
+
+def display_name(name: str, kind: str) -> str:
+    return "Console test calls" if kind == ApiKeyKind.TEST_CALL else name
 
 
 class ApiKey(models.Model):
@@ -97,6 +111,11 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def display_name(self) -> str:
+        """What dashboards call the key: its name, or what the hidden test-call credential is for."""
+        return display_name(self.name, self.kind)
 
 
 class ApiKeySecret(models.Model):

@@ -24,7 +24,12 @@ class UsageFilterForm(forms.Form):
         super().__init__(data)
         self.today = today
         self.fields["workspace"].choices = [("", "All workspaces")] + [(w.slug, w.name) for w in workspaces]
-        self.fields["key"].choices = [("", "All keys")] + [(str(k.public_id), k.name) for k in keys]
+        names = {w.id: w.name for w in workspaces}  # sub-workspaces: their keys are labelled with it
+        self.fields["key"].choices = [("", "All keys")] + [
+            (str(k.public_id), f"{k.display_name}{f' ({names[k.workspace_id]})' if k.workspace_id in names else ''}"
+                               f"{' (revoked)' if k.revoked_at else ''}")
+            for k in keys
+        ]
         self.fields["deployment"].choices = [("", "All deployments")] + [(str(d.public_id), d.name) for d in deployments]
 
     def clean_sort(self) -> str:

@@ -8,6 +8,7 @@ from datetime import date
 from django.db.models import Sum
 
 from console.models import Workspace
+from keys.models import ApiKeyKind, display_name
 from usage.models import UsageDailyTotal
 from usage.selectors import ZERO, UsageScope, cents
 
@@ -47,6 +48,7 @@ def overview_numbers(workspace: Workspace, *, today: date, top_since: date) -> O
 
     return OverviewNumbers(
         requests=totals["requests"], total_tokens=totals["total_tokens"], cost=cents(totals["cost"]), currencies=currencies,
-        top_keys=top("api_key_id", "api_key__public_id", "api_key__name", "api_key__workspace__slug"),
+        top_keys=[{**k, "label": display_name(k["api_key__name"], k["api_key__kind"]), "linked": k["api_key__kind"] == ApiKeyKind.USER}
+                  for k in top("api_key_id", "api_key__public_id", "api_key__name", "api_key__kind", "api_key__workspace__slug")],
         top_deployments=top("deployment_id", "deployment__name", "model"),
     )
