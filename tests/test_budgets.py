@@ -160,6 +160,20 @@ def test_jumping_past_both_thresholds_fires_both_once(world, spend, frozen):
     assert AuditEvent.objects.filter(action="budget.threshold_reached").count() == 2
 
 
+def test_raising_the_budget_re_arms_the_thresholds_it_left_behind(world, spend, frozen):
+    _budget(world.org, "10")
+    spend(world.org, "8.50")  # 85 % of 10
+    assert _alerts(world.org) == [80]
+    _budget(world.org, "20")  # 42 %: the 80 % alert is armed again
+    assert _alerts(world.org) == []
+    spend(world.org, "8.00")  # 16.50 of 20: 82 %
+    assert _alerts(world.org) == [80]
+    assert AuditEvent.objects.filter(action="budget.threshold_reached").count() == 2
+    _budget(world.org, "16")  # lowered below the spend: 100 % fires, 80 % stays fired
+    assert _alerts(world.org) == [80, 100]
+    assert AuditEvent.objects.filter(action="budget.threshold_reached").count() == 3
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_checks_fire_each_threshold_once(world, spend):
     _budget(world.org, "10")

@@ -95,7 +95,11 @@ def _budget_check_locked(budget: Budget, now: datetime) -> tuple[int, bool]:
     budget.spent = budget_spend(workspace, month, budget.currency)
     budget.spent_month, budget.checked_at = month, now
     budget.save(update_fields=["spent", "spent_month", "checked_at"])
-    fired = sum(_alert_once(budget, month, t) for t in THRESHOLDS if budget.spent * 100 >= budget.amount * t)
+    reached = [t for t in THRESHOLDS if budget.spent * 100 >= budget.amount * t]
+    # A threshold no longer reached (the amount was raised) is re-armed: it fires again when the
+    # spend reaches it under the new amount. The audit log keeps the earlier alert.
+    BudgetAlert.objects.filter(workspace=workspace, month=month).exclude(threshold__in=reached).delete()
+    fired = sum(_alert_once(budget, month, t) for t in reached)
     return fired, budget.exhausted_in(month) != was_exhausted
 
 
