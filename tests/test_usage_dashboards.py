@@ -10,7 +10,8 @@ from decimal import Decimal
 
 import pytest
 
-from usage.models import UsageHourly
+from usage.latency import p95
+from usage.models import UsageDaily, UsageHourly
 from usage.selectors import allocate_cents, cents, split_months
 from usage.services import usage_rollup
 
@@ -179,13 +180,19 @@ def test_a_range_of_whole_months_and_edge_days_shows_exactly_the_daily_rollups(u
         }
         assert sum(r["cost_cents"] for r in rows) == report.totals["cost_cents"]
     assert [r["api_key__name"] for r in report.by_key] == ["backend", "research"]  # sort=name, ascending
-    assert max(r["p95_bound"] for r in report.by_key) == 2000
+    # p95 per key and overall: read from the rows' histograms added up (months and edge days alike).
+    def p95_of(**filters):
+        return p95(sum(UsageDaily.objects.filter(**in_range, **filters).values_list("latency_histogram", flat=True)))
+    assert {r["api_key_id"]: r["p95_ms"] for r in report.by_key} == {r["api_key_id"]: p95_of(api_key_id=r["api_key_id"]) for r in report.by_key}
+    assert report.totals["p95_ms"] == p95_of() and report.totals["p95_ms"] is not None
 
     sections = csv_sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv?start=2026-01-15&end=2026-03-10&sort=name")))
     assert len(sections["day"]) == 1 + 55 + 1
     for kind in ("workspace", "key", "deployment"):
         assert sum(int(r[2]) for r in sections[kind][1:-1]) == expected["requests"]
         assert sum(Decimal(r[8]) for r in sections[kind][1:-1]) == report.totals["cost_cents"]
+    assert [int(r[10]) for r in sections["key"][1:-1]] == [r["p95_ms"] for r in report.by_key]
+    assert sections["key"][-1][10] == str(report.totals["p95_ms"])
 
 
 def test_sorting_orders_every_breakdown_and_marks_the_column(usage, client_for, frozen, django_assert_num_queries):
@@ -438,3 +445,23 @@ def test_deployment_usage_tab_loads_this_deployments_usage(usage, client_for, fr
     assert report.totals["requests"] == rollup_totals(deployment=usage.embed)["requests"] == 3
     assert report.by_key == [] and "limits" not in resp.context
     assert f'href="{url}" data-testid="open-usage"' in resp.content.decode()
+
+
+def test_console_test_calls_are_counted_and_named_not_linked(usage, client_for, frozen):
+    from deployments.test_calls import test_key_for
+
+    hidden = test_key_for(usage.sub)
+    event(usage.sub, NOW - timedelta(minutes=7), key=hidden, deployment=usage.chat, prompt=10, completion=5)
+    usage_rollup(now=NOW)
+    client = client_for(usage.owner)
+
+    page = client.get(f"/w/{usage.org.slug}/usage/{RANGE}")
+    labels = dict(page.context["form"].fields["key"].choices)
+    assert labels[str(hidden.public_id)] == "Console test calls (Research)"
+    assert labels[str(usage.sub_key.public_id)] == "research (Research)" and labels[str(usage.key.public_id)] == "backend"
+    row = next(r for r in page.context["report"].by_key if r["api_key_id"] == hidden.id)
+    assert (row["api_key__name"], row["requests"]) == ("Console test calls", 1)
+    assert "console-test-call" not in page.content.decode()
+
+    panel = client.get(f"/w/{usage.org.slug}/usage/overview-panel/").content.decode()
+    assert "Console test calls" in panel and str(hidden.public_id) not in panel

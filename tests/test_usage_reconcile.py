@@ -160,3 +160,26 @@ def test_a_windowed_check_leaves_a_month_that_began_before_it_to_the_full_check(
 
     assert usage_reconcile(days=7, now=NOW + timedelta(minutes=1)).ok
     assert [kind for _, _, kind, _ in usage_reconcile(days=0, now=NOW + timedelta(minutes=1)).drifts] == [DriftCheck.COARSE]
+
+
+def test_a_latency_histogram_that_does_not_match_the_events_is_drift_and_healed(rolled_up, no_enqueue):
+    from usage.latency import pack
+    from usage.models import UsageMonthly
+
+    # Every request took 250 ms; one daily row now claims one more request at 8 s, and a month row one at 1 ms.
+    row = UsageDaily.objects.filter(workspace=rolled_up.org, day=date(2026, 3, 10)).get()
+    UsageDaily.objects.filter(pk=row.pk).update(latency_histogram=row.latency_histogram + pack([8000]))
+    month = UsageMonthly.objects.filter(workspace=rolled_up.sub, month=date(2026, 3, 1)).get()
+    UsageMonthly.objects.filter(pk=month.pk).update(latency_histogram=month.latency_histogram + pack([1]))
+
+    report = usage_reconcile(days=0, now=NOW + timedelta(minutes=1))
+
+    drifts = {(d.workspace.slug, d.day, d.kind): d.details for d in UsageDrift.objects.select_related("workspace")}
+    daily = drifts[(rolled_up.org.slug, date(2026, 3, 10), DriftCheck.ROLLUP)]
+    assert daily == {"latency_histogram": {"expected": "250ms:4", "actual": "250ms:4 8000ms:1"}}
+    assert drifts[(rolled_up.sub.slug, date(2026, 3, 1), DriftCheck.COARSE)]["month"]["latency_histogram"] == {
+        "expected": "250ms:8", "actual": "1ms:1 250ms:8"}
+    assert not report.ok
+
+    usage_rollup(now=NOW + timedelta(minutes=2))
+    assert usage_reconcile(days=0, now=NOW + timedelta(minutes=3)).ok

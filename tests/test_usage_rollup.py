@@ -14,7 +14,7 @@ from django.db import connection
 
 from console.audit import Actor
 from console.services import workspace_create, workspace_update
-from usage import rollup
+from usage import latency, rollup
 from usage.models import (
     UsageCursor,
     UsageDaily,
@@ -85,12 +85,28 @@ def test_rollup_row_holds_each_metric_for_its_key_and_deployment(acme):
     assert (row.estimated_requests, row.estimated_tokens) == (0, 0)
     # 615 × 0.50 + 150 × 1.50 per million
     assert row.cost == Decimal("0.000532500")
-    # latencies 100..600: PERCENTILE_CONT gives 350 and 575
-    assert (row.latency_p50_ms, row.latency_p95_ms) == (350, 575)
+    # latencies 100, 200, …, 600: one request in each of their buckets
+    assert row.latency_histogram == latency.pack([100, 200, 300, 400, 500, 600])
+    assert 600 <= latency.p95(row.latency_histogram) < 800
     assert (row.model, row.currency) == ("@acme/chat", "USD")
 
     embed = UsageDaily.objects.get(workspace=acme.org, day=date(2026, 3, 10), deployment=acme.embed)
     assert (embed.estimated_requests, embed.estimated_tokens) == (1, 4000)
+
+
+def test_the_database_buckets_every_latency_as_python_does(acme):
+    # Both sides of every bucket boundary, zero, and past the largest bound: PostgreSQL's
+    # width_bucket (SQLite's Python aggregate in test_usage_sqlite) must agree with bisect.
+    latencies = sorted({0, 1, 10**7, *(ms for b in latency.BOUNDS for ms in (b - 1, b, b + 1))})
+    at = datetime(2026, 3, 10, 12, tzinfo=UTC)
+    for ms in latencies:
+        event(acme.org, at, key=acme.key_a, deployment=acme.chat, latency=ms)
+    usage_rollup(now=NOW)
+
+    row = UsageDaily.objects.get(workspace=acme.org, day=date(2026, 3, 10), api_key=acme.key_a, deployment=acme.chat)
+    assert row.latency_histogram == latency.pack(latencies)
+    assert latency.unpack(row.latency_histogram)[-1] == 3  # 600 000 ms, 600 001 ms and 10⁷ ms: the open top bucket
+    assert UsageHourly.objects.get(workspace=acme.org, hour=at, api_key=acme.key_a).latency_histogram == row.latency_histogram
 
 
 def test_day_is_the_local_day_of_the_workspace_including_dst_and_half_hour_zones(acme):
@@ -130,8 +146,13 @@ def test_monthly_and_day_total_rows_add_up_the_events_of_their_month_and_day(acm
         assert rollup_totals(UsageMonthly, workspace=acme.org, month=month) == expected
         assert rollup_totals(UsageDailyTotal, workspace=acme.org, day__gte=month, day__lt=next_month) == expected
     assert rollup_totals(UsageMonthly, workspace=acme.org, month=date(2026, 2, 1))["requests"] == 1
-    # The month's latency is the highest daily one: the pages show it as an upper bound.
-    assert UsageMonthly.objects.get(workspace=acme.org, month=date(2026, 2, 1)).latency_p95_ms == 900
+    # The month's latency histogram is its days' added up: February's one event in Berlin (900 ms)…
+    assert UsageMonthly.objects.get(workspace=acme.org, month=date(2026, 2, 1)).latency_histogram == latency.pack([900])
+    # …and March's are all of March's events, the 250 ms one of Feb 28 23:30 UTC included.
+    march = UsageMonthly.objects.filter(workspace=acme.org, month=date(2026, 3, 1)).values_list("latency_histogram", flat=True)
+    in_march = UsageEvent.objects.filter(workspace=acme.org, created_at__gte=rollup.local_day_start(date(2026, 3, 1), berlin),
+                                         created_at__lt=rollup.local_day_start(date(2026, 4, 1), berlin))
+    assert sum(march) == latency.pack(in_march.values_list("latency_ms", flat=True))
     assert rollup_totals(UsageMonthly)["cost"] == rollup_totals(UsageDailyTotal)["cost"] == event_totals()["cost"]
     assert (snapshot(UsageMonthly), snapshot(UsageDailyTotal)) == coarse_from_daily()
 

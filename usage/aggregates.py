@@ -1,35 +1,18 @@
 """SQL aggregates the rollups need, one ORM expression on PostgreSQL and SQLite alike.
 
-PostgreSQL has PERCENTILE_CONT; SQLite gets the same function as a Python aggregate registered
-on each new connection (usage.apps), so the rollup query is one code path on both.
+What PostgreSQL has and SQLite lacks (time zone conversion, exact decimal sums, the latency
+histograms of usage.latency) SQLite gets as Python functions registered on each new connection
+(usage.apps), so the rollup query is one code path on both.
 """
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from django.db.models import Aggregate, DateField, DecimalField, FloatField, Func, Sum
+from django.db.models import DateField, DecimalField, Func, Sum
 
-
-class Percentile(Aggregate):
-    """The continuous percentile (linear interpolation between the two nearest values)."""
-
-    function = "PERCENTILE_CONT"
-    name = "Percentile"
-    output_field = FloatField()
-    template = "%(function)s(%(fraction)r) WITHIN GROUP (ORDER BY %(expressions)s)"
-
-    def __init__(self, expression, fraction: float, **extra):
-        if not 0 <= fraction <= 1:
-            raise ValueError("fraction must be between 0 and 1")
-        super().__init__(expression, fraction=float(fraction), **extra)
-
-    def as_sqlite(self, compiler, connection, **extra_context):
-        return self.as_sql(
-            compiler, connection, function="GH_PERCENTILE_CONT", template="%(function)s(%(expressions)s, %(fraction)r)", **extra_context
-        )
+from usage.latency import register_sqlite_aggregates
 
 
 class ExactSum(Sum):
@@ -65,29 +48,7 @@ def local_date(value: str | None, zone: str) -> str | None:
     return moment.astimezone(ZoneInfo(zone)).date().isoformat()
 
 
-class PercentileCont:
-    """SQLite aggregate with PostgreSQL's PERCENTILE_CONT arithmetic (same float formula)."""
-
-    def __init__(self):
-        self.values: list[float] = []
-        self.fraction = 0.0
-
-    def step(self, value, fraction) -> None:
-        self.fraction = fraction
-        if value is not None:
-            self.values.append(value)
-
-    def finalize(self) -> float | None:
-        if not self.values:
-            return None
-        self.values.sort()
-        position = self.fraction * (len(self.values) - 1)
-        low, high = math.floor(position), math.ceil(position)
-        first, second = float(self.values[low]), float(self.values[high])
-        return first + (second - first) * (position - low)
-
-
 def register_sqlite_functions(sender, connection, **kwargs) -> None:
     if connection.vendor == "sqlite":
-        connection.connection.create_aggregate("GH_PERCENTILE_CONT", 2, PercentileCont)
+        register_sqlite_aggregates(connection.connection)
         connection.connection.create_function("GH_LOCAL_DATE", 2, local_date, deterministic=True)

@@ -8,5 +8,5 @@ class UsageConfig(AppConfig):
     def ready(self) -> None:
         from usage.aggregates import register_sqlite_functions
 
-        # Plumbing, not business logic: SQLite lacks PERCENTILE_CONT, the rollups need it.
+        # Plumbing, not business logic: SQLite lacks functions the rollups use (usage.aggregates).
         connection_created.connect(register_sqlite_functions, dispatch_uid="usage_sqlite_functions")

@@ -40,10 +40,10 @@ def write_usage_csv(writer, report: UsageReport, workspace: Workspace, limits: l
         if not rows:
             continue
         writer.writerow([])
-        writer.writerow([kind, "id", *METRICS, "cost", "currency", "p95_latency_ms_upper_bound"])
+        writer.writerow([kind, "id", *METRICS, "cost", "currency", "p95_latency_ms"])
         for r in rows:
-            writer.writerow([*_breakdown_name(kind, r), *_metrics(r), r["cost_cents"], currency, r["p95_bound"]])
-        writer.writerow(["total", "", *_metrics(totals), totals["cost_cents"], currency, ""])
+            writer.writerow([*_breakdown_name(kind, r), *_metrics(r), r["cost_cents"], currency, _blank_if_none(r["p95_ms"])])
+        writer.writerow(["total", "", *_metrics(totals), totals["cost_cents"], currency, _blank_if_none(totals["p95_ms"])])
 
     if limits:
         writer.writerow([])
@@ -66,3 +66,7 @@ def write_statement_csv(writer, st: Statement) -> None:
                              item["cost_cents"], item["currency"]])
         writer.writerow([section.slug, "subtotal", "", "", "", "", "", "", "", section.total, st.currency])
     writer.writerow(["total", "", "", "", "", "", "", st.prompt_tokens, st.completion_tokens, st.total, st.currency])
+
+
+def _blank_if_none(value) -> object:
+    return "" if value is None else value

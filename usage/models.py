@@ -4,6 +4,8 @@ from decimal import Decimal
 
 from django.db import models
 
+from usage.latency import LatencyHistogramField
+
 
 class UsageEvent(models.Model):
     """Append-only: one row per gateway request or test call, stamped at the source.
@@ -71,8 +73,9 @@ class RollupMetrics(models.Model):
     estimated_requests = models.PositiveIntegerField(help_text="Requests whose token counts were estimated")
     estimated_tokens = models.PositiveBigIntegerField(help_text="total_tokens of those requests")
     cost = models.DecimalField(max_digits=20, decimal_places=9)
-    latency_p50_ms = models.PositiveIntegerField()
-    latency_p95_ms = models.PositiveIntegerField()
+    # The requests' latencies bucketed (usage.latency): histograms add up, so the p95 of any
+    # group of rows (a month, a key's year) is read from their sum, not guessed from row p95s.
+    latency_histogram = LatencyHistogramField()
 
     class Meta:
         abstract = True
@@ -107,8 +110,7 @@ class UsageMonthly(RollupMetrics):
     read whole months: a year of a busy organisation is ~10k rows here against ~200k daily ones.
 
     Written by the rollup pass from UsageDaily, in the transaction that replaces the daily rows
-    of any of the month's days. The latency columns are the highest daily value (the pages show
-    an upper bound, "p95 ≤", never an exact monthly percentile).
+    of any of the month's days.
     """
 
     month = models.DateField()

@@ -26,19 +26,22 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from django.db import transaction
-from django.db.models import BigIntegerField, Count, F, Q, Sum
+from django.db.models import BigIntegerField, Count, F, Q, Sum, Value
 from django.db.models.functions import Cast, Coalesce, Round, TruncDate
 from django.utils import timezone
 
 from console.models import Workspace
+from usage.latency import BOUNDS, HistogramSum, LatencyHistogram, unpack
 from usage.models import DriftCheck, UsageCursor, UsageDaily, UsageDailyTotal, UsageDayBucket, UsageDrift, UsageEvent, UsageMonthly
 from usage.rollup import NANOS, ONE_DAY, _ranges_q, local_day_start, mark_dirty
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_nanos")
-Totals = tuple[int, int, int, int, int]
-ZERO: Totals = (0, 0, 0, 0, 0)
+# The latency histogram is an integer like the others (usage.latency): rollups add up to the
+# events' histogram exactly, or the p95 on the pages would not be the events' either.
+METRICS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_nanos", "latency_histogram")
+Totals = tuple[int, int, int, int, int, int]
+ZERO: Totals = (0, 0, 0, 0, 0, 0)
 
 
 def _nanos(column: str):
@@ -51,6 +54,7 @@ EVENT_SUMS = {
     "s_completion_tokens": Coalesce(Sum("completion_tokens"), 0),
     "s_total_tokens": Coalesce(Sum("total_tokens"), 0),
     "s_cost_nanos": _nanos("cost"),
+    "s_latency_histogram": LatencyHistogram("latency_ms"),
 }
 ROLLUP_SUMS = {
     "s_requests": Coalesce(Sum("requests"), 0),
@@ -58,11 +62,18 @@ ROLLUP_SUMS = {
     "s_completion_tokens": Coalesce(Sum("completion_tokens"), 0),
     "s_total_tokens": Coalesce(Sum("total_tokens"), 0),
     "s_cost_nanos": _nanos("cost"),
+    "s_latency_histogram": HistogramSum("latency_histogram"),
 }
+# UsageDailyTotal has no histogram (no page reads a p95 per day): compared without one.
+DAY_TOTAL_SUMS = {**ROLLUP_SUMS, "s_latency_histogram": Value(0)}
 
 
 def _totals(row: dict) -> Totals:
-    return tuple(int(row[f"s_{m}"]) for m in METRICS)
+    return tuple(int(row[f"s_{m}"] or 0) for m in METRICS)
+
+
+def _no_histogram(t: Totals) -> Totals:
+    return (*t[:-1], 0)
 
 
 def _add(a: Totals, b: Totals) -> Totals:
@@ -71,6 +82,8 @@ def _add(a: Totals, b: Totals) -> Totals:
 
 def _details(expected: Totals, actual: Totals) -> dict:
     def show(metric: str, value: int) -> str:
+        if metric == "latency_histogram":  # requests per bucket, by the bucket's lower bound in ms
+            return " ".join(f"{BOUNDS[i - 1] if i else 0}ms:{n}" for i, n in enumerate(unpack(value)) if n) or "empty"
         return str(Decimal(value).scaleb(-9)) if metric == "cost_nanos" else str(value)
 
     return {
@@ -192,10 +205,11 @@ def _coarse_drift(daily_qs, since: date | None, exclude: set[tuple[int, date]]) 
     months_qs = UsageMonthly.objects.all() if first_month is None else UsageMonthly.objects.filter(month__gte=first_month)
     month_days = UsageDaily.objects.all() if first_month is None else UsageDaily.objects.filter(day__gte=first_month)
 
-    def sums(qs, *group) -> dict:
-        return {tuple(r[g] for g in group): _totals(r) for r in qs.values(*group).annotate(**ROLLUP_SUMS).order_by()}
+    def sums(qs, *group, aggregates=ROLLUP_SUMS) -> dict:
+        return {tuple(r[g] for g in group): _totals(r) for r in qs.values(*group).annotate(**aggregates).order_by()}
 
-    by_day, day_totals = sums(daily_qs, "workspace_id", "day"), sums(totals_qs, "workspace_id", "day")
+    by_day = {key: _no_histogram(t) for key, t in sums(daily_qs, "workspace_id", "day").items()}
+    day_totals = sums(totals_qs, "workspace_id", "day", aggregates=DAY_TOTAL_SUMS)
     daily_by_month: dict[tuple[int, date], Totals] = defaultdict(lambda: ZERO)
     days_of_month: dict[tuple[int, date], list[date]] = defaultdict(list)
     for (ws, day), totals in sums(month_days, "workspace_id", "day").items():

@@ -36,10 +36,8 @@ from django.db.models import (
     Case,
     CharField,
     Count,
-    DecimalField,
     Exists,
     F,
-    IntegerField,
     Max,
     Min,
     OuterRef,
@@ -50,11 +48,12 @@ from django.db.models import (
     When,
     Window,
 )
-from django.db.models.functions import Cast, Coalesce, Lead, Round, TruncDate, TruncHour, TruncMonth
+from django.db.models.functions import Coalesce, Lead, TruncDate, TruncHour, TruncMonth
 from django.utils import timezone
 
 from console.models import Workspace
-from usage.aggregates import ExactSum, LocalDate, Percentile
+from usage.aggregates import ExactSum, LocalDate
+from usage.latency import HistogramSum, LatencyHistogram
 from usage.models import (
     UsageCursor,
     UsageDaily,
@@ -81,11 +80,6 @@ COARSE_DISCOVERY_EVENTS = 200_000
 ID_BLOCK = 1024
 
 
-def _whole_ms(expression):
-    # Rounded half up in SQL on both databases (numeric ROUND on PostgreSQL, ROUND on SQLite).
-    return Cast(Round(Cast(expression, DecimalField(max_digits=20, decimal_places=6))), IntegerField())
-
-
 # A rollup row's identity besides its period: the event fields it is grouped by, same names on both.
 GROUP_KEYS = ("workspace_id", "api_key_id", "deployment_id", "currency", "input_price_per_million", "output_price_per_million")
 
@@ -100,8 +94,7 @@ ROLLUP_COLUMNS = {
     "r_estimated_requests": Count("id", filter=Q(estimated=True)),
     "r_estimated_tokens": Coalesce(Sum("total_tokens", filter=Q(estimated=True)), 0),
     "r_cost": ExactSum("cost"),
-    "r_latency_p50_ms": _whole_ms(Percentile("latency_ms", 0.5)),
-    "r_latency_p95_ms": _whole_ms(Percentile("latency_ms", 0.95)),
+    "r_latency_histogram": LatencyHistogram("latency_ms"),
 }
 
 
@@ -452,7 +445,7 @@ def _recompute_coarse(spans: list[tuple[int, date, date]]) -> None:
     grouped = (
         UsageDaily.objects.filter(reduce(or_, (Q(workspace_id=ws, day__gte=m, day__lte=month_end(m)) for ws, m in months)))
         .values(*GROUP_KEYS, month=TruncMonth("day"))
-        .annotate(r_model=Max("model"), **sums, r_latency_p50_ms=Max("latency_p50_ms"), r_latency_p95_ms=Max("latency_p95_ms"))
+        .annotate(r_model=Max("model"), **sums, r_latency_histogram=HistogramSum("latency_histogram"))
         .order_by()
     )
     _insert_select(UsageMonthly, grouped)

@@ -28,7 +28,8 @@ from redis.exceptions import RedisError
 from console.models import Workspace
 from deployments.models import Deployment, DeploymentPrice
 from keys.counters import tpm_used_this_minute
-from keys.models import ApiKey
+from keys.models import ApiKey, display_name
+from usage.latency import HistogramSum, p95
 from usage.models import UsageDaily, UsageDailyTotal, UsageHourly, UsageMonthly
 from usage.rollup import hour_floor, local_day_start, month_end
 
@@ -91,7 +92,7 @@ SORT_FIELDS = {
     "completion_tokens": "completion_tokens",
     "estimated_tokens": "estimated_tokens",
     "cost": "cost",
-    "p95": "p95_bound",
+    "p95": "p95_ms",
 }
 DEFAULT_SORT = "-cost"
 # Breakdown kind → (grouped fields, label field for sorting by name, id field for ties).
@@ -238,6 +239,9 @@ def _names(kind: str, ids: list[int]) -> dict[int, tuple]:
     if not ids:
         return {}
     model, public = {"key": (ApiKey, "public_id"), "deployment": (Deployment, "public_id"), "workspace": (Workspace, "slug")}[kind]
+    if kind == "key":
+        rows = ApiKey.objects.filter(id__in=ids).values_list("id", "public_id", "name", "kind")
+        return {pk: (ref, display_name(name, key_kind)) for pk, ref, name, key_kind in rows}
     return {pk: (ref, name) for pk, ref, name in model.objects.filter(id__in=ids).values_list("id", public, "name")}
 
 
@@ -267,6 +271,7 @@ def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAUL
         p["local"] = p["period"].astimezone(tz) if scope.hourly else p["period"]
     totals = _clean({name: sum((p[name] for p in periods), ZERO if name == "cost" else 0) for name in SUMMED})
     totals["cost_cents"] = cents(totals["cost"])
+    totals["p95_ms"] = None  # from the breakdowns' histograms, when they are read
     _with_cents(periods)
 
     report = UsageReport(periods=periods, totals=totals, currencies=sorted(currencies), hourly=scope.hourly, sort=sort)
@@ -276,28 +281,33 @@ def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAUL
     # Grouped by ids only: grouping by the joined names as well took twice as long.
     ids = [BREAKDOWNS[kind][0][0] for kind in BREAKDOWNS]
     merged: dict[str, dict] = {kind: {} for kind in kinds}
+    everything = 0
     for row in _grouped(scope.breakdown_parts(), ids):
         _clean(row)
+        histogram = int(row["latency_histogram"] or 0)
+        everything += histogram
         for kind in kinds:
             pk = row[BREAKDOWNS[kind][0][0]]
             into = merged[kind].get(pk)
             if into is None:
-                merged[kind][pk] = {**{m: row[m] for m in SUMMED}, "p95_bound": row["p95_bound"], "model_label": row["model_label"]}
+                merged[kind][pk] = {**{m: row[m] for m in SUMMED}, "histogram": histogram, "model_label": row["model_label"]}
                 continue
             for name in SUMMED:
                 into[name] += row[name]
-            into["p95_bound"] = max(into["p95_bound"], row["p95_bound"])
+            into["histogram"] += histogram
             into["model_label"] = max(into["model_label"], row["model_label"])
     for kind in kinds:
         group, label, tie = BREAKDOWNS[kind]
         names = _names(kind, [pk for pk in merged[kind] if pk is not None])
         for pk, row in merged[kind].items():
             row.update(zip(group, (pk, *names.get(pk, (None, None))), strict=True))
+            row["p95_ms"] = p95(row.pop("histogram"))
         rows = _with_cents(_sorted(list(merged[kind].values()), sort, label, tie))
         if kind != "deployment":
             for r in rows:
                 del r["model_label"]
         setattr(report, f"by_{kind}", rows)
+    totals["p95_ms"] = p95(everything)
     return report
 
 
@@ -308,14 +318,14 @@ def _grouped(parts: list[QuerySet], ids: list[str]) -> list[dict] | QuerySet:
     if not parts:
         return []
     if connection.vendor != "postgresql" or len(parts) == 1:
-        grouped = [qs.values(*ids).annotate(**_sums(), p95_bound=Max("latency_p95_ms"), model_label=Max("model")).order_by()
+        grouped = [qs.values(*ids).annotate(**_sums(), latency_histogram=HistogramSum("latency_histogram"), model_label=Max("model")).order_by()
                    for qs in parts]
         return grouped[0].union(*grouped[1:], all=True) if len(grouped) > 1 else grouped[0]
-    plain = [qs.values(*ids, *SUMMED, "latency_p95_ms", "model").order_by() for qs in parts]
+    plain = [qs.values(*ids, *SUMMED, "latency_histogram", "model").order_by() for qs in parts]
     sql, params = plain[0].union(*plain[1:], all=True).query.sql_with_params()
     q = connection.ops.quote_name
     sums = [f"SUM({q(n)}){'' if n == 'cost' else '::bigint'} AS {q(n)}" for n in SUMMED]
-    outer = (f"SELECT {', '.join(map(q, ids))}, {', '.join(sums)}, MAX({q('latency_p95_ms')}) AS {q('p95_bound')}, "
+    outer = (f"SELECT {', '.join(map(q, ids))}, {', '.join(sums)}, SUM({q('latency_histogram')}) AS {q('latency_histogram')}, "
              f"MAX({q('model')}) AS {q('model_label')} FROM ({sql}) AS parts GROUP BY {', '.join(map(q, ids))}")
     with connection.cursor() as cursor:
         cursor.execute(outer, params)

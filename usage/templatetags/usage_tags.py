@@ -46,6 +46,12 @@ def sort_header(context, column: str, label: str, numeric: bool = True, hint: st
 
 
 @register.filter
+def ms(value) -> str:
+    """A latency in whole milliseconds with thousands separators; a dash when there were no requests."""
+    return "–" if value is None else f"{value:,}"
+
+
+@register.filter
 def count(value) -> str:
     """A whole number with thousands separators ("1,234,567"), as `floatformat:"0g"` writes it in
     English, without its Decimal and localisation round trip: a year's dashboard has ~800 of them."""
