@@ -55,6 +55,13 @@ def test_a_group_p95_is_not_the_worst_member_p95():
     assert latency.p95(latency.pack([100] * 94 + [2000] * 6)) >= 2000
 
 
+def test_the_slowest_request_caps_the_interpolation():
+    same = latency.pack([250] * 40)
+    assert latency.p95(same) == 298  # interpolated within [250, 300)
+    assert latency.p95(same, slowest=250) == 250
+    assert latency.p95(latency.pack([100] * 95 + [270] * 5), slowest=270) == 125  # below the cap: unchanged
+
+
 def test_edges():
     assert latency.p95(0) is None and latency.p95(None) is None
     assert latency.p95(latency.pack([0])) == 1  # [0, 1 ms): interpolated to its top

@@ -83,7 +83,7 @@ def snapshot(model=UsageDaily) -> list[tuple]:
     period = {UsageDaily: "day", UsageHourly: "hour", UsageMonthly: "month"}[model]
     fields = [period, "workspace_id", "api_key_id", "deployment_id", "model", "currency", "input_price_per_million",
               "output_price_per_million", "requests", "errors", "prompt_tokens",
-              "completion_tokens", "total_tokens", "estimated_requests", "estimated_tokens", "cost", "latency_histogram"]
+              "completion_tokens", "total_tokens", "estimated_requests", "estimated_tokens", "cost", "latency_histogram", "latency_max_ms"]
     return sorted(model.objects.values_list(*fields), key=repr)
 
 
@@ -93,11 +93,12 @@ def coarse_from_daily() -> tuple[list[tuple], list[tuple]]:
     totals: dict[tuple, list] = {}
     for row in UsageDaily.objects.values():
         key = (row["day"].replace(day=1), *(row[f] for f in GROUP))
-        into = months.setdefault(key, [row["model"], *(0 for _ in SUMMED), 0])
+        into = months.setdefault(key, [row["model"], *(0 for _ in SUMMED), 0, 0])
         into[0] = max(into[0], row["model"])
         for i, name in enumerate(SUMMED, start=1):
             into[i] += row[name]
-        into[-1] += row["latency_histogram"]  # histograms add up
+        into[-2] += row["latency_histogram"]  # histograms add up
+        into[-1] = max(into[-1], row["latency_max_ms"])
         total = totals.setdefault((row["day"], row["workspace_id"], row["currency"]), [0 for _ in SUMMED])
         for i, name in enumerate(SUMMED):
             total[i] += row[name]

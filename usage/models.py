@@ -76,6 +76,8 @@ class RollupMetrics(models.Model):
     # The requests' latencies bucketed (usage.latency): histograms add up, so the p95 of any
     # group of rows (a month, a key's year) is read from their sum, not guessed from row p95s.
     latency_histogram = LatencyHistogramField()
+    # The slowest request: a p95 interpolated within its bucket never reads above it.
+    latency_max_ms = models.PositiveIntegerField(default=0)
 
     class Meta:
         abstract = True

@@ -95,6 +95,7 @@ ROLLUP_COLUMNS = {
     "r_estimated_tokens": Coalesce(Sum("total_tokens", filter=Q(estimated=True)), 0),
     "r_cost": ExactSum("cost"),
     "r_latency_histogram": LatencyHistogram("latency_ms"),
+    "r_latency_max_ms": Max("latency_ms"),
 }
 
 
@@ -445,7 +446,8 @@ def _recompute_coarse(spans: list[tuple[int, date, date]]) -> None:
     grouped = (
         UsageDaily.objects.filter(reduce(or_, (Q(workspace_id=ws, day__gte=m, day__lte=month_end(m)) for ws, m in months)))
         .values(*GROUP_KEYS, month=TruncMonth("day"))
-        .annotate(r_model=Max("model"), **sums, r_latency_histogram=HistogramSum("latency_histogram"))
+        .annotate(r_model=Max("model"), **sums, r_latency_histogram=HistogramSum("latency_histogram"),
+                  r_latency_max_ms=Max("latency_max_ms"))
         .order_by()
     )
     _insert_select(UsageMonthly, grouped)

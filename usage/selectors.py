@@ -281,33 +281,36 @@ def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAUL
     # Grouped by ids only: grouping by the joined names as well took twice as long.
     ids = [BREAKDOWNS[kind][0][0] for kind in BREAKDOWNS]
     merged: dict[str, dict] = {kind: {} for kind in kinds}
-    everything = 0
+    everything = slowest = 0
     for row in _grouped(scope.breakdown_parts(), ids):
         _clean(row)
         histogram = int(row["latency_histogram"] or 0)
         everything += histogram
+        slowest = max(slowest, row["slowest"] or 0)
         for kind in kinds:
             pk = row[BREAKDOWNS[kind][0][0]]
             into = merged[kind].get(pk)
             if into is None:
-                merged[kind][pk] = {**{m: row[m] for m in SUMMED}, "histogram": histogram, "model_label": row["model_label"]}
+                merged[kind][pk] = {**{m: row[m] for m in SUMMED}, "histogram": histogram, "slowest": row["slowest"],
+                                    "model_label": row["model_label"]}
                 continue
             for name in SUMMED:
                 into[name] += row[name]
             into["histogram"] += histogram
+            into["slowest"] = max(into["slowest"], row["slowest"])
             into["model_label"] = max(into["model_label"], row["model_label"])
     for kind in kinds:
         group, label, tie = BREAKDOWNS[kind]
         names = _names(kind, [pk for pk in merged[kind] if pk is not None])
         for pk, row in merged[kind].items():
             row.update(zip(group, (pk, *names.get(pk, (None, None))), strict=True))
-            row["p95_ms"] = p95(row.pop("histogram"))
+            row["p95_ms"] = p95(row.pop("histogram"), slowest=row.pop("slowest"))
         rows = _with_cents(_sorted(list(merged[kind].values()), sort, label, tie))
         if kind != "deployment":
             for r in rows:
                 del r["model_label"]
         setattr(report, f"by_{kind}", rows)
-    totals["p95_ms"] = p95(everything)
+    totals["p95_ms"] = p95(everything, slowest=slowest)
     return report
 
 
@@ -318,14 +321,16 @@ def _grouped(parts: list[QuerySet], ids: list[str]) -> list[dict] | QuerySet:
     if not parts:
         return []
     if connection.vendor != "postgresql" or len(parts) == 1:
-        grouped = [qs.values(*ids).annotate(**_sums(), latency_histogram=HistogramSum("latency_histogram"), model_label=Max("model")).order_by()
+        grouped = [qs.values(*ids).annotate(**_sums(), latency_histogram=HistogramSum("latency_histogram"),
+                                              slowest=Max("latency_max_ms"), model_label=Max("model")).order_by()
                    for qs in parts]
         return grouped[0].union(*grouped[1:], all=True) if len(grouped) > 1 else grouped[0]
-    plain = [qs.values(*ids, *SUMMED, "latency_histogram", "model").order_by() for qs in parts]
+    plain = [qs.values(*ids, *SUMMED, "latency_histogram", "latency_max_ms", "model").order_by() for qs in parts]
     sql, params = plain[0].union(*plain[1:], all=True).query.sql_with_params()
     q = connection.ops.quote_name
     sums = [f"SUM({q(n)}){'' if n == 'cost' else '::bigint'} AS {q(n)}" for n in SUMMED]
     outer = (f"SELECT {', '.join(map(q, ids))}, {', '.join(sums)}, SUM({q('latency_histogram')}) AS {q('latency_histogram')}, "
+             f"MAX({q('latency_max_ms')}) AS {q('slowest')}, "
              f"MAX({q('model')}) AS {q('model_label')} FROM ({sql}) AS parts GROUP BY {', '.join(map(q, ids))}")
     with connection.cursor() as cursor:
         cursor.execute(outer, params)
