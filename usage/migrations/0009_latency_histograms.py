@@ -1,8 +1,8 @@
-"""Rollup rows keep a latency histogram instead of their own p50/p95 (which no group of rows
-could be summarised from). Rows written before have an empty histogram, so every bucket is marked
-dirty: the next rollup pass recomputes them from the events."""
+"""Rollup rows keep a latency histogram and their slowest request instead of their own p50/p95
+(which no group of rows could be summarised from). Rows written before have an empty histogram,
+so every bucket is marked dirty: the next rollup pass recomputes them from the events."""
 
-from django.db import migrations
+from django.db import migrations, models
 from django.utils import timezone
 
 import usage.latency
@@ -59,6 +59,21 @@ class Migration(migrations.Migration):
             model_name='usagemonthly',
             name='latency_histogram',
             field=usage.latency.LatencyHistogramField(),
+        ),
+        migrations.AddField(
+            model_name='usagedaily',
+            name='latency_max_ms',
+            field=models.PositiveIntegerField(default=0),
+        ),
+        migrations.AddField(
+            model_name='usagehourly',
+            name='latency_max_ms',
+            field=models.PositiveIntegerField(default=0),
+        ),
+        migrations.AddField(
+            model_name='usagemonthly',
+            name='latency_max_ms',
+            field=models.PositiveIntegerField(default=0),
         ),
         migrations.RunPython(recompute_everything, migrations.RunPython.noop),
     ]
