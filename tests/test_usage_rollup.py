@@ -26,7 +26,7 @@ from usage.models import (
     UsageMonthly,
     UsageRollupZone,
 )
-from usage.services import usage_backfill, usage_rollup, usage_workspace_rebuild
+from usage.services import usage_backfill, usage_reconcile, usage_rollup, usage_workspace_rebuild
 
 from .usage_factory import coarse_from_daily, event, event_totals, make_deployment, make_key, rollup_totals, snapshot, snapshots
 
@@ -523,3 +523,30 @@ def test_two_concurrent_runs_split_the_buckets_and_agree_with_one_run(acme, sett
     assert len(batches) == buckets  # every bucket recomputed exactly once: SKIP LOCKED split the work
     assert set(batches) == {"run-0", "run-1"}
     assert snapshots() == single
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upgrading_to_latency_histograms_recomputes_the_old_rollups(acme):
+    """Rollup rows written before migration 0009 had no histogram: the migration marks their
+    buckets dirty, and the next pass rebuilds them from the events, histograms included."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    _history(acme)
+    usage_rollup(now=NOW)
+    before = MigrationExecutor(connection)
+    before.migrate([("usage", "0008_drift_coarse")])
+    old = before.loader.project_state([("usage", "0008_drift_coarse")]).apps
+    # Migrating back marked every bucket for recompute too; as if the old code had rolled them up:
+    old.get_model("usage", "UsageDayBucket").objects.update(dirty=False)
+    old.get_model("usage", "UsageHourBucket").objects.update(dirty=False)
+
+    after = MigrationExecutor(connection)
+    after.migrate(after.loader.graph.leaf_nodes())
+
+    assert UsageDayBucket.objects.exists() and not UsageDayBucket.objects.filter(dirty=False).exists()
+    assert set(UsageDaily.objects.values_list("latency_histogram", flat=True)) == {0}
+    usage_rollup()  # the buckets were marked at the real time of the migration
+    assert not UsageDayBucket.objects.filter(dirty=True).exists()
+    assert sum(UsageDaily.objects.values_list("latency_histogram", flat=True)) == latency.pack(
+        UsageEvent.objects.values_list("latency_ms", flat=True))
+    assert usage_reconcile(days=0).ok

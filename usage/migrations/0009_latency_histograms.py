@@ -1,6 +1,7 @@
 """Rollup rows keep a latency histogram and their slowest request instead of their own p50/p95
 (which no group of rows could be summarised from). Rows written before have an empty histogram,
-so every bucket is marked dirty: the next rollup pass recomputes them from the events."""
+so every bucket is marked dirty: the next rollup pass recomputes them from the events (and
+likewise when migrating back)."""
 
 from django.db import migrations, models
 from django.utils import timezone
@@ -21,6 +22,36 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AlterField(  # a default, so that migrating back can re-add the column to existing rows
+            model_name='usagedaily',
+            name='latency_p50_ms',
+            field=models.PositiveIntegerField(default=0),
+        ),
+        migrations.AlterField(  # a default, so that migrating back can re-add the column to existing rows
+            model_name='usagedaily',
+            name='latency_p95_ms',
+            field=models.PositiveIntegerField(default=0),
+        ),
+        migrations.AlterField(  # a default, so that migrating back can re-add the column to existing rows
+            model_name='usagehourly',
+            name='latency_p50_ms',
+            field=models.PositiveIntegerField(default=0),
+        ),
+        migrations.AlterField(  # a default, so that migrating back can re-add the column to existing rows
+            model_name='usagehourly',
+            name='latency_p95_ms',
+            field=models.PositiveIntegerField(default=0),
+        ),
+        migrations.AlterField(  # a default, so that migrating back can re-add the column to existing rows
+            model_name='usagemonthly',
+            name='latency_p50_ms',
+            field=models.PositiveIntegerField(default=0),
+        ),
+        migrations.AlterField(  # a default, so that migrating back can re-add the column to existing rows
+            model_name='usagemonthly',
+            name='latency_p95_ms',
+            field=models.PositiveIntegerField(default=0),
+        ),
         migrations.RemoveField(
             model_name='usagedaily',
             name='latency_p50_ms',
@@ -75,5 +106,5 @@ class Migration(migrations.Migration):
             name='latency_max_ms',
             field=models.PositiveIntegerField(default=0),
         ),
-        migrations.RunPython(recompute_everything, migrations.RunPython.noop),
+        migrations.RunPython(recompute_everything, recompute_everything),
     ]
