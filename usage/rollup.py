@@ -346,8 +346,18 @@ def _insert_grouped(model, period: str, period_expr, events) -> int:
         f"SELECT {', '.join('g.' + qn(s) for s in sources)} FROM ({sql}) g"
     )
     with connection.cursor() as cursor:
+        if connection.vendor != "postgresql":
+            cursor.execute(statement, params)
+            return cursor.rowcount
+        # PostgreSQL cannot estimate how many groups the local day (or hour) of created_at makes:
+        # it takes created_at's own near-unique count, predicts millions of groups, and sorts the
+        # batch's events (spilling to disk) where a hash table of its ~10k groups fits in memory.
+        # Without sorting, one batch of 2.7 M events: 5.9 → 2.2 s (docs/BENCHMARKS.md).
+        cursor.execute("SET LOCAL enable_sort = off")
         cursor.execute(statement, params)
-        return cursor.rowcount
+        written = cursor.rowcount
+        cursor.execute("RESET enable_sort")
+        return written
 
 
 def _tune_session() -> None:
