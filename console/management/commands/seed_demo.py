@@ -69,7 +69,7 @@ class Command(BaseCommand):
             return deployment_create(workspace=workspace, actor=actor, name="Demo model", model_id=DEMO_MODEL_ID,
                                      upstream_base_url=base_url, upstream_model="gatehouse-demo",
                                      description="Gatehouse's built-in demo model: deterministic answers, honest token counts.",
-                                     input_per_million="0.10", output_per_million="0.40")
+                                     input_per_million="2.50", output_per_million="10.00")
         if existing.upstream_base_url != base_url:
             return deployment_update(deployment=existing, actor=actor, name=existing.name, model_id=existing.model_id,
                                      description=existing.description, upstream_base_url=base_url,
