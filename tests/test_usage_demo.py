@@ -39,6 +39,19 @@ def test_demo_traffic_is_rolled_up_and_reconciles(world, demo_deployment):
     assert usage_reconcile(days=0, now=NOW).ok
 
 
+def test_the_day_in_progress_is_not_crammed_into_its_first_hours(world, demo_deployment):
+    # 23:50 UTC is 00:50 in Berlin, where the sub-workspace's new day began 50 minutes ago.
+    world.sub.time_zone = "Europe/Berlin"
+    world.sub.save(update_fields=["time_zone"])
+    now = datetime(2026, 3, 10, 23, 50, tzinfo=UTC)  # a Tuesday: weekday volume on both sides
+    demo_traffic_seed(deployment=demo_deployment, days=30, now=now)
+
+    sub = UsageEvent.objects.filter(workspace=world.sub)
+    last_hour = sub.filter(created_at__gte=now - timedelta(minutes=50)).count()
+    earlier = sub.filter(created_at__gte=now - timedelta(days=3), created_at__lt=now - timedelta(minutes=50)).count() / (72 - 50 / 60)
+    assert last_hour <= 4 * earlier + 3
+
+
 def test_demo_traffic_carries_two_price_versions_and_costs_each_event_at_its_own(demo_deployment, world):
     demo_traffic_seed(deployment=demo_deployment, days=30, now=NOW)
 

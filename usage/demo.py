@@ -116,8 +116,11 @@ def demo_traffic_seed(*, deployment: Deployment, days: int = 30, now: datetime |
             for back in range(days - 1, -1, -1):
                 day_start = today - timedelta(days=back)
                 weekday_factor = 0.35 if day_start.weekday() >= 5 else 1.0
-                volume = max(1, int(rng.gauss(daily, daily * 0.2) * weekday_factor))
                 day_end = min(day_start + timedelta(days=1), now)
+                # The day in progress gets its share so far: a day's volume in the hour since a
+                # sub-workspace's local midnight would show as a spike at the end of every chart.
+                elapsed = (day_end - day_start) / timedelta(days=1)
+                volume = max(1, round(rng.gauss(daily, daily * 0.2) * weekday_factor * elapsed))
                 events += _events_for_day(rng, workspace=workspace, key=key, deployment=deployment, prices=prices,
                                           day_start=day_start,
                                           day_end=day_end, volume=volume)
