@@ -37,6 +37,8 @@ def test_demo_traffic_is_rolled_up_and_reconciles(world, demo_deployment):
     assert UsageDaily.objects.aggregate(n=Sum("requests"))["n"] == events.count()
     assert UsageDaily.objects.aggregate(c=Sum("cost"))["c"] == events.aggregate(c=Sum("cost"))["c"] > 0
     assert usage_reconcile(days=0, now=NOW).ok
+    for key in ApiKey.objects.filter(name__endswith=".demo"):  # Secrets shows when each was last used
+        assert key.last_used_at == events.filter(api_key=key).latest("created_at").created_at
 
 
 def test_the_day_in_progress_is_not_crammed_into_its_first_hours(world, demo_deployment):

@@ -29,6 +29,8 @@ from usage.services import budget_set, usage_backfill
 
 NANO = Decimal("0.000000001")
 MILLION = Decimal(1_000_000)
+# Where the demo traffic "came from": an address of TEST-NET-3, reserved for documentation.
+DEMO_CLIENT_IP = "203.0.113.10"
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def _events_for_day(rng: random.Random, *, workspace: Workspace, key: ApiKey, de
             request_id=f"demo-{uuid.uuid4().hex}", created_at=at, workspace=workspace, api_key=key, deployment=deployment,
             model=deployment.model_id, prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
             status_code=rng.choice((429, 502)) if failed else 200, error_code="rate_limit_exceeded" if failed else "",
-            streamed=streamed, latency_ms=int(rng.lognormvariate(5.8, 0.5)), ttft_ms=int(rng.lognormvariate(4.5, 0.4)) if streamed else None,
+            streamed=streamed, client_ip=DEMO_CLIENT_IP, latency_ms=int(rng.lognormvariate(5.8, 0.5)), ttft_ms=int(rng.lognormvariate(4.5, 0.4)) if streamed else None,
             input_price_per_million=input_price, output_price_per_million=output_price, currency=price.currency if price else "USD",
             cost=((prompt * input_price + completion * output_price) / MILLION).quantize(NANO),
         ))
@@ -125,6 +127,10 @@ def demo_traffic_seed(*, deployment: Deployment, days: int = 30, now: datetime |
                                           day_start=day_start,
                                           day_end=day_end, volume=volume)
         UsageEvent.objects.bulk_create(events, batch_size=1000)
+        # As the gateway would have recorded it: each key was last used by its latest request.
+        for _, key, _ in keys:
+            latest = max((e.created_at for e in events if e.api_key_id == key.id), default=None)
+            ApiKey.objects.filter(id=key.id).update(last_used_at=latest, last_used_ip=DEMO_CLIENT_IP if latest else None)
     usage_backfill(since=(now - timedelta(days=days + 1)).date(), now=now)
     # Budgets that show both states: the organisation comfortably inside its budget, the
     # sub-workspace past its 80 % warning (neither blocks requests).
