@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import csv
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -33,11 +33,19 @@ def test_usage_filters_sort_and_csv_then_billing_month_split(page, sign_in, scre
     key.tpm_limit, key.yearly_token_limit = 60_000, 2_000_000
     key.save(update_fields=["tpm_limit", "yearly_token_limit"])
     chat = make_deployment(world.org, "chat", price=("0.50", "1.50"), at=now - timedelta(days=90))
+
+    def at(day: int, minutes: int) -> datetime:
+        """`minutes` before now, `day` days ago, but never before that (UTC) day began: a run just
+        after midnight would otherwise move some of "today's" events into yesterday."""
+        moment = now - timedelta(days=day, minutes=minutes)
+        day_start = datetime.combine((now - timedelta(days=day)).date(), time.min, tzinfo=UTC)
+        return max(moment, day_start + timedelta(seconds=minutes))
+
     for day in range(8):
         for i in range(day + 2):
-            event(world.org, now - timedelta(days=day, minutes=i), key=key, deployment=chat, prompt=20_000 + 500 * i, completion=3_000 * i)
-        event(world.org, now - timedelta(days=day, minutes=3), key=other_key, deployment=chat, prompt=4_000, completion=1_000)
-        event(world.sub, now - timedelta(days=day, minutes=5), key=sub_key, deployment=chat, prompt=9_000, completion=12_000)
+            event(world.org, at(day, i), key=key, deployment=chat, prompt=20_000 + 500 * i, completion=3_000 * i)
+        event(world.org, at(day, 3), key=other_key, deployment=chat, prompt=4_000, completion=1_000)
+        event(world.sub, at(day, 5), key=sub_key, deployment=chat, prompt=9_000, completion=12_000)
     # A month before any of the last 8 days' events (on December 1st, October: November holds some of them).
     last_month = ((now - timedelta(days=8)).date().replace(day=1) - timedelta(days=1)).replace(day=10)
     at = now.replace(year=last_month.year, month=last_month.month, day=10, hour=12)
