@@ -26,11 +26,6 @@ class RouterProvider(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def display_name(self) -> str:
-        """What dashboards call the key: its name, or what the hidden test-call credential is for."""
-        return display_name(self.name, self.kind)
-
 
 class ByokCredential(models.Model):
     """A workspace's own provider key ("bring your own key"); clients call `byok/<name>/<model>`."""
@@ -52,11 +47,6 @@ class ByokCredential(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-    @property
-    def display_name(self) -> str:
-        """What dashboards call the key: its name, or what the hidden test-call credential is for."""
-        return display_name(self.name, self.kind)
 
 
 class ApiKeyKind(models.TextChoices):

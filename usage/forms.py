@@ -24,12 +24,8 @@ class UsageFilterForm(forms.Form):
         super().__init__(data)
         self.today = today
         self.fields["workspace"].choices = [("", "All workspaces")] + [(w.slug, w.name) for w in workspaces]
-        names = {w.id: w.name for w in workspaces}  # sub-workspaces: their keys are labelled with it
-        self.fields["key"].choices = [("", "All keys")] + [
-            (str(k.public_id), f"{k.display_name}{f' ({names[k.workspace_id]})' if k.workspace_id in names else ''}"
-                               f"{' (revoked)' if k.revoked_at else ''}")
-            for k in keys
-        ]
+        subs = {w.id: w.name for w in workspaces}
+        self.fields["key"].choices = [("", "All keys")] + [(str(k.public_id), _key_label(k, subs)) for k in keys]
         self.fields["deployment"].choices = [("", "All deployments")] + [(str(d.public_id), d.name) for d in deployments]
 
     def clean_sort(self) -> str:
@@ -78,3 +74,11 @@ class BudgetForm(forms.Form):
     def __init__(self, *args, currencies: list[str], **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["currency"].choices = [(c, c) for c in currencies]
+
+
+def _key_label(key, sub_names: dict[int, str]) -> str:
+    """A key as the filter lists it: a sub-workspace's keys say whose they are, revoked ones say so."""
+    label = key.display_name
+    if key.workspace_id in sub_names:
+        label += f" ({sub_names[key.workspace_id]})"
+    return label + (" (revoked)" if key.revoked_at else "")

@@ -43,10 +43,7 @@ def bucket_of(latency_ms: int) -> int:
 
 def pack(latencies) -> int:
     """The packed histogram of some latencies (ms)."""
-    total = 0
-    for ms in latencies:
-        total += SLOT ** bucket_of(ms)
-    return total
+    return sum(SLOT ** bucket_of(ms) for ms in latencies)
 
 
 def unpack(packed: int) -> list[int]:
@@ -145,19 +142,9 @@ class HistogramSum(Aggregate):
         return self.as_sql(compiler, connection, function="GH_HISTOGRAM_SUM", **extra_context)
 
 
-class _SqliteLatencyHistogram:
-    def __init__(self):
-        self.total = 0
-
-    def step(self, value) -> None:
-        if value is not None:
-            self.total += SLOT ** bucket_of(value)
-
-    def finalize(self) -> str:
-        return str(self.total)
-
-
 class _SqliteHistogramSum:
+    """SQLite's SUM of packed histograms (kept as text: they outgrow its 64-bit integers)."""
+
     def __init__(self):
         self.total = 0
 
@@ -167,6 +154,14 @@ class _SqliteHistogramSum:
 
     def finalize(self) -> str:
         return str(self.total)
+
+
+class _SqliteLatencyHistogram(_SqliteHistogramSum):
+    """The packed histogram of latencies: each one adds its bucket's unit."""
+
+    def step(self, value) -> None:
+        if value is not None:
+            self.total += SLOT ** bucket_of(value)
 
 
 def register_sqlite_aggregates(raw_connection) -> None:
