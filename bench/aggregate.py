@@ -32,8 +32,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--events", type=int, default=10_000_000)
     p.add_argument("--days", type=int, default=90, help="history length the events are spread over")
     p.add_argument("--workspaces", type=int, default=20, help="a default workspace per 4, the rest sub-workspaces")
-    p.add_argument("--rate", type=float, default=None,
-                   help="events per second in each incremental minute (default: 10x the history's average rate)")
+    p.add_argument(
+        "--rate", type=float, default=None, help="events per second in each incremental minute (default: 10x the history's average rate)"
+    )
     p.add_argument("--late", type=int, default=2, help="late events (for random past days) in each incremental minute")
     p.add_argument("--minutes", type=int, default=5, help="incremental minutes to time")
     p.add_argument("--database", default="gh_bench")
@@ -93,7 +94,9 @@ def main() -> None:
             c.execute("DELETE FROM usage_usageevent WHERE request_id LIKE 'minute-%%'")
         for model in (UsageDaily, UsageHourly, UsageDayBucket, UsageHourBucket, UsageCursor, UsageDrift):
             model.objects.all().delete()
-        first, last = (UsageEvent.objects.order_by(field).values_list("created_at", flat=True).first() for field in ("created_at", "-created_at"))
+        first, last = (
+            UsageEvent.objects.order_by(field).values_list("created_at", flat=True).first() for field in ("created_at", "-created_at")
+        )
         from console.models import Workspace
         from deployments.models import Deployment
         from keys.models import ApiKey
@@ -103,8 +106,10 @@ def main() -> None:
         deps = {}
         for ws in Workspace.objects.order_by("id"):
             root = ws.parent_id or ws.id
-            deps[ws.id] = [(d.id, d.model_id, inp, out) for d, (_, inp, out) in zip(Deployment.objects.filter(workspace_id=root).order_by("id"),
-                                                                                  DEPLOYMENTS, strict=True)]
+            deps[ws.id] = [
+                (d.id, d.model_id, inp, out)
+                for d, (_, inp, out) in zip(Deployment.objects.filter(workspace_id=root).order_by("id"), DEPLOYMENTS, strict=True)
+            ]
         traffic = Traffic((ids, keys, deps), seed=2)
         traffic.prefix = "minute"
         now, args.events = last, UsageEvent.objects.count()
@@ -145,8 +150,10 @@ def main() -> None:
     full_s = discover_s + full_rest_s
     day_rows, hour_rows = UsageDaily.objects.count(), UsageHourly.objects.count()
     buckets = UsageDayBucket.objects.count()
-    print(f"full rollup {full_s:.2f} s (discovery {discover_s:.2f} s): {buckets} day buckets, {day_rows} daily rows, {hour_rows} hourly rows",
-          flush=True)
+    print(
+        f"full rollup {full_s:.2f} s (discovery {discover_s:.2f} s): {buckets} day buckets, {day_rows} daily rows, {hour_rows} hourly rows",
+        flush=True,
+    )
 
     minutes = []
     for m in range(1, args.minutes + 1):
@@ -158,8 +165,11 @@ def main() -> None:
         connection.connection.commit()
         seconds, inc = timed(lambda m=m: rollup.run(now=now + timedelta(minutes=m)))
         minutes.append((seconds, inc, len(times)))
-        print(f"incremental minute {m}: {len(times)} new events, {inc.day_buckets} day + {inc.hour_buckets} hour buckets, "
-              f"{seconds * 1000:.0f} ms", flush=True)
+        print(
+            f"incremental minute {m}: {len(times)} new events, {inc.day_buckets} day + {inc.hour_buckets} hour buckets, "
+            f"{seconds * 1000:.0f} ms",
+            flush=True,
+        )
 
     reconcile_s, rec = timed(lambda: reconcile(since=None, now=now + timedelta(minutes=args.minutes, seconds=1)))
     print(f"full reconciliation {reconcile_s:.2f} s: {'OK' if rec.ok else rec.drifts[:3]}", flush=True)
@@ -172,9 +182,13 @@ def main() -> None:
     print(f"| {args.events:,} events over {args.days} days, {args.workspaces} workspaces ({size} with indexes) | |")
     print("|---|---|")
     print(f"| load (COPY) | {load_s:.1f} s |")
-    print(f"| full rollup | {full_s:.2f} s (discovery {discover_s:.2f} s; {buckets} day buckets → {day_rows} daily rows, {hour_rows} hourly rows) |")
-    print(f"| incremental minute ({int(args.rate * 60)} new + {args.late} late events, {args.rate:g}/s) | median {statistics.median(inc_ms):.0f} ms, "
-          f"max {max(inc_ms):.0f} ms over {len(inc_ms)} minutes |")
+    print(
+        f"| full rollup | {full_s:.2f} s (discovery {discover_s:.2f} s; {buckets} day buckets → {day_rows} daily rows, {hour_rows} hourly rows) |"
+    )
+    print(
+        f"| incremental minute ({int(args.rate * 60)} new + {args.late} late events, {args.rate:g}/s) | median {statistics.median(inc_ms):.0f} ms, "
+        f"max {max(inc_ms):.0f} ms over {len(inc_ms)} minutes |"
+    )
     print(f"| full reconciliation | {reconcile_s:.2f} s, {'no drift' if rec.ok else 'DRIFT'} |")
 
 

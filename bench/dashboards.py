@@ -395,8 +395,10 @@ def prepare(args) -> dict:
         started = time.perf_counter()
         report = rollup.run()
         if report.day_buckets or report.hour_buckets:
-            print(f"rolled up in {time.perf_counter() - started:.0f} s: {report.day_buckets} day buckets, "
-                  f"{report.hour_buckets} hour buckets", flush=True)
+            print(
+                f"rolled up in {time.perf_counter() - started:.0f} s: {report.day_buckets} day buckets, {report.hour_buckets} hour buckets",
+                flush=True,
+            )
             vacuum(*ROLLUP_TABLES)
         else:
             with connection.cursor() as c:

@@ -13,8 +13,12 @@ TIME_ZONE_CHOICES = [(tz, tz) for tz in sorted(zoneinfo.available_timezones()) i
 
 class WorkspaceForm(forms.Form):
     name = forms.CharField(max_length=80, strip=True)
-    slug = forms.SlugField(max_length=50, required=False, help_text="Lowercase letters, digits and hyphens. Left empty, it is made from the name.")
-    time_zone = forms.ChoiceField(choices=TIME_ZONE_CHOICES, initial="UTC", help_text="Days and years of usage and billing are counted in this time zone.")
+    slug = forms.SlugField(
+        max_length=50, required=False, help_text="Lowercase letters, digits and hyphens. Left empty, it is made from the name."
+    )
+    time_zone = forms.ChoiceField(
+        choices=TIME_ZONE_CHOICES, initial="UTC", help_text="Days and years of usage and billing are counted in this time zone."
+    )
 
     def clean(self):
         data = super().clean()
@@ -60,8 +64,9 @@ class MemberAddForm(forms.Form):
 
 
 class MemberCreateForm(forms.Form):
-    username = forms.CharField(max_length=150, validators=[UnicodeUsernameValidator()], strip=True,
-                               help_text="Letters, digits and @ . + - _ only.")
+    username = forms.CharField(
+        max_length=150, validators=[UnicodeUsernameValidator()], strip=True, help_text="Letters, digits and @ . + - _ only."
+    )
     email = forms.EmailField(required=False)
     role = forms.ChoiceField()
 

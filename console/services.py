@@ -20,8 +20,13 @@ def workspace_create(
     workspace = Workspace(name=name.strip(), slug=slug, parent=parent, time_zone=time_zone)
     workspace.full_clean()
     workspace.save()
-    audit_record(workspace=workspace, actor=actor, action="workspace.created", target=workspace,
-                 details={"parent": parent.slug if parent else None, "time_zone": time_zone})
+    audit_record(
+        workspace=workspace,
+        actor=actor,
+        action="workspace.created",
+        target=workspace,
+        details={"parent": parent.slug if parent else None, "time_zone": time_zone},
+    )
     if parent is not None:
         audit_record(workspace=parent, actor=actor, action="sub_workspace.created", target=workspace)
     if owner is not None:
@@ -56,8 +61,9 @@ def membership_add(*, workspace: Workspace, user: User, role: Role, actor: Actor
     if Membership.objects.filter(workspace=workspace, user=user).exists():
         raise ValidationError(f"{user.get_username()} is already a member of {workspace.name}.")
     membership = Membership.objects.create(workspace=workspace, user=user, role=role)
-    audit_record(workspace=workspace, actor=actor, action="member.added", target=membership,
-                 details={"user": user.get_username(), "role": role})
+    audit_record(
+        workspace=workspace, actor=actor, action="member.added", target=membership, details={"user": user.get_username(), "role": role}
+    )
     return membership
 
 
@@ -88,8 +94,13 @@ def membership_change_role(*, membership: Membership, role: Role, actor: Actor, 
         raise ValidationError("This is the workspace's last owner. Make someone else an owner first.")
     membership.role = role
     membership.save(update_fields=["role"])
-    audit_record(workspace=membership.workspace, actor=actor, action="member.role_changed", target=membership,
-                 details={"user": membership.user.get_username(), "from": old, "to": role})
+    audit_record(
+        workspace=membership.workspace,
+        actor=actor,
+        action="member.role_changed",
+        target=membership,
+        details={"user": membership.user.get_username(), "from": old, "to": role},
+    )
     return membership
 
 
@@ -100,8 +111,13 @@ def membership_remove(*, membership: Membership, actor: Actor, actor_role: Role)
             raise ValidationError("Only an owner can remove an owner.")
         if _lock_owners(membership.workspace) <= 1:
             raise ValidationError("This is the workspace's last owner and cannot be removed.")
-    audit_record(workspace=membership.workspace, actor=actor, action="member.removed", target=membership,
-                 details={"user": membership.user.get_username(), "role": membership.role})
+    audit_record(
+        workspace=membership.workspace,
+        actor=actor,
+        action="member.removed",
+        target=membership,
+        details={"user": membership.user.get_username(), "role": membership.role},
+    )
     membership.delete()
 
 

@@ -109,8 +109,11 @@ else:
             # WAL lets the web server, worker and beat read while one of them writes. IMMEDIATE
             # transactions take the write lock up front (waiting up to `timeout`), instead of
             # failing with "database is locked" when a read transaction later needs to write.
-            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", "timeout": 20,
-                        "transaction_mode": "IMMEDIATE"},
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+            },
         }
     }
 

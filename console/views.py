@@ -126,8 +126,13 @@ def member_add(request: HttpRequest, ws: str) -> HttpResponse:
     form = MemberAddForm(request.POST, roles=assignable_roles(access.role))
     if form.is_valid():
         try:
-            membership = membership_add(workspace=access.workspace, user=form.cleaned_data["user"], role=form.cleaned_data["role"],
-                                        actor=Actor.from_request(request), actor_role=access.role)
+            membership = membership_add(
+                workspace=access.workspace,
+                user=form.cleaned_data["user"],
+                role=form.cleaned_data["role"],
+                actor=Actor.from_request(request),
+                actor_role=access.role,
+            )
         except ValidationError as exc:
             _add_service_errors(form, exc)
         else:
@@ -147,7 +152,11 @@ def member_create(request: HttpRequest, ws: str) -> HttpResponse:
             workspace=access.workspace, actor=Actor.from_request(request), actor_role=access.role, **form.cleaned_data
         )
         # The one-time password is rendered into this response only; it is never stored in plaintext.
-        return render(request, "console/member_created_page.html", {"access": access, "nav": "members", "membership": membership, "password": password})
+        return render(
+            request,
+            "console/member_created_page.html",
+            {"access": access, "nav": "members", "membership": membership, "password": password},
+        )
     return render(request, "console/members_page.html", _members_context(access, create_form=form), status=400)
 
 
@@ -158,7 +167,9 @@ def member_role(request: HttpRequest, ws: str, member: str) -> HttpResponse:
     form = MemberRoleForm(request.POST, roles=list(Role))
     if form.is_valid():
         try:
-            membership_change_role(membership=membership, role=form.cleaned_data["role"], actor=Actor.from_request(request), actor_role=access.role)
+            membership_change_role(
+                membership=membership, role=form.cleaned_data["role"], actor=Actor.from_request(request), actor_role=access.role
+            )
         except ValidationError as exc:
             messages.error(request, " ".join(exc.messages))
         else:

@@ -32,6 +32,9 @@ def access_deployment(user, ws_slug: str, public_id, *, min_role: Role = Role.VI
         raise Http404("No such deployment.")
     if not access.can(min_role):
         raise PermissionDenied(f"This needs the {min_role.label.lower()} role or higher.")
-    if ROLE_RANK[min_role] >= ROLE_RANK[Role.ADMIN] and access.workspace.id not in (deployment.workspace_id, deployment.workspace.parent_id):
+    if ROLE_RANK[min_role] >= ROLE_RANK[Role.ADMIN] and access.workspace.id not in (
+        deployment.workspace_id,
+        deployment.workspace.parent_id,
+    ):
         raise PermissionDenied(f"This deployment is managed in {deployment.workspace.name}.")
     return access, deployment

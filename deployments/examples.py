@@ -42,16 +42,38 @@ class Example:
 
 EXAMPLES: tuple[Example, ...] = (
     Example("python", "Python", "python_chat.py", "chat.py", "python", "pip install openai", "python chat.py"),
-    Example("python-stream", "Python streaming", "python_stream.py", "chat_stream.py", "python", "pip install openai", "python chat_stream.py"),
-    Example("python-tools", "Python tool calling", "python_tools.py", "chat_tools.py", "python", "pip install openai", "python chat_tools.py"),
-    Example("langchain", "LangChain", "langchain_chat.py", "chat_langchain.py", "python", "pip install langchain-openai", "python chat_langchain.py"),
+    Example(
+        "python-stream", "Python streaming", "python_stream.py", "chat_stream.py", "python", "pip install openai", "python chat_stream.py"
+    ),
+    Example(
+        "python-tools", "Python tool calling", "python_tools.py", "chat_tools.py", "python", "pip install openai", "python chat_tools.py"
+    ),
+    Example(
+        "langchain",
+        "LangChain",
+        "langchain_chat.py",
+        "chat_langchain.py",
+        "python",
+        "pip install langchain-openai",
+        "python chat_langchain.py",
+    ),
     Example("node", "Node.js", "node_chat.mjs", "chat.mjs", "javascript", "npm install openai", "node chat.mjs"),
     Example("curl", "curl", "curl_chat.sh", "chat.sh", "shell", "", "sh chat.sh"),
     Example("curl-stream", "curl streaming", "curl_stream.sh", "chat_stream.sh", "shell", "", "sh chat_stream.sh"),
-    Example("java", "Java", "GatehouseChat.java", "GatehouseChat.java", "java", "JDK 17 or newer, no other dependencies", "java GatehouseChat.java"),
+    Example(
+        "java",
+        "Java",
+        "GatehouseChat.java",
+        "GatehouseChat.java",
+        "java",
+        "JDK 17 or newer, no other dependencies",
+        "java GatehouseChat.java",
+    ),
     Example("go", "Go", "go_chat.go", "main.go", "go", "Go 1.19 or newer, standard library only", "go run main.go"),
     Example("csharp", "C#", "csharp_chat.cs", "Program.cs", "csharp", "a console project (dotnet new console); no packages", "dotnet run"),
-    Example("php", "PHP", "php_chat.php", "chat.php", "php", "PHP 8 with the curl extension (apt install php-cli php-curl)", "php chat.php"),
+    Example(
+        "php", "PHP", "php_chat.php", "chat.php", "php", "PHP 8 with the curl extension (apt install php-cli php-curl)", "php chat.php"
+    ),
     Example("curl-v1", "V1 path (X-Apig-AppCode)", "curl_v1.sh", "chat_v1.sh", "shell", "", "sh chat_v1.sh", group="api"),
     Example("curl-v2", "V2 path (Bearer)", "curl_v2.sh", "chat_v2.sh", "shell", "", "sh chat_v2.sh", group="api"),
 )
@@ -64,7 +86,7 @@ EXAMPLES_BY_ID = {e.id: e for e in EXAMPLES}
 def py_str(value: str) -> str:
     out = []
     for ch in value:
-        if ch in "\\\"":
+        if ch in '\\"':
             out.append("\\" + ch)
         elif ch == "\n":
             out.append("\\n")
@@ -141,8 +163,7 @@ def go_str(value: str) -> str:
 
 
 def cs_str(value: str) -> str:
-    return _c_style_str(value, {**_C_NAMED, "\0": "\\0"},
-                        lambda ch, code: _utf16_escapes(ch) if code < 0x20 or code > 0x7E else None)
+    return _c_style_str(value, {**_C_NAMED, "\0": "\\0"}, lambda ch, code: _utf16_escapes(ch) if code < 0x20 or code > 0x7E else None)
 
 
 def cs_verbatim(text: str) -> str:
@@ -279,6 +300,9 @@ def render_examples(target: CallTarget, *, group: str = "examples") -> list[Rend
 def target_for(*, deployment, workspace, api_key: str | None = None) -> CallTarget:
     """The call target of `deployment` as seen from `workspace` (whose keys call it: its id is the V1 project_id)."""
     return CallTarget(
-        public_base_url=settings.PUBLIC_BASE_URL, model_id=deployment.model_id, project_id=str(workspace.public_id),
-        deployment_id=str(deployment.public_id), api_key=api_key,
+        public_base_url=settings.PUBLIC_BASE_URL,
+        model_id=deployment.model_id,
+        project_id=str(workspace.public_id),
+        deployment_id=str(deployment.public_id),
+        api_key=api_key,
     )

@@ -13,19 +13,29 @@ class DeploymentForm(forms.Form):
     """Create or edit a deployment. URL rules and uniqueness live in the services."""
 
     name = forms.CharField(max_length=80, strip=True)
-    model_id = forms.CharField(label="Model id", max_length=200, strip=False,
-                               help_text="What clients send as “model”, e.g. @acme/Qwen/Qwen3-0.6B or qwen-plus.")
+    model_id = forms.CharField(
+        label="Model id", max_length=200, strip=False, help_text="What clients send as “model”, e.g. @acme/Qwen/Qwen3-0.6B or qwen-plus."
+    )
     description = forms.CharField(max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 2}))
     upstream_kind = forms.ChoiceField(label="Routes to", choices=UpstreamKind.choices, initial=UpstreamKind.ENDPOINT)
-    upstream_base_url = forms.CharField(label="Upstream base URL", max_length=300, required=False,
-                                        widget=forms.TextInput(attrs={"placeholder": "http://10.0.0.5:8000/v1", "spellcheck": "false"}),
-                                        help_text="OpenAI-compatible base URL (http or https). Private addresses are fine; "
-                                                  "link-local and cloud metadata addresses are refused.")
-    upstream_model = forms.CharField(label="Upstream model name", max_length=200, required=False,
-                                     help_text="The model name sent upstream. Empty: the model id above.")
-    upstream_api_key = forms.CharField(label="Upstream API key", max_length=500, required=False,
-                                       widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}, render_value=False),
-                                       help_text="Encrypted at rest and never shown again.")
+    upstream_base_url = forms.CharField(
+        label="Upstream base URL",
+        max_length=300,
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "http://10.0.0.5:8000/v1", "spellcheck": "false"}),
+        help_text="OpenAI-compatible base URL (http or https). Private addresses are fine; "
+        "link-local and cloud metadata addresses are refused.",
+    )
+    upstream_model = forms.CharField(
+        label="Upstream model name", max_length=200, required=False, help_text="The model name sent upstream. Empty: the model id above."
+    )
+    upstream_api_key = forms.CharField(
+        label="Upstream API key",
+        max_length=500,
+        required=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}, render_value=False),
+        help_text="Encrypted at rest and never shown again.",
+    )
     router_provider = forms.ModelChoiceField(queryset=RouterProvider.objects.none(), required=False)
     byok_credential = forms.ModelChoiceField(label="BYOK credential", queryset=ByokCredential.objects.none(), required=False)
     timeout_seconds = forms.IntegerField(label="Timeout (seconds)", min_value=1, max_value=3600, initial=120)
@@ -36,26 +46,42 @@ class DeploymentForm(forms.Form):
         self.fields["byok_credential"].queryset = ByokCredential.objects.filter(workspace_id__in={workspace.id, workspace.root_id})
         # Each upstream kind needs its own field; the one matching the chosen kind is required.
         kind = self.data.get("upstream_kind") if self.is_bound else self.initial.get("upstream_kind", UpstreamKind.ENDPOINT)
-        required = {UpstreamKind.ENDPOINT: "upstream_base_url", UpstreamKind.ROUTER: "router_provider", UpstreamKind.BYOK: "byok_credential"}
+        required = {
+            UpstreamKind.ENDPOINT: "upstream_base_url",
+            UpstreamKind.ROUTER: "router_provider",
+            UpstreamKind.BYOK: "byok_credential",
+        }
         if kind in required:
             self.fields[required[kind]].required = True
         if editing:
             self.fields["upstream_api_key"].help_text = (
-                f"A key ending in …{key_last4} is stored. Leave empty to keep it." if key_last4 else "No key is stored. Leave empty for none."
+                f"A key ending in …{key_last4} is stored. Leave empty to keep it."
+                if key_last4
+                else "No key is stored. Leave empty for none."
             )
             self.fields["clear_upstream_api_key"] = forms.BooleanField(label="Remove the stored upstream key", required=False)
 
 
 class PriceForm(forms.Form):
-    input_per_million = forms.DecimalField(label="Input price / 1M tokens", min_value=Decimal("0"), max_digits=12, decimal_places=6,
-                                           initial=Decimal("0"))
-    output_per_million = forms.DecimalField(label="Output price / 1M tokens", min_value=Decimal("0"), max_digits=12, decimal_places=6,
-                                            initial=Decimal("0"))
-    currency = forms.RegexField(regex=r"^[A-Za-z]{3}$", max_length=3, initial="USD", help_text="Three-letter code, e.g. USD.",
-                                error_messages={"invalid": "Use a three-letter currency code such as USD."})
-    effective_from = forms.DateTimeField(label="Effective from (workspace time zone)", required=False,
-                                         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
-                                         help_text="Empty: now. Past usage keeps the price it was made at.")
+    input_per_million = forms.DecimalField(
+        label="Input price / 1M tokens", min_value=Decimal("0"), max_digits=12, decimal_places=6, initial=Decimal("0")
+    )
+    output_per_million = forms.DecimalField(
+        label="Output price / 1M tokens", min_value=Decimal("0"), max_digits=12, decimal_places=6, initial=Decimal("0")
+    )
+    currency = forms.RegexField(
+        regex=r"^[A-Za-z]{3}$",
+        max_length=3,
+        initial="USD",
+        help_text="Three-letter code, e.g. USD.",
+        error_messages={"invalid": "Use a three-letter currency code such as USD."},
+    )
+    effective_from = forms.DateTimeField(
+        label="Effective from (workspace time zone)",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="Empty: now. Past usage keeps the price it was made at.",
+    )
 
 
 class DeploymentCreateForm(DeploymentForm, PriceForm):
@@ -67,8 +93,9 @@ class DeploymentCreateForm(DeploymentForm, PriceForm):
 class GrantsForm(forms.Form):
     """Which sub-workspaces may call one deployment."""
 
-    workspaces = forms.ModelMultipleChoiceField(queryset=Workspace.objects.none(), required=False, to_field_name="slug",
-                                                widget=forms.CheckboxSelectMultiple)
+    workspaces = forms.ModelMultipleChoiceField(
+        queryset=Workspace.objects.none(), required=False, to_field_name="slug", widget=forms.CheckboxSelectMultiple
+    )
 
     def __init__(self, *args, candidates, **kwargs):
         super().__init__(*args, **kwargs)
@@ -76,10 +103,20 @@ class GrantsForm(forms.Form):
 
 
 class TestCallForm(forms.Form):
-    system_prompt = forms.CharField(required=False, max_length=20000, widget=forms.Textarea(attrs={"rows": 2}),
-                                    help_text="Optional instructions sent as the system message.")
+    system_prompt = forms.CharField(
+        required=False,
+        max_length=20000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Optional instructions sent as the system message.",
+    )
     prompt = forms.CharField(max_length=20000, widget=forms.Textarea(attrs={"rows": 4}))
-    temperature = forms.DecimalField(required=False, min_value=Decimal("0"), max_value=Decimal("2"), max_digits=3,
-                                     decimal_places=2, help_text="0–2; empty uses the model's default.")
+    temperature = forms.DecimalField(
+        required=False,
+        min_value=Decimal("0"),
+        max_value=Decimal("2"),
+        max_digits=3,
+        decimal_places=2,
+        help_text="0–2; empty uses the model's default.",
+    )
     max_tokens = forms.IntegerField(required=False, min_value=1, max_value=32000, help_text="Empty uses the model's default.")
     stream = forms.BooleanField(required=False, initial=True, label="Stream the answer", help_text="Show the answer as it is generated.")

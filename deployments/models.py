@@ -30,7 +30,9 @@ class Deployment(models.Model):
     upstream_base_url = models.URLField(max_length=300, blank=True)
     upstream_model = models.CharField(max_length=200, blank=True, help_text="Model name sent upstream; defaults to model_id")
     upstream_api_key_encrypted = models.TextField(blank=True)
-    upstream_api_key_last4 = models.CharField(max_length=4, blank=True, help_text="Shown instead of the key, which is never displayed again")
+    upstream_api_key_last4 = models.CharField(
+        max_length=4, blank=True, help_text="Shown instead of the key, which is never displayed again"
+    )
     router_provider = models.ForeignKey("keys.RouterProvider", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     byok_credential = models.ForeignKey("keys.ByokCredential", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     timeout_seconds = models.PositiveIntegerField(default=120)

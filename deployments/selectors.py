@@ -66,5 +66,8 @@ def unhealthy_deployments(workspace: Workspace, limit: int = 10) -> list[Deploym
     """Deployments this workspace may call that the health probe found unreachable or failed."""
     from deployments.models import DeploymentStatus
 
-    return list(callable_deployments(workspace).filter(status__in=[DeploymentStatus.UNREACHABLE, DeploymentStatus.FAILED])
-                .order_by("name", "pk")[:limit])
+    return list(
+        callable_deployments(workspace)
+        .filter(status__in=[DeploymentStatus.UNREACHABLE, DeploymentStatus.FAILED])
+        .order_by("name", "pk")[:limit]
+    )

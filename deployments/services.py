@@ -61,8 +61,13 @@ def _clean_price(value, field: str) -> Decimal:
 
 
 def _clean_upstream(
-    *, workspace: Workspace, kind: str, base_url: str, router_provider: RouterProvider | None,
-    byok_credential: ByokCredential | None, resolve: Resolver,
+    *,
+    workspace: Workspace,
+    kind: str,
+    base_url: str,
+    router_provider: RouterProvider | None,
+    byok_credential: ByokCredential | None,
+    resolve: Resolver,
 ) -> dict:
     if kind == UpstreamKind.ENDPOINT:
         try:
@@ -119,13 +124,26 @@ def deployment_create(
     if not name:
         raise ValidationError({"name": "Enter a name."})
     model_id = _clean_model_id(model_id)
-    upstream = _clean_upstream(workspace=workspace, kind=upstream_kind, base_url=upstream_base_url,
-                               router_provider=router_provider, byok_credential=byok_credential, resolve=resolve)
+    upstream = _clean_upstream(
+        workspace=workspace,
+        kind=upstream_kind,
+        base_url=upstream_base_url,
+        router_provider=router_provider,
+        byok_credential=byok_credential,
+        resolve=resolve,
+    )
     upstream_api_key = upstream_api_key.strip()
     deployment = Deployment(
-        workspace=workspace, name=name, model_id=model_id, description=description.strip(), upstream_kind=upstream_kind,
-        upstream_model=upstream_model.strip(), timeout_seconds=timeout_seconds, status=DeploymentStatus.RUNNING,
-        created_by=actor.user if getattr(actor.user, "pk", None) else None, **upstream,
+        workspace=workspace,
+        name=name,
+        model_id=model_id,
+        description=description.strip(),
+        upstream_kind=upstream_kind,
+        upstream_model=upstream_model.strip(),
+        timeout_seconds=timeout_seconds,
+        status=DeploymentStatus.RUNNING,
+        created_by=actor.user if getattr(actor.user, "pk", None) else None,
+        **upstream,
     )
     if upstream_api_key and upstream_kind == UpstreamKind.ENDPOINT:
         deployment.upstream_api_key_encrypted = encrypt(upstream_api_key)
@@ -134,18 +152,36 @@ def deployment_create(
     # service names), which Django's URLField would refuse.
     deployment.full_clean(exclude=["upstream_base_url", "workspace", "created_by", "router_provider", "byok_credential"])
     deployment.save()
-    audit_record(workspace=workspace, actor=actor, action="deployment.created", target=deployment, details={
-        "model_id": model_id, "upstream": _describe_upstream(deployment), "upstream_api_key": "set" if upstream_api_key else "none",
-    })
-    deployment_price_set(deployment=deployment, actor=actor, input_per_million=input_per_million,
-                         output_per_million=output_per_million, currency=currency)
+    audit_record(
+        workspace=workspace,
+        actor=actor,
+        action="deployment.created",
+        target=deployment,
+        details={
+            "model_id": model_id,
+            "upstream": _describe_upstream(deployment),
+            "upstream_api_key": "set" if upstream_api_key else "none",
+        },
+    )
+    deployment_price_set(
+        deployment=deployment, actor=actor, input_per_million=input_per_million, output_per_million=output_per_million, currency=currency
+    )
     deployment_changed(deployment.id)
     _probe_soon(deployment)
     return deployment
 
 
-UPDATABLE = ("name", "model_id", "description", "upstream_kind", "upstream_base_url", "upstream_model", "router_provider",
-             "byok_credential", "timeout_seconds")
+UPDATABLE = (
+    "name",
+    "model_id",
+    "description",
+    "upstream_kind",
+    "upstream_base_url",
+    "upstream_model",
+    "router_provider",
+    "byok_credential",
+    "timeout_seconds",
+)
 
 
 @transaction.atomic
@@ -178,8 +214,14 @@ def deployment_update(
         "upstream_kind": upstream_kind,
         "upstream_model": upstream_model.strip(),
         "timeout_seconds": timeout_seconds,
-        **_clean_upstream(workspace=deployment.workspace, kind=upstream_kind, base_url=upstream_base_url,
-                          router_provider=router_provider, byok_credential=byok_credential, resolve=resolve),
+        **_clean_upstream(
+            workspace=deployment.workspace,
+            kind=upstream_kind,
+            base_url=upstream_base_url,
+            router_provider=router_provider,
+            byok_credential=byok_credential,
+            resolve=resolve,
+        ),
     }
     changes: dict[str, list] = {}
     for field in UPDATABLE:
@@ -263,24 +305,42 @@ def deployment_price_set(
     Deployment.objects.select_for_update().filter(pk=deployment.pk).first()
     current = price_in_force(deployment, effective_from)
     later = DeploymentPrice.objects.filter(deployment=deployment, effective_from__gt=effective_from).exists()
-    if current and not later and (current.input_per_million, current.output_per_million, current.currency) == (input_price, output_price, currency):
+    if (
+        current
+        and not later
+        and (current.input_per_million, current.output_per_million, current.currency) == (input_price, output_price, currency)
+    ):
         return current
     currencies = set(DeploymentPrice.objects.filter(deployment=deployment).values_list("currency", flat=True))
     if currencies and currencies != {currency}:
-        raise ValidationError({"currency": f"This deployment is priced in {', '.join(sorted(currencies))}; keep one currency so bills add up."})
+        raise ValidationError(
+            {"currency": f"This deployment is priced in {', '.join(sorted(currencies))}; keep one currency so bills add up."}
+        )
     try:
         with transaction.atomic():
             price = DeploymentPrice.objects.create(
-                deployment=deployment, effective_from=effective_from, input_per_million=input_price,
-                output_per_million=output_price, currency=currency, created_by=actor.user if getattr(actor.user, "pk", None) else None,
+                deployment=deployment,
+                effective_from=effective_from,
+                input_per_million=input_price,
+                output_per_million=output_price,
+                currency=currency,
+                created_by=actor.user if getattr(actor.user, "pk", None) else None,
             )
     except IntegrityError:
         raise ValidationError({"effective_from": "A price version already starts at this moment."}) from None
-    audit_record(workspace=deployment.workspace, actor=actor, action="deployment.price_set", target=deployment, details={
-        "input_per_million": str(input_price), "output_per_million": str(output_price), "currency": currency,
-        "effective_from": effective_from.isoformat(),
-        "previous": [str(current.input_per_million), str(current.output_per_million)] if current else None,
-    })
+    audit_record(
+        workspace=deployment.workspace,
+        actor=actor,
+        action="deployment.price_set",
+        target=deployment,
+        details={
+            "input_per_million": str(input_price),
+            "output_per_million": str(output_price),
+            "currency": currency,
+            "effective_from": effective_from.isoformat(),
+            "previous": [str(current.input_per_million), str(current.output_per_million)] if current else None,
+        },
+    )
     deployment_changed(deployment.id)
     return price
 

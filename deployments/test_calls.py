@@ -37,8 +37,9 @@ STUCK_AFTER = timedelta(minutes=10)
 # is down or the message was lost). The task expires at the same moment, so a worker that comes
 # back later does not run a call the console has already reported as failed.
 QUEUED_TOO_LONG = timedelta(minutes=2)
-NOT_PICKED_UP = (f"No worker picked this up within {QUEUED_TOO_LONG.seconds // 60} minutes — is the Celery worker running? "
-                 "Run it again once it is.")
+NOT_PICKED_UP = (
+    f"No worker picked this up within {QUEUED_TOO_LONG.seconds // 60} minutes — is the Celery worker running? Run it again once it is."
+)
 TEST_KEY_NAME = "console-test-call"
 MAX_PROMPT_CHARS = 20000
 
@@ -47,8 +48,17 @@ def gateway_url() -> str:
     return (settings.GATEWAY_INTERNAL_URL or settings.PUBLIC_BASE_URL).rstrip("/") + "/v1/chat/completions"
 
 
-def test_call_create(*, deployment: Deployment, workspace: Workspace, actor: Actor, prompt: str, system_prompt: str = "",
-                     temperature: Decimal | None = None, max_tokens: int | None = None, stream: bool = True) -> TestCall:
+def test_call_create(
+    *,
+    deployment: Deployment,
+    workspace: Workspace,
+    actor: Actor,
+    prompt: str,
+    system_prompt: str = "",
+    temperature: Decimal | None = None,
+    max_tokens: int | None = None,
+    stream: bool = True,
+) -> TestCall:
     from deployments.tasks import run_test_call
 
     if not prompt.strip():
@@ -57,11 +67,22 @@ def test_call_create(*, deployment: Deployment, workspace: Workspace, actor: Act
         raise ValidationError({"prompt": f"Keep prompts under {MAX_PROMPT_CHARS} characters."})
     with transaction.atomic():
         call = TestCall.objects.create(
-            deployment=deployment, workspace=workspace, created_by=actor.user if getattr(actor.user, "pk", None) else None, system_prompt=system_prompt, prompt=prompt,
-            temperature=temperature, max_tokens=max_tokens, stream=stream,
+            deployment=deployment,
+            workspace=workspace,
+            created_by=actor.user if getattr(actor.user, "pk", None) else None,
+            system_prompt=system_prompt,
+            prompt=prompt,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            stream=stream,
         )
-        audit_record(workspace=workspace, actor=actor, action="deployment.test_call", target=deployment,
-                     details={"test_call": str(call.public_id), "stream": stream})
+        audit_record(
+            workspace=workspace,
+            actor=actor,
+            action="deployment.test_call",
+            target=deployment,
+            details={"test_call": str(call.public_id), "stream": stream},
+        )
         transaction.on_commit(lambda: run_test_call.apply_async(args=(call.id,), expires=QUEUED_TOO_LONG.total_seconds()))
     return call
 
@@ -69,7 +90,8 @@ def test_call_create(*, deployment: Deployment, workspace: Workspace, actor: Act
 def test_call_claim(test_call_id: int) -> bool:
     """queued → running, exactly once however often the task is delivered."""
     updated = TestCall.objects.filter(id=test_call_id, status=TestCallStatus.QUEUED).update(
-        status=TestCallStatus.RUNNING, started_at=timezone.now())
+        status=TestCallStatus.RUNNING, started_at=timezone.now()
+    )
     return updated == 1
 
 
@@ -77,15 +99,25 @@ def test_key_for(workspace: Workspace) -> ApiKey:
     """The workspace's hidden test-call key (all models), created on first use."""
     key = ApiKey.objects.filter(workspace=workspace, kind=ApiKeyKind.TEST_CALL, revoked_at__isnull=True).first()
     if key is None:
-        key = ApiKey.objects.create(workspace=workspace, kind=ApiKeyKind.TEST_CALL, name=TEST_KEY_NAME, all_models=True,
-                                    hint="hidden", created_by_label="console test calls")
+        key = ApiKey.objects.create(
+            workspace=workspace,
+            kind=ApiKeyKind.TEST_CALL,
+            name=TEST_KEY_NAME,
+            all_models=True,
+            hint="hidden",
+            created_by_label="console test calls",
+        )
     return key
 
 
 def mint_secret(api_key: ApiKey) -> tuple[str, ApiKeySecret]:
     plaintext = tokens.generate()
-    secret = ApiKeySecret.objects.create(api_key=api_key, digest=tokens.digest(plaintext, settings.API_KEY_PEPPER),
-                                         hint=tokens.display_hint(plaintext), valid_until=timezone.now() + SECRET_LIFETIME)
+    secret = ApiKeySecret.objects.create(
+        api_key=api_key,
+        digest=tokens.digest(plaintext, settings.API_KEY_PEPPER),
+        hint=tokens.display_hint(plaintext),
+        valid_until=timezone.now() + SECRET_LIFETIME,
+    )
     return plaintext, secret
 
 
@@ -115,7 +147,8 @@ class _Usage:
 
 def _body(call: TestCall) -> dict:
     messages = ([{"role": "system", "content": call.system_prompt}] if call.system_prompt else []) + [
-        {"role": "user", "content": call.prompt}]
+        {"role": "user", "content": call.prompt}
+    ]
     body: dict = {"model": call.deployment.model_id, "messages": messages, "stream": call.stream}
     if call.temperature is not None:
         body["temperature"] = float(call.temperature)
@@ -167,8 +200,9 @@ def _cost(call: TestCall) -> tuple[Decimal | None, str]:
     price = price_in_force(call.deployment, call.started_at or timezone.now())
     if price is None or call.prompt_tokens is None:
         return None, ""
-    cost = (Decimal(call.prompt_tokens) * price.input_per_million + Decimal(call.completion_tokens or 0)
-            * price.output_per_million) / Decimal(1_000_000)
+    cost = (
+        Decimal(call.prompt_tokens) * price.input_per_million + Decimal(call.completion_tokens or 0) * price.output_per_million
+    ) / Decimal(1_000_000)
     return cost, price.currency
 
 
@@ -180,9 +214,10 @@ def test_call_run(test_call_id: int, *, timeout: float = 120) -> TestCall | None
     started = time.monotonic()
     usage = _Usage()
     try:
-        with httpx.Client(timeout=httpx.Timeout(timeout, connect=10)) as client, client.stream(
-            "POST", gateway_url(), json=_body(call), headers={"authorization": f"Bearer {plaintext}"}
-        ) as response:
+        with (
+            httpx.Client(timeout=httpx.Timeout(timeout, connect=10)) as client,
+            client.stream("POST", gateway_url(), json=_body(call), headers={"authorization": f"Bearer {plaintext}"}) as response,
+        ):
             call.request_id = response.headers.get("x-request-id", "")[:64]
             if response.status_code >= 400:
                 _fail(call, _error_message(response))
@@ -212,8 +247,19 @@ def test_call_run(test_call_id: int, *, timeout: float = 120) -> TestCall | None
     call.prompt_tokens, call.completion_tokens = usage.prompt_tokens, usage.completion_tokens
     call.cost, call.currency = _cost(call)
     call.status, call.finished_at = TestCallStatus.DONE, timezone.now()
-    _save(call, "status", "finished_at", "output_text", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
-          "cost", "currency", "request_id")
+    _save(
+        call,
+        "status",
+        "finished_at",
+        "output_text",
+        "latency_ms",
+        "ttft_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+        "currency",
+        "request_id",
+    )
     return call
 
 
@@ -221,16 +267,17 @@ def test_calls_sweep(*, older_than: timedelta = STUCK_AFTER, queued_for: timedel
     """Fail test calls no worker will finish: running/streaming for longer than `older_than` (the
     worker died), or still queued after `queued_for` (no worker picked them up)."""
     now = timezone.now()
-    stuck = TestCall.objects.filter(
-        status__in=(TestCallStatus.RUNNING, TestCallStatus.STREAMING), started_at__lt=now - older_than
-    ).update(status=TestCallStatus.FAILED, finished_at=now, error="The worker stopped before this test call finished. Run it again.")
+    stuck = TestCall.objects.filter(status__in=(TestCallStatus.RUNNING, TestCallStatus.STREAMING), started_at__lt=now - older_than).update(
+        status=TestCallStatus.FAILED, finished_at=now, error="The worker stopped before this test call finished. Run it again."
+    )
     return stuck + _fail_unclaimed(TestCall.objects.all(), now=now, queued_for=queued_for)
 
 
 def _fail_unclaimed(calls, *, now: datetime, queued_for: timedelta = QUEUED_TOO_LONG) -> int:
     # Conditional on status=queued, like the claim: whichever of the two runs first wins.
     return calls.filter(status=TestCallStatus.QUEUED, created_at__lt=now - queued_for).update(
-        status=TestCallStatus.FAILED, finished_at=now, error=NOT_PICKED_UP)
+        status=TestCallStatus.FAILED, finished_at=now, error=NOT_PICKED_UP
+    )
 
 
 def test_call_expire_if_unclaimed(call: TestCall) -> TestCall:

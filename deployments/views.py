@@ -56,10 +56,18 @@ def _add_service_errors(form, exc: ValidationError) -> None:
 def deployments_page(request: HttpRequest, ws: str) -> HttpResponse:
     access = access_workspace(request.user, ws)
     deployments = list(deployments_for_list(access.workspace))
-    return render(request, "deployments/deployments_page.html", {
-        "access": access, "nav": "deployments", "deployments": deployments,
-        "manageable_ids": {d.id for d in deployments if access.can_admin and access.workspace.id in (d.workspace_id, d.workspace.parent_id)},
-    })
+    return render(
+        request,
+        "deployments/deployments_page.html",
+        {
+            "access": access,
+            "nav": "deployments",
+            "deployments": deployments,
+            "manageable_ids": {
+                d.id for d in deployments if access.can_admin and access.workspace.id in (d.workspace_id, d.workspace.parent_id)
+            },
+        },
+    )
 
 
 @login_required
@@ -80,17 +88,35 @@ def deployment_create_view(request: HttpRequest, ws: str) -> HttpResponse:
 
 
 def _edit_context(access, deployment: Deployment, *, form=None, price_form=None) -> dict:
-    initial = {f: getattr(deployment, f) for f in ("name", "model_id", "description", "upstream_kind", "upstream_base_url",
-                                                   "upstream_model", "router_provider", "byok_credential", "timeout_seconds")}
+    initial = {
+        f: getattr(deployment, f)
+        for f in (
+            "name",
+            "model_id",
+            "description",
+            "upstream_kind",
+            "upstream_base_url",
+            "upstream_model",
+            "router_provider",
+            "byok_credential",
+            "timeout_seconds",
+        )
+    }
     current = price_in_force(deployment, timezone.now())
     return {
-        "access": access, "nav": "deployments", "deployment": deployment,
-        "form": form or DeploymentForm(initial=initial, workspace=deployment.workspace, editing=True, key_last4=deployment.upstream_api_key_last4),
-        "price_form": price_form or PriceForm(initial={
-            "input_per_million": current.input_per_million.normalize() if current else 0,
-            "output_per_million": current.output_per_million.normalize() if current else 0,
-            "currency": current.currency if current else "USD",
-        }),
+        "access": access,
+        "nav": "deployments",
+        "deployment": deployment,
+        "form": form
+        or DeploymentForm(initial=initial, workspace=deployment.workspace, editing=True, key_last4=deployment.upstream_api_key_last4),
+        "price_form": price_form
+        or PriceForm(
+            initial={
+                "input_per_million": current.input_per_million.normalize() if current else 0,
+                "output_per_million": current.output_per_million.normalize() if current else 0,
+                "currency": current.currency if current else "USD",
+            }
+        ),
         "prices": list(DeploymentPrice.objects.filter(deployment=deployment).select_related("created_by")),
         "current_price": current,
     }
@@ -128,9 +154,12 @@ def deployment_price(request: HttpRequest, ws: str, deployment: str) -> HttpResp
         except ValidationError as exc:
             _add_service_errors(form, exc)
         else:
-            messages.success(request, f"Price in force from {timezone.localtime(price.effective_from, access.workspace.tz):%Y-%m-%d %H:%M %Z}: "
-                                      f"{price.input_per_million.normalize():f} in / {price.output_per_million.normalize():f} out "
-                                      f"{price.currency} per 1M tokens.")
+            messages.success(
+                request,
+                f"Price in force from {timezone.localtime(price.effective_from, access.workspace.tz):%Y-%m-%d %H:%M %Z}: "
+                f"{price.input_per_million.normalize():f} in / {price.output_per_million.normalize():f} out "
+                f"{price.currency} per 1M tokens.",
+            )
             return redirect("deployment_edit", ws=ws, deployment=dep.public_id)
     return render(request, "deployments/deployment_edit_page.html", _edit_context(access, dep, price_form=form), status=400)
 
@@ -182,11 +211,18 @@ def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpRes
             key_error = "That is not a Gatehouse API key, so the examples read it from the environment instead."
     target = target_for(deployment=dep, workspace=access.workspace, api_key=api_key)
     context = {
-        "access": access, "nav": "deployments", "deployment": dep, "tab": tab, "tabs": TABS,
+        "access": access,
+        "nav": "deployments",
+        "deployment": dep,
+        "tab": tab,
+        "tabs": TABS,
         "can_manage": access.can_admin and access.workspace.id in (dep.workspace_id, dep.workspace.parent_id),
         "upstream_host": upstream_host(dep.upstream_base_url) if dep.upstream_base_url else "",
         "current_price": price_in_force(dep, timezone.now()),
-        "target": target, "key_env": API_KEY_ENV, "key_in_examples": api_key is not None, "key_error": key_error,
+        "target": target,
+        "key_env": API_KEY_ENV,
+        "key_in_examples": api_key is not None,
+        "key_error": key_error,
         "lang": request.POST.get("lang") or request.GET.get("lang") or "python",
     }
     if tab == "examples":
@@ -199,7 +235,9 @@ def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpRes
         context["test_form"] = TestCallForm(initial={"stream": True})
         context["can_test"] = access.can(Role.DEVELOPER)
         context["test_calls"] = recent_test_calls(dep, access.workspace)
-    template = "deployments/deployment_page.html#tab_panel" if request.htmx and request.method == "GET" else "deployments/deployment_page.html"
+    template = (
+        "deployments/deployment_page.html#tab_panel" if request.htmx and request.method == "GET" else "deployments/deployment_page.html"
+    )
     response = render(request, template, context, status=200 if not key_error else 400)
     if request.method == "POST":
         add_never_cache_headers(response)  # adds Cache-Control: no-store: the page may hold a key
@@ -222,7 +260,10 @@ def _grants_context(access: WorkspaceAccess, *, errors: dict | None = None) -> d
     for deployment_id, workspace_id in ModelGrant.objects.filter(deployment__in=deployments).values_list("deployment_id", "workspace_id"):
         granted.setdefault(deployment_id, set()).add(workspace_id)
     rows = [
-        {"deployment": d, "cells": [{"workspace": w, "granted": w.id in granted.get(d.id, set()), "owner": w.id == d.workspace_id} for w in subs]}
+        {
+            "deployment": d,
+            "cells": [{"workspace": w, "granted": w.id in granted.get(d.id, set()), "owner": w.id == d.workspace_id} for w in subs],
+        }
         for d in deployments
     ]
     return {"access": access, "nav": "deployments", "subs": subs, "rows": rows, "errors": errors or {}}
@@ -238,7 +279,9 @@ def grants_save(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
     candidates = access.workspace.children.exclude(pk=dep.workspace_id)
     form = GrantsForm(request.POST, candidates=candidates)
     if not form.is_valid():
-        return render(request, "deployments/grants_page.html", _grants_context(access, errors={dep.id: form.errors["workspaces"]}), status=400)
+        return render(
+            request, "deployments/grants_page.html", _grants_context(access, errors={dep.id: form.errors["workspaces"]}), status=400
+        )
     wanted = {w.id: w for w in form.cleaned_data["workspaces"]}
     current = set(ModelGrant.objects.filter(deployment=dep).values_list("workspace_id", flat=True))
     actor = Actor.from_request(request)
@@ -279,15 +322,23 @@ def test_call_run_view(request: HttpRequest, ws: str, deployment: str) -> HttpRe
     if form.is_valid():
         d = form.cleaned_data
         try:
-            call = test_call_create(deployment=dep, workspace=access.workspace, actor=Actor.from_request(request),
-                                    prompt=d["prompt"], system_prompt=d["system_prompt"], temperature=d["temperature"],
-                                    max_tokens=d["max_tokens"], stream=d["stream"])
+            call = test_call_create(
+                deployment=dep,
+                workspace=access.workspace,
+                actor=Actor.from_request(request),
+                prompt=d["prompt"],
+                system_prompt=d["system_prompt"],
+                temperature=d["temperature"],
+                max_tokens=d["max_tokens"],
+                stream=d["stream"],
+            )
         except ValidationError as exc:
             _add_service_errors(form, exc)
         else:
             return render(request, "deployments/test_call_result.html", _result_context(request, access, dep, call))
-    response = render(request, "deployments/test_call_form.html", {"access": access, "deployment": dep, "form": form},
-                      status=200 if request.htmx else 400)
+    response = render(
+        request, "deployments/test_call_form.html", {"access": access, "deployment": dep, "form": form}, status=200 if request.htmx else 400
+    )
     if request.htmx:  # htmx does not swap error statuses: put the form with its errors back in place
         response["HX-Retarget"], response["HX-Reswap"] = "#test-call-form", "outerHTML"
     return response

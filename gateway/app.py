@@ -467,8 +467,18 @@ class Gateway:
             # The caller hung up while the model was still working: stop the upstream call (its
             # connection is closed, so a well-behaved server stops generating) and meter it.
             exchange.status = 499
-            await self.meter(exchange, entry, route, reservation, prompt=estimate_prompt_tokens(payload["messages"]), completion=0,
-                             status=499, error_code="client_disconnected", estimated=True, aborted=True)
+            await self.meter(
+                exchange,
+                entry,
+                route,
+                reservation,
+                prompt=estimate_prompt_tokens(payload["messages"]),
+                completion=0,
+                status=499,
+                error_code="client_disconnected",
+                estimated=True,
+                aborted=True,
+            )
             raise
         except Exception as exc:
             return await self.upstream_failed(exchange, entry, route, reservation, transport_error(exc))
@@ -529,8 +539,18 @@ class Gateway:
             if usage is not None:
                 prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
                 estimated = False
-        metered = functools.partial(self.meter, exchange, entry, route, reservation, prompt=prompt, completion=completion,
-                                    estimated=estimated, streamed=True, ttft_ms=ttft)
+        metered = functools.partial(
+            self.meter,
+            exchange,
+            entry,
+            route,
+            reservation,
+            prompt=prompt,
+            completion=completion,
+            estimated=estimated,
+            streamed=True,
+            ttft_ms=ttft,
+        )
         if outcome == "client_gone":
             exchange.status = 499
             await metered(status=499, error_code="client_disconnected", aborted=True)

@@ -206,13 +206,29 @@ def deployment_generations() -> dict[int, int]:
     return dict(deployment_changes.local_generations)
 
 
-def _add_credential_routes(routes: dict[str, Route], wildcards: dict[str, Route], *, kind: str, prefix: str, key: str,
-                           encrypted: str, base_url: str, model_names: list[str]) -> None:
+def _add_credential_routes(
+    routes: dict[str, Route],
+    wildcards: dict[str, Route],
+    *,
+    kind: str,
+    prefix: str,
+    key: str,
+    encrypted: str,
+    base_url: str,
+    model_names: list[str],
+) -> None:
     """Routes through a router provider or BYOK credential: `prefix/model` for each listed model,
     or a wildcard (any `prefix/...`) when it lists none."""
     api_key, problem = _decrypt(encrypted)
-    base = Route(name=prefix, kind=kind, chat_url=_chat_url(base_url), upstream_model="", api_key=api_key,
-                 credential_error=problem, timeout=float(settings.GATEWAY_UPSTREAM_TIMEOUT))
+    base = Route(
+        name=prefix,
+        kind=kind,
+        chat_url=_chat_url(base_url),
+        upstream_model="",
+        api_key=api_key,
+        credential_error=problem,
+        timeout=float(settings.GATEWAY_UPSTREAM_TIMEOUT),
+    )
     if model_names:
         for model in model_names:
             routes[f"{prefix}/{model}"] = base.with_model(f"{prefix}/{model}", model)
@@ -282,17 +298,32 @@ def load_key(digest: str) -> KeyEntry | None:
 
     router_wildcards: dict[str, Route] = {}
     for provider in key.router_providers.filter(is_active=True):
-        _add_credential_routes(routes, router_wildcards, kind="router", prefix=provider.slug, key=provider.slug,
-                               encrypted=provider.api_key_encrypted, base_url=provider.base_url, model_names=provider.model_names)
+        _add_credential_routes(
+            routes,
+            router_wildcards,
+            kind="router",
+            prefix=provider.slug,
+            key=provider.slug,
+            encrypted=provider.api_key_encrypted,
+            base_url=provider.base_url,
+            model_names=provider.model_names,
+        )
 
     byok_wildcards: dict[str, Route] = {}
     credentials = ByokCredential.objects.filter(workspace=workspace)
     if not key.all_byok:
         credentials = credentials.filter(id__in=key.byok_credentials.values("id"))
     for credential in credentials:
-        _add_credential_routes(routes, byok_wildcards, kind="byok", prefix=f"byok/{credential.name}", key=credential.name,
-                               encrypted=credential.api_key_encrypted, base_url=credential.base_url,
-                               model_names=credential.model_names)
+        _add_credential_routes(
+            routes,
+            byok_wildcards,
+            kind="byok",
+            prefix=f"byok/{credential.name}",
+            key=credential.name,
+            encrypted=credential.api_key_encrypted,
+            base_url=credential.base_url,
+            model_names=credential.model_names,
+        )
 
     from lib.net import parse_networks
 

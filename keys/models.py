@@ -95,8 +95,9 @@ class ApiKey(models.Model):
             # take names away from people.
             models.UniqueConstraint(Lower("name"), "workspace", condition=models.Q(kind="user"), name="api_key_unique_name"),
             models.CheckConstraint(condition=models.Q(tpm_limit__isnull=True) | models.Q(tpm_limit__gte=1), name="api_key_tpm_positive"),
-            models.CheckConstraint(condition=models.Q(yearly_token_limit__isnull=True) | models.Q(yearly_token_limit__gte=1),
-                                   name="api_key_yearly_positive"),
+            models.CheckConstraint(
+                condition=models.Q(yearly_token_limit__isnull=True) | models.Q(yearly_token_limit__gte=1), name="api_key_yearly_positive"
+            ),
         ]
 
     def __str__(self) -> str:

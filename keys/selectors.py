@@ -163,7 +163,12 @@ def key_rows(workspace: Workspace, api_keys: list[ApiKey], now: dt.datetime) -> 
 OVERVIEW_EXPIRY_WINDOW = dt.timedelta(days=14)
 
 
-def keys_expiring_within(workspace: Workspace, now: dt.datetime, window: dt.timedelta = OVERVIEW_EXPIRY_WINDOW, limit: int = 10) -> list[ApiKey]:
+def keys_expiring_within(
+    workspace: Workspace, now: dt.datetime, window: dt.timedelta = OVERVIEW_EXPIRY_WINDOW, limit: int = 10
+) -> list[ApiKey]:
     """Live application keys of this workspace that expire within `window`, soonest first."""
-    return list(visible_api_keys(workspace).filter(revoked_at__isnull=True, expires_at__gt=now, expires_at__lte=now + window)
-                .order_by("expires_at", "pk")[:limit])
+    return list(
+        visible_api_keys(workspace)
+        .filter(revoked_at__isnull=True, expires_at__gt=now, expires_at__lte=now + window)
+        .order_by("expires_at", "pk")[:limit]
+    )

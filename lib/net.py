@@ -126,7 +126,9 @@ def _parse_allowlist_entry(entry: str) -> str:
     if not slash:
         prefix = max_prefix
     elif not (prefix_text.isascii() and prefix_text.isdigit()) or (len(prefix_text) > 1 and prefix_text[0] == "0"):
-        raise ValueError(f"{shown}: the part after / must be a prefix length from 0 to {max_prefix} (netmasks such as /255.0.0.0 are not accepted).")
+        raise ValueError(
+            f"{shown}: the part after / must be a prefix length from 0 to {max_prefix} (netmasks such as /255.0.0.0 are not accepted)."
+        )
     else:
         prefix = int(prefix_text)
         if prefix > max_prefix:

@@ -26,8 +26,15 @@ class World:
         self.sub_membership = membership_add(workspace=self.sub, user=self.sub_member, role=Role.DEVELOPER, actor=actor)
 
     def user(self, role: str) -> User | None:
-        return {"owner": self.owner, "admin": self.admin, "developer": self.developer, "viewer": self.viewer,
-                "outsider": self.outsider, "sub_member": self.sub_member, "anonymous": None}[role]
+        return {
+            "owner": self.owner,
+            "admin": self.admin,
+            "developer": self.developer,
+            "viewer": self.viewer,
+            "outsider": self.outsider,
+            "sub_member": self.sub_member,
+            "anonymous": None,
+        }[role]
 
 
 @pytest.fixture
@@ -57,8 +64,15 @@ def chromium():
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         yield browser
         browser.close()

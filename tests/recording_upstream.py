@@ -34,14 +34,25 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("stream"):
             return self._stream(model, include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
         if body.get("tools") and not any(m.get("role") == "tool" for m in body.get("messages", [])):
-            message = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})}}]}
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})}}
+                ],
+            }
             return self._json(200, self._completion(model, message, "tool_calls"))
         return self._json(200, self._completion(model, {"role": "assistant", "content": REPLY}, "stop"))
 
     def _completion(self, model, message, finish_reason):
-        return {"id": "chatcmpl-rec", "object": "chat.completion", "created": 1700000000, "model": model,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}], "usage": USAGE}
+        return {
+            "id": "chatcmpl-rec",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+            "usage": USAGE,
+        }
 
     def _json(self, status, payload):
         data = json.dumps(payload).encode()
@@ -56,8 +67,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()  # HTTP/1.0 without a length: the stream ends when the connection closes
         base = {"id": "chatcmpl-rec", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
-        chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": word}, "finish_reason": None}]}
-                  for word in REPLY.split(" ")[:1] + [" " + w for w in REPLY.split(" ")[1:]]]
+        chunks = [
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": word}, "finish_reason": None}]}
+            for word in REPLY.split(" ")[:1] + [" " + w for w in REPLY.split(" ")[1:]]
+        ]
         chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if include_usage:
             chunks.append({**base, "choices": [], "usage": USAGE})

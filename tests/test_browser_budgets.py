@@ -20,7 +20,9 @@ def test_admin_sets_a_budget_and_sees_the_progress_bar_and_overview_panels(page,
     now = timezone.now()
     key = make_key(world.org, "backend")
     chat = make_deployment(world.org, "chat", price=("10000", "0"), at=now - timedelta(days=60))  # a cent a token
-    event(world.org, now - timedelta(seconds=2), key=key, deployment=chat, prompt=4200, completion=0)  # 42.00, today (also just after midnight)
+    event(
+        world.org, now - timedelta(seconds=2), key=key, deployment=chat, prompt=4200, completion=0
+    )  # 42.00, today (also just after midnight)
     usage_rollup(now=now)
 
     sign_in("olivia")

@@ -24,9 +24,16 @@ MODEL_ID = '@acme/Qwen "3" \\ 0.6B'
 
 def make_world():
     world = World()
-    deployment = deployment_create(workspace=world.org, actor=Actor.system("tests"), name="Qwen3 0.6B", model_id=MODEL_ID,
-                                   upstream_base_url="http://10.0.0.5:8000/v1", input_per_million="0.20", output_per_million="0.60",
-                                   description="Small base model on the lab GPU")
+    deployment = deployment_create(
+        workspace=world.org,
+        actor=Actor.system("tests"),
+        name="Qwen3 0.6B",
+        model_id=MODEL_ID,
+        upstream_base_url="http://10.0.0.5:8000/v1",
+        input_per_million="0.20",
+        output_per_million="0.60",
+        description="Small base model on the lab GPU",
+    )
     return world, deployment
 
 
@@ -77,7 +84,8 @@ def test_a_fresh_key_posted_from_secrets_appears_in_the_examples_once(page, sign
     sign_in("dev")
     page.goto(f"/w/acme/deployments/{deployment.public_id}/")
     # What the Secrets page's "use this key in the examples" button does: a POST, never a URL.
-    page.evaluate("""(key) => {
+    page.evaluate(
+        """(key) => {
         const form = document.createElement("form");
         form.method = "post";
         form.action = location.pathname;
@@ -88,7 +96,9 @@ def test_a_fresh_key_posted_from_secrets_appears_in_the_examples_once(page, sign
         }
         document.body.appendChild(form);
         form.submit();
-    }""", key)
+    }""",
+        key,
+    )
     page.wait_for_selector("[data-testid=key-in-examples]")
     assert key not in page.url
     assert f'api_key="{key}"' in page.inner_text("[data-testid=code-python]")
@@ -100,8 +110,9 @@ def test_a_fresh_key_posted_from_secrets_appears_in_the_examples_once(page, sign
     assert key not in page.content()
 
 
-def test_the_copied_python_example_pasted_into_a_file_gets_a_completion(page, sign_in, screenshot, live_server, demo, gateway,
-                                                                        settings, tmp_path):
+def test_the_copied_python_example_pasted_into_a_file_gets_a_completion(
+    page, sign_in, screenshot, live_server, demo, gateway, settings, tmp_path
+):
     """The issue's story end to end: copy in Chromium, paste into a file, set GATEHOUSE_API_KEY, run it."""
     world = World()
     deployment = make_deployment(world.org, base_url=demo.url + "/v1", upstream_api_key=UPSTREAM_KEY, upstream_model="gatehouse-demo")
@@ -117,8 +128,14 @@ def test_the_copied_python_example_pasted_into_a_file_gets_a_completion(page, si
     pasted.write_text(page.evaluate("navigator.clipboard.readText()"))
     screenshot(page, "copied")
 
-    result = subprocess.run([sys.executable, str(pasted)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "GATEHOUSE_API_KEY": plaintext})
+    result = subprocess.run(
+        [sys.executable, str(pasted)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "GATEHOUSE_API_KEY": plaintext},
+    )
 
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Hello! I am the Gatehouse demo model." in result.stdout
@@ -133,12 +150,21 @@ def test_a_viewer_sees_when_health_was_checked_and_why_a_deployment_is_unreachab
     from deployments.models import Deployment, DeploymentStatus
 
     world, healthy = make_world()
-    down = deployment_create(workspace=world.org, actor=Actor.system("tests"), name="Llama 8B", model_id="@acme/llama-8b",
-                             upstream_base_url="http://10.0.0.7:8000/v1", input_per_million="0.10", output_per_million="0.30")
+    down = deployment_create(
+        workspace=world.org,
+        actor=Actor.system("tests"),
+        name="Llama 8B",
+        model_id="@acme/llama-8b",
+        upstream_base_url="http://10.0.0.7:8000/v1",
+        input_per_million="0.10",
+        output_per_million="0.30",
+    )
     Deployment.objects.filter(id=healthy.id).update(last_checked_at=timezone.now() - timedelta(seconds=20))
     Deployment.objects.filter(id=down.id).update(
-        status=DeploymentStatus.UNREACHABLE, last_checked_at=timezone.now() - timedelta(minutes=2, seconds=5),
-        last_error="Cannot connect: [Errno 111] Connection refused")
+        status=DeploymentStatus.UNREACHABLE,
+        last_checked_at=timezone.now() - timedelta(minutes=2, seconds=5),
+        last_error="Cannot connect: [Errno 111] Connection refused",
+    )
 
     sign_in("vera")
     page.goto("/w/acme/deployments/")

@@ -46,8 +46,9 @@ def spend(world):
 
 
 def _budget(workspace, amount: str, *, block: bool = False) -> Budget:
-    return budget_set(workspace=workspace, amount=Decimal(amount), currency="USD", block_requests=block, actor=Actor.system("tests"),
-                      now=NOW)
+    return budget_set(
+        workspace=workspace, amount=Decimal(amount), currency="USD", block_requests=block, actor=Actor.system("tests"), now=NOW
+    )
 
 
 def _alerts(workspace) -> list[int]:
@@ -105,10 +106,16 @@ def test_default_workspace_admin_sets_a_sub_workspace_budget(world, client_for):
     assert AuditEvent.objects.filter(workspace=world.sub, action="budget.created", actor=world.owner).exists()
 
 
-@pytest.mark.parametrize(("role", "slug", "status"), [
-    ("developer", "acme", 403), ("viewer", "acme", 403), ("sub_member", "acme-research", 403),
-    ("outsider", "acme", 404), ("sub_member", "acme", 404),
-])
+@pytest.mark.parametrize(
+    ("role", "slug", "status"),
+    [
+        ("developer", "acme", 403),
+        ("viewer", "acme", 403),
+        ("sub_member", "acme-research", 403),
+        ("outsider", "acme", 404),
+        ("sub_member", "acme", 404),
+    ],
+)
 def test_only_admins_edit_budgets(world, client_for, role, slug, status):
     client = client_for(world.user(role))
     assert client.get(f"/w/{slug}/billing/budget/").status_code == status
@@ -149,7 +156,9 @@ def test_thresholds_fire_once_each_from_79_to_81_to_101_percent(world, spend, fr
     assert _alerts(world.org) == [80, 100]
     audit = AuditEvent.objects.filter(action="budget.threshold_reached", workspace=world.org).order_by("id")
     assert [(e.details["threshold"], e.details["spent"], e.details["month"], e.actor_label) for e in audit] == [
-        (80, "8.10", "2026-03", "budget check"), (100, "10.10", "2026-03", "budget check")]
+        (80, "8.10", "2026-03", "budget check"),
+        (100, "10.10", "2026-03", "budget check"),
+    ]
 
 
 def test_jumping_past_both_thresholds_fires_both_once(world, spend, frozen):

@@ -72,7 +72,18 @@ def run(cmd: list[str], *, cwd: Path, env: dict | None = None, timeout: int = 18
 
 def test_the_registry_covers_every_language_the_console_promises():
     assert [e.id for e in EXAMPLES if e.group == "examples"] == [
-        "python", "python-stream", "python-tools", "langchain", "node", "curl", "curl-stream", "java", "go", "csharp", "php"]
+        "python",
+        "python-stream",
+        "python-tools",
+        "langchain",
+        "node",
+        "curl",
+        "curl-stream",
+        "java",
+        "go",
+        "csharp",
+        "php",
+    ]
     assert len({e.filename for e in EXAMPLES}) == len(EXAMPLES)
     for e in EXAMPLES:
         assert (Path(__file__).parent.parent / "templates" / "deployments" / "examples" / e.template).is_file()
@@ -108,8 +119,10 @@ def test_python_examples_carry_the_exact_model_id_and_base_url(example_id):
     assert NASTY in strings and "https://gw.example.com/v1" in strings
 
 
-@pytest.mark.parametrize(("literal", "language"), [(py_str, "python"), (js_str, "js"), (sh_str, "sh"), (java_str, "java"),
-                                                   (go_str, "go"), (cs_str, "cs"), (php_str, "php")])
+@pytest.mark.parametrize(
+    ("literal", "language"),
+    [(py_str, "python"), (js_str, "js"), (sh_str, "sh"), (java_str, "java"), (go_str, "go"), (cs_str, "cs"), (php_str, "php")],
+)
 def test_literal_helpers_never_leave_a_raw_quote_or_newline(literal, language):
     # Model ids cannot hold control characters, but the helpers must not depend on that.
     for value in [NASTY, "a\nb", "tab\t", "\x00\x1f\x7f", "'", '"', "\\", "\u2028"]:
@@ -177,7 +190,9 @@ def test_csharp_example_compiles_with_mono(tmp_path):
     for i, sources in enumerate(rendered_variants()):
         folder = tmp_path / str(i)
         folder.mkdir()
-        result = run(["mcs", "-r:System.Net.Http", "-warnaserror+", "-out:chat.exe", str(write(folder, "csharp", sources["csharp"]))], cwd=folder)
+        result = run(
+            ["mcs", "-r:System.Net.Http", "-warnaserror+", "-out:chat.exe", str(write(folder, "csharp", sources["csharp"]))], cwd=folder
+        )
         assert "error" not in result.stdout.lower()
 
 

@@ -36,8 +36,15 @@ def actor(world):
 
 
 def make(world, actor, **kwargs) -> Deployment:
-    values = {"workspace": world.org, "actor": actor, "name": "Qwen", "model_id": "@acme/Qwen/Qwen3-0.6B",
-              "upstream_base_url": "http://10.0.0.5:8000/v1", "input_per_million": "0.50", "output_per_million": "1.50"}
+    values = {
+        "workspace": world.org,
+        "actor": actor,
+        "name": "Qwen",
+        "model_id": "@acme/Qwen/Qwen3-0.6B",
+        "upstream_base_url": "http://10.0.0.5:8000/v1",
+        "input_per_million": "0.50",
+        "output_per_million": "1.50",
+    }
     values.update(kwargs)
     return deployment_create(**values)
 
@@ -67,13 +74,16 @@ def test_upstream_key_is_encrypted_at_rest_and_only_last4_kept(world, actor):
     assert "sk-upstream-secret" not in str(list(AuditEvent.objects.values_list("details", flat=True)))
 
 
-@pytest.mark.parametrize(("model_id", "message"), [
-    ("", "Enter the model id"),
-    (" padded", "cannot start or end with spaces"),
-    ("tab\there", "control or invisible"),
-    ("x" * 201, "At most 200"),
-    ("byok/mine/gpt-4o", "reserved"),
-])
+@pytest.mark.parametrize(
+    ("model_id", "message"),
+    [
+        ("", "Enter the model id"),
+        (" padded", "cannot start or end with spaces"),
+        ("tab\there", "control or invisible"),
+        ("x" * 201, "At most 200"),
+        ("byok/mine/gpt-4o", "reserved"),
+    ],
+)
 def test_bad_model_ids_are_refused_and_nothing_is_created(world, actor, model_id, message):
     with pytest.raises(ValidationError) as info:
         make(world, actor, model_id=model_id)
@@ -100,8 +110,13 @@ def test_metadata_upstream_is_refused_by_the_service_not_just_the_form(world, ac
 
 def test_update_records_changes_keeps_or_replaces_or_clears_the_key(world, actor):
     deployment = make(world, actor, upstream_api_key="sk-first-1111")
-    common = {"deployment": deployment, "actor": actor, "name": "Qwen renamed", "model_id": deployment.model_id,
-              "upstream_base_url": "http://10.0.0.6:8000/v1"}
+    common = {
+        "deployment": deployment,
+        "actor": actor,
+        "name": "Qwen renamed",
+        "model_id": deployment.model_id,
+        "upstream_base_url": "http://10.0.0.6:8000/v1",
+    }
     deployment_update(**common)
     deployment.refresh_from_db()
     assert deployment.name == "Qwen renamed" and deployment.upstream_api_key_last4 == "1111"  # empty key field keeps it
@@ -126,8 +141,9 @@ def test_update_records_changes_keeps_or_replaces_or_clears_the_key(world, actor
 def test_update_refuses_link_local_upstream_and_changes_nothing(world, actor):
     deployment = make(world, actor)
     with pytest.raises(ValidationError):
-        deployment_update(deployment=deployment, actor=actor, name="x", model_id=deployment.model_id,
-                          upstream_base_url="http://[fe80::1]/v1")
+        deployment_update(
+            deployment=deployment, actor=actor, name="x", model_id=deployment.model_id, upstream_base_url="http://[fe80::1]/v1"
+        )
     deployment.refresh_from_db()
     assert deployment.name == "Qwen" and deployment.upstream_base_url == "http://10.0.0.5:8000/v1"
 
@@ -152,8 +168,9 @@ def test_a_price_change_leaves_past_versions_intact_and_price_in_force_picks_by_
 
     with time_machine.travel(t0 + timedelta(days=10), tick=False):
         second = deployment_price_set(deployment=deployment, actor=actor, input_per_million="0.80", output_per_million="2.40")
-        scheduled = deployment_price_set(deployment=deployment, actor=actor, input_per_million="1", output_per_million="3",
-                                         effective_from=t0 + timedelta(days=20))
+        scheduled = deployment_price_set(
+            deployment=deployment, actor=actor, input_per_million="1", output_per_million="3", effective_from=t0 + timedelta(days=20)
+        )
 
     assert DeploymentPrice.objects.filter(pk=first.pk).values().get() == first_row  # the old version is untouched
     assert price_in_force(deployment, t0 - timedelta(seconds=1)) is None
@@ -168,8 +185,13 @@ def test_a_price_change_leaves_past_versions_intact_and_price_in_force_picks_by_
 def test_a_price_cannot_be_backdated_or_change_currency_or_be_negative(world, actor):
     deployment = make(world, actor)
     with pytest.raises(ValidationError, match="cannot start in the past"):
-        deployment_price_set(deployment=deployment, actor=actor, input_per_million="9", output_per_million="9",
-                             effective_from=timezone.now() - timedelta(hours=1))
+        deployment_price_set(
+            deployment=deployment,
+            actor=actor,
+            input_per_million="9",
+            output_per_million="9",
+            effective_from=timezone.now() - timedelta(hours=1),
+        )
     with pytest.raises(ValidationError, match="priced in USD"):
         deployment_price_set(deployment=deployment, actor=actor, input_per_million="9", output_per_million="9", currency="EUR")
     with pytest.raises(ValidationError, match="between 0"):
@@ -244,13 +266,20 @@ def test_an_upstream_change_is_probed_but_a_rename_is_not(world, actor, probes, 
     assert probes == []
 
     with django_capture_on_commit_callbacks(execute=True):
-        deployment_update(deployment=deployment, actor=actor, name="Renamed", model_id=deployment.model_id,
-                          upstream_base_url="http://10.0.0.6:8000/v1")
+        deployment_update(
+            deployment=deployment, actor=actor, name="Renamed", model_id=deployment.model_id, upstream_base_url="http://10.0.0.6:8000/v1"
+        )
     assert probes == [deployment.id]
 
     with django_capture_on_commit_callbacks(execute=True):
-        deployment_update(deployment=deployment, actor=actor, name="Renamed", model_id=deployment.model_id,
-                          upstream_base_url="http://10.0.0.6:8000/v1", upstream_api_key="sk-new-key-1234")
+        deployment_update(
+            deployment=deployment,
+            actor=actor,
+            name="Renamed",
+            model_id=deployment.model_id,
+            upstream_base_url="http://10.0.0.6:8000/v1",
+            upstream_api_key="sk-new-key-1234",
+        )
     assert probes == [deployment.id] * 2
 
 
@@ -279,9 +308,24 @@ def test_changes_are_published_to_gateways_after_commit(world, actor, probes, dj
 def test_create_deployment_command_prints_what_it_made(world, monkeypatch):
     monkeypatch.setenv("UPSTREAM_KEY_FOR_TEST", "sk-from-env-4242")
     out = StringIO()
-    call_command("create_deployment", "--workspace", "acme", "--name", "Demo", "--model", "demo-model",
-                 "--upstream-url", "http://127.0.0.1:9000/v1", "--upstream-key-env", "UPSTREAM_KEY_FOR_TEST",
-                 "--input-price", "0.1", "--output-price", "0.2", stdout=out)
+    call_command(
+        "create_deployment",
+        "--workspace",
+        "acme",
+        "--name",
+        "Demo",
+        "--model",
+        "demo-model",
+        "--upstream-url",
+        "http://127.0.0.1:9000/v1",
+        "--upstream-key-env",
+        "UPSTREAM_KEY_FOR_TEST",
+        "--input-price",
+        "0.1",
+        "--output-price",
+        "0.2",
+        stdout=out,
+    )
     deployment = Deployment.objects.get(model_id="demo-model")
     lines = out.getvalue().strip().splitlines()
     assert lines[-1] == str(deployment.public_id)
@@ -291,11 +335,14 @@ def test_create_deployment_command_prints_what_it_made(world, monkeypatch):
     assert AuditEvent.objects.get(action="deployment.created").actor_label == "manage.py create_deployment"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--workspace", "nope"], "No workspace"),
-    (["--upstream-url", "http://169.254.169.254/"], "cloud metadata"),
-    (["--upstream-key-env", "SURELY_NOT_SET_ANYWHERE"], "not set"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workspace", "nope"], "No workspace"),
+        (["--upstream-url", "http://169.254.169.254/"], "cloud metadata"),
+        (["--upstream-key-env", "SURELY_NOT_SET_ANYWHERE"], "not set"),
+    ],
+)
 def test_create_deployment_command_fails_clearly(world, args, message):
     base = {"--workspace": "acme", "--name": "Demo", "--model": "demo-model", "--upstream-url": "http://127.0.0.1:9000/v1"}
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
@@ -314,10 +361,24 @@ def test_router_and_byok_upstreams_need_their_own_target(world, actor):
     with pytest.raises(ValidationError, match="router provider"):
         make(world, actor, model_id="routed-2", upstream_kind="router", upstream_base_url="")
 
-    foreign = ByokCredential.objects.create(workspace=world.other_org, name="theirs", provider="openai",
-                                            base_url="https://api.openai.example/v1", api_key_encrypted=encrypt("x"), api_key_last4="xxxx")
+    foreign = ByokCredential.objects.create(
+        workspace=world.other_org,
+        name="theirs",
+        provider="openai",
+        base_url="https://api.openai.example/v1",
+        api_key_encrypted=encrypt("x"),
+        api_key_last4="xxxx",
+    )
     with pytest.raises(ValidationError, match="BYOK credential of this workspace"):
         make(world, actor, model_id="byok-model", upstream_kind="byok", upstream_base_url="", byok_credential=foreign)
-    ours = ByokCredential.objects.create(workspace=world.org, name="ours", provider="openai",
-                                         base_url="https://api.openai.example/v1", api_key_encrypted=encrypt("x"), api_key_last4="xxxx")
-    assert make(world, actor, model_id="byok-model", upstream_kind="byok", upstream_base_url="", byok_credential=ours).byok_credential == ours
+    ours = ByokCredential.objects.create(
+        workspace=world.org,
+        name="ours",
+        provider="openai",
+        base_url="https://api.openai.example/v1",
+        api_key_encrypted=encrypt("x"),
+        api_key_last4="xxxx",
+    )
+    assert (
+        make(world, actor, model_id="byok-model", upstream_kind="byok", upstream_base_url="", byok_credential=ours).byok_credential == ours
+    )

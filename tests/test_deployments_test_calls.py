@@ -267,7 +267,7 @@ def test_developer_runs_a_call_and_bad_input_changes_nothing(world, client_for, 
 def oob_history(html: str) -> str | None:
     """The history table sent out of band in an htmx response, if any."""
     marker = '<div id="test-call-history" hx-swap-oob="true">'
-    return html[html.index(marker):] if marker in html else None
+    return html[html.index(marker) :] if marker in html else None
 
 
 @pytest.mark.django_db
@@ -282,7 +282,7 @@ def test_the_history_is_swapped_in_when_a_call_starts_and_when_it_finishes(world
     call = TestCall.objects.exclude(id=earlier.id).get()
     history = oob_history(started)
     assert f'data-test-call="{call.public_id}"' in history and f'data-test-call="{earlier.public_id}"' in history
-    assert started.index("data-testid=\"test-call-result\"") < started.index("test-call-history")
+    assert started.index('data-testid="test-call-result"') < started.index("test-call-history")
 
     polling = client.get(poll_url(call), HTTP_HX_REQUEST="true")
     assert polling.status_code == 200 and oob_history(polling.content.decode()) is None  # not on every tick
@@ -292,7 +292,7 @@ def test_the_history_is_swapped_in_when_a_call_starts_and_when_it_finishes(world
 
     assert final.status_code == 286
     row = oob_history(final.content.decode()).split(f'data-test-call="{call.public_id}"')[1].split("</tr>")[0]
-    assert "badge-ok\">Done" in row and "123 ms" in row and "7 / 3" in row
+    assert 'badge-ok">Done' in row and "123 ms" in row and "7 / 3" in row
     assert oob_history(client.get(poll_url(call)).content.decode()) is None  # a plain GET is just the card
 
 

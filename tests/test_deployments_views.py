@@ -23,9 +23,16 @@ SYSTEM = Actor.system("tests")
 
 
 def make(workspace, **kwargs) -> Deployment:
-    values = {"workspace": workspace, "actor": SYSTEM, "name": "Qwen", "model_id": "@acme/Qwen/Qwen3-0.6B",
-              "upstream_base_url": "http://10.0.0.5:8000/v1/secret-path", "upstream_api_key": "sk-upstream-abcdefgh-7777",
-              "input_per_million": "0.5", "output_per_million": "1.5"}
+    values = {
+        "workspace": workspace,
+        "actor": SYSTEM,
+        "name": "Qwen",
+        "model_id": "@acme/Qwen/Qwen3-0.6B",
+        "upstream_base_url": "http://10.0.0.5:8000/v1/secret-path",
+        "upstream_api_key": "sk-upstream-abcdefgh-7777",
+        "input_per_million": "0.5",
+        "output_per_million": "1.5",
+    }
     values.update(kwargs)
     return deployment_create(**values)
 
@@ -118,11 +125,20 @@ def test_default_admin_manages_a_sub_workspace_deployment(world, client_for):
 
 
 def test_admin_creates_a_deployment_through_the_form(world, client_for):
-    response = client_for(world.admin).post(url("deployment_create"), {
-        "name": "Llama", "model_id": 'llama "3" \\ 8b', "upstream_kind": "endpoint", "upstream_base_url": "http://192.168.1.9:8000/v1",
-        "upstream_api_key": "sk-live-zzzz-1234", "timeout_seconds": "60", "input_per_million": "0.25",
-        "output_per_million": "0.75", "currency": "usd",
-    })
+    response = client_for(world.admin).post(
+        url("deployment_create"),
+        {
+            "name": "Llama",
+            "model_id": 'llama "3" \\ 8b',
+            "upstream_kind": "endpoint",
+            "upstream_base_url": "http://192.168.1.9:8000/v1",
+            "upstream_api_key": "sk-live-zzzz-1234",
+            "timeout_seconds": "60",
+            "input_per_million": "0.25",
+            "output_per_million": "0.75",
+            "currency": "usd",
+        },
+    )
     deployment = Deployment.objects.get()
     assert response.status_code == 302 and response.url == url("deployment_detail", deployment=deployment)
     assert deployment.model_id == 'llama "3" \\ 8b' and deployment.upstream_api_key_last4 == "1234"
@@ -130,16 +146,28 @@ def test_admin_creates_a_deployment_through_the_form(world, client_for):
     assert AuditEvent.objects.filter(action="deployment.created", actor=world.admin).exists()
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("upstream_base_url", "http://169.254.169.254/latest", "cloud metadata service"),
-    ("upstream_base_url", "ftp://10.0.0.1/", "Only http:// and https://"),
-    ("model_id", "", "This field is required"),
-    ("input_per_million", "-1", "greater than or equal to 0"),
-    ("currency", "DOLLARS", "three-letter"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("upstream_base_url", "http://169.254.169.254/latest", "cloud metadata service"),
+        ("upstream_base_url", "ftp://10.0.0.1/", "Only http:// and https://"),
+        ("model_id", "", "This field is required"),
+        ("input_per_million", "-1", "greater than or equal to 0"),
+        ("currency", "DOLLARS", "three-letter"),
+    ],
+)
 def test_create_form_errors_change_nothing(world, client_for, field, value, message):
-    data = {"name": "Llama", "model_id": "llama", "upstream_kind": "endpoint", "upstream_base_url": "http://10.0.0.1/v1",
-            "timeout_seconds": "60", "input_per_million": "0", "output_per_million": "0", "currency": "USD", field: value}
+    data = {
+        "name": "Llama",
+        "model_id": "llama",
+        "upstream_kind": "endpoint",
+        "upstream_base_url": "http://10.0.0.1/v1",
+        "timeout_seconds": "60",
+        "input_per_million": "0",
+        "output_per_million": "0",
+        "currency": "USD",
+        field: value,
+    }
     response = client_for(world.admin).post(url("deployment_create"), data)
     assert response.status_code == 400
     assert message in response.content.decode()
@@ -147,10 +175,17 @@ def test_create_form_errors_change_nothing(world, client_for, field, value, mess
 
 
 def test_edit_keeps_the_stored_key_when_the_field_is_empty(world, deployment, client_for):
-    response = client_for(world.admin).post(url("deployment_edit", deployment=deployment), {
-        "name": "Qwen v2", "model_id": deployment.model_id, "upstream_kind": "endpoint",
-        "upstream_base_url": "http://10.0.0.5:8000/v1", "upstream_api_key": "", "timeout_seconds": "30",
-    })
+    response = client_for(world.admin).post(
+        url("deployment_edit", deployment=deployment),
+        {
+            "name": "Qwen v2",
+            "model_id": deployment.model_id,
+            "upstream_kind": "endpoint",
+            "upstream_base_url": "http://10.0.0.5:8000/v1",
+            "upstream_api_key": "",
+            "timeout_seconds": "30",
+        },
+    )
     assert response.status_code == 302
     deployment.refresh_from_db()
     assert (deployment.name, deployment.timeout_seconds, deployment.upstream_api_key_last4) == ("Qwen v2", 30, "7777")
@@ -163,14 +198,18 @@ def test_edit_page_never_renders_the_upstream_key(world, deployment, client_for)
 
 
 def test_price_change_through_the_page_adds_a_version(world, deployment, client_for):
-    response = client_for(world.admin).post(url("deployment_price", deployment=deployment),
-                                            {"input_per_million": "0.9", "output_per_million": "2.7", "currency": "USD"})
+    response = client_for(world.admin).post(
+        url("deployment_price", deployment=deployment), {"input_per_million": "0.9", "output_per_million": "2.7", "currency": "USD"}
+    )
     assert response.status_code == 302
-    assert list(DeploymentPrice.objects.filter(deployment=deployment).order_by("effective_from").values_list("input_per_million", flat=True)) == [
-        Decimal("0.5"), Decimal("0.9")]
+    assert list(
+        DeploymentPrice.objects.filter(deployment=deployment).order_by("effective_from").values_list("input_per_million", flat=True)
+    ) == [Decimal("0.5"), Decimal("0.9")]
     backdated = (timezone.localtime(timezone.now() - timedelta(days=1), world.org.tz)).strftime("%Y-%m-%dT%H:%M")
-    response = client_for(world.admin).post(url("deployment_price", deployment=deployment), {
-        "input_per_million": "5", "output_per_million": "5", "currency": "USD", "effective_from": backdated})
+    response = client_for(world.admin).post(
+        url("deployment_price", deployment=deployment),
+        {"input_per_million": "5", "output_per_million": "5", "currency": "USD", "effective_from": backdated},
+    )
     assert response.status_code == 400 and "cannot start in the past" in response.content.decode()
     assert DeploymentPrice.objects.filter(deployment=deployment).count() == 2
 
@@ -180,8 +219,9 @@ def test_stop_and_start_from_the_page_are_audited(world, deployment, client_for)
     assert client.post(url("deployment_stop", deployment=deployment)).status_code == 302
     assert "stopped: the gateway refuses calls" in client.get(url("deployment_detail", deployment=deployment)).content.decode()
     assert client.post(url("deployment_start", deployment=deployment)).status_code == 302
-    assert list(AuditEvent.objects.filter(action__in=["deployment.stopped", "deployment.started"]).order_by("id").values_list("action", flat=True)) == [
-        "deployment.stopped", "deployment.started"]
+    assert list(
+        AuditEvent.objects.filter(action__in=["deployment.stopped", "deployment.started"]).order_by("id").values_list("action", flat=True)
+    ) == ["deployment.stopped", "deployment.started"]
 
 
 def test_grants_page_sets_which_sub_workspaces_may_call(world, deployment, client_for):
@@ -196,8 +236,9 @@ def test_grants_page_sets_which_sub_workspaces_may_call(world, deployment, clien
     client = client_for(world.admin)
     assert client.post(url("grants_save", deployment=deployment), {}).status_code == 302
     assert not ModelGrant.objects.exists()
-    assert list(AuditEvent.objects.filter(workspace=world.org, action__startswith="model_grant.").order_by("id").values_list("action", flat=True)) == [
-        "model_grant.added", "model_grant.removed"]
+    assert list(
+        AuditEvent.objects.filter(workspace=world.org, action__startswith="model_grant.").order_by("id").values_list("action", flat=True)
+    ) == ["model_grant.added", "model_grant.removed"]
 
 
 def test_grants_cannot_reach_another_organisation(world, deployment, client_for):
@@ -223,7 +264,9 @@ def test_api_call_tab_lists_the_three_call_paths(world, deployment, client_for, 
 
 def test_sub_workspace_api_tab_uses_its_own_id_as_project_id(world, deployment, client_for):
     model_grant_add(deployment=deployment, workspace=world.sub, actor=SYSTEM)
-    content = client_for(world.sub_member).get(url("deployment_detail", ws="acme-research", deployment=deployment) + "?tab=api").content.decode()
+    content = (
+        client_for(world.sub_member).get(url("deployment_detail", ws="acme-research", deployment=deployment) + "?tab=api").content.decode()
+    )
     assert f"/v1/{world.sub.public_id}/deployments/{deployment.public_id}/" in content
 
 
@@ -256,13 +299,13 @@ def test_a_posted_key_is_rendered_into_the_examples_for_that_response_only(world
     assert response.context["lang"] == "node"
     assert "no-store" in response["Cache-Control"]
     content = response.content.decode()
-    assert f'api_key=&quot;{key}&quot;' in content  # HTML-escaped inside the <pre>
+    assert f"api_key=&quot;{key}&quot;" in content  # HTML-escaped inside the <pre>
     assert "os.environ" not in content
     assert key not in response.get("Location", "") and key not in str(response.cookies)
     assert key not in caplog.text
     # The next plain view reads the key from the environment again: nothing was stored.
     again = client.get(url("deployment_detail", deployment=deployment), {"tab": "examples"}).content.decode()
-    assert key not in again and 'os.environ[&quot;GATEHOUSE_API_KEY&quot;]' in again
+    assert key not in again and "os.environ[&quot;GATEHOUSE_API_KEY&quot;]" in again
     digest_like = [str(v) for v in AuditEvent.objects.values_list("details", flat=True)]
     assert not any(key in v for v in digest_like)
 
@@ -299,7 +342,7 @@ def test_list_shows_status_price_and_requests_today(world, client_for):
     assert rows["model-a"].requests_today == 3  # the organisation's traffic today, both workspaces
     assert rows["model-b"].requests_today == 0
     assert str(rows["model-b"].price_input) == "2.000000"
-    assert b"badge-muted\">Stopped" in page.content and b"badge-ok\">Running" in page.content
+    assert b'badge-muted">Stopped' in page.content and b'badge-ok">Running' in page.content
     sub_page = client_for(world.sub_member).get(url("deployments_page", ws="acme-research"))
     assert [d.requests_today for d in sub_page.context["deployments"]] == [1]  # only its own traffic
 
@@ -336,7 +379,7 @@ def test_list_and_overview_show_when_health_was_checked_and_why_it_failed(world,
 
 def _row(page: str, deployment: Deployment) -> str:
     start = page.index(f'data-deployment="{deployment.public_id}"')
-    return page[start:page.index("</tr>", start)]
+    return page[start : page.index("</tr>", start)]
 
 
 def test_list_page_query_count_does_not_grow_with_deployments(world, client_for, django_assert_num_queries):

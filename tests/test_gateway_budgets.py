@@ -24,8 +24,14 @@ demo, gateways = gateway_support.demo, gateway_support.gateways  # live-process 
 @pytest.fixture
 def priced(world, demo):
     # 0.10 per token: any answer costs more than a dollar.
-    return make_deployment(world.org, base_url=demo.url + "/v1", upstream_api_key=UPSTREAM_KEY, upstream_model="gatehouse-demo",
-                           input_price="100000", output_price="100000")
+    return make_deployment(
+        world.org,
+        base_url=demo.url + "/v1",
+        upstream_api_key=UPSTREAM_KEY,
+        upstream_model="gatehouse-demo",
+        input_price="100000",
+        output_price="100000",
+    )
 
 
 def _set(world, amount: str, *, block: bool) -> Budget:
@@ -33,8 +39,12 @@ def _set(world, amount: str, *, block: bool) -> Budget:
 
 
 def _post(server, key: str, model: str) -> httpx.Response:
-    return httpx.post(server.url + "/v1/chat/completions", json=chat_body(model, "hi", max_tokens=20),
-                      headers={"authorization": f"Bearer {key}"}, timeout=30)
+    return httpx.post(
+        server.url + "/v1/chat/completions",
+        json=chat_body(model, "hi", max_tokens=20),
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
 
 
 def _sdk(server, key: str) -> openai.OpenAI:

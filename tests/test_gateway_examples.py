@@ -18,8 +18,15 @@ from usage.models import UsageEvent
 pytestmark = pytest.mark.django_db(transaction=True)
 demo, gateways, gateway = gateway_support.demo, gateway_support.gateways, gateway_support.gateway  # live-process fixtures
 
-RUNNERS = {"python": [sys.executable], "shell": ["sh"], "javascript": ["node"], "java": ["java"], "go": ["go", "run"], "php": ["php"],
-           "csharp": ["mono", "chat.exe"]}  # C#: .NET is not in Debian's packages; Mono runs the same source
+RUNNERS = {
+    "python": [sys.executable],
+    "shell": ["sh"],
+    "javascript": ["node"],
+    "java": ["java"],
+    "go": ["go", "run"],
+    "php": ["php"],
+    "csharp": ["mono", "chat.exe"],
+}  # C#: .NET is not in Debian's packages; Mono runs the same source
 NODE_OPENAI = "openai@7.57.0"  # the `npm install openai` the Node.js example asks for, pinned
 NODE_CACHE = Path(__file__).resolve().parent.parent / "var" / "test" / "node-openai"
 EXPECTED = {  # what each example prints from the demo model's deterministic answers
@@ -45,8 +52,9 @@ EXPECTED = {  # what each example prints from the demo model's deterministic ans
 def node_modules() -> Path:
     """`npm install openai` once per run, from the npm registry, into a cache the examples link to."""
     if not (NODE_CACHE / "node_modules" / "openai").exists():
-        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(NODE_CACHE), NODE_OPENAI],
-                       check=True, timeout=300)
+        subprocess.run(
+            ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(NODE_CACHE), NODE_OPENAI], check=True, timeout=300
+        )
     return NODE_CACHE / "node_modules"
 
 

@@ -104,8 +104,11 @@ def test_client_disconnect_while_waiting_for_a_non_streamed_answer_cancels_upstr
     cancelled_before = demo_stats(demo).get("cancelled", 0)
 
     with httpx.Client(timeout=0.5) as client, pytest.raises(httpx.ReadTimeout):  # the caller gives up after 0.5 s
-        client.post(gateway.url + "/v1/chat/completions", json=chat_body(deployment.model_id, "hi"),
-                    headers={"authorization": f"Bearer {plaintext}"})
+        client.post(
+            gateway.url + "/v1/chat/completions",
+            json=chat_body(deployment.model_id, "hi"),
+            headers={"authorization": f"Bearer {plaintext}"},
+        )
 
     # The upstream call is stopped (the demo counts it cancelled only if it went before its 3 s answer).
     assert wait_for(lambda: demo_stats(demo).get("cancelled", 0) == cancelled_before + 1)

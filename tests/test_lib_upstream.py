@@ -93,12 +93,15 @@ def test_dangerous_or_malformed_upstreams_are_refused(url, message):
     assert message in " ".join(info.value.messages)
 
 
-@pytest.mark.parametrize("url", [
-    "http://2852039166/",  # 169.254.169.254 as one decimal number
-    "http://0xa9fea9fe/",  # ... as hex
-    "http://0251.0376.0251.0376/",  # ... as octal quads
-    "http://169.254.43518/",  # ... as a.b.c with a 16-bit tail
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2852039166/",  # 169.254.169.254 as one decimal number
+        "http://0xa9fea9fe/",  # ... as hex
+        "http://0251.0376.0251.0376/",  # ... as octal quads
+        "http://169.254.43518/",  # ... as a.b.c with a 16-bit tail
+    ],
+)
 def test_numeric_spellings_of_the_metadata_address_are_refused_with_the_real_resolver(url):
     # These are not IP literals to Python but the C resolver accepts them (inet_aton); no network needed.
     with pytest.raises(ValidationError) as info:
@@ -110,20 +113,33 @@ def test_real_resolver_allows_localhost():
     assert validate_upstream_url("http://localhost:8000/v1/") == "http://localhost:8000/v1"
 
 
-@pytest.mark.parametrize(("address", "forbidden"), [
-    ("169.254.169.254", True), ("169.254.1.1", True), ("fe80::abcd", True), ("fd00:ec2::254", True),
-    ("2002:a9fe:a9fe::1", True),  # 6to4 wrapping of 169.254.169.254
-    ("10.0.0.1", False), ("127.0.0.1", False), ("::1", False), ("8.8.8.8", False), ("fd12::1", False),
-])
+@pytest.mark.parametrize(
+    ("address", "forbidden"),
+    [
+        ("169.254.169.254", True),
+        ("169.254.1.1", True),
+        ("fe80::abcd", True),
+        ("fd00:ec2::254", True),
+        ("2002:a9fe:a9fe::1", True),  # 6to4 wrapping of 169.254.169.254
+        ("10.0.0.1", False),
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("8.8.8.8", False),
+        ("fd12::1", False),
+    ],
+)
 def test_forbidden_address_reason_for_the_gateway(address, forbidden):
     assert (forbidden_address_reason(address) is not None) is forbidden
 
 
-@pytest.mark.parametrize(("url", "host"), [
-    ("http://10.0.0.5:8000/v1/secret-path", "10.0.0.5:8000"),
-    ("https://gpu.example.com/v1", "gpu.example.com"),
-    ("http://[fd12::1]:9000/v1", "[fd12::1]:9000"),
-])
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://10.0.0.5:8000/v1/secret-path", "10.0.0.5:8000"),
+        ("https://gpu.example.com/v1", "gpu.example.com"),
+        ("http://[fd12::1]:9000/v1", "[fd12::1]:9000"),
+    ],
+)
 def test_upstream_host_shows_host_and_port_only(url, host):
     assert upstream_host(url) == host
 

@@ -24,8 +24,21 @@ def free_port() -> int:
 
 def test_run_script_starts_web_worker_and_beat_on_embedded_default(tmp_path):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY",
-                                                            "API_KEY_PEPPER", "ALLOWED_HOSTS", "GATEHOUSE_HTTPS", "DJANGO_SETTINGS_MODULE"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "DATABASE_URL",
+            "REDIS_URL",
+            "CELERY_BROKER_URL",
+            "SECRET_KEY",
+            "API_KEY_PEPPER",
+            "ALLOWED_HOSTS",
+            "GATEHOUSE_HTTPS",
+            "DJANGO_SETTINGS_MODULE",
+        }
+    }
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # as `make run` puts .venv/bin first
     env.update({"PORT": str(port), "GATEHOUSE_VAR_DIR": str(tmp_path), "DEBUG": "1", "PYTHONUNBUFFERED": "1"})
     log = tmp_path / "run.log"

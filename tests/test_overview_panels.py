@@ -26,7 +26,11 @@ def frozen(monkeypatch):
 def busy(world, frozen):
     """Usage today and this week in the organisation, Research and a sibling sub-workspace, Sales."""
     world.sales = workspace_create(name="Sales", slug="acme-sales", parent=world.org, actor=Actor.system("tests"))
-    world.key, world.sub_key, world.sales_key = make_key(world.org, "backend"), make_key(world.sub, "research-bot"), make_key(world.sales, "crm-sync")
+    world.key, world.sub_key, world.sales_key = (
+        make_key(world.org, "backend"),
+        make_key(world.sub, "research-bot"),
+        make_key(world.sales, "crm-sync"),
+    )
     world.chat = make_deployment(world.org, "chat", price=("10000", "0"), at=NOW - timedelta(days=90))
     world.embed = make_deployment(world.org, "embed", price=("100", "0"), at=NOW - timedelta(days=90))
     for i in range(3):
@@ -40,8 +44,11 @@ def busy(world, frozen):
 
 def test_overview_page_loads_each_panel_with_htmx_and_links_without_javascript(busy, client_for):
     body = client_for(busy.viewer).get("/w/acme/").content.decode()
-    for url, fallback in (("/w/acme/usage/overview-panel/", "/w/acme/usage/"), ("/w/acme/deployments/overview-panel/", "/w/acme/deployments/"),
-                          ("/w/acme/secrets/overview-panel/", "/w/acme/secrets/")):
+    for url, fallback in (
+        ("/w/acme/usage/overview-panel/", "/w/acme/usage/"),
+        ("/w/acme/deployments/overview-panel/", "/w/acme/deployments/"),
+        ("/w/acme/secrets/overview-panel/", "/w/acme/secrets/"),
+    ):
         assert f'hx-get="{url}" hx-trigger="load"' in body
         assert f'href="{fallback}"' in body
 
@@ -76,7 +83,9 @@ def test_usage_panel_of_a_sub_workspace_shows_only_its_own_numbers(busy, client_
 
 
 @pytest.mark.parametrize("panel", ["usage/overview-panel/", "deployments/overview-panel/", "secrets/overview-panel/"])
-@pytest.mark.parametrize(("role", "slug"), [("outsider", "acme"), ("sub_member", "acme"), ("sub_member", "acme-sales"), ("anonymous", "acme")])
+@pytest.mark.parametrize(
+    ("role", "slug"), [("outsider", "acme"), ("sub_member", "acme"), ("sub_member", "acme-sales"), ("anonymous", "acme")]
+)
 def test_panels_are_404_for_outsiders_and_siblings(busy, client_for, panel, role, slug):
     response = client_for(busy.user(role)).get(f"/w/{slug}/{panel}")
     assert response.status_code == (302 if role == "anonymous" else 404)

@@ -24,8 +24,14 @@ PRODUCTION_ENV = {
 
 
 def run_manage(*args: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**PRODUCTION_ENV, **(extra_env or {})},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**PRODUCTION_ENV, **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_production_settings_pass_check_deploy():

@@ -58,7 +58,9 @@ def test_role_matrix_on_default_workspace(world, client_for, name, method, min_r
         assert response.status_code == 403
 
 
-@pytest.mark.parametrize(("who", "expected"), [("owner", 200), ("admin", 200), ("developer", 404), ("viewer", 404), ("sub_member", 403), ("outsider", 404)])
+@pytest.mark.parametrize(
+    ("who", "expected"), [("owner", 200), ("admin", 200), ("developer", 404), ("viewer", 404), ("sub_member", 403), ("outsider", 404)]
+)
 def test_sub_workspace_settings_are_managed_by_default_admins(world, client_for, who, expected):
     response = client_for(world.user(who)).get(reverse("workspace_settings", kwargs={"ws": "acme-research"}))
     assert response.status_code == expected
@@ -66,7 +68,9 @@ def test_sub_workspace_settings_are_managed_by_default_admins(world, client_for,
 
 def test_admin_creates_sub_workspace_and_it_is_audited(world, client_for):
     client = client_for(world.admin)
-    response = client.post(reverse("sub_workspace_create", kwargs={"ws": "acme"}), {"name": "Sales Team", "slug": "", "time_zone": "Asia/Tokyo"})
+    response = client.post(
+        reverse("sub_workspace_create", kwargs={"ws": "acme"}), {"name": "Sales Team", "slug": "", "time_zone": "Asia/Tokyo"}
+    )
     assert response.status_code == 302
     sales = Workspace.objects.get(slug="sales-team")
     assert sales.parent == world.org and sales.time_zone == "Asia/Tokyo"
@@ -93,14 +97,18 @@ def test_bad_sub_workspace_input_changes_nothing(world, client_for, data, field,
 
 
 def test_sub_workspaces_cannot_nest(world, client_for):
-    response = client_for(world.owner).post(reverse("sub_workspace_create", kwargs={"ws": "acme-research"}), {"name": "Deep", "time_zone": "UTC"})
+    response = client_for(world.owner).post(
+        reverse("sub_workspace_create", kwargs={"ws": "acme-research"}), {"name": "Deep", "time_zone": "UTC"}
+    )
     assert response.status_code == 403
     assert not Workspace.objects.filter(name="Deep").exists()
 
 
 def test_admin_adds_existing_user_by_email(world, client_for):
     newcomer = User.objects.create_user("nina", "nina@example.com", "x" * 12)
-    response = client_for(world.admin).post(reverse("member_add", kwargs={"ws": "acme-research"}), {"user": "NINA@example.com", "role": "viewer"})
+    response = client_for(world.admin).post(
+        reverse("member_add", kwargs={"ws": "acme-research"}), {"user": "NINA@example.com", "role": "viewer"}
+    )
     assert response.status_code == 302
     membership = Membership.objects.get(workspace=world.sub, user=newcomer)
     assert membership.role == Role.VIEWER
@@ -127,7 +135,9 @@ def test_bad_member_add_changes_nothing(world, client_for, data, message):
 
 
 def test_member_created_with_one_time_password_must_change_it(world, client_for, client):
-    response = client_for(world.owner).post(reverse("member_create", kwargs={"ws": "acme"}), {"username": "newbie", "email": "", "role": "developer"})
+    response = client_for(world.owner).post(
+        reverse("member_create", kwargs={"ws": "acme"}), {"username": "newbie", "email": "", "role": "developer"}
+    )
     assert response.status_code == 200
     assert response["Cache-Control"].startswith("max-age=0") or "no-store" in response["Cache-Control"]
     password = response.context["password"]
@@ -137,7 +147,10 @@ def test_member_created_with_one_time_password_must_change_it(world, client_for,
     client.logout()
     assert client.login(username="newbie", password=password)
     assert client.get(reverse("workspace_overview", kwargs={"ws": "acme"})).url == reverse("password_change")
-    response = client.post(reverse("password_change"), {"old_password": password, "new_password1": "a-new-long-password-1", "new_password2": "a-new-long-password-1"})
+    response = client.post(
+        reverse("password_change"),
+        {"old_password": password, "new_password1": "a-new-long-password-1", "new_password2": "a-new-long-password-1"},
+    )
     assert response.status_code == 302
     user.refresh_from_db()
     assert not user.must_change_password
@@ -146,7 +159,9 @@ def test_member_created_with_one_time_password_must_change_it(world, client_for,
 
 def test_role_change_is_audited(world, client_for):
     membership = Membership.objects.get(workspace=world.org, user=world.viewer)
-    response = client_for(world.admin).post(reverse("member_role", kwargs={"ws": "acme", "member": membership.public_id}), {"role": "developer"})
+    response = client_for(world.admin).post(
+        reverse("member_role", kwargs={"ws": "acme", "member": membership.public_id}), {"role": "developer"}
+    )
     assert response.status_code == 302
     membership.refresh_from_db()
     assert membership.role == Role.DEVELOPER
@@ -158,7 +173,9 @@ def test_last_owner_cannot_be_removed_or_demoted(world, client_for):
     client = client_for(world.owner)
     before = AuditEvent.objects.count()
     client.post(reverse("member_remove", kwargs={"ws": "acme", "member": owner_membership.public_id}))
-    response = client.post(reverse("member_role", kwargs={"ws": "acme", "member": owner_membership.public_id}), {"role": "admin"}, follow=True)
+    response = client.post(
+        reverse("member_role", kwargs={"ws": "acme", "member": owner_membership.public_id}), {"role": "admin"}, follow=True
+    )
     assert "last owner" in response.content.decode()
     owner_membership.refresh_from_db()
     assert owner_membership.role == Role.OWNER
@@ -202,11 +219,16 @@ def test_membership_of_another_workspace_is_404(world, client_for):
 
 
 def test_settings_change_is_audited(world, client_for):
-    response = client_for(world.owner).post(reverse("workspace_settings", kwargs={"ws": "acme"}), {"name": "Acme Corp", "time_zone": "Europe/Paris"})
+    response = client_for(world.owner).post(
+        reverse("workspace_settings", kwargs={"ws": "acme"}), {"name": "Acme Corp", "time_zone": "Europe/Paris"}
+    )
     assert response.status_code == 302
     world.org.refresh_from_db()
     assert (world.org.name, world.org.time_zone) == ("Acme Corp", "Europe/Paris")
-    assert AuditEvent.objects.get(action="workspace.updated").details == {"name": ["Acme", "Acme Corp"], "time_zone": ["UTC", "Europe/Paris"]}
+    assert AuditEvent.objects.get(action="workspace.updated").details == {
+        "name": ["Acme", "Acme Corp"],
+        "time_zone": ["UTC", "Europe/Paris"],
+    }
 
 
 def test_audit_page_lists_events(world, client_for):

@@ -28,8 +28,15 @@ def usage(world, settings):
     world.embed = make_deployment(world.org, "embed", price=("0.10", "0"), at=NOW - timedelta(days=60))
     for day in range(3):
         for i in range(5):
-            event(world.org, NOW - timedelta(days=day, minutes=i), key=world.key, deployment=world.chat, prompt=1003 + i,
-                  completion=77 * i, status=500 if i == 4 else 200)
+            event(
+                world.org,
+                NOW - timedelta(days=day, minutes=i),
+                key=world.key,
+                deployment=world.chat,
+                prompt=1003 + i,
+                completion=77 * i,
+                status=500 if i == 4 else 200,
+            )
         event(world.org, NOW - timedelta(days=day), key=world.key, deployment=world.embed, prompt=5001, completion=0)
         event(world.sub, NOW - timedelta(days=day, minutes=3), key=world.sub_key, deployment=world.chat, prompt=333, completion=999)
     usage_rollup(now=NOW)
@@ -46,8 +53,6 @@ RANGE = "?start=2026-03-01&end=2026-03-10"
 
 def _csv(resp) -> list[list[str]]:
     return list(csv.reader(io.StringIO(resp.content.decode())))
-
-
 
 
 def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, django_assert_num_queries):
@@ -85,8 +90,9 @@ def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, 
     # Every breakdown shown is exported in the order shown, and adds up to the same totals.
     for kind, rows in (("workspace", report.by_workspace), ("key", report.by_key), ("deployment", report.by_deployment)):
         section = sections[kind]
-        assert [r[0] for r in section[1:-1]] == [r.get("workspace__name") or r.get("api_key__name") or r.get("deployment__name")
-                                                for r in rows]
+        assert [r[0] for r in section[1:-1]] == [
+            r.get("workspace__name") or r.get("api_key__name") or r.get("deployment__name") for r in rows
+        ]
         assert sum(int(r[2]) for r in section[1:-1]) == int(section[-1][2]) == expected["requests"]
         assert sum(Decimal(r[8]) for r in section[1:-1]) == Decimal(section[-1][8]) == report.totals["cost_cents"]
         assert sum(r["cost_cents"] for r in rows) == report.totals["cost_cents"]
@@ -100,8 +106,7 @@ def test_tokens_chart_stacks_prompt_and_completion_with_a_legend(usage, client_f
     assert [s.label for s in tokens["series"]] == ["Prompt", "Completion"]
     mar10 = resp.context["report"].periods[-1]
     assert mar10["prompt_tokens"] == 5 * 1003 + 10 + 5001 + 333 and mar10["completion_tokens"] == 77 * 10 + 999
-    title = (f"Tue Mar 10: {mar10['prompt_tokens']:,} prompt + {mar10['completion_tokens']:,} completion = "
-             f"{mar10['total_tokens']:,} tokens")
+    title = f"Tue Mar 10: {mar10['prompt_tokens']:,} prompt + {mar10['completion_tokens']:,} completion = {mar10['total_tokens']:,} tokens"
     assert f"<title>{title}</title>" in body
     assert 'class="legend-swatch chart-s2"' in body
     # Two stacked segments in the last column, the completion one on top of the prompt one.
@@ -144,12 +149,16 @@ def test_hourly_view_reads_hourly_rollups_with_local_hour_ticks(usage, client_fo
 
 
 def test_split_months_covers_a_range_once_with_whole_months_and_edge_days():
-    assert split_months(date(2026, 1, 15), date(2026, 3, 10)) == ([date(2026, 2, 1)], [(date(2026, 1, 15), date(2026, 1, 31)),
-                                                                                      (date(2026, 3, 1), date(2026, 3, 10))])
+    assert split_months(date(2026, 1, 15), date(2026, 3, 10)) == (
+        [date(2026, 2, 1)],
+        [(date(2026, 1, 15), date(2026, 1, 31)), (date(2026, 3, 1), date(2026, 3, 10))],
+    )
     assert split_months(date(2026, 1, 1), date(2026, 2, 28)) == ([date(2026, 1, 1), date(2026, 2, 1)], [])
     assert split_months(date(2026, 2, 3), date(2026, 2, 20)) == ([], [(date(2026, 2, 3), date(2026, 2, 20))])
-    assert split_months(date(2025, 12, 31), date(2026, 1, 1)) == ([], [(date(2025, 12, 31), date(2025, 12, 31)),
-                                                                       (date(2026, 1, 1), date(2026, 1, 1))])
+    assert split_months(date(2025, 12, 31), date(2026, 1, 1)) == (
+        [],
+        [(date(2025, 12, 31), date(2025, 12, 31)), (date(2026, 1, 1), date(2026, 1, 1))],
+    )
 
 
 def test_a_range_of_whole_months_and_edge_days_shows_exactly_the_daily_rollups(usage, client_for, frozen, django_assert_num_queries):
@@ -180,11 +189,15 @@ def test_a_range_of_whole_months_and_edge_days_shows_exactly_the_daily_rollups(u
         }
         assert sum(r["cost_cents"] for r in rows) == report.totals["cost_cents"]
     assert [r["api_key__name"] for r in report.by_key] == ["backend", "research"]  # sort=name, ascending
+
     # p95 per key and overall: read from the rows' histograms added up (months and edge days alike).
     def p95_of(**filters):
         rows = UsageDaily.objects.filter(**in_range, **filters)
         return p95(sum(rows.values_list("latency_histogram", flat=True)), slowest=max(rows.values_list("latency_max_ms", flat=True)))
-    assert {r["api_key_id"]: r["p95_ms"] for r in report.by_key} == {r["api_key_id"]: p95_of(api_key_id=r["api_key_id"]) for r in report.by_key}
+
+    assert {r["api_key_id"]: r["p95_ms"] for r in report.by_key} == {
+        r["api_key_id"]: p95_of(api_key_id=r["api_key_id"]) for r in report.by_key
+    }
     assert report.totals["p95_ms"] == p95_of() and report.totals["p95_ms"] is not None
 
     sections = csv_sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv?start=2026-01-15&end=2026-03-10&sort=name")))
@@ -203,7 +216,7 @@ def test_sorting_orders_every_breakdown_and_marks_the_column(usage, client_for, 
     by_key = resp.context["report"].by_key
     assert [r["api_key__name"] for r in by_key] == ["research", "backend"]  # 3 < 18 requests, ascending
     body = resp.content.decode()
-    assert 'aria-sort="ascending"' in body and "Requests&nbsp;<span class=\"sort-arrow\" aria-hidden=\"true\">↑</span>" in body
+    assert 'aria-sort="ascending"' in body and 'Requests&nbsp;<span class="sort-arrow" aria-hidden="true">↑</span>' in body
     # The active column's link reverses it; the others sort largest first; the filters stay.
     assert f'href="/w/{usage.org.slug}/usage/?start=2026-03-01&amp;end=2026-03-10&amp;sort=-requests"' in body
     assert f'href="/w/{usage.org.slug}/usage/?start=2026-03-01&amp;end=2026-03-10&amp;sort=-cost"' in body
@@ -249,8 +262,9 @@ def test_htmx_gets_the_part_it_swaps(usage, client_for, frozen):
 
 def test_filters_narrow_rows_and_htmx_gets_the_fragment(usage, client_for, frozen):
     client = client_for(usage.owner)
-    resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&workspace={usage.sub.slug}",
-                      headers={"HX-Request": "true", "HX-Target": "usage-results"})
+    resp = client.get(
+        f"/w/{usage.org.slug}/usage/{RANGE}&workspace={usage.sub.slug}", headers={"HX-Request": "true", "HX-Target": "usage-results"}
+    )
     assert resp.status_code == 200
     assert resp.content.decode().lstrip().startswith('<div id="usage-results"')
     assert resp.context["report"].totals["requests"] == rollup_totals(workspace=usage.sub)["requests"] == 3
@@ -273,6 +287,7 @@ def test_default_range_is_last_30_days(usage, client_for, frozen):
 
 def test_sub_member_sees_only_own_workspace_and_sibling_is_404(usage, client_for, frozen):
     from console.models import Workspace
+
     sibling = Workspace.objects.create(name="Acme Sales", slug="acme-sales", parent=usage.org)
     client = client_for(usage.sub_member)
     resp = client.get(f"/w/{usage.sub.slug}/usage/{RANGE}")
@@ -329,8 +344,9 @@ def test_allocate_cents_parts_add_up_when_rounding_would_not():
 def test_statement_lines_show_each_price_version_and_still_add_up(usage, client_for, frozen):
     """A price change mid-month: one line per version, input × price + output × price each, dates shown."""
     summarize = make_deployment(usage.org, "summarize", price=("0.25", "2.00"), at=datetime(2026, 1, 1, tzinfo=UTC))
-    summarize.prices.create(effective_from=datetime(2026, 3, 9, tzinfo=UTC), input_per_million=Decimal("0.40"),
-                            output_per_million=Decimal("3.10"))
+    summarize.prices.create(
+        effective_from=datetime(2026, 3, 9, tzinfo=UTC), input_per_million=Decimal("0.40"), output_per_million=Decimal("3.10")
+    )
     for at in (datetime(2026, 3, 2, 9, tzinfo=UTC), datetime(2026, 3, 8, 23, tzinfo=UTC), datetime(2026, 3, 9, 1, tzinfo=UTC)):
         event(usage.org, at, key=usage.key, deployment=summarize, prompt=123_457, completion=98_765)
     usage_rollup(now=NOW)
@@ -342,7 +358,7 @@ def test_statement_lines_show_each_price_version_and_still_add_up(usage, client_
     assert [(i["input_price"], i["output_price"], i["requests"]) for i in lines] == [("0.25", "2.00", 2), ("0.40", "3.10", 1)]
     assert [[v.date() for v in i["versions"]] for i in lines] == [[date(2026, 1, 1)], [date(2026, 3, 9)]]
     for line in lines:
-        formula = (line["prompt_tokens"] * line["input_price_per_million"] + line["completion_tokens"] * line["output_price_per_million"])
+        formula = line["prompt_tokens"] * line["input_price_per_million"] + line["completion_tokens"] * line["output_price_per_million"]
         # The exact line is the sum of the events' costs, each stamped to the nano-unit.
         assert abs(line["cost"] - formula / Decimal(1_000_000)) <= Decimal("0.000000001") * line["requests"]
     assert sum(i["cost_cents"] for s in st.sections for i in s.items) == st.total == cents(st.exact)
@@ -352,7 +368,10 @@ def test_statement_lines_show_each_price_version_and_still_add_up(usage, client_
 
     rows = _csv(client.get(f"/w/{usage.org.slug}/billing/export.csv?month=2026-03"))
     mine = [r for r in rows if r[1] == "summarize"]
-    assert [(r[3], r[4], r[5], r[6]) for r in mine] == [("2026-01-01", "0.250000", "2.000000", "2"), ("2026-03-09", "0.400000", "3.100000", "1")]
+    assert [(r[3], r[4], r[5], r[6]) for r in mine] == [
+        ("2026-01-01", "0.250000", "2.000000", "2"),
+        ("2026-03-09", "0.400000", "3.100000", "1"),
+    ]
     assert [Decimal(r[9]) for r in mine] == [i["cost_cents"] for i in lines]
 
 
@@ -371,8 +390,9 @@ def _admit_through_the_gateway(key, tokens: int) -> None:
     async def admit():
         redis = PipelinedRedis(settings.REDIS_URL)
         try:
-            decision = await RedisLimiter(redis).admit(api_key_id=key.id, public_id=str(key.public_id), year=2026, estimate=tokens,
-                                                       tpm_limit=key.tpm_limit, yearly_limit=None)
+            decision = await RedisLimiter(redis).admit(
+                api_key_id=key.id, public_id=str(key.public_id), year=2026, estimate=tokens, tpm_limit=key.tpm_limit, yearly_limit=None
+            )
         finally:
             await redis.aclose()
         assert decision.outcome == ADMIT

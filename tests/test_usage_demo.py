@@ -22,8 +22,15 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def demo_deployment(world):
-    return deployment_create(workspace=world.org, actor=Actor.system("tests"), name="Demo model", model_id="@acme/gatehouse-demo",
-                             upstream_base_url="http://127.0.0.1:8001/v1", input_per_million="0.10", output_per_million="0.40")
+    return deployment_create(
+        workspace=world.org,
+        actor=Actor.system("tests"),
+        name="Demo model",
+        model_id="@acme/gatehouse-demo",
+        upstream_base_url="http://127.0.0.1:8001/v1",
+        input_per_million="0.10",
+        output_per_million="0.40",
+    )
 
 
 def test_demo_traffic_is_rolled_up_and_reconciles(world, demo_deployment):
@@ -89,5 +96,7 @@ def test_demo_budgets_show_one_workspace_inside_and_one_past_its_warning(world, 
     demo_traffic_seed(deployment=demo_deployment, days=30, now=NOW)
 
     assert {b.workspace.slug: b.block_requests for b in Budget.objects.select_related("workspace")} == {
-        world.org.slug: False, world.sub.slug: False}
+        world.org.slug: False,
+        world.sub.slug: False,
+    }
     assert list(BudgetAlert.objects.values_list("workspace__slug", "threshold")) == [(world.sub.slug, 80)]

@@ -110,7 +110,9 @@ def test_default_workspace_total_equals_its_own_plus_its_sub_workspaces(rolled_u
     from django.db.models import Q, Sum
 
     usage_reconcile(days=7, now=NOW + timedelta(minutes=1))
-    tree = UsageDaily.objects.filter(Q(workspace=rolled_up.org) | Q(workspace__parent=rolled_up.org)).aggregate(c=Sum("cost"), r=Sum("requests"))
+    tree = UsageDaily.objects.filter(Q(workspace=rolled_up.org) | Q(workspace__parent=rolled_up.org)).aggregate(
+        c=Sum("cost"), r=Sum("requests")
+    )
     own = UsageDaily.objects.filter(workspace=rolled_up.org).aggregate(c=Sum("cost"), r=Sum("requests"))
     sub = UsageDaily.objects.filter(workspace=rolled_up.sub).aggregate(c=Sum("cost"), r=Sum("requests"))
     assert tree["c"] == own["c"] + sub["c"] and tree["r"] == own["r"] + sub["r"] == 16
@@ -142,7 +144,10 @@ def test_tampered_monthly_and_day_total_rows_are_coarse_drift_and_healed(rolled_
         report = usage_reconcile(days=0, now=NOW + timedelta(minutes=1))  # months are checked by the full check
 
     drifts = {(d.workspace.slug, d.day, d.kind): d.details for d in UsageDrift.objects.select_related("workspace")}
-    assert set(drifts) == {(rolled_up.org.slug, date(2026, 3, 1), DriftCheck.COARSE), (rolled_up.sub.slug, date(2026, 3, 9), DriftCheck.COARSE)}
+    assert set(drifts) == {
+        (rolled_up.org.slug, date(2026, 3, 1), DriftCheck.COARSE),
+        (rolled_up.sub.slug, date(2026, 3, 9), DriftCheck.COARSE),
+    }
     assert drifts[(rolled_up.org.slug, date(2026, 3, 1), DriftCheck.COARSE)]["month"]["requests"]["actual"] == str(8 + 5)
     assert drifts[(rolled_up.sub.slug, date(2026, 3, 9), DriftCheck.COARSE)]["day_totals"]["requests"] == {"expected": "4", "actual": "0"}
     assert not report.ok and len(no_enqueue) == 1
@@ -178,7 +183,9 @@ def test_a_latency_histogram_that_does_not_match_the_events_is_drift_and_healed(
     daily = drifts[(rolled_up.org.slug, date(2026, 3, 10), DriftCheck.ROLLUP)]
     assert daily == {"latency_histogram": {"expected": "250ms:4", "actual": "250ms:4 8000ms:1"}}
     assert drifts[(rolled_up.sub.slug, date(2026, 3, 1), DriftCheck.COARSE)]["month"]["latency_histogram"] == {
-        "expected": "250ms:8", "actual": "1ms:1 250ms:8"}
+        "expected": "250ms:8",
+        "actual": "1ms:1 250ms:8",
+    }
     assert not report.ok
 
     usage_rollup(now=NOW + timedelta(minutes=2))

@@ -49,8 +49,18 @@ def _history(w) -> list[UsageEvent]:
     for day in range(3):
         base = NOW - timedelta(days=day, hours=2)
         for i in range(6):
-            events.append(event(w.org, base + timedelta(minutes=i), key=w.key_a, deployment=w.chat, prompt=100 + i,
-                                completion=10 * i, latency=100 * (i + 1), status=500 if i == 5 else 200))
+            events.append(
+                event(
+                    w.org,
+                    base + timedelta(minutes=i),
+                    key=w.key_a,
+                    deployment=w.chat,
+                    prompt=100 + i,
+                    completion=10 * i,
+                    latency=100 * (i + 1),
+                    status=500 if i == 5 else 200,
+                )
+            )
         events.append(event(w.org, base, key=w.key_b, deployment=w.embed, prompt=4000, completion=0, estimated=True, latency=40))
         events.append(event(w.sub, base, key=w.sub_key, deployment=w.chat, prompt=7, completion=3, status=429, latency=5))
     return events
@@ -151,8 +161,11 @@ def test_monthly_and_day_total_rows_add_up_the_events_of_their_month_and_day(acm
     assert UsageMonthly.objects.get(workspace=acme.org, month=date(2026, 2, 1)).latency_histogram == latency.pack([900])
     # …and March's are all of March's events, the 250 ms one of Feb 28 23:30 UTC included.
     march = UsageMonthly.objects.filter(workspace=acme.org, month=date(2026, 3, 1)).values_list("latency_histogram", flat=True)
-    in_march = UsageEvent.objects.filter(workspace=acme.org, created_at__gte=rollup.local_day_start(date(2026, 3, 1), berlin),
-                                         created_at__lt=rollup.local_day_start(date(2026, 4, 1), berlin))
+    in_march = UsageEvent.objects.filter(
+        workspace=acme.org,
+        created_at__gte=rollup.local_day_start(date(2026, 3, 1), berlin),
+        created_at__lt=rollup.local_day_start(date(2026, 4, 1), berlin),
+    )
     assert sum(march) == latency.pack(in_march.values_list("latency_ms", flat=True))
     assert rollup_totals(UsageMonthly)["cost"] == rollup_totals(UsageDailyTotal)["cost"] == event_totals()["cost"]
     assert (snapshot(UsageMonthly), snapshot(UsageDailyTotal)) == coarse_from_daily()
@@ -381,7 +394,8 @@ def test_time_zone_change_in_the_console_moves_daily_rows_on_the_next_pass(acme)
     _history(acme)
     usage_rollup(now=NOW)
     sub_days = lambda: dict(  # noqa: E731
-        UsageDaily.objects.filter(workspace=acme.sub, api_key=None).values_list("day", "prompt_tokens"))
+        UsageDaily.objects.filter(workspace=acme.sub, api_key=None).values_list("day", "prompt_tokens")
+    )
     assert sub_days() == {date(2026, 3, 9): 11, date(2026, 3, 10): 22}
     org_rows, org_done = snapshot_of(acme.org), computed_at(acme.org)
 
@@ -477,7 +491,8 @@ def test_a_large_backlog_is_discovered_by_span_with_the_same_result(acme, monkey
     late = event(acme.org, NOW - timedelta(days=5), key=acme.key_a, deployment=acme.chat)
     usage_rollup(now=NOW + timedelta(minutes=1))
     assert rollup_totals(workspace=acme.org, day=late.created_at.date()) == event_totals(
-        workspace=acme.org, created_at__date=late.created_at.date())
+        workspace=acme.org, created_at__date=late.created_at.date()
+    )
     assert not UsageDayBucket.objects.filter(workspace=acme.sub, computed_at__gt=NOW).exists()  # sub untouched
 
 
@@ -548,5 +563,6 @@ def test_upgrading_to_latency_histograms_recomputes_the_old_rollups(acme):
     usage_rollup()  # the buckets were marked at the real time of the migration
     assert not UsageDayBucket.objects.filter(dirty=True).exists()
     assert sum(UsageDaily.objects.values_list("latency_histogram", flat=True)) == latency.pack(
-        UsageEvent.objects.values_list("latency_ms", flat=True))
+        UsageEvent.objects.values_list("latency_ms", flat=True)
+    )
     assert usage_reconcile(days=0).ok

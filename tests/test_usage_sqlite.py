@@ -54,8 +54,9 @@ print(json.dumps({
 def manage(tmp_path, *args: str, stdin: str | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")}
     env.update(DEBUG="1", GATEHOUSE_VAR_DIR=str(tmp_path), LOG_LEVEL="WARNING")
-    result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, input=stdin, capture_output=True, text=True,
-                            timeout=180)
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=180
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 

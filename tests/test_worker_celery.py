@@ -50,14 +50,25 @@ def calls(w, n: int, *, days: int = 3, seed: int = 7) -> None:
     for i in range(n):
         ws, key = (w.org, w.key) if i % 3 else (w.sub, w.sub_key)
         at = now - timedelta(days=rng.randrange(days), minutes=rng.randrange(600), seconds=rng.randrange(60))
-        event(ws, at, key=key, deployment=w.chat, prompt=rng.randrange(1, 3000), completion=rng.randrange(0, 800),
-              status=rng.choice([200, 200, 200, 429, 502]), latency=rng.randrange(20, 4000), estimated=rng.random() < 0.1)
+        event(
+            ws,
+            at,
+            key=key,
+            deployment=w.chat,
+            prompt=rng.randrange(1, 3000),
+            completion=rng.randrange(0, 800),
+            status=rng.choice([200, 200, 200, 429, 502]),
+            latency=rng.randrange(20, 4000),
+            estimated=rng.random() < 0.1,
+        )
 
 
 def idle_in_transaction() -> int:
     with connection.cursor() as c:
-        c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                  " AND state LIKE 'idle in transaction%%'")
+        c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND state LIKE 'idle in transaction%%'"
+        )
         return c.fetchone()[0]
 
 
@@ -131,8 +142,14 @@ def test_an_event_for_yesterday_after_yesterday_was_rolled_up_is_counted(traffic
     yesterday = timezone.now().date() - timedelta(days=1)
     before = rollup_totals(workspace=traffic.org, day=yesterday)
 
-    late = event(traffic.org, datetime.combine(yesterday, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12),
-                 key=traffic.key, deployment=traffic.chat, prompt=5000, completion=500)
+    late = event(
+        traffic.org,
+        datetime.combine(yesterday, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12),
+        key=traffic.key,
+        deployment=traffic.chat,
+        prompt=5000,
+        completion=500,
+    )
     worker.run(usage_rollup_task)
 
     after = rollup_totals(workspace=traffic.org, day=yesterday)
@@ -162,10 +179,17 @@ def test_worker_probes_deployments_on_the_beat_fan_out(world, worker):
     port = free_port()
     upstream = start_upstream(port, "sk-up-" + "u" * 20)
     try:
-        up = Deployment.objects.create(workspace=world.org, name="up", model_id="@acme/up", upstream_base_url=f"http://127.0.0.1:{port}/v1",
-                                       upstream_api_key_encrypted=encrypt("sk-up-" + "u" * 20), status=DeploymentStatus.UNREACHABLE)
-        down = Deployment.objects.create(workspace=world.org, name="down", model_id="@acme/down",
-                                         upstream_base_url=f"http://127.0.0.1:{free_port()}/v1")
+        up = Deployment.objects.create(
+            workspace=world.org,
+            name="up",
+            model_id="@acme/up",
+            upstream_base_url=f"http://127.0.0.1:{port}/v1",
+            upstream_api_key_encrypted=encrypt("sk-up-" + "u" * 20),
+            status=DeploymentStatus.UNREACHABLE,
+        )
+        down = Deployment.objects.create(
+            workspace=world.org, name="down", model_id="@acme/down", upstream_base_url=f"http://127.0.0.1:{free_port()}/v1"
+        )
         # The beat fan-out (deployments_probe_all, tested on its own) enqueues one probe per deployment.
         for d in (up, down):
             worker.run(deployment_probe, d.id)

@@ -42,8 +42,13 @@ def hits(upstream: str) -> int:
 
 def deployment(world, base_url: str, *, name: str = "chat", key: str = UPSTREAM_KEY, status=DeploymentStatus.RUNNING, **fields):
     return Deployment.objects.create(
-        workspace=world.org, name=name, model_id=f"@acme/{name}", upstream_base_url=base_url,
-        upstream_api_key_encrypted=encrypt(key) if key else "", status=status, **fields,
+        workspace=world.org,
+        name=name,
+        model_id=f"@acme/{name}",
+        upstream_base_url=base_url,
+        upstream_api_key_encrypted=encrypt(key) if key else "",
+        status=status,
+        **fields,
     )
 
 
@@ -89,10 +94,13 @@ def test_the_upstream_key_is_sent_and_a_refused_key_is_reported_without_leaking(
     assert wrong not in checked.last_error and UPSTREAM_KEY not in checked.last_error
 
 
-@pytest.mark.parametrize(("path", "status", "error"), [
-    ("/broken/v1", DeploymentStatus.UNREACHABLE, "HTTP 503 from the upstream: model is still loading"),
-    ("/nolist/v1", DeploymentStatus.RUNNING, ""),  # answers, just does not list models
-])
+@pytest.mark.parametrize(
+    ("path", "status", "error"),
+    [
+        ("/broken/v1", DeploymentStatus.UNREACHABLE, "HTTP 503 from the upstream: model is still loading"),
+        ("/nolist/v1", DeploymentStatus.RUNNING, ""),  # answers, just does not list models
+    ],
+)
 def test_upstream_answers_map_to_status(world, upstream, path, status, error):
     d = deployment(world, upstream + path)
     checked = health.deployment_health_check(deployment_id=d.id, now=NOW)
@@ -172,8 +180,10 @@ def test_an_upstream_echoing_credentials_is_reported_without_them_on_the_pages(w
 
     client = client_for(world.viewer)
     with time_machine.travel(NOW + timedelta(minutes=2, seconds=10), tick=False):
-        pages = [client.get(reverse(name, kwargs={"ws": "acme", **extra})).content.decode()
-                 for name, extra in (("deployments_page", {}), ("deployment_detail", {"deployment": d.public_id}))]
+        pages = [
+            client.get(reverse(name, kwargs={"ws": "acme", **extra})).content.decode()
+            for name, extra in (("deployments_page", {}), ("deployment_detail", {"deployment": d.public_id}))
+        ]
     for page in pages:
         assert "checked <time" in page and ">2 min ago</time>" in page
         assert "Key Bearer [redacted] rejected" in page

@@ -23,5 +23,4 @@ def extra_values(world) -> dict:
         model_names="gpt-4o-mini",
     )
     test_call = TestCall.objects.create(deployment=deployment, workspace=world.org, prompt="url walk")
-    return {"deployment": deployment.public_id, "key": api_key.public_id, "credential": credential.public_id,
-            "call": test_call.public_id}
+    return {"deployment": deployment.public_id, "key": api_key.public_id, "credential": credential.public_id, "call": test_call.public_id}

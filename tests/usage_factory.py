@@ -28,8 +28,9 @@ def make_key(workspace, name: str) -> ApiKey:
 def make_deployment(workspace, name: str, *, price: tuple[str, str] = ("0.50", "1.50"), at: datetime | None = None) -> Deployment:
     deployment = Deployment.objects.create(workspace=workspace, name=name, model_id=f"@{workspace.slug}/{name}")
     if at is not None:
-        DeploymentPrice.objects.create(deployment=deployment, effective_from=at, input_per_million=Decimal(price[0]),
-                                       output_per_million=Decimal(price[1]))
+        DeploymentPrice.objects.create(
+            deployment=deployment, effective_from=at, input_per_million=Decimal(price[0]), output_per_million=Decimal(price[1])
+        )
     return deployment
 
 
@@ -38,16 +39,37 @@ def price_at(deployment: Deployment, at: datetime) -> tuple[Decimal, Decimal]:
     return (version.input_per_million, version.output_per_million) if version else (Decimal(0), Decimal(0))
 
 
-def event(workspace, at: datetime, *, key: ApiKey | None = None, deployment: Deployment | None = None, prompt: int = 100,
-          completion: int = 20, status: int = 200, latency: int = 250, estimated: bool = False, save: bool = True) -> UsageEvent:
+def event(
+    workspace,
+    at: datetime,
+    *,
+    key: ApiKey | None = None,
+    deployment: Deployment | None = None,
+    prompt: int = 100,
+    completion: int = 20,
+    status: int = 200,
+    latency: int = 250,
+    estimated: bool = False,
+    save: bool = True,
+) -> UsageEvent:
     """One event stamped like the gateway does: the price in force at `at` is copied and costed."""
     price = price_at(deployment, at) if deployment is not None else (Decimal(0), Decimal(0))
     e = UsageEvent(
         request_id=f"req-{uuid.uuid4().hex[:12]}-{next(_serial)}",
-        created_at=at, workspace=workspace, api_key=key, deployment=deployment,
-        model=deployment.model_id if deployment else "unknown", prompt_tokens=prompt, completion_tokens=completion,
-        total_tokens=prompt + completion, estimated=estimated, status_code=status, latency_ms=latency,
-        input_price_per_million=price[0], output_price_per_million=price[1], cost=cost_of(prompt, completion, price),
+        created_at=at,
+        workspace=workspace,
+        api_key=key,
+        deployment=deployment,
+        model=deployment.model_id if deployment else "unknown",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        estimated=estimated,
+        status_code=status,
+        latency_ms=latency,
+        input_price_per_million=price[0],
+        output_price_per_million=price[1],
+        cost=cost_of(prompt, completion, price),
     )
     if save:
         e.save()
@@ -56,18 +78,26 @@ def event(workspace, at: datetime, *, key: ApiKey | None = None, deployment: Dep
 
 def event_totals(**filters) -> dict:
     agg = UsageEvent.objects.filter(**filters).aggregate(
-        requests=Count("id"), errors=Count("id", filter=Q(status_code__gte=400)), prompt_tokens=Sum("prompt_tokens"),
-        completion_tokens=Sum("completion_tokens"), total_tokens=Sum("total_tokens"),
-        estimated_requests=Count("id", filter=Q(estimated=True)), cost=Sum("cost"),
+        requests=Count("id"),
+        errors=Count("id", filter=Q(status_code__gte=400)),
+        prompt_tokens=Sum("prompt_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+        total_tokens=Sum("total_tokens"),
+        estimated_requests=Count("id", filter=Q(estimated=True)),
+        cost=Sum("cost"),
     )
     return {k: (v or 0) for k, v in agg.items()}
 
 
 def rollup_totals(model=UsageDaily, **filters) -> dict:
     agg = model.objects.filter(**filters).aggregate(
-        requests=Sum("requests"), errors=Sum("errors"), prompt_tokens=Sum("prompt_tokens"),
-        completion_tokens=Sum("completion_tokens"), total_tokens=Sum("total_tokens"),
-        estimated_requests=Sum("estimated_requests"), cost=Sum("cost"),
+        requests=Sum("requests"),
+        errors=Sum("errors"),
+        prompt_tokens=Sum("prompt_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+        total_tokens=Sum("total_tokens"),
+        estimated_requests=Sum("estimated_requests"),
+        cost=Sum("cost"),
     )
     return {k: (v or 0) for k, v in agg.items()}
 
@@ -81,9 +111,26 @@ def snapshot(model=UsageDaily) -> list[tuple]:
     if model is UsageDailyTotal:
         return sorted(model.objects.values_list("day", "workspace_id", "currency", *SUMMED), key=repr)
     period = {UsageDaily: "day", UsageHourly: "hour", UsageMonthly: "month"}[model]
-    fields = [period, "workspace_id", "api_key_id", "deployment_id", "model", "currency", "input_price_per_million",
-              "output_price_per_million", "requests", "errors", "prompt_tokens",
-              "completion_tokens", "total_tokens", "estimated_requests", "estimated_tokens", "cost", "latency_histogram", "latency_max_ms"]
+    fields = [
+        period,
+        "workspace_id",
+        "api_key_id",
+        "deployment_id",
+        "model",
+        "currency",
+        "input_price_per_million",
+        "output_price_per_million",
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "estimated_requests",
+        "estimated_tokens",
+        "cost",
+        "latency_histogram",
+        "latency_max_ms",
+    ]
     return sorted(model.objects.values_list(*fields), key=repr)
 
 

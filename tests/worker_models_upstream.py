@@ -38,8 +38,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/broken/v1/models":
             return self._json(503, {"error": {"message": "model is still loading"}})
         if self.path == "/leaky/v1/models":
-            message = (f"Key {self.headers.get('Authorization')} rejected (also tried sk-live-{'x' * 24}); "
-                       "rotate it at https://ops:hunter2@keys.internal/rotate?token=tok_abcdef123456")
+            message = (
+                f"Key {self.headers.get('Authorization')} rejected (also tried sk-live-{'x' * 24}); "
+                "rotate it at https://ops:hunter2@keys.internal/rotate?token=tok_abcdef123456"
+            )
             return self._json(401, {"error": {"message": message}})
         if self.path == "/slow/v1/models":
             time.sleep(3)

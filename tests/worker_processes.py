@@ -45,8 +45,11 @@ def port_open(port: int) -> bool:
 
 
 def start_upstream(port: int, api_key: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "worker_models_upstream.py"), str(port)],
-                            env={**os.environ, "STUB_API_KEY": api_key}, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "worker_models_upstream.py"), str(port)],
+        env={**os.environ, "STUB_API_KEY": api_key},
+        start_new_session=True,
+    )
     wait_for(lambda: port_open(port), timeout=15, what=f"upstream on port {port}")
     return proc
 
@@ -75,9 +78,30 @@ class Worker:
         }
         self.log = open(self.log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "console", "worker", "--pool", "solo", "--without-heartbeat",
-             "--without-gossip", "--without-mingle", "-Q", self.queue, "--loglevel", "INFO", "-n", f"{self.queue}@%h"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "console",
+                "worker",
+                "--pool",
+                "solo",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+                "-Q",
+                self.queue,
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"{self.queue}@%h",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_for(lambda: "ready." in self.output() or self.proc.poll() is not None, timeout=60, what="celery worker ready")
         assert self.proc.poll() is None, self.output()
@@ -97,8 +121,9 @@ class Worker:
         """Send a task and wait until the worker logs its success (results are not stored)."""
         before = self.succeeded(task, task_id) if task_id else 0
         task_id = self.send(task, *args, task_id=task_id)
-        wait_for(lambda: self.succeeded(task, task_id) > before or "Traceback" in self.output(), timeout=timeout,
-                 what=f"{task.name} to succeed")
+        wait_for(
+            lambda: self.succeeded(task, task_id) > before or "Traceback" in self.output(), timeout=timeout, what=f"{task.name} to succeed"
+        )
         assert self.succeeded(task, task_id) > before, self.output()
         return task_id
 

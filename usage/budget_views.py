@@ -26,7 +26,9 @@ TOP_DAYS = 7
 
 
 def _currencies(workspace, budget: Budget | None) -> list[str]:
-    found = set(DeploymentPrice.objects.filter(deployment__in=callable_deployments(workspace).values("id")).values_list("currency", flat=True))
+    found = set(
+        DeploymentPrice.objects.filter(deployment__in=callable_deployments(workspace).values("id")).values_list("currency", flat=True)
+    )
     found.add(budget.currency if budget else "USD")
     return sorted(found)
 

@@ -106,7 +106,9 @@ def budget_status(workspace: Workspace, *, now: datetime | None = None) -> Budge
     return BudgetStatus(workspace, budget, month, budget_spend(workspace, month, budget.currency))
 
 
-def budget_statuses(workspace: Workspace, *, with_subs: bool, now: datetime | None = None) -> tuple[BudgetStatus | None, list[BudgetStatus]]:
+def budget_statuses(
+    workspace: Workspace, *, with_subs: bool, now: datetime | None = None
+) -> tuple[BudgetStatus | None, list[BudgetStatus]]:
     """The workspace's own budget status and, with_subs on a default workspace, its sub-workspaces'
     (one query for the budgets, then one per own budget and one for all sub-workspace budgets)."""
     scope = Q(workspace=workspace) | Q(workspace__parent=workspace) if with_subs and workspace.is_default else Q(workspace=workspace)
@@ -124,7 +126,9 @@ def budget_statuses(workspace: Workspace, *, with_subs: bool, now: datetime | No
     ranges = Q(pk__in=[])
     for b in subs:
         ranges |= Q(workspace_id=b.workspace_id, currency=b.currency, month=months[b.id])
-    spent = dict(UsageMonthly.objects.filter(ranges).values("workspace_id").annotate(s=Sum("cost")).values_list("workspace_id", "s").order_by())
+    spent = dict(
+        UsageMonthly.objects.filter(ranges).values("workspace_id").annotate(s=Sum("cost")).values_list("workspace_id", "s").order_by()
+    )
     return status, [BudgetStatus(b.workspace, b, months[b.id], spent.get(b.workspace_id) or ZERO) for b in subs]
 
 
@@ -152,7 +156,11 @@ def budget_banners(workspace: Workspace, *, can_admin: bool, now: datetime | Non
         scope |= Q(workspace__parent=workspace)
     now = now or timezone.now()
     banners = []
-    for budget in Budget.objects.filter(scope, spent_month__isnull=False).select_related("workspace").order_by("workspace__parent_id", "workspace__name"):
+    for budget in (
+        Budget.objects.filter(scope, spent_month__isnull=False)
+        .select_related("workspace")
+        .order_by("workspace__parent_id", "workspace__name")
+    ):
         month = local_month(now, budget.workspace.tz)
         level = level_of(budget.spent, budget.amount) if budget.spent_month == month else 0
         if not level:

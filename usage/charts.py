@@ -59,16 +59,29 @@ def _period_text(period: dict, hourly: bool) -> str:
 
 def _x_ticks(periods: list[dict], hourly: bool, most: int) -> list[tuple[int, str]]:
     if hourly:
-        return [(i, f"{p['local']:%b %-d}" if p["local"].hour == 0 else f"{p['local']:%H:%M}")
-                for i, p in enumerate(periods) if p["local"].hour % 6 == 0]
+        return [
+            (i, f"{p['local']:%b %-d}" if p["local"].hour == 0 else f"{p['local']:%H:%M}")
+            for i, p in enumerate(periods)
+            if p["local"].hour % 6 == 0
+        ]
     every = max(1, math.ceil(len(periods) / most))
     # Count back from the last day, so the most recent one is always labelled.
     last = len(periods) - 1
     return [(i, f"{p['local']:%b %-d}") for i, p in enumerate(periods) if (last - i) % every == 0]
 
 
-def bar_chart(periods: list[dict], series: list[Series], *, title: str, unit: str, hourly: bool, money: bool = False,
-              value_keys: dict[str, str] | None = None, wide: bool = False, labels: list[str] | None = None) -> dict:
+def bar_chart(
+    periods: list[dict],
+    series: list[Series],
+    *,
+    title: str,
+    unit: str,
+    hourly: bool,
+    money: bool = False,
+    value_keys: dict[str, str] | None = None,
+    wide: bool = False,
+    labels: list[str] | None = None,
+) -> dict:
     """Geometry for one chart. `value_keys` maps a series to the key its hover text reads (cost in
     cents); `labels` are the periods' hover labels when the caller already made them."""
     value_keys = value_keys or {}
@@ -107,8 +120,11 @@ def bar_chart(periods: list[dict], series: list[Series], *, title: str, unit: st
         # and template loops over them cost more than every query of the page together.
         bar_x = f"{x + bar_offset:.2f}"
         svg.append(f'<g class="chart-col"><title>{escape(text)}</title><rect class="chart-hit" x="{x:.2f}" {hit}')
-        svg.extend(f'<rect class="chart-bar {seg["css"]}" x="{bar_x}" y="{seg["y"]}" width="{bar_w}" height="{seg["h"]}"/>'
-                   for seg in segments if seg["h"])
+        svg.extend(
+            f'<rect class="chart-bar {seg["css"]}" x="{bar_x}" y="{seg["y"]}" width="{bar_w}" height="{seg["h"]}"/>'
+            for seg in segments
+            if seg["h"]
+        )
         svg.append("</g>")
 
     y_ticks = []
@@ -118,10 +134,21 @@ def bar_chart(periods: list[dict], series: list[Series], *, title: str, unit: st
         y_ticks.append({"y": round(bottom - value * scale, 2), "label": _axis_label(value, step, money)})
     x_ticks = [{"x": round(LEFT + i * slot + slot / 2, 2), "label": label} for i, label in _x_ticks(periods, hourly, 14 if wide else 7)]
     return {
-        "title": title, "unit": unit, "series": series if len(series) > 1 else [], "columns": columns, "y_ticks": y_ticks,
+        "title": title,
+        "unit": unit,
+        "series": series if len(series) > 1 else [],
+        "columns": columns,
+        "y_ticks": y_ticks,
         "columns_svg": mark_safe("".join(svg)),  # noqa: S308 - titles escaped, the rest numbers
-        "x_ticks": x_ticks, "width": width, "height": HEIGHT, "left": LEFT, "top": TOP, "bottom_y": bottom, "plot_h": plot_h,
-        "right_x": width - RIGHT, "wide": wide,
+        "x_ticks": x_ticks,
+        "width": width,
+        "height": HEIGHT,
+        "left": LEFT,
+        "top": TOP,
+        "bottom_y": bottom,
+        "plot_h": plot_h,
+        "right_x": width - RIGHT,
+        "wide": wide,
         "metric": series[0].key if len(series) == 1 else "tokens",
     }
 
@@ -132,10 +159,31 @@ def usage_charts(report) -> list[dict]:
     hourly = report.hourly
     labels = [_period_text(p, hourly) for p in report.periods]  # shared by the three charts
     return [
-        bar_chart(report.periods, [Series("prompt_tokens", "Prompt", "chart-s1"), Series("completion_tokens", "Completion", "chart-s2")],
-                  title=f"Tokens per {per}", unit="tokens", hourly=hourly, wide=True, labels=labels),
-        bar_chart(report.periods, [Series("requests", "Requests", "chart-s1")], title=f"Requests per {per}", unit="requests",
-                  hourly=hourly, labels=labels),
-        bar_chart(report.periods, [Series("cost", "Cost", "chart-s1")], title=f"Cost per {per}", unit=report.currency, hourly=hourly,
-                  money=True, value_keys={"cost": "cost_cents", "total": "cost_cents"}, labels=labels),
+        bar_chart(
+            report.periods,
+            [Series("prompt_tokens", "Prompt", "chart-s1"), Series("completion_tokens", "Completion", "chart-s2")],
+            title=f"Tokens per {per}",
+            unit="tokens",
+            hourly=hourly,
+            wide=True,
+            labels=labels,
+        ),
+        bar_chart(
+            report.periods,
+            [Series("requests", "Requests", "chart-s1")],
+            title=f"Requests per {per}",
+            unit="requests",
+            hourly=hourly,
+            labels=labels,
+        ),
+        bar_chart(
+            report.periods,
+            [Series("cost", "Cost", "chart-s1")],
+            title=f"Cost per {per}",
+            unit=report.currency,
+            hourly=hourly,
+            money=True,
+            value_keys={"cost": "cost_cents", "total": "cost_cents"},
+            labels=labels,
+        ),
     ]

@@ -45,8 +45,14 @@ def _demo_key(workspace: Workspace, actor: Actor, name: str, deployment: Deploym
         return existing
     # The plaintext is dropped on purpose: these keys only label demo traffic. Rotate one in
     # Secrets to call the gateway with it.
-    api_key, _ = api_key_create(workspace=workspace, actor=actor, name=name, deployments=[deployment],
-                                description="Labels the demo traffic seeded by `make run`.", **limits)
+    api_key, _ = api_key_create(
+        workspace=workspace,
+        actor=actor,
+        name=name,
+        deployments=[deployment],
+        description="Labels the demo traffic seeded by `make run`.",
+        **limits,
+    )
     return api_key
 
 
@@ -58,9 +64,13 @@ def _backdate_prices(deployment: Deployment, *, since: datetime, change_at: date
     if current is None or deployment.prices.filter(effective_from__lte=since).exists():
         return list(deployment.prices.order_by("effective_from"))
     discount = Decimal("0.8")
-    DeploymentPrice.objects.create(deployment=deployment, effective_from=since, currency=current.currency,
-                                   input_per_million=current.input_per_million * discount,
-                                   output_per_million=current.output_per_million * discount)
+    DeploymentPrice.objects.create(
+        deployment=deployment,
+        effective_from=since,
+        currency=current.currency,
+        input_per_million=current.input_per_million * discount,
+        output_per_million=current.output_per_million * discount,
+    )
     # The price seed_demo set moments ago becomes the one in force since the change.
     DeploymentPrice.objects.filter(id=current.id).update(effective_from=change_at)
     return list(deployment.prices.order_by("effective_from"))
@@ -71,8 +81,17 @@ def _price_at(prices: list[DeploymentPrice], at: datetime) -> DeploymentPrice | 
     return in_force[-1] if in_force else None
 
 
-def _events_for_day(rng: random.Random, *, workspace: Workspace, key: ApiKey, deployment: Deployment, prices: list[DeploymentPrice],
-                    day_start: datetime, day_end: datetime, volume: int) -> list[UsageEvent]:
+def _events_for_day(
+    rng: random.Random,
+    *,
+    workspace: Workspace,
+    key: ApiKey,
+    deployment: Deployment,
+    prices: list[DeploymentPrice],
+    day_start: datetime,
+    day_end: datetime,
+    volume: int,
+) -> list[UsageEvent]:
     events = []
     span = max((day_end - day_start).total_seconds(), 1)
     for _ in range(volume):
@@ -84,14 +103,29 @@ def _events_for_day(rng: random.Random, *, workspace: Workspace, key: ApiKey, de
         prompt = 0 if failed else int(rng.lognormvariate(6.2, 0.7))
         completion = 0 if failed else int(rng.lognormvariate(5.0, 0.8))
         streamed = rng.random() < 0.4
-        events.append(UsageEvent(
-            request_id=f"demo-{uuid.uuid4().hex}", created_at=at, workspace=workspace, api_key=key, deployment=deployment,
-            model=deployment.model_id, prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-            status_code=rng.choice((429, 502)) if failed else 200, error_code="rate_limit_exceeded" if failed else "",
-            streamed=streamed, client_ip=DEMO_CLIENT_IP, latency_ms=int(rng.lognormvariate(5.8, 0.5)), ttft_ms=int(rng.lognormvariate(4.5, 0.4)) if streamed else None,
-            input_price_per_million=input_price, output_price_per_million=output_price, currency=price.currency if price else "USD",
-            cost=((prompt * input_price + completion * output_price) / MILLION).quantize(NANO),
-        ))
+        events.append(
+            UsageEvent(
+                request_id=f"demo-{uuid.uuid4().hex}",
+                created_at=at,
+                workspace=workspace,
+                api_key=key,
+                deployment=deployment,
+                model=deployment.model_id,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                total_tokens=prompt + completion,
+                status_code=rng.choice((429, 502)) if failed else 200,
+                error_code="rate_limit_exceeded" if failed else "",
+                streamed=streamed,
+                client_ip=DEMO_CLIENT_IP,
+                latency_ms=int(rng.lognormvariate(5.8, 0.5)),
+                ttft_ms=int(rng.lognormvariate(4.5, 0.4)) if streamed else None,
+                input_price_per_million=input_price,
+                output_price_per_million=output_price,
+                currency=price.currency if price else "USD",
+                cost=((prompt * input_price + completion * output_price) / MILLION).quantize(NANO),
+            )
+        )
     return events
 
 
@@ -123,9 +157,16 @@ def demo_traffic_seed(*, deployment: Deployment, days: int = 30, now: datetime |
                 # sub-workspace's local midnight would show as a spike at the end of every chart.
                 elapsed = (day_end - day_start) / timedelta(days=1)
                 volume = max(1, round(rng.gauss(daily, daily * 0.2) * weekday_factor * elapsed))
-                events += _events_for_day(rng, workspace=workspace, key=key, deployment=deployment, prices=prices,
-                                          day_start=day_start,
-                                          day_end=day_end, volume=volume)
+                events += _events_for_day(
+                    rng,
+                    workspace=workspace,
+                    key=key,
+                    deployment=deployment,
+                    prices=prices,
+                    day_start=day_start,
+                    day_end=day_end,
+                    volume=volume,
+                )
         UsageEvent.objects.bulk_create(events, batch_size=1000)
         # As the gateway would have recorded it: each key was last used by its latest request.
         for _, key, _ in keys:

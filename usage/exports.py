@@ -51,19 +51,45 @@ def write_usage_csv(writer, report: UsageReport, workspace: Workspace, limits: l
         for limit in limits:
             key = limit.key
             minute = "" if not key.tpm_limit else ("not available" if limit.tpm_used is None else limit.tpm_used)
-            writer.writerow([key.name, key.public_id, key.tpm_limit or "", minute, key.yearly_token_limit or "", limit.year,
-                             limit.yearly_used])
+            writer.writerow(
+                [key.name, key.public_id, key.tpm_limit or "", minute, key.yearly_token_limit or "", limit.year, limit.yearly_used]
+            )
 
 
 def write_statement_csv(writer, st: Statement) -> None:
-    writer.writerow(["workspace", "deployment", "model", "price_effective_from", "input_price_per_million", "output_price_per_million",
-                     "requests", "input_tokens", "output_tokens", "cost", "currency"])
+    writer.writerow(
+        [
+            "workspace",
+            "deployment",
+            "model",
+            "price_effective_from",
+            "input_price_per_million",
+            "output_price_per_million",
+            "requests",
+            "input_tokens",
+            "output_tokens",
+            "cost",
+            "currency",
+        ]
+    )
     for section in st.sections:
         for item in section.items:
             since = " ".join(f"{v:%Y-%m-%d}" for v in item["versions"])
-            writer.writerow([section.slug, item["label"], item["model"], since, item["input_price_per_million"],
-                             item["output_price_per_million"], item["requests"], item["prompt_tokens"], item["completion_tokens"],
-                             item["cost_cents"], item["currency"]])
+            writer.writerow(
+                [
+                    section.slug,
+                    item["label"],
+                    item["model"],
+                    since,
+                    item["input_price_per_million"],
+                    item["output_price_per_million"],
+                    item["requests"],
+                    item["prompt_tokens"],
+                    item["completion_tokens"],
+                    item["cost_cents"],
+                    item["currency"],
+                ]
+            )
         writer.writerow([section.slug, "subtotal", "", "", "", "", "", "", "", section.total, st.currency])
     writer.writerow(["total", "", "", "", "", "", "", st.prompt_tokens, st.completion_tokens, st.total, st.currency])
 

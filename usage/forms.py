@@ -61,13 +61,18 @@ class MonthForm(forms.Form):
 
 class BudgetForm(forms.Form):
     amount = forms.DecimalField(
-        label="Monthly budget", max_digits=14, decimal_places=2, min_value=Decimal("0.01"), max_value=Decimal("999999999999.99"),
+        label="Monthly budget",
+        max_digits=14,
+        decimal_places=2,
+        min_value=Decimal("0.01"),
+        max_value=Decimal("999999999999.99"),
         widget=forms.NumberInput(attrs={"step": "0.01", "min": "0.01", "inputmode": "decimal"}),
         error_messages={"min_value": "Enter an amount of at least 0.01.", "max_decimal_places": "Use at most 2 decimal places (cents)."},
     )
     currency = forms.ChoiceField(help_text="The currency of this workspace's prices; only spend in it counts.")
     block_requests = forms.BooleanField(
-        required=False, label="Block requests at 100 %",
+        required=False,
+        label="Block requests at 100 %",
         help_text="The gateway answers 429 insufficient_quota for this workspace's keys until the budget is raised or the month ends.",
     )
 

@@ -31,9 +31,7 @@ _STEPS = (1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8)
 LARGEST_MS = 600_000
 # Lower bounds (ms) of buckets 1..n-1; bucket 0 is [0, BOUNDS[0]). bisect_right here is what
 # PostgreSQL's width_bucket(value, thresholds) computes.
-BOUNDS: tuple[int, ...] = tuple(
-    sorted({b for exp in range(6) for step in _STEPS if 1 <= (b := int(step * 10**exp)) <= LARGEST_MS})
-)
+BOUNDS: tuple[int, ...] = tuple(sorted({b for exp in range(6) for step in _STEPS if 1 <= (b := int(step * 10**exp)) <= LARGEST_MS}))
 BUCKETS = len(BOUNDS) + 1
 
 

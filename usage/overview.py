@@ -32,23 +32,34 @@ def overview_numbers(workspace: Workspace, *, today: date, top_since: date) -> O
     totals = {"requests": 0, "total_tokens": 0, "cost": ZERO}
     currencies = []
     today_rows = UsageDailyTotal.objects.filter(UsageScope(workspace, today, today).workspace_q(), day=today)
-    for row in today_rows.values("currency").annotate(
-            requests=Sum("requests"), total_tokens=Sum("total_tokens"), cost=Sum("cost")).order_by("currency"):
+    for row in (
+        today_rows.values("currency")
+        .annotate(requests=Sum("requests"), total_tokens=Sum("total_tokens"), cost=Sum("cost"))
+        .order_by("currency")
+    ):
         currencies.append(row["currency"])
         for name in totals:
             totals[name] += row[name]
     week = UsageScope(workspace, top_since, today).rows()
 
     def top(*group: str) -> list[dict]:
-        rows = list(week.values(*group).annotate(requests=Sum("requests"), total_tokens=Sum("total_tokens"), cost=Sum("cost"))
-                    .order_by("-cost", "-requests")[:TOP])
+        rows = list(
+            week.values(*group)
+            .annotate(requests=Sum("requests"), total_tokens=Sum("total_tokens"), cost=Sum("cost"))
+            .order_by("-cost", "-requests")[:TOP]
+        )
         for r in rows:
             r["cost_cents"] = cents(r["cost"])
         return rows
 
     return OverviewNumbers(
-        requests=totals["requests"], total_tokens=totals["total_tokens"], cost=cents(totals["cost"]), currencies=currencies,
-        top_keys=[{**k, "label": display_name(k["api_key__name"], k["api_key__kind"]), "linked": k["api_key__kind"] == ApiKeyKind.USER}
-                  for k in top("api_key_id", "api_key__public_id", "api_key__name", "api_key__kind", "api_key__workspace__slug")],
+        requests=totals["requests"],
+        total_tokens=totals["total_tokens"],
+        cost=cents(totals["cost"]),
+        currencies=currencies,
+        top_keys=[
+            {**k, "label": display_name(k["api_key__name"], k["api_key__kind"]), "linked": k["api_key__kind"] == ApiKeyKind.USER}
+            for k in top("api_key_id", "api_key__public_id", "api_key__name", "api_key__kind", "api_key__workspace__slug")
+        ],
         top_deployments=top("deployment_id", "deployment__name", "model"),
     )

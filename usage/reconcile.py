@@ -126,10 +126,15 @@ def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileRe
         by_zone[w.time_zone].append(w.id)
 
     rollup_qs = UsageDaily.objects.all() if since is None else UsageDaily.objects.filter(day__gte=since)
-    rollups = {(r["workspace_id"], r["day"]): _totals(r) for r in rollup_qs.values("workspace_id", "day").annotate(**ROLLUP_SUMS).order_by()}
+    rollups = {
+        (r["workspace_id"], r["day"]): _totals(r) for r in rollup_qs.values("workspace_id", "day").annotate(**ROLLUP_SUMS).order_by()
+    }
     tree_rollups = {
         (r["root"], r["day"]): _totals(r)
-        for r in rollup_qs.annotate(root=Coalesce("workspace__parent_id", "workspace_id")).values("root", "day").annotate(**ROLLUP_SUMS).order_by()
+        for r in rollup_qs.annotate(root=Coalesce("workspace__parent_id", "workspace_id"))
+        .values("root", "day")
+        .annotate(**ROLLUP_SUMS)
+        .order_by()
     }
     events: dict[tuple[int, date], Totals] = {}
     for zone, ids in by_zone.items():
@@ -144,7 +149,9 @@ def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileRe
         if (ws, day) in dirty_days:
             return True
         tz = ZoneInfo(workspaces[ws].time_zone)
-        window = UsageEvent.objects.filter(workspace_id=ws, created_at__gte=local_day_start(day, tz), created_at__lt=local_day_start(day + ONE_DAY, tz))
+        window = UsageEvent.objects.filter(
+            workspace_id=ws, created_at__gte=local_day_start(day, tz), created_at__lt=local_day_start(day + ONE_DAY, tz)
+        )
         unseen = Q(id__gt=high_water) | _ranges_q(gaps) if gaps else Q(id__gt=high_water)
         return window.filter(unseen).exists()
 
@@ -189,8 +196,16 @@ def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileRe
 
     report.in_flight = len(skipped)
     report.drifts = [(workspaces[ws].slug, day, kind, details) for (ws, day, kind), details in sorted(found.items())]
-    _record(found=found, skipped=skipped, since=since, now=now, workspaces=workspaces, tree_members=tree_members, report=report,
-            extra_heal=coarse_heal)
+    _record(
+        found=found,
+        skipped=skipped,
+        since=since,
+        now=now,
+        workspaces=workspaces,
+        tree_members=tree_members,
+        report=report,
+        extra_heal=coarse_heal,
+    )
     return report
 
 
@@ -230,8 +245,9 @@ def _coarse_drift(daily_qs, since: date | None, exclude: set[tuple[int, date]]) 
     return found, heal
 
 
-def _record(*, found, skipped, since, now, workspaces, tree_members, report: ReconcileReport,
-            extra_heal: set[tuple[int, date]] = frozenset()) -> None:
+def _record(
+    *, found, skipped, since, now, workspaces, tree_members, report: ReconcileReport, extra_heal: set[tuple[int, date]] = frozenset()
+) -> None:
     with transaction.atomic():
         open_drifts = UsageDrift.objects.select_for_update().filter(resolved_at__isnull=True)
         if since is not None:

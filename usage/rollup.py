@@ -331,11 +331,7 @@ def _spans(keys: list[tuple[int, object]], step) -> list[tuple[int, object, obje
 
 def _insert_grouped(model, period: str, period_expr, events) -> int:
     """INSERT INTO <rollup table> SELECT ... grouped events: rows never travel through Python."""
-    grouped = (
-        events.values(*GROUP_KEYS, r_period=period_expr)
-        .annotate(r_model=Max("model"), **ROLLUP_COLUMNS)
-        .order_by()
-    )
+    grouped = events.values(*GROUP_KEYS, r_period=period_expr).annotate(r_model=Max("model"), **ROLLUP_COLUMNS).order_by()
     sql, params = grouped.query.sql_with_params()
     qn = connection.ops.quote_name
     keys = {**{name: name for name in GROUP_KEYS}, period: "r_period", "model": "r_model"}
@@ -383,8 +379,11 @@ def _recompute_days(buckets: list[UsageDayBucket]) -> int:
         reduce(
             or_,
             (
-                Q(workspace_id=ws, created_at__gte=local_day_start(a, ZoneInfo(names[ws])),
-                  created_at__lt=local_day_start(b + ONE_DAY, ZoneInfo(names[ws])))
+                Q(
+                    workspace_id=ws,
+                    created_at__gte=local_day_start(a, ZoneInfo(names[ws])),
+                    created_at__lt=local_day_start(b + ONE_DAY, ZoneInfo(names[ws])),
+                )
                 for ws, a, b in spans
             ),
         )
@@ -402,8 +401,16 @@ def _recompute_days(buckets: list[UsageDayBucket]) -> int:
 
 
 # UsageDaily column → how the coarser rollups combine it (r_ aliases, as in ROLLUP_COLUMNS).
-SUMMED_COLUMNS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "estimated_requests",
-                  "estimated_tokens", "cost")
+SUMMED_COLUMNS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "estimated_requests",
+    "estimated_tokens",
+    "cost",
+)
 
 
 def month_start(day: date) -> date:
@@ -421,8 +428,10 @@ def _insert_select(model, grouped) -> None:
     qn = connection.ops.quote_name
     names = [*grouped.query.values_select, *grouped.query.annotation_select]
     targets = [name.removeprefix("r_") for name in names]
-    statement = (f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(t) for t in targets)}) "
-                 f"SELECT {', '.join('g.' + qn(n) for n in names)} FROM ({sql}) g")
+    statement = (
+        f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(t) for t in targets)}) "
+        f"SELECT {', '.join('g.' + qn(n) for n in names)} FROM ({sql}) g"
+    )
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
 
@@ -456,8 +465,9 @@ def _recompute_coarse(spans: list[tuple[int, date, date]]) -> None:
     grouped = (
         UsageDaily.objects.filter(reduce(or_, (Q(workspace_id=ws, day__gte=m, day__lte=month_end(m)) for ws, m in months)))
         .values(*GROUP_KEYS, month=TruncMonth("day"))
-        .annotate(r_model=Max("model"), **sums, r_latency_histogram=HistogramSum("latency_histogram"),
-                  r_latency_max_ms=Max("latency_max_ms"))
+        .annotate(
+            r_model=Max("model"), **sums, r_latency_histogram=HistogramSum("latency_histogram"), r_latency_max_ms=Max("latency_max_ms")
+        )
         .order_by()
     )
     _insert_select(UsageMonthly, grouped)
@@ -477,9 +487,7 @@ def recompute_batch(*, kind: str, now: datetime, batch_size: int) -> tuple[int, 
 
     Returns (buckets, rows written); (0, 0) when nothing is left that another run is not holding.
     """
-    model, order, recompute = (
-        (UsageDayBucket, "day", _recompute_days) if kind == "day" else (UsageHourBucket, "hour", _recompute_hours)
-    )
+    model, order, recompute = (UsageDayBucket, "day", _recompute_days) if kind == "day" else (UsageHourBucket, "hour", _recompute_hours)
     with transaction.atomic():
         buckets = list(
             model.objects.select_for_update(skip_locked=True)
@@ -536,8 +544,11 @@ def rezone(*, now: datetime) -> list[int]:
     built_in = UsageRollupZone.objects.filter(workspace=OuterRef("pk")).values("time_zone")
     # A workspace seen for the first time (created since the last pass): its rollups, if any
     # already exist, were built in a zone nobody recorded, so record "unknown" and rebuild.
-    new = list(Workspace.objects.filter(~Exists(built_in)).annotate(
-        has_rows=Exists(UsageDaily.objects.filter(workspace=OuterRef("pk")))).values_list("id", "time_zone", "has_rows"))
+    new = list(
+        Workspace.objects.filter(~Exists(built_in))
+        .annotate(has_rows=Exists(UsageDaily.objects.filter(workspace=OuterRef("pk"))))
+        .values_list("id", "time_zone", "has_rows")
+    )
     if new:
         UsageRollupZone.objects.bulk_create(
             [UsageRollupZone(workspace_id=pk, time_zone="" if has_rows else name, updated_at=now) for pk, name, has_rows in new],

@@ -59,7 +59,7 @@ def allocate_cents(exact: list[Decimal]) -> list[Decimal]:
     floors = [int((part / CENT).to_integral_value(rounding=ROUND_DOWN)) for part in exact]
     missing = total_cents - sum(floors)
     order = sorted(range(len(exact)), key=lambda i: (-(exact[i] / CENT - floors[i]), i))
-    for i in order[:max(missing, 0)]:
+    for i in order[: max(missing, 0)]:
         floors[i] += 1
     return [Decimal(f) * CENT for f in floors]
 
@@ -127,8 +127,9 @@ class UsageScope:
         last = hour_floor(now)
         tz = workspace.tz
         first = last - timedelta(hours=HOURLY_WINDOW - 1)
-        return cls(workspace=workspace, start=first.astimezone(tz).date(), end=last.astimezone(tz).date(), hourly=True,
-                   last_hour=last, **filters)
+        return cls(
+            workspace=workspace, start=first.astimezone(tz).date(), end=last.astimezone(tz).date(), hourly=True, last_hour=last, **filters
+        )
 
     @property
     def first_hour(self) -> datetime:
@@ -291,8 +292,12 @@ def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAUL
             pk = row[BREAKDOWNS[kind][0][0]]
             into = merged[kind].get(pk)
             if into is None:
-                merged[kind][pk] = {**{m: row[m] for m in SUMMED}, "histogram": histogram, "slowest": row["slowest"],
-                                    "model_label": row["model_label"]}
+                merged[kind][pk] = {
+                    **{m: row[m] for m in SUMMED},
+                    "histogram": histogram,
+                    "slowest": row["slowest"],
+                    "model_label": row["model_label"],
+                }
                 continue
             for name in SUMMED:
                 into[name] += row[name]
@@ -321,17 +326,24 @@ def _grouped(parts: list[QuerySet], ids: list[str]) -> list[dict] | QuerySet:
     if not parts:
         return []
     if connection.vendor != "postgresql" or len(parts) == 1:
-        grouped = [qs.values(*ids).annotate(**_sums(), latency_histogram=HistogramSum("latency_histogram"),
-                                              slowest=Max("latency_max_ms"), model_label=Max("model")).order_by()
-                   for qs in parts]
+        grouped = [
+            qs.values(*ids)
+            .annotate(
+                **_sums(), latency_histogram=HistogramSum("latency_histogram"), slowest=Max("latency_max_ms"), model_label=Max("model")
+            )
+            .order_by()
+            for qs in parts
+        ]
         return grouped[0].union(*grouped[1:], all=True) if len(grouped) > 1 else grouped[0]
     plain = [qs.values(*ids, *SUMMED, "latency_histogram", "latency_max_ms", "model").order_by() for qs in parts]
     sql, params = plain[0].union(*plain[1:], all=True).query.sql_with_params()
     q = connection.ops.quote_name
     sums = [f"SUM({q(n)}){'' if n == 'cost' else '::bigint'} AS {q(n)}" for n in SUMMED]
-    outer = (f"SELECT {', '.join(map(q, ids))}, {', '.join(sums)}, SUM({q('latency_histogram')}) AS {q('latency_histogram')}, "
-             f"MAX({q('latency_max_ms')}) AS {q('slowest')}, "
-             f"MAX({q('model')}) AS {q('model_label')} FROM ({sql}) AS parts GROUP BY {', '.join(map(q, ids))}")
+    outer = (
+        f"SELECT {', '.join(map(q, ids))}, {', '.join(sums)}, SUM({q('latency_histogram')}) AS {q('latency_histogram')}, "
+        f"MAX({q('latency_max_ms')}) AS {q('slowest')}, "
+        f"MAX({q('model')}) AS {q('model_label')} FROM ({sql}) AS parts GROUP BY {', '.join(map(q, ids))}"
+    )
     with connection.cursor() as cursor:
         cursor.execute(outer, params)
         names = [c.name for c in cursor.description]
@@ -393,7 +405,9 @@ def key_limits(keys: list[ApiKey], zones: dict[int, ZoneInfo], *, now: datetime,
     for key_id, year in years.items():
         by_year.setdefault(year, []).append(key_id)
     window = reduce(or_, (Q(api_key_id__in=ids, month__gte=date(y, 1, 1), month__lte=date(y, 12, 1)) for y, ids in by_year.items()))
-    used = dict(UsageMonthly.objects.filter(window).values("api_key_id").annotate(t=Sum("total_tokens")).values_list("api_key_id", "t").order_by())
+    used = dict(
+        UsageMonthly.objects.filter(window).values("api_key_id").annotate(t=Sum("total_tokens")).values_list("api_key_id", "t").order_by()
+    )
 
     with_tpm = [str(k.public_id) for k in limited if k.tpm_limit]
     minute: dict[str, int] | None = None
@@ -407,8 +421,13 @@ def key_limits(keys: list[ApiKey], zones: dict[int, ZoneInfo], *, now: datetime,
         except RedisError:
             note = "Not available: the limit counters (Redis) cannot be reached."
     return [
-        KeyLimit(key=k, year=years[k.id], yearly_used=int(used.get(k.id) or 0),
-                 tpm_used=minute.get(str(k.public_id), 0) if minute is not None and k.tpm_limit else None, tpm_note=note)
+        KeyLimit(
+            key=k,
+            year=years[k.id],
+            yearly_used=int(used.get(k.id) or 0),
+            tpm_used=minute.get(str(k.public_id), 0) if minute is not None and k.tpm_limit else None,
+            tpm_note=note,
+        )
         for k in limited
     ]
 
@@ -462,10 +481,24 @@ def billing_statement(workspace: Workspace, month: date) -> Statement:
     first, last = month_bounds(month)
     rows = list(
         UsageMonthly.objects.filter(tree_q(workspace), month=first)
-        .values("workspace_id", "workspace__name", "workspace__slug", "workspace__parent_id", "deployment_id", "deployment__name",
-                "currency", "input_price_per_million", "output_price_per_million")
-        .annotate(requests=Sum("requests"), prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"),
-                  cost=Sum("cost"), model=Max("model"))
+        .values(
+            "workspace_id",
+            "workspace__name",
+            "workspace__slug",
+            "workspace__parent_id",
+            "deployment_id",
+            "deployment__name",
+            "currency",
+            "input_price_per_million",
+            "output_price_per_million",
+        )
+        .annotate(
+            requests=Sum("requests"),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            cost=Sum("cost"),
+            model=Max("model"),
+        )
         .order_by("workspace__parent_id", "workspace__name", "deployment__name", "deployment_id")
     )
     versions = _price_versions(rows, first, last, workspace.tz)
@@ -478,8 +511,9 @@ def billing_statement(workspace: Workspace, month: date) -> Statement:
             section = sections[row["workspace_id"]] = Section(row["workspace_id"], row["workspace__name"], row["workspace__slug"], [], ZERO)
         row["label"] = row["deployment__name"] or f"{row['model']} (deleted deployment)"
         row["input_price"], row["output_price"] = price_text(row["input_price_per_million"]), price_text(row["output_price_per_million"])
-        row["versions"] = versions.get((row["deployment_id"], row["input_price_per_million"], row["output_price_per_million"],
-                                        row["currency"]), [])
+        row["versions"] = versions.get(
+            (row["deployment_id"], row["input_price_per_million"], row["output_price_per_million"], row["currency"]), []
+        )
         section.items.append(row)
         section.exact += row["cost"]
     for section in sections.values():
@@ -495,8 +529,13 @@ def billing_statement(workspace: Workspace, month: date) -> Statement:
         for item, amount in zip(section.items, _allocate_within([i["cost"] for i in section.items], total), strict=True):
             item["cost_cents"] = amount
     return Statement(
-        workspace=workspace, month=first, currency=", ".join(sorted(currencies)) or "USD", sections=ordered, exact=exact,
-        total=cents(exact), prompt_tokens=sum(i["prompt_tokens"] for s in ordered for i in s.items),
+        workspace=workspace,
+        month=first,
+        currency=", ".join(sorted(currencies)) or "USD",
+        sections=ordered,
+        exact=exact,
+        total=cents(exact),
+        prompt_tokens=sum(i["prompt_tokens"] for s in ordered for i in s.items),
         completion_tokens=sum(i["completion_tokens"] for s in ordered for i in s.items),
     )
 
@@ -515,7 +554,9 @@ def _price_versions(rows: list[dict], first: date, last: date, tz: ZoneInfo) -> 
     found: dict[tuple, list[datetime]] = {}
     fallback: dict[tuple, list[datetime]] = {}
     previous = None
-    for price in DeploymentPrice.objects.filter(deployment_id__in=ids, effective_from__lt=month_end).order_by("deployment_id", "effective_from"):
+    for price in DeploymentPrice.objects.filter(deployment_id__in=ids, effective_from__lt=month_end).order_by(
+        "deployment_id", "effective_from"
+    ):
         if previous is not None and previous.deployment_id == price.deployment_id:
             _note_version(previous, price.effective_from, month_start, found, fallback)
         elif previous is not None:

@@ -76,13 +76,30 @@ def _alert_once(budget: Budget, month: date, threshold: int) -> bool:
     """Record that `threshold` was reached in `month`, once: the unique row is the guard."""
     try:
         with transaction.atomic():
-            BudgetAlert.objects.create(workspace=budget.workspace, month=month, threshold=threshold, spent=budget.spent,
-                                       amount=budget.amount, currency=budget.currency)
+            BudgetAlert.objects.create(
+                workspace=budget.workspace,
+                month=month,
+                threshold=threshold,
+                spent=budget.spent,
+                amount=budget.amount,
+                currency=budget.currency,
+            )
     except IntegrityError:
         return False
-    audit_record(workspace=budget.workspace, actor=Actor.system("budget check"), action="budget.threshold_reached", target=budget,
-                 details={"threshold": threshold, "month": f"{month:%Y-%m}", "spent": str(budget.spent.quantize(Decimal("0.01"))),
-                          "amount": str(budget.amount), "currency": budget.currency, "blocks": budget.block_requests})
+    audit_record(
+        workspace=budget.workspace,
+        actor=Actor.system("budget check"),
+        action="budget.threshold_reached",
+        target=budget,
+        details={
+            "threshold": threshold,
+            "month": f"{month:%Y-%m}",
+            "spent": str(budget.spent.quantize(Decimal("0.01"))),
+            "amount": str(budget.amount),
+            "currency": budget.currency,
+            "blocks": budget.block_requests,
+        },
+    )
     return True
 
 
@@ -128,8 +145,9 @@ def budgets_check(*, now: datetime | None = None) -> int:
     return fired
 
 
-def budget_set(*, workspace: Workspace, amount: Decimal, currency: str, block_requests: bool, actor: Actor,
-               now: datetime | None = None) -> Budget:
+def budget_set(
+    *, workspace: Workspace, amount: Decimal, currency: str, block_requests: bool, actor: Actor, now: datetime | None = None
+) -> Budget:
     """Create or change a workspace's monthly budget. Its spend is re-read at once, so raising the
     amount or unticking "block" unblocks the gateway now, not after the next rollup pass."""
     now = now or timezone.now()
@@ -138,8 +156,9 @@ def budget_set(*, workspace: Workspace, amount: Decimal, currency: str, block_re
         budget = Budget.objects.select_for_update().filter(workspace=workspace).first()
         if budget is None:
             budget = Budget.objects.create(workspace=workspace, **values)
-            audit_record(workspace=workspace, actor=actor, action="budget.created", target=budget,
-                         details={k: str(v) for k, v in values.items()})
+            audit_record(
+                workspace=workspace, actor=actor, action="budget.created", target=budget, details={k: str(v) for k, v in values.items()}
+            )
         else:
             changes = {k: [str(getattr(budget, k)), str(v)] for k, v in values.items() if getattr(budget, k) != v}
             if not changes:
@@ -159,8 +178,13 @@ def budget_remove(*, workspace: Workspace, actor: Actor) -> bool:
         budget = Budget.objects.select_for_update().filter(workspace=workspace).first()
         if budget is None:
             return False
-        audit_record(workspace=workspace, actor=actor, action="budget.removed", target=budget,
-                     details={k: str(getattr(budget, k)) for k in BUDGET_FIELDS})
+        audit_record(
+            workspace=workspace,
+            actor=actor,
+            action="budget.removed",
+            target=budget,
+            details={k: str(getattr(budget, k)) for k in BUDGET_FIELDS},
+        )
         budget.delete()
         _budget_keys_changed(workspace)
     return True

@@ -32,8 +32,14 @@ def usage_rollup() -> dict:
 @shared_task(acks_late=True, **RETRY)
 def usage_reconcile(days: int | None = None) -> dict:
     report = services.usage_reconcile(days=days)
-    logger.info("usage reconcile since %s: %d checked, %d in flight, %d drifts, %d resolved",
-                report.since, report.checked, report.in_flight, len(report.drifts), report.resolved)
+    logger.info(
+        "usage reconcile since %s: %d checked, %d in flight, %d drifts, %d resolved",
+        report.since,
+        report.checked,
+        report.in_flight,
+        len(report.drifts),
+        report.resolved,
+    )
     return {"checked": report.checked, "drifts": len(report.drifts), "resolved": report.resolved}
 
 

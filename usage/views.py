@@ -57,8 +57,11 @@ def _filters(request: HttpRequest, access: WorkspaceAccess, now: datetime) -> Fi
     filters = {"sub": by_slug.get(data["workspace"]), "key_id": by_key.get(data["key"]), "deployment_id": by_dep.get(data["deployment"])}
     if "sort" in params:
         params["sort"] = data["sort"]  # an unknown sort was replaced by the default; links carry that
-    labels = [f"{form.fields[name].label or name.capitalize()}: {dict(form.fields[name].choices)[data[name]]}"
-              for name in ("workspace", "key", "deployment") if data[name]]
+    labels = [
+        f"{form.fields[name].label or name.capitalize()}: {dict(form.fields[name].choices)[data[name]]}"
+        for name in ("workspace", "key", "deployment")
+        if data[name]
+    ]
     if data["range"] == "48h":
         scope = UsageScope.last_48_hours(ws, now, **filters)
         for name in ("start", "end"):
@@ -84,8 +87,12 @@ def _limited_keys(filters: Filters) -> list[ApiKey]:
 
 def _report(access: WorkspaceAccess, filters: Filters, *, breakdowns: bool = True) -> UsageReport:
     scope = filters.scope
-    return usage_report(scope, with_workspaces=access.workspace.is_default and scope.sub is None,
-                        sort=filters.form.cleaned_data["sort"], breakdowns=breakdowns)
+    return usage_report(
+        scope,
+        with_workspaces=access.workspace.is_default and scope.sub is None,
+        sort=filters.form.cleaned_data["sort"],
+        breakdowns=breakdowns,
+    )
 
 
 def _limits(filters: Filters, now: datetime) -> list[KeyLimit]:
@@ -102,9 +109,16 @@ def usage_page(request: HttpRequest, ws: str) -> HttpResponse:
     now = timezone.now()
     filters = _filters(request, access, now)
     fragment = FRAGMENTS.get(request.htmx.target) if request.htmx else None
-    context = {"access": access, "nav": "usage", "form": filters.form, "scope": filters.scope, "params": filters.params,
-               "usage_url": reverse("usage_page", kwargs={"ws": access.workspace.slug}), "embedded": fragment == "embedded",
-               "filter_labels": filters.labels}
+    context = {
+        "access": access,
+        "nav": "usage",
+        "form": filters.form,
+        "scope": filters.scope,
+        "params": filters.params,
+        "usage_url": reverse("usage_page", kwargs={"ws": access.workspace.slug}),
+        "embedded": fragment == "embedded",
+        "filter_labels": filters.labels,
+    }
     if filters.scope is not None:
         report = _report(access, filters, breakdowns=fragment != "embedded")
         context.update(report=report, charts=usage_charts(report))

@@ -17,7 +17,9 @@ def usage_drift_banner(access) -> dict:
         return {"drifts": []}
     workspace = access.workspace
     scope = Q(workspace=workspace) | Q(workspace__parent=workspace) if workspace.is_default else Q(workspace=workspace)
-    drifts = list(UsageDrift.objects.filter(scope, resolved_at__isnull=True).select_related("workspace").order_by("day", "workspace__name")[:6])
+    drifts = list(
+        UsageDrift.objects.filter(scope, resolved_at__isnull=True).select_related("workspace").order_by("day", "workspace__name")[:6]
+    )
     return {"drifts": drifts[:5], "more": len(drifts) > 5}
 
 
@@ -40,7 +42,11 @@ def sort_header(context, column: str, label: str, numeric: bool = True, hint: st
         target = f"-{column}" if numeric else column
     return {
         "href": f"{context['usage_url']}?{query_with(context['params'], sort=target)}",
-        "label": label, "numeric": numeric, "hint": hint, "active": active, "descending": descending,
+        "label": label,
+        "numeric": numeric,
+        "hint": hint,
+        "active": active,
+        "descending": descending,
         "htmx": not context.get("embedded"),
     }
 

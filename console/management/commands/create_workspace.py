@@ -34,8 +34,14 @@ class Command(BaseCommand):
         if not slug:
             raise CommandError("Give a --slug: none can be made from this name.")
         try:
-            workspace = workspace_create(name=name, slug=slug, parent=parent_ws, time_zone=time_zone, owner=owner_user,
-                                         actor=Actor.system("manage.py create_workspace"))
+            workspace = workspace_create(
+                name=name,
+                slug=slug,
+                parent=parent_ws,
+                time_zone=time_zone,
+                owner=owner_user,
+                actor=Actor.system("manage.py create_workspace"),
+            )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
         kind = f"sub-workspace of {parent_ws.slug}" if parent_ws else "default workspace"

@@ -33,9 +33,7 @@ class Command(BaseCommand):
             admin.save(update_fields=["password"])
             created_password = password
 
-        default = Workspace.objects.filter(slug="acme").first() or workspace_create(
-            name="Acme", slug="acme", time_zone="UTC", actor=actor
-        )
+        default = Workspace.objects.filter(slug="acme").first() or workspace_create(name="Acme", slug="acme", time_zone="UTC", actor=actor)
         if not Membership.objects.filter(workspace=default, user=admin).exists():
             membership_add(workspace=default, user=admin, role=Role.OWNER, actor=actor)
         if not Workspace.objects.filter(slug="acme-research").exists():
@@ -66,12 +64,26 @@ class Command(BaseCommand):
         base_url = f"http://127.0.0.1:{settings.DEMO_MODEL_PORT}/v1"
         existing = Deployment.objects.filter(model_id=DEMO_MODEL_ID).first()
         if existing is None:
-            return deployment_create(workspace=workspace, actor=actor, name="Demo model", model_id=DEMO_MODEL_ID,
-                                     upstream_base_url=base_url, upstream_model="gatehouse-demo",
-                                     description="Gatehouse's built-in demo model: deterministic answers, honest token counts.",
-                                     input_per_million="2.50", output_per_million="10.00")
+            return deployment_create(
+                workspace=workspace,
+                actor=actor,
+                name="Demo model",
+                model_id=DEMO_MODEL_ID,
+                upstream_base_url=base_url,
+                upstream_model="gatehouse-demo",
+                description="Gatehouse's built-in demo model: deterministic answers, honest token counts.",
+                input_per_million="2.50",
+                output_per_million="10.00",
+            )
         if existing.upstream_base_url != base_url:
-            return deployment_update(deployment=existing, actor=actor, name=existing.name, model_id=existing.model_id,
-                                     description=existing.description, upstream_base_url=base_url,
-                                     upstream_model=existing.upstream_model, timeout_seconds=existing.timeout_seconds)
+            return deployment_update(
+                deployment=existing,
+                actor=actor,
+                name=existing.name,
+                model_id=existing.model_id,
+                description=existing.description,
+                upstream_base_url=base_url,
+                upstream_model=existing.upstream_model,
+                timeout_seconds=existing.timeout_seconds,
+            )
         return existing

@@ -10,8 +10,15 @@ from console.models import Workspace
 from deployments.examples import target_for
 from deployments.services import deployment_create
 
-OPTION_FOR = {"name": "--name", "model_id": "--model", "upstream_base_url": "--upstream-url", "upstream_model": "--upstream-model",
-              "input_per_million": "--input-price", "output_per_million": "--output-price", "currency": "--currency"}
+OPTION_FOR = {
+    "name": "--name",
+    "model_id": "--model",
+    "upstream_base_url": "--upstream-url",
+    "upstream_model": "--upstream-model",
+    "input_per_million": "--input-price",
+    "output_per_million": "--output-price",
+    "currency": "--currency",
+}
 
 
 class Command(BaseCommand):
@@ -21,17 +28,36 @@ class Command(BaseCommand):
         parser.add_argument("--workspace", required=True, metavar="SLUG", help="Workspace that owns the deployment.")
         parser.add_argument("--name", required=True)
         parser.add_argument("--model", required=True, metavar="MODEL_ID", help="The model id clients send.")
-        parser.add_argument("--upstream-url", required=True, metavar="URL", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:9000/v1")
+        parser.add_argument(
+            "--upstream-url", required=True, metavar="URL", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:9000/v1"
+        )
         parser.add_argument("--upstream-model", default="", metavar="NAME", help="Model name sent upstream (default: the model id).")
-        parser.add_argument("--upstream-key-env", default="", metavar="VAR",
-                            help="Name of an environment variable holding the upstream API key (never pass the key itself).")
+        parser.add_argument(
+            "--upstream-key-env",
+            default="",
+            metavar="VAR",
+            help="Name of an environment variable holding the upstream API key (never pass the key itself).",
+        )
         parser.add_argument("--input-price", default="0", metavar="X", help="Price per 1M input tokens.")
         parser.add_argument("--output-price", default="0", metavar="Y", help="Price per 1M output tokens.")
         parser.add_argument("--currency", default="USD")
         parser.add_argument("--description", default="")
 
-    def handle(self, *args, workspace, name, model, upstream_url, upstream_model, upstream_key_env, input_price, output_price,
-               currency, description, **options):
+    def handle(
+        self,
+        *args,
+        workspace,
+        name,
+        model,
+        upstream_url,
+        upstream_model,
+        upstream_key_env,
+        input_price,
+        output_price,
+        currency,
+        description,
+        **options,
+    ):
         ws = Workspace.objects.filter(slug=workspace).first()
         if ws is None:
             raise CommandError(f"No workspace with slug {workspace!r}.")
@@ -42,18 +68,32 @@ class Command(BaseCommand):
                 raise CommandError(f"The environment variable {upstream_key_env} is not set or empty.")
         try:
             deployment = deployment_create(
-                workspace=ws, actor=Actor.system("manage.py create_deployment"), name=name, model_id=model,
-                upstream_base_url=upstream_url, upstream_model=upstream_model, upstream_api_key=upstream_key,
-                input_per_million=input_price, output_per_million=output_price, currency=currency, description=description,
+                workspace=ws,
+                actor=Actor.system("manage.py create_deployment"),
+                name=name,
+                model_id=model,
+                upstream_base_url=upstream_url,
+                upstream_model=upstream_model,
+                upstream_api_key=upstream_key,
+                input_per_million=input_price,
+                output_per_million=output_price,
+                currency=currency,
+                description=description,
             )
         except ValidationError as exc:
-            messages = ([f"{OPTION_FOR.get(field, field)}: {m}" for field, ms in exc.message_dict.items() for m in ms]
-                        if hasattr(exc, "error_dict") else exc.messages)
+            messages = (
+                [f"{OPTION_FOR.get(field, field)}: {m}" for field, ms in exc.message_dict.items() for m in ms]
+                if hasattr(exc, "error_dict")
+                else exc.messages
+            )
             raise CommandError("; ".join(messages)) from None
         target = target_for(deployment=deployment, workspace=ws)
         self.stdout.write(f"Created deployment {deployment.name!r} in workspace {ws.slug}")
         self.stdout.write(f"  model id:  {deployment.model_id}")
-        self.stdout.write(f"  upstream:  {deployment.upstream_base_url}" + (f" (key from ${upstream_key_env}, ending …{deployment.upstream_api_key_last4})" if upstream_key else ""))
+        self.stdout.write(
+            f"  upstream:  {deployment.upstream_base_url}"
+            + (f" (key from ${upstream_key_env}, ending …{deployment.upstream_api_key_last4})" if upstream_key else "")
+        )
         self.stdout.write(f"  price:     {input_price} in / {output_price} out {currency.upper()} per 1M tokens")
         self.stdout.write(f"  base URL:  {target.base_url}")
         self.stdout.write(f"  V1 path:   {target.v1_url}")

@@ -23,7 +23,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--since", type=_day, help="First day to recompute (YYYY-MM-DD, in each workspace's time zone). Default: all history.")
+        parser.add_argument(
+            "--since", type=_day, help="First day to recompute (YYYY-MM-DD, in each workspace's time zone). Default: all history."
+        )
         parser.add_argument("--workspace", metavar="SLUG", help="Only this workspace. Default: all.")
 
     def handle(self, *args, since: date | None, workspace: str | None, **options):
