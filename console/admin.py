@@ -26,8 +26,13 @@ class AuditEventAdmin(admin.ModelAdmin):
     list_display = ["created_at", "workspace", "actor_label", "action", "target_label", "client_ip"]
     list_filter = ["action"]
 
+    # The audit log is append-only (a PostgreSQL trigger refuses UPDATE/DELETE too): entries are
+    # written by the services that make changes, never typed in, edited or removed here.
+    def has_add_permission(self, request):
+        return False
+
     def has_change_permission(self, request, obj=None):
-        return False  # the audit log is append-only
+        return False
 
     def has_delete_permission(self, request, obj=None):
         return False

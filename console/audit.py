@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+from django.db import connection, transaction
 
 from console.models import AuditEvent, Workspace
 from lib.net import client_ip
@@ -36,3 +40,20 @@ def audit_record(*, workspace: Workspace, actor: Actor, action: str, target, det
         details=details or {},
         client_ip=actor.ip,
     )
+
+
+@contextmanager
+def audit_erasure() -> Iterator[None]:
+    """Let the current transaction delete audit rows (PostgreSQL's append-only trigger refuses it
+    otherwise). For deliberate erasures that are themselves audited, e.g. deleting a workspace."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL gatehouse.audit_erasure = 'on'")
+        try:
+            yield
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL gatehouse.audit_erasure = 'off'")
