@@ -33,11 +33,11 @@ from gateway.limits import (
     LocalLimiter,
     RedisLimiter,
     Reservation,
-    estimate_prompt_tokens,
 )
 from gateway.metering import UsageWriter, event_row
 from gateway.proxy import SseRelay, make_client, status_error, transport_error, upstream_call
-from gateway.validation import validate_chat
+from gateway.shapes import Call, Shape
+from gateway.shapes import chat as chat_shape
 from lib.net import ip_allowed, resolve_client_ip
 
 log = logging.getLogger("gateway")
@@ -46,6 +46,11 @@ access_log = logging.getLogger("gateway.access")
 V1_DEPLOYMENT_PATH = re.compile(r"^/v1/([0-9a-fA-F-]{36})/deployments/([0-9a-fA-F-]{36})/chat/completions/?$")
 QUERY_KEY_HINTS = (b"gh_live_", b"api_key", b"apikey", b"api-key", b"access_token", b"appcode", b"key=", b"token=")
 JSON_HEADERS = [(b"content-type", b"application/json")]
+# POST paths and the API shape each speaks (gateway/shapes); all go through Gateway.handle.
+SHAPES: dict[str, Shape] = {
+    "/v1/chat/completions": chat_shape.SHAPE,
+    "/api/v2/chat/completions": chat_shape.SHAPE,
+}
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
@@ -56,7 +61,19 @@ class ClientGone(Exception):
 class Exchange:
     """One request/response: tracks whether the response started, for errors and the access log."""
 
-    __slots__ = ("send", "request_id", "status", "started", "model", "metric_model", "entry", "client_ip", "tokens", "response_started")
+    __slots__ = (
+        "send",
+        "request_id",
+        "status",
+        "started",
+        "model",
+        "metric_model",
+        "entry",
+        "client_ip",
+        "tokens",
+        "response_started",
+        "shape",
+    )
 
     def __init__(self, send, request_id: str):
         self.send = send
@@ -69,6 +86,7 @@ class Exchange:
         self.client_ip: str | None = None
         self.tokens = 0
         self.response_started = False
+        self.shape: Shape = chat_shape.SHAPE  # whose error body a failure gets
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
@@ -151,14 +169,15 @@ class Gateway:
                 headers = [*JSON_HEADERS, *exc.headers]
                 if exc.status == 413:
                     headers.append((b"connection", b"close"))
-                await exchange.respond(exc.status, exc.body(), headers)
+                status, body = exchange.shape.error_body(exc, exchange.request_id)
+                await exchange.respond(status, body, headers)
         except ClientGone:
             exchange.status = exchange.status or 499
         except Exception:
             log.exception("gateway request %s failed", exchange.request_id)
             if not exchange.response_started:
                 error = GatewayError(500, "The gateway failed to handle this request.", code="internal_error", type="server_error")
-                await exchange.respond(500, error.body())
+                await exchange.respond(*exchange.shape.error_body(error, exchange.request_id))
         finally:
             self.finish(scope, exchange)
 
@@ -211,16 +230,20 @@ class Gateway:
         query = scope.get("query_string") or b""
         if query and any(hint in query.lower() for hint in QUERY_KEY_HINTS):
             raise errors.bad_request("API keys are not accepted in the URL; send the key in a request header.", code="key_in_query")
-        if path in ("/v1/chat/completions", "/api/v2/chat/completions"):
+        shape = SHAPES.get(path)
+        if shape is not None:
+            exchange.shape = shape
             _require(method, "POST")
-            return await self.chat(scope, receive, exchange, deployment=None)
+            return await self.handle(scope, receive, exchange, shape, deployment=None)
         if path in ("/v1/models", "/v1/models/"):
             _require(method, "GET")
             return await self.list_models(scope, exchange)
         match = V1_DEPLOYMENT_PATH.match(path)
         if match:
             _require(method, "POST")
-            return await self.chat(scope, receive, exchange, deployment=(match.group(1).lower(), match.group(2).lower()))
+            return await self.handle(
+                scope, receive, exchange, chat_shape.SHAPE, deployment=(match.group(1).lower(), match.group(2).lower())
+            )
         raise GatewayError(404, f"Unknown path {path[:100]}.", code="unknown_url")
 
     # ---- endpoints ---------------------------------------------------------------------------
@@ -272,12 +295,10 @@ class Gateway:
             )
         return entry
 
-    async def chat(self, scope, receive, exchange: Exchange, *, deployment: tuple[str, str] | None) -> None:
+    async def handle(self, scope, receive, exchange: Exchange, shape: Shape, *, deployment: tuple[str, str] | None) -> None:
+        """The one request flow for every API shape: auth → scope → admission → proxy → meter."""
         headers = _headers(scope)
-        if deployment is not None and b"x-apig-appcode" in headers:
-            key = parse_bearer(headers[b"x-apig-appcode"], "X-Apig-AppCode")
-        else:
-            key = parse_bearer(headers.get(b"authorization"), "Authorization")
+        key = shape.credential(headers, deployment is not None)
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.GATEWAY_MAX_BODY_BYTES):
             raise _too_large()
@@ -287,12 +308,8 @@ class Gateway:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise errors.bad_request("The request body is not valid JSON.", code="invalid_json") from None
-        validate_chat(payload, model_required=deployment is None)
-        stream = bool(payload.get("stream"))
-        wants_usage = stream and bool((payload.get("stream_options") or {}).get("include_usage"))
-        prompt_estimate = estimate_prompt_tokens(payload["messages"])
-        choices = payload.get("n") or 1
-        completion_budget = payload.get("max_tokens") or payload.get("max_completion_tokens")
+        call = shape.parse(payload, deployment is None)
+        prompt_estimate, choices, completion_budget = call.prompt_estimate, call.choices, call.completion_budget
         if completion_budget is None:
             # No max_tokens: reserve the configured default, but never more than the key's TPM
             # leaves room for, so a small-TPM key is not refused for a number the caller never chose.
@@ -306,7 +323,7 @@ class Gateway:
         # release what was reserved and check again with the fresh key (once).
         for attempt in range(2):
             entry = exchange.entry if attempt == 0 else await self.checked_entry(scope, headers, key, exchange, reload=True)
-            route = self.resolve(entry, payload, deployment)
+            route = self.resolve(entry, call.model, deployment)
             exchange.model = route.name
             exchange.metric_model = route.metric_name
             decision = await self.admit(entry, estimate, route.deployment_id)
@@ -335,25 +352,25 @@ class Gateway:
         self.touch(entry, exchange.client_ip)
         reservation = decision.reservation
         try:
-            if stream:
-                await self.proxy_stream(receive, exchange, entry, route, payload, reservation, wants_usage)
+            if call.stream:
+                await self.proxy_stream(receive, exchange, entry, route, shape, call, reservation)
             else:
-                await self.proxy_once(receive, exchange, entry, route, payload, reservation)
+                await self.proxy_once(receive, exchange, entry, route, shape, call, reservation)
         finally:
             if reservation is not None and not reservation.settled:
                 # Anything that escaped metering (a bug, a cancellation): never keep tokens reserved.
                 await asyncio.shield(self._settle_quietly(reservation, 0))
 
-    def resolve(self, entry: KeyEntry, payload: dict, deployment: tuple[str, str] | None) -> Route:
+    def resolve(self, entry: KeyEntry, model: str | None, deployment: tuple[str, str] | None) -> Route:
         if deployment is not None:
             project_id, deployment_id = deployment
             route = entry.by_deployment.get(deployment_id) if project_id == entry.workspace_public_id else None
             if route is None:
                 raise GatewayError(404, "The deployment does not exist or you do not have access to it.", code="model_not_found")
         else:
-            route = entry.route_for(payload["model"])
+            route = entry.route_for(model)
             if route is None:
-                raise errors.model_not_found(payload["model"])
+                raise errors.model_not_found(model)
         if route.status in ("stopped", "failed"):
             raise GatewayError(503, f"The deployment {route.name} is {route.status}.", code="deployment_unavailable", type="server_error")
         if route.credential_error:
@@ -422,6 +439,7 @@ class Gateway:
             status_code=status,
             error_code=error_code,
             client_ip=exchange.client_ip,
+            endpoint=exchange.shape.endpoint,
             **flags,
         )
         exchange.tokens = prompt + completion
@@ -452,17 +470,19 @@ class Gateway:
         )
         raise error
 
-    async def fetch_once(self, route: Route, headers, body: bytes):
-        response = await self.http.open(route.chat_url, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0))
+    async def fetch_once(self, url: str, route: Route, headers, body: bytes):
+        response = await self.http.open(url, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0))
         try:
             return response, await response.read()
         finally:
             await response.aclose()  # back to the pool only when read to the end; closed otherwise
 
-    async def proxy_once(self, receive, exchange: Exchange, entry: KeyEntry, route: Route, payload: dict, reservation) -> None:
-        headers, body = upstream_call(route, payload, stream=False)
+    async def proxy_once(self, receive, exchange: Exchange, entry: KeyEntry, route: Route, shape: Shape, call: Call, reservation) -> None:
+        headers, body = upstream_call(route, call.body, stream=False)
         try:
-            response, body = await _unless_client_leaves(receive, self.fetch_once(route, headers, body))
+            response, body = await _unless_client_leaves(
+                receive, self.fetch_once(route.base_url + shape.upstream_path, route, headers, body)
+            )
         except ClientGone:
             # The caller hung up while the model was still working: stop the upstream call (its
             # connection is closed, so a well-behaved server stops generating) and meter it.
@@ -472,7 +492,7 @@ class Gateway:
                 entry,
                 route,
                 reservation,
-                prompt=estimate_prompt_tokens(payload["messages"]),
+                prompt=call.prompt_estimate,
                 completion=0,
                 status=499,
                 error_code="client_disconnected",
@@ -491,29 +511,26 @@ class Gateway:
         except ValueError:
             error = GatewayError(502, "The model sent a response that is not JSON.", code="upstream_invalid", type="server_error")
             return await self.upstream_failed(exchange, entry, route, reservation, error)
-        usage = data.get("usage")
-        estimated = not _valid_usage(usage)
+        usage = shape.usage(data)
+        estimated = usage is None
         if estimated:
             # The upstream did the work but did not count it: estimate, and say so.
-            prompt = estimate_prompt_tokens(payload["messages"])
-            text = "".join(str((c.get("message") or {}).get("content") or "") for c in data.get("choices") or () if isinstance(c, dict))
-            completion = max(1, -(-len(text) // 4))
+            prompt, completion = call.prompt_estimate, shape.estimate_completion(data)
         else:
-            prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        if data.get("model") != route.name:
-            data["model"] = route.name
+            prompt, completion = usage
+        answer = shape.respond(data, call, route.name, exchange.request_id)
         await self.meter(exchange, entry, route, reservation, prompt=prompt, completion=completion, status=200, estimated=estimated)
-        await exchange.respond(200, orjson.dumps(data))
+        await exchange.respond(200, answer)
 
-    async def proxy_stream(
-        self, receive, exchange: Exchange, entry: KeyEntry, route: Route, payload: dict, reservation, wants_usage: bool
-    ) -> None:
-        headers, body = upstream_call(route, payload, stream=True)
+    async def proxy_stream(self, receive, exchange: Exchange, entry: KeyEntry, route: Route, shape: Shape, call: Call, reservation) -> None:
+        headers, body = upstream_call(route, call.body, stream=True)
         try:
-            response = await self.http.open(route.chat_url, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0))
+            response = await self.http.open(
+                route.base_url + shape.upstream_path, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0)
+            )
         except Exception as exc:
             return await self.upstream_failed(exchange, entry, route, reservation, transport_error(exc), streamed=True)
-        relay = SseRelay(client_model=route.name, upstream_model=route.upstream_model, client_wants_usage=wants_usage)
+        relay = shape.relay(call, route, exchange.request_id)
         try:
             if response.status != 200:
                 try:
@@ -521,13 +538,16 @@ class Gateway:
                 except Exception:
                     body = b""
                 return await self.upstream_failed(exchange, entry, route, reservation, status_error(response.status, body), streamed=True)
-            await exchange.start(200, SSE_HEADERS)
+            await exchange.start(200, [*SSE_HEADERS, *shape.stream_headers])
+            opening = relay.opening()
+            if opening:
+                await exchange.send({"type": "http.response.body", "body": opening, "more_body": True})
             outcome = await self._pump(receive, exchange, response, relay)
         finally:
             await response.aclose()
 
         state = relay.state
-        prompt_estimate = estimate_prompt_tokens(payload["messages"])
+        prompt_estimate = call.prompt_estimate
         ttft = int((state.first_chunk_at - exchange.started) * 1000) if state.first_chunk_at else None
         if state.first_chunk_at:
             metrics.TTFT.labels(route.metric_name).observe(state.first_chunk_at - exchange.started)
@@ -569,8 +589,7 @@ class Gateway:
             error = error or unrecorded  # the stream's own failure is what the client most needs to hear
         if error is not None:
             exchange.status = error.status
-        last = b"data: " + error.body() + b"\n\n" if error is not None else b"data: [DONE]\n\n"
-        await exchange.send({"type": "http.response.body", "body": last, "more_body": False})
+        await exchange.send({"type": "http.response.body", "body": relay.closing(error), "more_body": False})
 
     async def _pump(self, receive, exchange: Exchange, response, relay: SseRelay):
         """Forward the stream until it ends ("done"/"eof"), fails (the exception) or the client leaves ("client_gone")."""

@@ -85,10 +85,14 @@ class Route:
     # The Prometheus label: a provider's open-ended names share one series, so callers cannot
     # mint unbounded label values.
     metric_name: str = ""
+    # chat_url without /chat/completions: the other API shapes append their own path to it.
+    base_url: str = ""
 
     def __post_init__(self) -> None:
         if not self.metric_name:
             self.metric_name = self.name
+        if not self.base_url:
+            self.base_url = self.chat_url.removesuffix("/chat/completions")
 
     def with_model(self, name: str, upstream_model: str, *, wildcard: bool = False) -> Route:
         return Route(

@@ -186,6 +186,7 @@ def event_row(
     streamed: bool = False,
     ttft_ms: int | None = None,
     client_ip: str | None,
+    endpoint: str = "chat.completions",
 ) -> dict:
     now = time.time()
     price = route.price_at(now) if route is not None else None
@@ -196,7 +197,7 @@ def event_row(
         "api_key_id": entry.api_key_id,
         "deployment_id": route.deployment_id if route is not None else None,
         "model": model[:200],
-        "endpoint": "chat.completions",
+        "endpoint": endpoint,
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,

@@ -15,11 +15,11 @@ def make_client(*, kind: str, max_connections: int):
     return HttpxClient(max_connections=max_connections) if kind == "httpx" else NativeClient(max_idle_per_origin=max_connections)
 
 
-def upstream_call(route, payload: dict, *, stream: bool) -> tuple[list[tuple[bytes, bytes]], bytes]:
+def upstream_call(route, payload: dict, *, stream: bool, usage_option: bool = True) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Headers and body for the upstream: the upstream's model name, and usage always asked for."""
     body = dict(payload)
     body["model"] = route.upstream_model
-    if stream:
+    if stream and usage_option:
         # Always ask for usage, so a streamed call is metered from the upstream's own count.
         options = dict(body.get("stream_options") or {})
         options["include_usage"] = True
@@ -156,6 +156,14 @@ class SseRelay:
         if changed:
             data = orjson.dumps(chunk)
         return b"data: " + data + b"\n\n"
+
+    def opening(self) -> bytes:
+        """What the client gets before the first upstream event (translated shapes open with an event of their own)."""
+        return b""
+
+    def closing(self, error) -> bytes:
+        """The stream's last bytes, sent after the usage event is written: [DONE], or the error that ended it."""
+        return b"data: " + error.body() + b"\n\n" if error is not None else b"data: [DONE]\n\n"
 
     def estimated_completion_tokens(self) -> int:
         # Never a silent zero: at least one token per content chunk delivered, or ~4 chars a token.

@@ -1,0 +1,50 @@
+"""API shapes: one request flow (auth → scope → admission → proxy → meter), many client-facing APIs.
+
+Each shape is a small module of pure functions (no I/O) that the flow in gateway/app.py calls:
+
+- `credential(headers, on_deployment_path)`: the key from the headers this API uses;
+- `parse(payload, model_required)` → `Call`: validate the client's body and translate it to the
+  upstream request (an OpenAI chat-completions body for the translated shapes);
+- `respond(data, call, model, request_id)`: the upstream's JSON answer → the client's body;
+- `usage(data)`: (prompt, completion) tokens from the upstream's answer, None when it has none;
+- `relay(call, route, request_id)`: a streaming translator (see gateway.proxy.SseRelay) that turns
+  the upstream's SSE events into the client's, with `opening()` / `closing(error)`;
+- `error_body(error, request_id)` → (status, body): the API's own error shape.
+
+The shape also names the usage event's `endpoint`, the upstream path, and the upstream body field
+that caps the completion (`cap_param`, None when the call generates nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Call:
+    """A client request as the flow needs it: what to send upstream and what to reserve."""
+
+    body: dict  # the upstream request body (the model and stream_options are set by gateway.proxy)
+    model: str | None  # the model the client named (None on the V1 deployment path)
+    stream: bool = False
+    wants_usage: bool = False  # the client asked to see the usage chunk (chat streaming)
+    prompt_estimate: int = 0
+    completion_budget: int | None = None  # the caller's cap; None: the gateway's default; 0: generates nothing
+    choices: int = 1
+    extra: dict | None = None  # request details the response translation needs
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    endpoint: str  # UsageEvent.endpoint, metrics and the access log
+    upstream_path: str  # appended to the route's base URL (which ends in /v1)
+    credential: Callable
+    parse: Callable
+    respond: Callable
+    usage: Callable
+    estimate_completion: Callable
+    relay: Callable
+    error_body: Callable
+    cap_param: str | None = "max_tokens"
+    stream_headers: tuple = ()  # extra response headers on a stream
