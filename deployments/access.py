@@ -7,7 +7,7 @@ from django.http import Http404
 
 from console.access import WorkspaceAccess, access_workspace
 from console.models import ROLE_RANK, Role
-from deployments.models import Deployment
+from deployments.models import Deployment, DeploymentReplica
 from deployments.selectors import callable_deployments
 
 
@@ -38,3 +38,13 @@ def access_deployment(user, ws_slug: str, public_id, *, min_role: Role = Role.VI
     ):
         raise PermissionDenied(f"This deployment is managed in {deployment.workspace.name}.")
     return access, deployment
+
+
+def access_replica(user, ws_slug: str, deployment_id, replica_id, *, min_role: Role = Role.ADMIN):
+    """A replica of a deployment the caller may manage; a replica of another deployment is a 404."""
+    access, deployment = access_deployment(user, ws_slug, deployment_id, min_role=min_role)
+    replica = DeploymentReplica.objects.filter(deployment=deployment, public_id=replica_id).first()
+    if replica is None:
+        raise Http404("No such replica.")
+    replica.deployment = deployment
+    return access, deployment, replica

@@ -62,6 +62,39 @@ class DeploymentForm(forms.Form):
             self.fields["clear_upstream_api_key"] = forms.BooleanField(label="Remove the stored upstream key", required=False)
 
 
+class ReplicaForm(forms.Form):
+    """Add or edit one replica of an endpoint deployment. URL rules live in the services."""
+
+    base_url = forms.CharField(
+        label="Base URL",
+        max_length=300,
+        widget=forms.TextInput(attrs={"placeholder": "http://10.0.0.6:8000/v1", "spellcheck": "false"}),
+        help_text="Another server running the same model (OpenAI-compatible).",
+    )
+    weight = forms.IntegerField(min_value=1, max_value=100, initial=1, help_text="Share of traffic relative to the other replicas.")
+    max_concurrent = forms.IntegerField(
+        label="Max concurrent requests", min_value=1, max_value=100_000, required=False, help_text="Empty: no cap."
+    )
+    api_key = forms.CharField(
+        label="Upstream API key",
+        max_length=500,
+        required=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}, render_value=False),
+        help_text="Encrypted at rest and never shown again.",
+    )
+    enabled = forms.BooleanField(required=False, initial=True, help_text="Disabled replicas get no traffic and are not probed.")
+
+    def __init__(self, *args, editing: bool = False, key_last4: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        if editing:
+            self.fields["api_key"].help_text = (
+                f"A key ending in …{key_last4} is stored. Leave empty to keep it."
+                if key_last4
+                else "No key is stored. Leave empty for none."
+            )
+            self.fields["clear_api_key"] = forms.BooleanField(label="Remove the stored upstream key", required=False)
+
+
 class PriceForm(forms.Form):
     input_per_million = forms.DecimalField(
         label="Input price / 1M tokens", min_value=Decimal("0"), max_digits=12, decimal_places=6, initial=Decimal("0")

@@ -1,8 +1,9 @@
-"""Deployment health checks: a cheap probe of each endpoint deployment's upstream.
+"""Deployment health checks: a cheap probe of each replica of each endpoint deployment.
 
-GET {upstream_base_url}/models with the deployment's upstream key and a short timeout. An answer
+GET {replica base_url}/models with the replica's upstream key and a short timeout. An answer
 below 400 (or 404/405 from a server that does not list models) means Running; no answer, a 5xx,
-or a refused key means Unreachable, with the reason in last_error. Stopped (and failed)
+or a refused key means Down, with the reason in last_error; a deployment is Unreachable when all
+its enabled replicas are down. Stopped (and failed)
 deployments are never probed; router and BYOK upstreams belong to their providers and are not
 probed here.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,7 +22,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from console.audit import Actor, audit_record
-from deployments.models import Deployment, DeploymentStatus, UpstreamKind
+from deployments.changes import replica_probed
+from deployments.models import Deployment, DeploymentReplica, DeploymentStatus, ReplicaStatus, UpstreamKind
 from lib.crypto import decrypt
 from lib.upstream import validate_upstream_url
 
@@ -114,8 +117,111 @@ def deployments_due_for_probe() -> list[int]:
     )
 
 
+def deployments_without_replicas_due_for_probe() -> list[int]:
+    return list(
+        Deployment.objects.filter(upstream_kind=UpstreamKind.ENDPOINT, status__in=PROBED_STATUSES, replicas__isnull=True)
+        .exclude(upstream_base_url="")
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+
+
+def replicas_due_for_probe() -> list[int]:
+    """Every enabled replica of an endpoint deployment that is running or unreachable."""
+    return list(
+        DeploymentReplica.objects.filter(
+            enabled=True, deployment__upstream_kind=UpstreamKind.ENDPOINT, deployment__status__in=PROBED_STATUSES
+        )
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+
+
+def _probe(*, base_url: str, encrypted_key: str, timeout_seconds: int) -> tuple[ProbeResult, int]:
+    started = time.monotonic()
+    try:
+        api_key = decrypt(encrypted_key) if encrypted_key else ""
+    except ValueError:
+        result = ProbeResult(False, "The stored upstream API key cannot be decrypted (was ENCRYPTION_KEY or SECRET_KEY changed?).")
+    else:
+        result = probe_upstream(base_url=base_url, api_key=api_key, timeout=min(PROBE_TIMEOUT_SECONDS, timeout_seconds))
+    return result, int((time.monotonic() - started) * 1000)
+
+
+def replica_health_check(*, replica_id: int, now: datetime | None = None) -> DeploymentReplica | None:
+    """Probe one replica, record Up/Down on it and the deployment's resulting status, and tell the
+    gateways (deployments.changes.replica_probed) so a passively ejected replica comes back at once.
+    None when it is not probed (disabled, deployment stopped, gone)."""
+    replica = (
+        DeploymentReplica.objects.select_related("deployment__workspace")
+        .filter(id=replica_id, enabled=True, deployment__upstream_kind=UpstreamKind.ENDPOINT, deployment__status__in=PROBED_STATUSES)
+        .first()
+    )
+    if replica is None:
+        return None
+    result, elapsed_ms = _probe(
+        base_url=replica.base_url, encrypted_key=replica.api_key_encrypted, timeout_seconds=replica.deployment.timeout_seconds
+    )
+    now = now or timezone.now()
+    status = ReplicaStatus.UP if result.reachable else ReplicaStatus.DOWN
+    with transaction.atomic():
+        updated = DeploymentReplica.objects.filter(id=replica.id, base_url=replica.base_url).update(
+            status=status, last_error=result.error[:500], last_checked_at=now, last_probe_ms=elapsed_ms
+        )
+        if updated and replica.status != status and replica.status != ReplicaStatus.UNKNOWN:
+            logger.warning("replica %s of %s is now %s: %s", replica, replica.deployment.model_id, status, result.error or "answered")
+            audit_record(
+                workspace=replica.deployment.workspace,
+                actor=Actor.system("health check"),
+                action="deployment.replica_up" if result.reachable else "deployment.replica_down",
+                target=replica.deployment,
+                details={"replica": str(replica.public_id), "host": str(replica), "error": result.error[:200]},
+            )
+        _record_deployment_status(replica.deployment_id, now)
+        if updated:
+            replica_probed(replica.id, up=result.reachable)
+    replica.refresh_from_db(fields=["status", "last_error", "last_checked_at", "last_probe_ms"])
+    return replica
+
+
+def _record_deployment_status(deployment_id: int, now: datetime) -> None:
+    """Running while any enabled replica is up (or not probed yet); Unreachable when all are down."""
+    deployment = (
+        Deployment.objects.select_for_update().select_related("workspace").filter(id=deployment_id, status__in=PROBED_STATUSES).first()
+    )
+    if deployment is None:  # stopped (or failed) meanwhile: keep what the other writer set
+        return
+    replicas = list(deployment.replicas.filter(enabled=True))
+    down = [r for r in replicas if r.status == ReplicaStatus.DOWN]
+    status = DeploymentStatus.UNREACHABLE if replicas and len(down) == len(replicas) else DeploymentStatus.RUNNING
+    if len(replicas) == 1:
+        error = down[0].last_error if down else ""
+    elif down:
+        error = f"{len(down)} of {len(replicas)} replicas down: " + "; ".join(f"{r}: {r.last_error}" for r in down)
+    else:
+        error = ""
+    _set_deployment_status(deployment, status, error, now)
+
+
+def _set_deployment_status(deployment: Deployment, status: str, error: str, now: datetime) -> None:
+    updated = Deployment.objects.filter(id=deployment.id, status=deployment.status).update(
+        status=status, last_error=error[:500], last_checked_at=now
+    )
+    if updated and status != deployment.status:
+        logger.warning("deployment %s is now %s: %s", deployment.model_id, status, error or "upstream answered")
+        audit_record(
+            workspace=deployment.workspace,
+            actor=Actor.system("health check"),
+            action="deployment.reachable" if status == DeploymentStatus.RUNNING else "deployment.unreachable",
+            target=deployment,
+            details={"from": deployment.status, "to": status, "error": error[:200]},
+        )
+
+
 def deployment_health_check(*, deployment_id: int, now: datetime | None = None) -> Deployment | None:
-    """Probe one deployment and record Running/Unreachable. None when it is not probed (stopped, gone)."""
+    """Probe every enabled replica of one deployment and record Running/Unreachable. None when it is
+    not probed (stopped, gone). A deployment row without replicas (made outside the services) is
+    probed at its own upstream URL."""
     deployment = (
         Deployment.objects.select_related("workspace")
         .filter(id=deployment_id, upstream_kind=UpstreamKind.ENDPOINT, status__in=PROBED_STATUSES)
@@ -124,31 +230,21 @@ def deployment_health_check(*, deployment_id: int, now: datetime | None = None) 
     )
     if deployment is None:
         return None
-    try:
-        api_key = decrypt(deployment.upstream_api_key_encrypted) if deployment.upstream_api_key_encrypted else ""
-    except ValueError:
-        result = ProbeResult(False, "The stored upstream API key cannot be decrypted (was ENCRYPTION_KEY or SECRET_KEY changed?).")
+    replica_ids = list(deployment.replicas.filter(enabled=True).values_list("id", flat=True))
+    if replica_ids:
+        for replica_id in replica_ids:
+            replica_health_check(replica_id=replica_id, now=now)
     else:
-        result = probe_upstream(
-            base_url=deployment.upstream_base_url, api_key=api_key, timeout=min(PROBE_TIMEOUT_SECONDS, deployment.timeout_seconds)
+        result, _ = _probe(
+            base_url=deployment.upstream_base_url,
+            encrypted_key=deployment.upstream_api_key_encrypted,
+            timeout_seconds=deployment.timeout_seconds,
         )
-    status = DeploymentStatus.RUNNING if result.reachable else DeploymentStatus.UNREACHABLE
-    now = now or timezone.now()
-    with transaction.atomic():
-        # Conditional on the status read before the probe: a deployment stopped (or probed by a
-        # concurrent check) meanwhile keeps what the other writer set.
-        updated = Deployment.objects.filter(id=deployment.id, status=deployment.status).update(
-            status=status, last_error=result.error[:500], last_checked_at=now
-        )
-        if updated and status != deployment.status:
-            logger.warning("deployment %s is now %s: %s", deployment.model_id, status, result.error or "upstream answered")
-            audit_record(
-                workspace=deployment.workspace,
-                actor=Actor.system("health check"),
-                action="deployment.reachable" if result.reachable else "deployment.unreachable",
-                target=deployment,
-                details={"from": deployment.status, "to": status, "error": result.error[:200]},
-            )
+        status = DeploymentStatus.RUNNING if result.reachable else DeploymentStatus.UNREACHABLE
+        with transaction.atomic():
+            # Conditional on the status read before the probe: a deployment stopped (or probed by a
+            # concurrent check) meanwhile keeps what the other writer set.
+            _set_deployment_status(deployment, status, result.error, now or timezone.now())
     deployment.refresh_from_db(fields=["status", "last_error", "last_checked_at"])
     return deployment
 
@@ -161,3 +257,10 @@ def deployment_probe_on_commit(*, deployment_id: int) -> None:
     from deployments.tasks import PROBE_EXPIRES_SECONDS, deployment_probe
 
     transaction.on_commit(lambda: deployment_probe.apply_async(args=(deployment_id,), expires=PROBE_EXPIRES_SECONDS))
+
+
+def replica_probe_on_commit(*, replica_id: int) -> None:
+    """For request code (a replica added, edited or enabled): probe it once the change is committed."""
+    from deployments.tasks import PROBE_EXPIRES_SECONDS, replica_probe
+
+    transaction.on_commit(lambda: replica_probe.apply_async(args=(replica_id,), expires=PROBE_EXPIRES_SECONDS))

@@ -61,6 +61,47 @@ class Deployment(models.Model):
         return self.upstream_kind == UpstreamKind.ENDPOINT and self.status != DeploymentStatus.STOPPED
 
 
+class ReplicaStatus(models.TextChoices):
+    UNKNOWN = "unknown", "Not probed yet"
+    UP = "up", "Up"
+    DOWN = "down", "Down"
+
+
+class DeploymentReplica(models.Model):
+    """One server behind an endpoint deployment. The gateway balances across the enabled, healthy
+    replicas (weighted least-in-flight, gateway/balancer.py); the worker probes each one.
+
+    The deployment's own upstream_base_url / upstream key mirror its first replica (lowest id),
+    kept in sync by deployments.services, for the pages and commands that show "the" upstream.
+    """
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replicas")
+    base_url = models.URLField(max_length=300)
+    weight = models.PositiveSmallIntegerField(default=1, help_text="Share of traffic relative to the other replicas (1-100)")
+    api_key_encrypted = models.TextField(blank=True)
+    api_key_last4 = models.CharField(max_length=4, blank=True)
+    enabled = models.BooleanField(default=True)
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True, help_text="Requests in flight at most; empty: no cap")
+
+    status = models.CharField(max_length=8, choices=ReplicaStatus.choices, default=ReplicaStatus.UNKNOWN)
+    last_error = models.CharField(max_length=500, blank=True)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_probe_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["deployment", "base_url"], name="replica_unique_url")]
+
+    def __str__(self) -> str:
+        from lib.upstream import upstream_host
+
+        return upstream_host(self.base_url)
+
+
 class DeploymentPrice(models.Model):
     """Effective-dated price versions: an event is costed with the version in force at its time."""
 

@@ -7,7 +7,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from console.models import Workspace
-from deployments.models import Deployment, DeploymentPrice
+from deployments.models import Deployment, DeploymentPrice, DeploymentReplica, UpstreamKind
 
 
 def callable_deployments(workspace: Workspace) -> QuerySet[Deployment]:
@@ -71,3 +71,10 @@ def unhealthy_deployments(workspace: Workspace, limit: int = 10) -> list[Deploym
         .filter(status__in=[DeploymentStatus.UNREACHABLE, DeploymentStatus.FAILED])
         .order_by("name", "pk")[:limit]
     )
+
+
+def replicas_for_page(deployment):
+    """The replicas of an endpoint deployment, in routing order (first = the one its upstream fields show)."""
+    if deployment.upstream_kind != UpstreamKind.ENDPOINT:
+        return []
+    return list(DeploymentReplica.objects.filter(deployment=deployment).order_by("id"))

@@ -14,7 +14,7 @@ from console.audit import Actor, audit_record
 from console.models import Workspace
 from deployments.changes import deployment_changed
 from deployments.health import deployment_probe_on_commit
-from deployments.models import Deployment, DeploymentPrice, DeploymentStatus, ModelGrant, UpstreamKind
+from deployments.models import Deployment, DeploymentPrice, DeploymentReplica, DeploymentStatus, ModelGrant, ReplicaStatus, UpstreamKind
 from deployments.selectors import price_in_force
 from keys.models import ByokCredential, RouterProvider
 from lib.crypto import encrypt
@@ -118,8 +118,12 @@ def deployment_create(
     input_per_million: Decimal | str = Decimal("0"),
     output_per_million: Decimal | str = Decimal("0"),
     currency: str = "USD",
+    upstream_weight: int = 1,
+    upstream_max_concurrent: int | None = None,
     resolve: Resolver = system_resolver,
 ) -> Deployment:
+    """Create a deployment; an endpoint deployment gets its first replica from upstream_base_url
+    (more with replica_add)."""
     name = name.strip()
     if not name:
         raise ValidationError({"name": "Enter a name."})
@@ -152,6 +156,15 @@ def deployment_create(
     # service names), which Django's URLField would refuse.
     deployment.full_clean(exclude=["upstream_base_url", "workspace", "created_by", "router_provider", "byok_credential"])
     deployment.save()
+    if upstream_kind == UpstreamKind.ENDPOINT:
+        DeploymentReplica.objects.create(
+            deployment=deployment,
+            base_url=deployment.upstream_base_url,
+            weight=_clean_weight(upstream_weight),
+            max_concurrent=_clean_max_concurrent(upstream_max_concurrent),
+            api_key_encrypted=deployment.upstream_api_key_encrypted,
+            api_key_last4=deployment.upstream_api_key_last4,
+        )
     audit_record(
         workspace=workspace,
         actor=actor,
@@ -247,6 +260,7 @@ def deployment_update(
         return deployment
     deployment.full_clean(exclude=["upstream_base_url", "workspace", "created_by", "router_provider", "byok_credential", "model_id"])
     deployment.save(update_fields=[*update_fields, "updated_at"])
+    _sync_first_replica(deployment)
     audit_record(workspace=deployment.workspace, actor=actor, action="deployment.updated", target=deployment, details=changes)
     deployment_changed(deployment.id)
     if changes.keys() & {"upstream_kind", "upstream_base_url", "upstream_api_key"}:
@@ -382,3 +396,221 @@ def model_grant_remove(*, deployment: Deployment, workspace: Workspace, actor: A
     grant.delete()
     deployment_changed(deployment.id)
     return True
+
+
+# ---- replicas ----------------------------------------------------------------------------------
+WEIGHT_MAX = 100
+MAX_CONCURRENT_MAX = 100_000
+
+
+def _clean_weight(weight) -> int:
+    try:
+        value = int(weight)
+    except (TypeError, ValueError):
+        raise ValidationError({"weight": "Enter a whole number from 1 to 100."}) from None
+    if not 1 <= value <= WEIGHT_MAX:
+        raise ValidationError({"weight": f"Enter a whole number from 1 to {WEIGHT_MAX}."})
+    return value
+
+
+def _clean_max_concurrent(value) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValidationError({"max_concurrent": "Enter a whole number, or leave empty for no cap."}) from None
+    if not 1 <= number <= MAX_CONCURRENT_MAX:
+        raise ValidationError({"max_concurrent": f"Enter a number from 1 to {MAX_CONCURRENT_MAX}, or leave empty for no cap."})
+    return number
+
+
+def _sync_first_replica(deployment: Deployment) -> None:
+    """The deployment's upstream fields are its first replica's: an edit of them edits that replica."""
+    if deployment.upstream_kind != UpstreamKind.ENDPOINT:
+        return
+    first = DeploymentReplica.objects.filter(deployment=deployment).order_by("id").first()
+    if first is None:
+        DeploymentReplica.objects.create(
+            deployment=deployment,
+            base_url=deployment.upstream_base_url,
+            api_key_encrypted=deployment.upstream_api_key_encrypted,
+            api_key_last4=deployment.upstream_api_key_last4,
+        )
+        return
+    fields = []
+    if first.base_url != deployment.upstream_base_url:
+        if DeploymentReplica.objects.filter(deployment=deployment, base_url=deployment.upstream_base_url).exclude(pk=first.pk).exists():
+            raise ValidationError({"upstream_base_url": "Another replica of this deployment already has this URL."})
+        first.base_url, first.status, first.last_error, first.last_checked_at = (
+            deployment.upstream_base_url,
+            ReplicaStatus.UNKNOWN,
+            "",
+            None,
+        )
+        fields += ["base_url", "status", "last_error", "last_checked_at"]
+    if first.api_key_encrypted != deployment.upstream_api_key_encrypted:
+        first.api_key_encrypted, first.api_key_last4 = deployment.upstream_api_key_encrypted, deployment.upstream_api_key_last4
+        fields += ["api_key_encrypted", "api_key_last4"]
+    if fields:
+        first.save(update_fields=[*fields, "updated_at"])
+
+
+def _mirror_first_replica(deployment: Deployment) -> None:
+    """After a replica change: the deployment's upstream fields show its (new) first replica."""
+    first = DeploymentReplica.objects.filter(deployment=deployment).order_by("id").first()
+    if first is None:
+        return
+    if (deployment.upstream_base_url, deployment.upstream_api_key_encrypted) != (first.base_url, first.api_key_encrypted):
+        deployment.upstream_base_url = first.base_url
+        deployment.upstream_api_key_encrypted, deployment.upstream_api_key_last4 = first.api_key_encrypted, first.api_key_last4
+        deployment.save(update_fields=["upstream_base_url", "upstream_api_key_encrypted", "upstream_api_key_last4", "updated_at"])
+
+
+def _replica_details(replica: DeploymentReplica) -> dict:
+    return {
+        "replica": str(replica.public_id),
+        "host": upstream_host(replica.base_url),
+        "weight": replica.weight,
+        "max_concurrent": replica.max_concurrent,
+        "enabled": replica.enabled,
+        "upstream_api_key": "set" if replica.api_key_encrypted else "none",
+    }
+
+
+def _locked_endpoint(deployment: Deployment) -> Deployment:
+    locked = Deployment.objects.select_for_update().select_related("workspace").get(pk=deployment.pk)
+    if locked.upstream_kind != UpstreamKind.ENDPOINT:
+        raise ValidationError("Only deployments that route to an OpenAI-compatible endpoint have replicas.")
+    return locked
+
+
+def _clean_replica_url(deployment: Deployment, base_url: str, *, exclude_pk: int | None, resolve: Resolver) -> str:
+    try:
+        url = validate_upstream_url(base_url, resolve=resolve)
+    except ValidationError as exc:
+        raise ValidationError({"base_url": exc.messages}) from None
+    clash = DeploymentReplica.objects.filter(deployment=deployment, base_url=url)
+    if exclude_pk is not None:
+        clash = clash.exclude(pk=exclude_pk)
+    if clash.exists():
+        raise ValidationError({"base_url": "This deployment already has a replica with this URL."})
+    return url
+
+
+@transaction.atomic
+def replica_add(
+    *,
+    deployment: Deployment,
+    actor: Actor,
+    base_url: str,
+    weight: int = 1,
+    api_key: str = "",
+    max_concurrent: int | None = None,
+    enabled: bool = True,
+    resolve: Resolver = system_resolver,
+) -> DeploymentReplica:
+    """Add a server to an endpoint deployment; the gateway starts sending it traffic once it is probed up or answers."""
+    deployment = _locked_endpoint(deployment)
+    api_key = (api_key or "").strip()
+    replica = DeploymentReplica(
+        deployment=deployment,
+        base_url=_clean_replica_url(deployment, base_url, exclude_pk=None, resolve=resolve),
+        weight=_clean_weight(weight),
+        max_concurrent=_clean_max_concurrent(max_concurrent),
+        enabled=enabled,
+    )
+    if api_key:
+        replica.api_key_encrypted, replica.api_key_last4 = encrypt(api_key), api_key[-4:]
+    replica.save()
+    _mirror_first_replica(deployment)
+    audit_record(
+        workspace=deployment.workspace, actor=actor, action="deployment.replica_added", target=deployment, details=_replica_details(replica)
+    )
+    deployment_changed(deployment.id)
+    if enabled:
+        replica_probe_on_commit(replica_id=replica.id)
+    return replica
+
+
+@transaction.atomic
+def replica_update(
+    *,
+    replica: DeploymentReplica,
+    actor: Actor,
+    base_url: str,
+    weight: int = 1,
+    max_concurrent: int | None = None,
+    enabled: bool = True,
+    api_key: str = "",
+    clear_api_key: bool = False,
+    resolve: Resolver = system_resolver,
+) -> DeploymentReplica:
+    """Change a replica. An empty api_key keeps the stored key; clear_api_key removes it."""
+    deployment = _locked_endpoint(replica.deployment)
+    replica = DeploymentReplica.objects.select_for_update().get(pk=replica.pk, deployment=deployment)
+    new = {
+        "base_url": _clean_replica_url(deployment, base_url, exclude_pk=replica.pk, resolve=resolve),
+        "weight": _clean_weight(weight),
+        "max_concurrent": _clean_max_concurrent(max_concurrent),
+        "enabled": bool(enabled),
+    }
+    if not new["enabled"] and replica.enabled and not deployment.replicas.filter(enabled=True).exclude(pk=replica.pk).exists():
+        raise ValidationError({"enabled": "This is the only enabled replica; stop the deployment instead of disabling it."})
+    changes: dict[str, object] = {}
+    for field, value in new.items():
+        old = getattr(replica, field)
+        if old != value:
+            changes[field] = [old, value] if field != "base_url" else [upstream_host(old), upstream_host(value)]
+            setattr(replica, field, value)
+    fields = list(new)
+    if "base_url" in changes:
+        replica.status, replica.last_error, replica.last_checked_at = ReplicaStatus.UNKNOWN, "", None
+        fields += ["status", "last_error", "last_checked_at"]
+    api_key = (api_key or "").strip()
+    if clear_api_key and replica.api_key_encrypted:
+        replica.api_key_encrypted, replica.api_key_last4 = "", ""
+        changes["upstream_api_key"] = "removed"
+    elif api_key:
+        replica.api_key_encrypted, replica.api_key_last4 = encrypt(api_key), api_key[-4:]
+        changes["upstream_api_key"] = "replaced"
+    if not changes:
+        return replica
+    replica.save(update_fields=[*fields, "api_key_encrypted", "api_key_last4", "updated_at"])
+    _mirror_first_replica(deployment)
+    audit_record(
+        workspace=deployment.workspace,
+        actor=actor,
+        action="deployment.replica_updated",
+        target=deployment,
+        details={"replica": str(replica.public_id), "host": upstream_host(replica.base_url), **changes},
+    )
+    deployment_changed(deployment.id)
+    if replica.enabled and changes.keys() & {"base_url", "upstream_api_key", "enabled"}:
+        replica_probe_on_commit(replica_id=replica.id)
+    return replica
+
+
+@transaction.atomic
+def replica_remove(*, replica: DeploymentReplica, actor: Actor) -> None:
+    """Remove a replica; the last one cannot go (stop the deployment instead)."""
+    deployment = _locked_endpoint(replica.deployment)
+    replica = DeploymentReplica.objects.select_for_update().filter(pk=replica.pk, deployment=deployment).first()
+    if replica is None:
+        return
+    others = deployment.replicas.exclude(pk=replica.pk)
+    if not others.exists():
+        raise ValidationError("A deployment needs at least one replica; stop the deployment instead.")
+    if replica.enabled and not others.filter(enabled=True).exists():
+        raise ValidationError("This is the only enabled replica; enable another one first.")
+    details = _replica_details(replica)
+    replica.delete()
+    _mirror_first_replica(deployment)
+    audit_record(workspace=deployment.workspace, actor=actor, action="deployment.replica_removed", target=deployment, details=details)
+    deployment_changed(deployment.id)
+
+
+def replica_probe_on_commit(*, replica_id: int) -> None:
+    from deployments.health import replica_probe_on_commit as probe
+
+    probe(replica_id=replica_id)

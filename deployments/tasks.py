@@ -14,10 +14,20 @@ PROBE_EXPIRES_SECONDS = 120
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=3)
 def deployments_probe_all() -> int:
-    ids = health.deployments_due_for_probe()
-    for deployment_id in ids:
+    """One probe task per replica (deployments without replica rows: one per deployment)."""
+    replica_ids = health.replicas_due_for_probe()
+    for replica_id in replica_ids:
+        replica_probe.apply_async(args=(replica_id,), expires=PROBE_EXPIRES_SECONDS)
+    bare = health.deployments_without_replicas_due_for_probe()
+    for deployment_id in bare:
         deployment_probe.apply_async(args=(deployment_id,), expires=PROBE_EXPIRES_SECONDS)
-    return len(ids)
+    return len(replica_ids) + len(bare)
+
+
+@shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=3)
+def replica_probe(replica_id: int) -> str | None:
+    replica = health.replica_health_check(replica_id=replica_id)
+    return None if replica is None else replica.status
 
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=3)

@@ -13,6 +13,9 @@ urlpatterns = [
     path("<uuid:deployment>/price/", views.deployment_price, name="deployment_price"),
     path("<uuid:deployment>/stop/", views.deployment_stop_view, name="deployment_stop"),
     path("<uuid:deployment>/start/", views.deployment_start_view, name="deployment_start"),
+    path("<uuid:deployment>/replicas/", views.replica_add_view, name="replica_add"),
+    path("<uuid:deployment>/replicas/<uuid:replica>/", views.replica_edit_view, name="replica_edit"),
+    path("<uuid:deployment>/replicas/<uuid:replica>/remove/", views.replica_remove_view, name="replica_remove"),
     path("<uuid:deployment>/test-calls/", views.test_call_run_view, name="test_call_run"),
     path("<uuid:deployment>/test-calls/<uuid:call>/", views.test_call_poll, name="test_call_poll"),
 ]

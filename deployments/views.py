@@ -15,14 +15,15 @@ from django_htmx.http import HttpResponseStopPolling
 from console.access import WorkspaceAccess, access_workspace
 from console.audit import Actor
 from console.models import Role
-from deployments.access import access_deployment
+from deployments.access import access_deployment, access_replica
 from deployments.examples import API_KEY_ENV, render_examples, target_for
-from deployments.forms import DeploymentCreateForm, DeploymentForm, GrantsForm, PriceForm, TestCallForm
+from deployments.forms import DeploymentCreateForm, DeploymentForm, GrantsForm, PriceForm, ReplicaForm, TestCallForm
 from deployments.models import Deployment, DeploymentPrice, ModelGrant, TestCall
 from deployments.selectors import (
     callable_deployments,
     deployments_for_list,
     price_in_force,
+    replicas_for_page,
     sub_workspaces_for_grants,
     unhealthy_deployments,
 )
@@ -34,6 +35,9 @@ from deployments.services import (
     deployment_update,
     model_grant_add,
     model_grant_remove,
+    replica_add,
+    replica_remove,
+    replica_update,
 )
 from deployments.test_calls import recent_test_calls, test_call_create, test_call_expire_if_unclaimed
 from keys.tokens import is_well_formed
@@ -182,6 +186,60 @@ def deployment_start_view(request: HttpRequest, ws: str, deployment: str) -> Htt
     return redirect("deployment_detail", ws=ws, deployment=dep.public_id)
 
 
+@login_required
+@sensitive_post_parameters("api_key")
+@require_POST
+def replica_add_view(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
+    access, dep = access_deployment(request.user, ws, deployment, min_role=Role.ADMIN)
+    form = ReplicaForm(request.POST)
+    if form.is_valid():
+        try:
+            replica = replica_add(deployment=dep, actor=Actor.from_request(request), **form.cleaned_data)
+        except ValidationError as exc:
+            _add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Replica {replica} added to {dep.name}; it gets traffic in proportion to its weight.")
+            return redirect("deployment_detail", ws=ws, deployment=dep.public_id)
+    return render(
+        request, "deployments/replica_page.html", {"access": access, "nav": "deployments", "deployment": dep, "form": form}, status=400
+    )
+
+
+@login_required
+@sensitive_post_parameters("api_key")
+@require_http_methods(["GET", "POST"])
+def replica_edit_view(request: HttpRequest, ws: str, deployment: str, replica: str) -> HttpResponse:
+    access, dep, rep = access_replica(request.user, ws, deployment, replica)
+    if request.method == "GET":
+        initial = {f: getattr(rep, f) for f in ("base_url", "weight", "max_concurrent", "enabled")}
+        form = ReplicaForm(initial=initial, editing=True, key_last4=rep.api_key_last4)
+    else:
+        form = ReplicaForm(request.POST, editing=True, key_last4=rep.api_key_last4)
+        if form.is_valid():
+            try:
+                replica_update(replica=rep, actor=Actor.from_request(request), **form.cleaned_data)
+            except ValidationError as exc:
+                _add_service_errors(form, exc)
+            else:
+                messages.success(request, f"Replica {rep} saved.")
+                return redirect("deployment_detail", ws=ws, deployment=dep.public_id)
+    context = {"access": access, "nav": "deployments", "deployment": dep, "replica": rep, "form": form}
+    return render(request, "deployments/replica_page.html", context, status=400 if request.method == "POST" else 200)
+
+
+@login_required
+@require_POST
+def replica_remove_view(request: HttpRequest, ws: str, deployment: str, replica: str) -> HttpResponse:
+    _, dep, rep = access_replica(request.user, ws, deployment, replica)
+    try:
+        replica_remove(replica=rep, actor=Actor.from_request(request))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Replica {rep} removed from {dep.name}.")
+    return redirect("deployment_detail", ws=ws, deployment=dep.public_id)
+
+
 def _tab(request: HttpRequest) -> str:
     tab = request.GET.get("tab", "overview")
     return tab if tab in TAB_IDS else "overview"
@@ -218,6 +276,8 @@ def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpRes
         "tabs": TABS,
         "can_manage": access.can_admin and access.workspace.id in (dep.workspace_id, dep.workspace.parent_id),
         "upstream_host": upstream_host(dep.upstream_base_url) if dep.upstream_base_url else "",
+        "replicas": replicas_for_page(dep) if tab == "overview" else [],
+        "replica_form": ReplicaForm(),
         "current_price": price_in_force(dep, timezone.now()),
         "target": target,
         "key_env": API_KEY_ENV,

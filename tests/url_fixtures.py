@@ -5,12 +5,13 @@ from __future__ import annotations
 
 def extra_values(world) -> dict:
     from console.audit import Actor
-    from deployments.models import Deployment, TestCall
+    from deployments.models import Deployment, DeploymentReplica, TestCall
     from keys.services import api_key_create, byok_credential_create
 
     deployment = Deployment.objects.create(
         workspace=world.org, name="URL walk", model_id="url-walk-model", upstream_base_url="http://127.0.0.1:9/v1"
     )
+    replica = DeploymentReplica.objects.create(deployment=deployment, base_url=deployment.upstream_base_url)
     actor = Actor.system("tests")
     api_key, _ = api_key_create(workspace=world.org, actor=actor, name="url-walk", all_models=True)
     credential = byok_credential_create(
@@ -23,4 +24,9 @@ def extra_values(world) -> dict:
         model_names="gpt-4o-mini",
     )
     test_call = TestCall.objects.create(deployment=deployment, workspace=world.org, prompt="url walk")
-    return {"deployment": deployment.public_id, "key": api_key.public_id, "credential": credential.public_id, "call": test_call.public_id}
+    return {
+        "deployment": deployment.public_id,
+        "key": api_key.public_id,
+        "credential": credential.public_id, "call": test_call.public_id,
+        "replica": replica.public_id,
+    }

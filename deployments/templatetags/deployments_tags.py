@@ -8,7 +8,17 @@ from django.utils import timezone
 
 register = template.Library()
 
-STATUS_BADGES = {"running": "badge-ok", "stopped": "badge-muted", "failed": "badge-bad", "unreachable": "badge-warn"}
+STATUS_BADGES = {
+    "running": "badge-ok",
+    "stopped": "badge-muted",
+    "failed": "badge-bad",
+    "unreachable": "badge-warn",
+    # replicas
+    "up": "badge-ok",
+    "down": "badge-bad",
+    "unknown": "badge-muted",
+    "disabled": "badge-muted",
+}
 
 
 @register.filter

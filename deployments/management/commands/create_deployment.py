@@ -4,16 +4,19 @@ import os
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from console.audit import Actor
 from console.models import Workspace
 from deployments.examples import target_for
-from deployments.services import deployment_create
+from deployments.services import deployment_create, replica_add
 
 OPTION_FOR = {
     "name": "--name",
     "model_id": "--model",
     "upstream_base_url": "--upstream-url",
+    "base_url": "--upstream-url",
+    "weight": "--upstream-url #weight",
     "upstream_model": "--upstream-model",
     "input_per_million": "--input-price",
     "output_per_million": "--output-price",
@@ -29,7 +32,12 @@ class Command(BaseCommand):
         parser.add_argument("--name", required=True)
         parser.add_argument("--model", required=True, metavar="MODEL_ID", help="The model id clients send.")
         parser.add_argument(
-            "--upstream-url", required=True, metavar="URL", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:9000/v1"
+            "--upstream-url",
+            required=True,
+            action="append",
+            metavar="URL[#weight=N]",
+            help="OpenAI-compatible base URL, e.g. http://127.0.0.1:9000/v1. Give it once per replica; "
+            "a #weight=N suffix sets that replica's share of traffic (default 1).",
         )
         parser.add_argument("--upstream-model", default="", metavar="NAME", help="Model name sent upstream (default: the model id).")
         parser.add_argument(
@@ -67,19 +75,26 @@ class Command(BaseCommand):
             if not upstream_key:
                 raise CommandError(f"The environment variable {upstream_key_env} is not set or empty.")
         try:
-            deployment = deployment_create(
-                workspace=ws,
-                actor=Actor.system("manage.py create_deployment"),
-                name=name,
-                model_id=model,
-                upstream_base_url=upstream_url,
-                upstream_model=upstream_model,
-                upstream_api_key=upstream_key,
-                input_per_million=input_price,
-                output_per_million=output_price,
-                currency=currency,
-                description=description,
-            )
+            replicas = [parse_replica_url(url) for url in upstream_url]
+        except ValueError as exc:
+            raise CommandError(f"--upstream-url: {exc}") from None
+        (first_url, first_weight), more = replicas[0], replicas[1:]
+        try:
+            with transaction.atomic():
+                deployment = self.create(
+                    ws,
+                    name,
+                    model,
+                    first_url,
+                    first_weight,
+                    more,
+                    upstream_model,
+                    upstream_key,
+                    input_price,
+                    output_price,
+                    currency,
+                    description,
+                )
         except ValidationError as exc:
             messages = (
                 [f"{OPTION_FOR.get(field, field)}: {m}" for field, ms in exc.message_dict.items() for m in ms]
@@ -90,11 +105,46 @@ class Command(BaseCommand):
         target = target_for(deployment=deployment, workspace=ws)
         self.stdout.write(f"Created deployment {deployment.name!r} in workspace {ws.slug}")
         self.stdout.write(f"  model id:  {deployment.model_id}")
-        self.stdout.write(
-            f"  upstream:  {deployment.upstream_base_url}"
-            + (f" (key from ${upstream_key_env}, ending …{deployment.upstream_api_key_last4})" if upstream_key else "")
-        )
+        for replica in deployment.replicas.order_by("id"):
+            self.stdout.write(
+                f"  upstream:  {replica.base_url} (weight {replica.weight})"
+                + (f" (key from ${upstream_key_env}, ending …{replica.api_key_last4})" if upstream_key else "")
+            )
         self.stdout.write(f"  price:     {input_price} in / {output_price} out {currency.upper()} per 1M tokens")
         self.stdout.write(f"  base URL:  {target.base_url}")
         self.stdout.write(f"  V1 path:   {target.v1_url}")
         self.stdout.write(str(deployment.public_id))
+
+    @staticmethod
+    def create(
+        ws, name, model, first_url, first_weight, more, upstream_model, upstream_key, input_price, output_price, currency, description
+    ):
+        actor = Actor.system("manage.py create_deployment")
+        deployment = deployment_create(
+            workspace=ws,
+            actor=actor,
+            name=name,
+            model_id=model,
+            upstream_base_url=first_url,
+            upstream_weight=first_weight,
+            upstream_model=upstream_model,
+            upstream_api_key=upstream_key,
+            input_per_million=input_price,
+            output_per_million=output_price,
+            currency=currency,
+            description=description,
+        )
+        for url, weight in more:
+            replica_add(deployment=deployment, actor=actor, base_url=url, weight=weight, api_key=upstream_key)
+        return deployment
+
+
+def parse_replica_url(value: str) -> tuple[str, int]:
+    """`URL` or `URL#weight=N` (a base URL has no fragment of its own, so `#` is free to carry options)."""
+    url, hash_sign, options = value.partition("#")
+    if not hash_sign:
+        return url, 1
+    name, equals, number = options.partition("=")
+    if name != "weight" or not equals or not number.isdigit():
+        raise ValueError(f"{value!r}: the only option after # is weight=N, e.g. {url}#weight=2")
+    return url, int(number)
