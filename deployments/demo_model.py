@@ -4,8 +4,10 @@ Run it as its own process (it imports nothing from Django):
 
     python -m deployments.demo_model --port 8301 [--api-key SECRET] [--latency-ms 0] [--chunk-delay-ms 0]
 
-Endpoints: POST /v1/chat/completions (streaming and not), GET /v1/models, GET /healthz and
-GET /_demo/stats (request counters the tests read to prove cancellation).
+Endpoints: POST /v1/chat/completions and /v1/completions (streaming and not), POST
+/v1/embeddings (deterministic unit vectors; `dimensions`, `encoding_format` float or base64),
+POST /v1/rerank (scores by shared words), GET /v1/models, GET /healthz and GET /_demo/stats
+(request counters the tests read to prove cancellation).
 
 Answers are deterministic: the same messages give the same reply. Token counts are honest for
 its own tokenizer: a token is a run of word characters or one punctuation character
@@ -29,8 +31,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
+import math
 import re
+import struct
 import time
 from collections import Counter
 
@@ -134,14 +140,20 @@ class DemoModel:
         if path == "/v1/models" and method == "GET":
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "gatehouse"} for m in SERVED_MODELS]
             return await self.json(send, 200, {"object": "list", "data": data})
-        if path == "/v1/chat/completions" and method == "POST":
+        handler = {
+            "/v1/chat/completions": self.chat,
+            "/v1/completions": self.completions,
+            "/v1/embeddings": self.embeddings,
+            "/v1/rerank": self.rerank,
+        }.get(path)
+        if handler is not None and method == "POST":
             body = b""
             while True:
                 message = await receive()
                 body += message.get("body", b"")
                 if not message.get("more_body"):
                     break
-            return await self.chat(json.loads(body or b"{}"), receive, send)
+            return await handler(json.loads(body or b"{}"), receive, send)
         return await self.error(send, 404, f"No route for {method} {path}.", "unknown_url")
 
     async def chat(self, request: dict, receive, send) -> None:
@@ -248,6 +260,109 @@ class DemoModel:
             stats["completed"] += 1
         finally:
             watcher.cancel()
+
+    async def completions(self, request: dict, receive, send) -> None:
+        """/v1/completions: the chat answer to the prompt as a user message, in the completions shape."""
+        prompt = request.get("prompt")
+        if isinstance(prompt, list):
+            prompt = " ".join(p if isinstance(p, str) else " ".join(map(str, p)) if isinstance(p, list) else str(p) for p in prompt)
+        chat = {**request, "messages": [{"role": "user", "content": str(prompt or "")}]}
+        chat.pop("prompt", None)
+        captured: list[dict] = []
+
+        async def capture(message: dict) -> None:
+            captured.append(message)
+
+        await self.chat(chat, receive, capture)
+        start = captured[0]
+        if not request.get("stream") or start["status"] != 200:
+            body = b"".join(m.get("body", b"") for m in captured[1:])
+            if start["status"] == 200:
+                data = json.loads(body)
+                choice = data["choices"][0]
+                data = {
+                    **data,
+                    "id": data["id"].replace("chatcmpl", "cmpl"),
+                    "object": "text_completion",
+                    "choices": [
+                        {"index": 0, "text": choice["message"]["content"] or "", "finish_reason": choice["finish_reason"], "logprobs": None}
+                    ],
+                }
+                body = json.dumps(data).encode()
+            headers = [(k, v) for k, v in start["headers"] if k != b"content-length"] + [(b"content-length", str(len(body)).encode())]
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send(start)
+        for message in captured[1:]:
+            out = []
+            for event in message.get("body", b"").split(b"\n\n"):
+                if not event.startswith(b"data: {"):
+                    if event:
+                        out.append(event)
+                    continue
+                chunk = json.loads(event[6:])
+                chunk["object"] = "text_completion"
+                chunk["choices"] = [
+                    {"index": c["index"], "text": c["delta"].get("content") or "", "finish_reason": c["finish_reason"], "logprobs": None}
+                    for c in chunk["choices"]
+                ]
+                out.append(b"data: " + json.dumps(chunk).encode())
+            await send({**message, "body": b"".join(e + b"\n\n" for e in out)})
+
+    async def embeddings(self, request: dict, receive, send) -> None:
+        """Deterministic unit vectors (from a hash of each input), `dimensions` long (default 16)."""
+        stats["requests"] += 1
+        model = str(request.get("model") or SERVED_MODELS[0])
+        options = parse_options(model, request.get("metadata"), self.defaults)
+        if options.get("fail"):
+            return await self.error(send, options["fail"], "The demo model was asked to fail.", "demo_failure")
+        inputs = request.get("input")
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            return await self.error(send, 400, "input must be a string or a non-empty list", "invalid_input")
+        dims = request.get("dimensions") or 16
+        data, tokens = [], 0
+        for i, item in enumerate(inputs):
+            text = item if isinstance(item, str) else " ".join(map(str, item))
+            tokens += count_tokens(item) if isinstance(item, str) else len(item)
+            seed = hashlib.sha256(text.encode()).digest()
+            raw = [((seed[j % 32] ^ (j * 31 % 251)) - 127.5) for j in range(dims)]
+            norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+            vector = [v / norm for v in raw]
+            if request.get("encoding_format") == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+            else:
+                embedding = vector
+            data.append({"object": "embedding", "index": i, "embedding": embedding})
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        stats["completed"] += 1
+        return await self.json(send, 200, {"object": "list", "data": data, "model": model, "usage": usage})
+
+    async def rerank(self, request: dict, receive, send) -> None:
+        """Scores each document by the share of the query's words it contains (vLLM's response shape)."""
+        stats["requests"] += 1
+        model = str(request.get("model") or SERVED_MODELS[0])
+        query = str(request.get("query") or "")
+        documents = request.get("documents") or []
+        query_words = {w.lower() for w in TOKEN_RE.findall(query)}
+        results, tokens = [], 0
+        for i, document in enumerate(documents):
+            text = document.get("text", "") if isinstance(document, dict) else str(document)
+            words = {w.lower() for w in TOKEN_RE.findall(text)}
+            tokens += count_tokens(query) + count_tokens(text)
+            score = len(query_words & words) / (len(query_words) or 1)
+            result = {"index": i, "relevance_score": round(score, 6)}
+            if request.get("return_documents", True):
+                result["document"] = {"text": text}
+            results.append(result)
+        results.sort(key=lambda r: (-r["relevance_score"], r["index"]))
+        if request.get("top_n"):
+            results = results[: request["top_n"]]
+        stats["completed"] += 1
+        body = {"id": f"rerank-demo{stats['requests']}", "model": model, "usage": {"total_tokens": tokens}, "results": results}
+        return await self.json(send, 200, body)
 
     @staticmethod
     async def json(send, status: int, payload: dict) -> None:

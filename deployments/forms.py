@@ -5,7 +5,7 @@ from decimal import Decimal
 from django import forms
 
 from console.models import Workspace
-from deployments.models import UpstreamKind
+from deployments.models import DeploymentKind, UpstreamKind
 from keys.models import ByokCredential, RouterProvider
 
 
@@ -17,6 +17,19 @@ class DeploymentForm(forms.Form):
         label="Model id", max_length=200, strip=False, help_text="What clients send as “model”, e.g. @acme/Qwen/Qwen3-0.6B or qwen-plus."
     )
     description = forms.CharField(max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    kind = forms.ChoiceField(
+        label="Kind",
+        choices=DeploymentKind.choices,
+        initial=DeploymentKind.CHAT,
+        required=False,
+        help_text="Chat models serve chat, completions, Responses, Anthropic Messages and DashScope calls; "
+        "embedding models /v1/embeddings (input price only); rerank models /v1/rerank.",
+    )
+    responses_passthrough = forms.BooleanField(
+        label="Upstream serves /v1/responses itself",
+        required=False,
+        help_text="Pass Responses API calls through unchanged instead of translating them to chat completions (chat models only).",
+    )
     upstream_kind = forms.ChoiceField(label="Routes to", choices=UpstreamKind.choices, initial=UpstreamKind.ENDPOINT)
     upstream_base_url = forms.CharField(
         label="Upstream base URL",
@@ -39,6 +52,9 @@ class DeploymentForm(forms.Form):
     router_provider = forms.ModelChoiceField(queryset=RouterProvider.objects.none(), required=False)
     byok_credential = forms.ModelChoiceField(label="BYOK credential", queryset=ByokCredential.objects.none(), required=False)
     timeout_seconds = forms.IntegerField(label="Timeout (seconds)", min_value=1, max_value=3600, initial=120)
+
+    def clean_kind(self) -> str:
+        return self.cleaned_data.get("kind") or DeploymentKind.CHAT
 
     def __init__(self, *args, workspace: Workspace, editing: bool = False, key_last4: str = "", **kwargs):
         super().__init__(*args, **kwargs)

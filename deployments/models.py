@@ -12,6 +12,14 @@ class UpstreamKind(models.TextChoices):
     BYOK = "byok", "BYOK credential"
 
 
+class DeploymentKind(models.TextChoices):
+    """What the model does, which decides the API paths it serves (docs/GATEWAY.md)."""
+
+    CHAT = "chat", "Chat (text generation)"
+    EMBEDDING = "embedding", "Embedding"
+    RERANK = "rerank", "Rerank"
+
+
 class DeploymentStatus(models.TextChoices):
     RUNNING = "running", "Running"
     STOPPED = "stopped", "Stopped"
@@ -25,6 +33,11 @@ class Deployment(models.Model):
     name = models.CharField(max_length=80)
     model_id = models.CharField(max_length=200, unique=True, help_text="The model name clients send, e.g. @acme/Qwen/Qwen3-0.6B")
     description = models.CharField(max_length=500, blank=True)
+    kind = models.CharField(max_length=16, choices=DeploymentKind.choices, default=DeploymentKind.CHAT)
+    responses_passthrough = models.BooleanField(
+        default=False,
+        help_text="The upstream serves /v1/responses itself: pass Responses calls through instead of translating them to chat completions.",
+    )
 
     upstream_kind = models.CharField(max_length=16, choices=UpstreamKind.choices, default=UpstreamKind.ENDPOINT)
     upstream_base_url = models.URLField(max_length=300, blank=True)

@@ -14,7 +14,16 @@ from console.audit import Actor, audit_record
 from console.models import Workspace
 from deployments.changes import deployment_changed
 from deployments.health import deployment_probe_on_commit
-from deployments.models import Deployment, DeploymentPrice, DeploymentReplica, DeploymentStatus, ModelGrant, ReplicaStatus, UpstreamKind
+from deployments.models import (
+    Deployment,
+    DeploymentKind,
+    DeploymentPrice,
+    DeploymentReplica,
+    DeploymentStatus,
+    ModelGrant,
+    ReplicaStatus,
+    UpstreamKind,
+)
 from deployments.selectors import price_in_force
 from keys.models import ByokCredential, RouterProvider
 from lib.crypto import encrypt
@@ -46,6 +55,12 @@ def _clean_model_id(model_id: str, *, exclude_pk: int | None = None) -> str:
     if clash.exists():
         raise ValidationError({"model_id": f"The model id “{model_id}” is already used by another deployment."})
     return model_id
+
+
+def _clean_kind(kind: str) -> str:
+    if kind not in DeploymentKind.values:
+        raise ValidationError({"kind": f"Choose one of: {', '.join(DeploymentKind.values)}."})
+    return kind
 
 
 def _clean_price(value, field: str) -> Decimal:
@@ -107,6 +122,8 @@ def deployment_create(
     actor: Actor,
     name: str,
     model_id: str,
+    kind: str = DeploymentKind.CHAT,
+    responses_passthrough: bool = False,
     upstream_kind: str = UpstreamKind.ENDPOINT,
     upstream_base_url: str = "",
     upstream_model: str = "",
@@ -128,6 +145,9 @@ def deployment_create(
     if not name:
         raise ValidationError({"name": "Enter a name."})
     model_id = _clean_model_id(model_id)
+    kind = _clean_kind(kind)
+    if kind == DeploymentKind.EMBEDDING and _clean_price(output_per_million, "output_per_million"):
+        raise ValidationError({"output_per_million": "Embedding deployments have an input price only; leave the output price at 0."})
     upstream = _clean_upstream(
         workspace=workspace,
         kind=upstream_kind,
@@ -142,6 +162,8 @@ def deployment_create(
         name=name,
         model_id=model_id,
         description=description.strip(),
+        kind=kind,
+        responses_passthrough=bool(responses_passthrough) and kind == DeploymentKind.CHAT,
         upstream_kind=upstream_kind,
         upstream_model=upstream_model.strip(),
         timeout_seconds=timeout_seconds,
@@ -172,6 +194,7 @@ def deployment_create(
         target=deployment,
         details={
             "model_id": model_id,
+            "kind": kind,
             "upstream": _describe_upstream(deployment),
             "upstream_api_key": "set" if upstream_api_key else "none",
         },
@@ -188,6 +211,8 @@ UPDATABLE = (
     "name",
     "model_id",
     "description",
+    "kind",
+    "responses_passthrough",
     "upstream_kind",
     "upstream_base_url",
     "upstream_model",
@@ -205,6 +230,8 @@ def deployment_update(
     name: str,
     model_id: str,
     description: str = "",
+    kind: str | None = None,
+    responses_passthrough: bool | None = None,
     upstream_kind: str = UpstreamKind.ENDPOINT,
     upstream_base_url: str = "",
     upstream_model: str = "",
@@ -215,12 +242,21 @@ def deployment_update(
     clear_upstream_api_key: bool = False,
     resolve: Resolver = system_resolver,
 ) -> Deployment:
-    """Change settings. An empty upstream_api_key keeps the stored key; clear_upstream_api_key removes it."""
+    """Change settings. An empty upstream_api_key keeps the stored key; clear_upstream_api_key removes it.
+    kind / responses_passthrough None keep what is set."""
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     name = name.strip()
     if not name:
         raise ValidationError({"name": "Enter a name."})
+    kind = deployment.kind if kind is None else _clean_kind(kind)
+    if kind == DeploymentKind.EMBEDDING and kind != deployment.kind:
+        current = price_in_force(deployment, timezone.now())
+        if current is not None and current.output_per_million:
+            raise ValidationError({"kind": "Embedding deployments have an input price only: set the output price to 0 first."})
+    passthrough = deployment.responses_passthrough if responses_passthrough is None else bool(responses_passthrough)
     new = {
+        "kind": kind,
+        "responses_passthrough": passthrough and kind == DeploymentKind.CHAT,
         "name": name,
         "model_id": _clean_model_id(model_id, exclude_pk=deployment.pk),
         "description": description.strip(),
@@ -312,6 +348,8 @@ def deployment_price_set(
         raise ValidationError({"effective_from": "A price change cannot start in the past; past usage keeps its price."})
     input_price = _clean_price(input_per_million, "input_per_million")
     output_price = _clean_price(output_per_million, "output_per_million")
+    if output_price and deployment.kind == DeploymentKind.EMBEDDING:
+        raise ValidationError({"output_per_million": "Embedding deployments have an input price only; leave the output price at 0."})
     currency = (currency or "").strip().upper()
     if not CURRENCY_RE.match(currency):
         raise ValidationError({"currency": "Use a three-letter currency code such as USD."})

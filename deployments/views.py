@@ -98,6 +98,8 @@ def _edit_context(access, deployment: Deployment, *, form=None, price_form=None)
             "name",
             "model_id",
             "description",
+            "kind",
+            "responses_passthrough",
             "upstream_kind",
             "upstream_base_url",
             "upstream_model",

@@ -36,7 +36,7 @@ from gateway.limits import (
 )
 from gateway.metering import UsageWriter, event_row
 from gateway.proxy import SseRelay, make_client, status_error, transport_error, upstream_call
-from gateway.shapes import Call, Shape
+from gateway.shapes import Call, Shape, completions, embeddings, rerank, wrong_kind
 from gateway.shapes import chat as chat_shape
 from lib.net import ip_allowed, resolve_client_ip
 
@@ -50,6 +50,9 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 SHAPES: dict[str, Shape] = {
     "/v1/chat/completions": chat_shape.SHAPE,
     "/api/v2/chat/completions": chat_shape.SHAPE,
+    "/v1/embeddings": embeddings.SHAPE,
+    "/v1/completions": completions.SHAPE,
+    "/v1/rerank": rerank.SHAPE,
 }
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
@@ -262,7 +265,7 @@ class Gateway:
         headers = _headers(scope)
         key = parse_bearer(headers.get(b"authorization"), "Authorization")
         entry = await self.checked_entry(scope, headers, key, exchange)
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "gatehouse"} for name in entry.model_names()]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "gatehouse", "kind": kind} for name, kind in entry.model_list()]
         await exchange.respond(200, orjson.dumps({"object": "list", "data": data}))
 
     async def checked_entry(self, scope, headers: dict, key: str, exchange: Exchange, *, reload: bool = False) -> KeyEntry:
@@ -324,6 +327,8 @@ class Gateway:
         for attempt in range(2):
             entry = exchange.entry if attempt == 0 else await self.checked_entry(scope, headers, key, exchange, reload=True)
             route = self.resolve(entry, call.model, deployment)
+            if route.serves and route.serves != shape.model_kind:
+                raise wrong_kind(route.name, route.serves, shape.endpoint)
             exchange.model = route.name
             exchange.metric_model = route.metric_name
             decision = await self.admit(entry, estimate, route.deployment_id)

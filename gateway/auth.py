@@ -87,6 +87,9 @@ class Route:
     metric_name: str = ""
     # chat_url without /chat/completions: the other API shapes append their own path to it.
     base_url: str = ""
+    # The deployment's kind (chat / embedding / rerank); "" for provider routes, which may serve any.
+    serves: str = ""
+    responses_passthrough: bool = False
 
     def __post_init__(self) -> None:
         if not self.metric_name:
@@ -163,6 +166,10 @@ class KeyEntry:
 
     def model_names(self) -> list[str]:
         return sorted(self.routes)
+
+    def model_list(self) -> list[tuple[str, str]]:
+        """(name, kind) for every model this key may call; provider models are chat models."""
+        return [(name, self.routes[name].serves or "chat") for name in sorted(self.routes)]
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -296,6 +303,8 @@ def load_key(digest: str) -> KeyEntry | None:
             deployment_public_id=str(d.public_id),
             generation=deployment_gens.get(d.id, 0),
             prices=tuple(prices.get(d.id, ())),
+            serves=d.kind,
+            responses_passthrough=d.responses_passthrough,
         )
         routes[d.model_id] = route
         by_deployment[str(d.public_id)] = route

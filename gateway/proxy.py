@@ -140,7 +140,10 @@ class SseRelay:
                 changed = True
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
-            if isinstance(delta, dict):
+            if delta is None and isinstance(choice, dict) and choice.get("text"):  # a /v1/completions chunk
+                self.state.delivered_chars += len(choice["text"])
+                self.state.delivered_chunks += 1
+            elif isinstance(delta, dict):
                 content = delta.get("content")
                 if content:
                     self.state.delivered_chars += len(content)

@@ -20,6 +20,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.errors import GatewayError
+
+KIND_PATHS = {"chat": "/v1/chat/completions", "embedding": "/v1/embeddings", "rerank": "/v1/rerank"}
+
+
+def wrong_kind(model: str, kind: str, endpoint: str) -> GatewayError:
+    """A model called through an API its kind does not serve (an embedding model on chat, say)."""
+    return GatewayError(
+        400,
+        f"The model `{model[:200]}` is a {kind} model and does not serve {endpoint}; call POST {KIND_PATHS.get(kind, '/v1/chat/completions')}.",
+        code="unsupported_model",
+        param="model",
+    )
+
 
 @dataclass(slots=True)
 class Call:
@@ -47,4 +61,5 @@ class Shape:
     relay: Callable
     error_body: Callable
     cap_param: str | None = "max_tokens"
+    model_kind: str = "chat"  # the deployment kind this shape calls (deployments.models.DeploymentKind)
     stream_headers: tuple = ()  # extra response headers on a stream

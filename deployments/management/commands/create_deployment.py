@@ -50,6 +50,17 @@ class Command(BaseCommand):
         parser.add_argument("--output-price", default="0", metavar="Y", help="Price per 1M output tokens.")
         parser.add_argument("--currency", default="USD")
         parser.add_argument("--description", default="")
+        parser.add_argument(
+            "--kind",
+            default="chat",
+            choices=["chat", "embedding", "rerank"],
+            help="What the model does: chat (default), embedding (input price only) or rerank.",
+        )
+        parser.add_argument(
+            "--responses-passthrough",
+            action="store_true",
+            help="The upstream serves /v1/responses itself: pass Responses calls through (chat models).",
+        )
 
     def handle(
         self,
@@ -64,6 +75,8 @@ class Command(BaseCommand):
         output_price,
         currency,
         description,
+        kind="chat",
+        responses_passthrough=False,
         **options,
     ):
         ws = Workspace.objects.filter(slug=workspace).first()
@@ -94,6 +107,8 @@ class Command(BaseCommand):
                     output_price,
                     currency,
                     description,
+                    kind,
+                    responses_passthrough,
                 )
         except ValidationError as exc:
             messages = (
@@ -105,6 +120,7 @@ class Command(BaseCommand):
         target = target_for(deployment=deployment, workspace=ws)
         self.stdout.write(f"Created deployment {deployment.name!r} in workspace {ws.slug}")
         self.stdout.write(f"  model id:  {deployment.model_id}")
+        self.stdout.write(f"  kind:      {deployment.get_kind_display()}")
         for replica in deployment.replicas.order_by("id"):
             self.stdout.write(
                 f"  upstream:  {replica.base_url} (weight {replica.weight})"
@@ -117,7 +133,20 @@ class Command(BaseCommand):
 
     @staticmethod
     def create(
-        ws, name, model, first_url, first_weight, more, upstream_model, upstream_key, input_price, output_price, currency, description
+        ws,
+        name,
+        model,
+        first_url,
+        first_weight,
+        more,
+        upstream_model,
+        upstream_key,
+        input_price,
+        output_price,
+        currency,
+        description,
+        kind="chat",
+        responses_passthrough=False,
     ):
         actor = Actor.system("manage.py create_deployment")
         deployment = deployment_create(
@@ -133,6 +162,8 @@ class Command(BaseCommand):
             output_per_million=output_price,
             currency=currency,
             description=description,
+            kind=kind,
+            responses_passthrough=responses_passthrough,
         )
         for url, weight in more:
             replica_add(deployment=deployment, actor=actor, base_url=url, weight=weight, api_key=upstream_key)
