@@ -263,7 +263,7 @@ def test_create_deployment_command_takes_a_kind(world):
         workspace=world.org.slug,
         name="Embed",
         model="emb-cmd",
-        upstream_url="http://10.0.0.5:8000/v1",
+        upstream_url=["http://10.0.0.5:8000/v1"],
         kind="embedding",
         stdout=out,
     )
