@@ -27,6 +27,7 @@ def extra_values(world) -> dict:
     return {
         "deployment": deployment.public_id,
         "key": api_key.public_id,
-        "credential": credential.public_id, "call": test_call.public_id,
+        "credential": credential.public_id,
+        "call": test_call.public_id,
         "replica": replica.public_id,
     }
