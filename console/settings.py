@@ -100,6 +100,10 @@ if _database_url:
         DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0))}
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL cannot be parsed: {exc}") from None
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # A database that drops packets must fail a connection attempt in seconds, not after the
+        # kernel's TCP timeout (minutes): the gateway's key loads then fall back to cached keys.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -240,6 +244,12 @@ GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
 # Usage events are committed with PostgreSQL's synchronous commit (a WAL flush per batch) unless
 # this is 0; see docs/BENCHMARKS.md for what that costs on a slow disk and what 0 risks.
 GATEWAY_USAGE_SYNCHRONOUS_COMMIT = env_bool("GATEWAY_USAGE_SYNCHRONOUS_COMMIT", True)
+# When the database cannot take usage events, each gateway process spools them to a local
+# SQLite file here and replays them later (gateway/spool.py). Seconds a batch may take before
+# it is spooled instead, and how old a spooled event may get before admins see a banner.
+GATEWAY_SPOOL_DIR = Path(env_str("GATEWAY_SPOOL_DIR", str(VAR_DIR / "spool")))
+GATEWAY_USAGE_WRITE_TIMEOUT = env_int("GATEWAY_USAGE_WRITE_TIMEOUT", 5, minimum=1)
+GATEWAY_SPOOL_ALERT_SECONDS = env_int("GATEWAY_SPOOL_ALERT_SECONDS", 300, minimum=1)
 # /metrics answers only with `Authorization: Bearer <METRICS_TOKEN>`; unset = /metrics is 404.
 METRICS_TOKEN = env_secret("METRICS_TOKEN", None, min_length=16)
 DEMO_MODEL_PORT = env_int("DEMO_MODEL_PORT", 8001, minimum=1)

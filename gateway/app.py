@@ -38,6 +38,7 @@ from gateway.metering import UsageWriter, event_row
 from gateway.proxy import SseRelay, make_client, status_error, transport_error, upstream_call
 from gateway.shapes import Call, Shape, completions, embeddings, rerank, wrong_kind
 from gateway.shapes import chat as chat_shape
+from gateway.spool import Spool, database_identity
 from lib.net import ip_allowed, resolve_client_ip
 
 log = logging.getLogger("gateway")
@@ -133,7 +134,12 @@ class Gateway:
             else:
                 self.redis = None
                 self.limiter = LocalLimiter()
-            self.writer = UsageWriter(run_db=self.run_db, on_query=lambda kind, n=1: metrics.DB_QUERIES.labels(kind).inc(n))
+            self.writer = UsageWriter(
+                run_db=self.run_db,
+                on_query=lambda kind, n=1: metrics.DB_QUERIES.labels(kind).inc(n),
+                spool=Spool(settings.GATEWAY_SPOOL_DIR, database_identity=database_identity()),
+                publish=self.publish_spool_status,
+            )
             self.writer.start()
             self.touched: dict[int, float] = {}
             self.ready = True
@@ -150,6 +156,17 @@ class Gateway:
             await self.limiter.redis.aclose()
         self.db_executor.shutdown(wait=False)
         self.ready = False
+
+    async def publish_spool_status(self, name: str, value: str | None) -> None:
+        """The admins' banner reads this (usage.spool_status): in Redis, or in process without it."""
+        from usage.spool_status import STATUS_KEY, local_publish
+
+        if self.redis is None:
+            local_publish(name, value)
+        elif value is None:
+            await self.redis.hdel(STATUS_KEY, name)
+        else:
+            await self.redis.hset(STATUS_KEY, name, value)
 
     async def run_db(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.db_executor, _db_call, fn, args)
@@ -401,7 +418,19 @@ class Gateway:
         try:
             decision = await self.limiter.admit(**kwargs)
             if decision.outcome == NEEDS_SEED:
-                seed = await self.run_db(_yearly_usage, entry.api_key_id, entry.time_zone.key, year)
+                try:
+                    seed = await self.run_db(_yearly_usage, entry.api_key_id, entry.time_zone.key, year)
+                except Exception as exc:
+                    # The year's usage is unknown (first use this year, or Redis lost the counter,
+                    # while the database is away): refuse rather than guess past the yearly limit.
+                    log.error("yearly usage for a key cannot be read: %s", type(exc).__name__)
+                    metrics.REFUSALS.labels("limiter_unavailable").inc()
+                    raise GatewayError(
+                        503,
+                        "This key's yearly token usage cannot be read right now (the database is unavailable); retry shortly.",
+                        code="limiter_unavailable",
+                        type="server_error",
+                    ) from None
                 metrics.DB_QUERIES.labels("yearly_seed").inc()
                 decision = await self.limiter.admit(**kwargs, seed=seed)
         except LimiterUnavailable:
@@ -412,8 +441,8 @@ class Gateway:
     def touch(self, entry: KeyEntry, ip: str | None) -> None:
         """Stamp last use via keys.services.api_key_touch, off the hot path, once a minute per key and process."""
         now = time.monotonic()
-        if self.touched.get(entry.api_key_id, 0) > now:
-            return
+        if self.touched.get(entry.api_key_id, 0) > now or self.writer.db_down:
+            return  # while usage events go to the spool the database is away: stamp later
         self.touched[entry.api_key_id] = now + 60
         task = asyncio.ensure_future(self.run_db(_touch_key, entry.api_key_id, ip))
         task.add_done_callback(_log_touch_failure)

@@ -428,8 +428,10 @@ class KeyCache:
     async def _refresh(self, digest: str) -> None:
         try:
             await self.load(digest)
-        except Exception:
-            log.exception("background refresh of a cached key failed; keeping the cached copy")
+        except Exception as exc:
+            # The database may be away: the cached copy keeps serving (its generation is still
+            # checked at every admission), and the next refresh is one TTL later.
+            log.warning("background refresh of a cached key failed (%s); keeping the cached copy", type(exc).__name__)
             entry = self.entries.get(digest)
             if entry is not None:
                 entry.refreshing = False

@@ -14,18 +14,26 @@ PostgreSQL (the SQLite embedded default) the same batches go through the ORM on 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
+import socket
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.conf import settings
 
+from gateway import metrics
+from gateway.spool import Spool, row_decoder
+
 log = logging.getLogger("gateway")
 
 MAX_BATCH = 500
 APPLICATION_NAME = "gatehouse-gateway-usage"  # visible in pg_stat_activity
 MILLION = Decimal(1_000_000)
+REPLAY_RETRY = 1.0  # seconds between replay attempts while events wait in the spool
+SCAN_INTERVAL = 15.0  # seconds between looks for spool files left by stopped processes
 
 
 def usage_columns() -> list[str]:
@@ -42,31 +50,51 @@ def cost_of(prompt_tokens: int, completion_tokens: int, price) -> Decimal:
 
 
 class UsageWriter:
-    """Collects rows (dicts keyed by column name) and writes them in group-committed batches."""
+    """Collects rows (dicts keyed by column name) and writes them in group-committed batches.
 
-    def __init__(self, *, run_db=None, on_query=None):
+    With a spool (gateway.spool), a batch the database does not take within
+    GATEWAY_USAGE_WRITE_TIMEOUT (after one reconnect) is appended to it instead and the requests
+    go on; until a replay succeeds, later batches go straight to the spool rather than wait on a
+    database that is away. `write()` raises only when neither could store the row.
+    """
+
+    def __init__(self, *, run_db=None, on_query=None, spool: Spool | None = None, publish=None):
         self.columns = usage_columns()
         self.pending: list[tuple[dict, asyncio.Future]] = []
         self.wakeup = asyncio.Event()
         self.run_db = run_db
         self.on_query = on_query or (lambda kind, n=1: None)
-        self.conn = None
-        self.sql: str | None = None
         self.use_psycopg = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+        self.live = Inserter(self)
+        self.replayer = Inserter(self)  # its own connection: a replay never queues behind live writes
+        self.spool = spool
+        self.publish = publish  # async (name, status json | None): the admins' banner (usage.spool_status)
+        self.published: set[str] = set()
+        self.db_down = False
+        self.appending = 0  # spool appends in flight (the spool's depth does not show them yet)
         self.task: asyncio.Task | None = None
+        self.replay_task: asyncio.Task | None = None
+        self.wake_replay = asyncio.Event()
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self._run())
+        if self.spool is not None:
+            self.replay_task = loop.create_task(self._replay_loop())
 
     async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            try:
-                await self.task
-            except (asyncio.CancelledError, Exception):
-                pass
-        if self.conn is not None:
-            await self.conn.close()
+        for task in (self.task, self.replay_task):
+            if task:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        await self.live.close()
+        await self.replayer.close()
+        if self.spool is not None:
+            await self._in_spool(self.spool.close)
+            self.spool.executor.shutdown(wait=True)
 
     async def write(self, row: dict) -> None:
         future = asyncio.get_running_loop().create_future()
@@ -82,9 +110,10 @@ class UsageWriter:
             for start in range(0, len(batch), MAX_BATCH):
                 chunk = batch[start : start + MAX_BATCH]
                 try:
-                    await self._insert_with_retry([row for row, _ in chunk])
+                    await self._store([row for row, _ in chunk])
                 except Exception as exc:
                     log.error("usage events could not be written: %s", exc)
+                    metrics.USAGE_UNRECORDED.inc(len(chunk))
                     for _, future in chunk:
                         if not future.done():
                             future.set_exception(exc)
@@ -93,21 +122,165 @@ class UsageWriter:
                         if not future.done():
                             future.set_result(None)
 
-    async def _insert_with_retry(self, rows: list[dict]) -> None:
-        try:
-            await self._insert(rows)
-        except Exception:
-            # One reconnect and retry: the conflict clause makes a repeated batch harmless.
-            await self._reset()
-            await self._insert(rows)
-
-    async def _reset(self) -> None:
-        if self.conn is not None:
+    async def _store(self, rows: list[dict]) -> None:
+        if self.spool is None:
+            await self.live.insert_with_retry(rows)
+            return
+        if not self.db_down:
             try:
-                await self.conn.close()
+                await asyncio.wait_for(self.live.insert_with_retry(rows), settings.GATEWAY_USAGE_WRITE_TIMEOUT)
+                return
+            except Exception as exc:
+                log.warning("usage events go to the local spool: the database did not take them (%s)", _describe(exc))
+                await self.live.close()
+                self.db_down = True
+        self.appending += 1
+        try:
+            await self._in_spool(self.spool.append, rows)
+        finally:
+            self.appending -= 1
+        metrics.USAGE_SPOOLED.inc(len(rows))
+        self._update_gauges()
+        self.wake_replay.set()
+
+    async def _in_spool(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.spool.executor, fn, *args)
+
+    # ---- replay ----------------------------------------------------------------------------------
+    async def _replay_loop(self) -> None:
+        """Adopt spools left by stopped processes, replay every held spool, publish its status."""
+        next_scan = 0.0
+        while True:
+            try:
+                if time.monotonic() >= next_scan:
+                    next_scan = time.monotonic() + SCAN_INTERVAL
+                    await self._in_spool(self.spool.adopt_orphans)
+                await self.replay()
+            except asyncio.CancelledError:
+                raise
             except Exception:
+                log.exception("replaying the usage spool failed; retrying")
+            self._update_gauges()
+            await self._publish_status()
+            waiting = self.db_down or self.spool.depth() > 0
+            try:
+                await asyncio.wait_for(self.wake_replay.wait(), REPLAY_RETRY if waiting else SCAN_INTERVAL)
+            except TimeoutError:
                 pass
-            self.conn = None
+            self.wake_replay.clear()
+
+    async def replay(self) -> int:
+        """Move what the held spools hold into the database; returns how many events were replayed."""
+        replayed = 0
+        for spool_file in list(self.spool.files()):
+            while spool_file.depth:
+                rows = await self._in_spool(self.spool.batch, spool_file, MAX_BATCH)
+                if not rows:
+                    break
+                decoded = [(seq, self.decode(blob)) for seq, blob in rows]
+                try:
+                    await asyncio.wait_for(self.replayer.insert_with_retry([r for _, r in decoded]), settings.GATEWAY_USAGE_WRITE_TIMEOUT)
+                except Exception as exc:
+                    if not _refused_for_good(exc):
+                        await self.replayer.close()
+                        return replayed  # still away: the next tick tries again
+                    replayed += await self._replay_one_by_one(spool_file, decoded)
+                    continue
+                await self._in_spool(self.spool.forget, spool_file, [seq for seq, _ in rows])
+                replayed += len(rows)
+                metrics.USAGE_REPLAYED.inc(len(rows))
+                self.db_down = False  # the database takes events again: new ones go straight to it
+            if await self._in_spool(self.spool.release_if_done, spool_file):
+                await self._publish(spool_file.name, None)
+        if self.spool.depth() == 0 and not self.appending:
+            self.db_down = False  # nothing waits: the next batch tries the database again
+        return replayed
+
+    async def _replay_one_by_one(self, spool_file, decoded: list[tuple[int, dict]]) -> int:
+        replayed = 0
+        for seq, row in decoded:
+            try:
+                await self.replayer.insert_with_retry([row])
+            except Exception as exc:
+                if not _refused_for_good(exc):
+                    raise
+                log.error("the database refused spooled usage event %s for good: %s", row["request_id"], _describe(exc))
+                await self._in_spool(self.spool.reject, spool_file, seq, _describe(exc))
+                continue
+            await self._in_spool(self.spool.forget, spool_file, [seq])
+            replayed += 1
+            metrics.USAGE_REPLAYED.inc()
+        return replayed
+
+    @functools.cached_property
+    def decode(self):
+        return row_decoder(self.columns)
+
+    def _update_gauges(self) -> None:
+        oldest = self.spool.oldest()
+        metrics.SPOOL_DEPTH.set(self.spool.depth())
+        metrics.SPOOL_OLDEST.set(time.time() - oldest if oldest else 0)
+        metrics.SPOOL_REJECTED.set(self.spool.rejected())
+
+    async def _publish_status(self) -> None:
+        if self.publish is None:
+            return
+        from usage.spool_status import encode_status
+
+        held = {f.name: f for f in self.spool.files() if f.depth or f.rejected}
+        for name, spool_file in held.items():
+            await self._publish(
+                name,
+                encode_status(
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    depth=spool_file.depth,
+                    rejected=spool_file.rejected,
+                    oldest=spool_file.oldest,
+                ),
+            )
+        for name in self.published - set(held):
+            await self._publish(name, None)
+
+    async def _publish(self, name: str, value: str | None) -> None:
+        if self.publish is None:
+            return
+        try:
+            await self.publish(name, value)
+        except Exception as exc:
+            log.warning("spool status not published: %s", type(exc).__name__)
+            return
+        if value is None:
+            self.published.discard(name)
+        else:
+            self.published.add(name)
+
+
+class Inserter:
+    """One database connection's worth of the writer's INSERT."""
+
+    def __init__(self, writer: UsageWriter):
+        self.writer = writer
+        self.conn = None
+        self.sql: str | None = None
+
+    async def insert_with_retry(self, rows: list[dict]) -> None:
+        try:
+            await self.insert(rows)
+        except Exception as exc:
+            if _refused_for_good(exc):
+                raise
+            # One reconnect and retry: the conflict clause makes a repeated batch harmless.
+            await self.close()
+            await self.insert(rows)
+
+    async def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), 2)
+            except BaseException:
+                pass
 
     async def _connection(self):
         if self.conn is None or self.conn.closed:
@@ -130,21 +303,41 @@ class UsageWriter:
             from usage.models import UsageEvent
 
             fields = {f.column: f for f in UsageEvent._meta.concrete_fields}
-            casts = ", ".join(f"%s::{fields[c].db_type(connection)}[]" for c in self.columns)
+            columns = self.writer.columns
+            casts = ", ".join(f"%s::{fields[c].db_type(connection)}[]" for c in columns)
             self.sql = (
-                f"INSERT INTO {UsageEvent._meta.db_table} ({', '.join(self.columns)}) "
+                f"INSERT INTO {UsageEvent._meta.db_table} ({', '.join(columns)}) "
                 f"SELECT * FROM unnest({casts}) ON CONFLICT (request_id) DO NOTHING"
             )
         return self.sql
 
-    async def _insert(self, rows: list[dict]) -> None:
-        self.on_query("usage_insert")
-        if self.use_psycopg:
-            params = [[row[c] for row in rows] for c in self.columns]
+    async def insert(self, rows: list[dict]) -> None:
+        writer = self.writer
+        writer.on_query("usage_insert")
+        if writer.use_psycopg:
+            params = [[row[c] for row in rows] for c in writer.columns]
             conn = await self._connection()
             await conn.execute(self._unnest_sql(), params, prepare=True)
         else:
-            await self.run_db(_orm_insert, rows)
+            await writer.run_db(_orm_insert, rows)
+
+
+def _refused_for_good(exc: BaseException) -> bool:
+    """The database answered and refused these rows (a constraint, bad data): retrying cannot help."""
+    import django.db
+
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a runtime dependency
+        psycopg = None
+    permanent: tuple = (django.db.IntegrityError, django.db.DataError)
+    if psycopg is not None:
+        permanent += (psycopg.IntegrityError, psycopg.DataError)
+    return isinstance(exc, permanent)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip()[:200]}" if str(exc).strip() else type(exc).__name__
 
 
 def _orm_insert(rows: list[dict]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -19,6 +19,19 @@ UPSTREAM_ERRORS = Counter("gatehouse_gateway_upstream_errors", "Upstream failure
 REFUSALS = Counter("gatehouse_gateway_limiter_refusals", "Requests refused by the limiter", ["reason"])
 DB_QUERIES = Counter("gatehouse_gateway_db_queries", "Database statements the gateway issued, by purpose", ["kind"])
 TOKENS = Counter("gatehouse_gateway_tokens", "Tokens metered", ["model", "kind"])
+USAGE_SPOOLED = Counter("gatehouse_gateway_usage_spooled", "Usage events written to the local spool because the database did not take them")
+USAGE_REPLAYED = Counter("gatehouse_gateway_usage_replayed", "Spooled usage events replayed into the database")
+USAGE_UNRECORDED = Counter("gatehouse_gateway_usage_unrecorded", "Usage events neither the database nor the spool took (503)")
+# Gauges: summed (depth, rejected) or maxed (age) over live processes under PROMETHEUS_MULTIPROC_DIR.
+SPOOL_DEPTH = Gauge("gatehouse_gateway_usage_spool_depth", "Usage events waiting in local spools", multiprocess_mode="livesum")
+SPOOL_OLDEST = Gauge(
+    "gatehouse_gateway_usage_spool_oldest_seconds", "Age of the oldest usage event waiting in a local spool", multiprocess_mode="livemax"
+)
+SPOOL_REJECTED = Gauge(
+    "gatehouse_gateway_usage_spool_rejected",
+    "Spooled usage events the database refused (kept aside in the spool file)",
+    multiprocess_mode="livesum",
+)
 
 
 def render() -> tuple[bytes, str]:

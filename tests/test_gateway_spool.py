@@ -1,0 +1,156 @@
+"""The usage spool on its own: durable rows, adoption by lock, replay into the real database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+from types import SimpleNamespace
+
+import pytest
+
+from gateway.auth import Price, Route
+from gateway.metering import UsageWriter, event_row, usage_columns
+from gateway.spool import Spool, row_decoder
+from tests.factories import make_key
+from tests.gateway_support import run_async
+from usage.models import UsageEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def row(world, key, request_id: str, *, workspace_id: int | None = None) -> dict:
+    entry = SimpleNamespace(workspace_id=workspace_id or world.org.id, api_key_id=key.id, kind="user")
+    route = Route(
+        name="m",
+        kind="deployment",
+        chat_url="",
+        upstream_model="m",
+        api_key=None,
+        timeout=1.0,
+        prices=(Price(0.0, Decimal("2"), Decimal("4"), "EUR"),),
+    )
+    return event_row(
+        request_id=request_id,
+        started=time.time() - 0.25,
+        entry=entry,
+        route=route,
+        model="m",
+        prompt_tokens=7,
+        completion_tokens=3,
+        status_code=200,
+        streamed=True,
+        client_ip="2001:db8::1",
+    )
+
+
+def test_a_spooled_row_comes_back_exactly_as_written(world, tmp_path):
+    key, _ = make_key(world.org)
+    spool = Spool(tmp_path, database_identity="db-a")
+    original = row(world, key, "req_roundtrip")
+    assert spool.append([original, original]) == 1  # a duplicate request id is kept once
+    [(seq, blob)] = spool.batch(spool.own, 10)
+    assert row_decoder(usage_columns())(blob) == original
+    assert (spool.depth(), spool.own.path.stat().st_mode & 0o777) == (1, 0o600)
+    spool.close()
+    assert list(tmp_path.iterdir()) != []  # not empty: left for the next process
+
+
+def test_a_live_writers_file_is_never_adopted_and_a_dead_ones_is(world, tmp_path):
+    key, _ = make_key(world.org)
+    writer = Spool(tmp_path, database_identity="db-a")
+    writer.append([row(world, key, "req_1"), row(world, key, "req_2")])
+    other = Spool(tmp_path, database_identity="db-a")
+    assert other.adopt_orphans() == []  # its writer holds the lock
+
+    writer.close()  # as a process exit (or kill -9) releases the flock
+    elsewhere = Spool(tmp_path, database_identity="db-b")
+    assert elsewhere.adopt_orphans() == []  # another database's events are not ours to replay
+    [adopted] = other.adopt_orphans()
+    assert (adopted.depth, other.depth()) == (2, 2)
+    assert Spool(tmp_path, database_identity="db-a").adopt_orphans() == []  # now `other` holds it
+
+    other.forget(adopted, [seq for seq, _ in other.batch(adopted, 10)])
+    assert other.release_if_done(adopted)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _closing(fn, *args):
+    from django.db import connection
+
+    try:
+        return fn(*args)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("backend", ["psycopg", "orm"])
+def test_writes_the_database_refuses_are_spooled_then_replayed_once(world, tmp_path, backend):
+    key, _ = make_key(world.org)
+    down = {"value": True}
+
+    async def run_db(fn, *args):
+        if down["value"]:
+            raise ConnectionError("database away")
+        return await asyncio.to_thread(_closing, fn, *args)
+
+    async def scenario() -> dict:
+        writer = UsageWriter(run_db=run_db, spool=Spool(tmp_path, database_identity="x"))
+        writer.use_psycopg = backend == "psycopg"
+        if writer.use_psycopg:
+            real_insert = writer.live.insert
+
+            async def insert(rows):
+                if down["value"]:
+                    raise ConnectionError("database away")
+                await real_insert(rows)
+
+            writer.live.insert = insert
+            writer.replayer.insert = _flaky(writer.replayer.insert, down)
+        writer.start()
+        await asyncio.gather(*(writer.write(row(world, key, f"req_{i}")) for i in range(5)))
+        state = {"spooled": writer.spool.depth(), "db_down": writer.db_down}
+        await writer.write(row(world, key, "req_5"))  # straight to the spool: no wait on a dead database
+        state["in_db_while_down"] = await asyncio.to_thread(_closing, lambda: UsageEvent.objects.count())
+        down["value"] = False
+        writer.wake_replay.set()
+        for _ in range(100):
+            if writer.spool.depth() == 0 and not writer.db_down:
+                break
+            await asyncio.sleep(0.05)
+        await writer.replay()  # a second replay has nothing left to send
+        await writer.write(row(world, key, "req_6"))
+        state["depth_after"] = writer.spool.depth()
+        await writer.stop()
+        return state
+
+    state = run_async(scenario())
+    assert state == {"spooled": 5, "db_down": True, "in_db_while_down": 0, "depth_after": 0}
+    assert sorted(UsageEvent.objects.values_list("request_id", flat=True)) == [f"req_{i}" for i in range(7)]
+    assert list(tmp_path.iterdir()) == []  # drained and removed at shutdown
+
+
+def _flaky(insert, down):
+    async def wrapped(rows):
+        if down["value"]:
+            raise ConnectionError("database away")
+        await insert(rows)
+
+    return wrapped
+
+
+def test_a_row_the_database_refuses_for_good_is_kept_aside_and_the_rest_replays(world, tmp_path):
+    key, _ = make_key(world.org)
+    spool = Spool(tmp_path, database_identity="x")
+    spool.append([row(world, key, "req_good"), row(world, key, "req_orphan", workspace_id=10**9), row(world, key, "req_good_2")])
+
+    async def scenario() -> tuple[int, int, int]:
+        writer = UsageWriter(spool=spool)
+        replayed = await writer.replay()
+        result = (replayed, spool.depth(), spool.rejected())
+        await writer.stop()
+        return result
+
+    assert run_async(scenario()) == (2, 0, 1)
+    assert sorted(UsageEvent.objects.values_list("request_id", flat=True)) == ["req_good", "req_good_2"]
+    assert list(tmp_path.glob("*.spool"))  # the refused row stays on disk for an operator
