@@ -229,8 +229,11 @@ LOGGING = {
 
 # Gateway (data plane, gateway/). See README "Gateway".
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
-# Completion tokens reserved when a request gives no max_tokens (TPM / yearly admission).
+# The completion cap sent upstream (and reserved) when a key with token limits, or a workspace
+# with a blocking budget, sends a request without max_tokens.
 GATEWAY_DEFAULT_MAX_TOKENS = env_int("GATEWAY_DEFAULT_MAX_TOKENS", 1024, minimum=1)
+# Below this many completion tokens left under a limit, a request is refused instead of capped.
+GATEWAY_MIN_COMPLETION_TOKENS = env_int("GATEWAY_MIN_COMPLETION_TOKENS", 16, minimum=1)
 GATEWAY_UPSTREAM_TIMEOUT = env_int("GATEWAY_UPSTREAM_TIMEOUT", 120, minimum=1)
 GATEWAY_UPSTREAM_CONNECTIONS = env_int("GATEWAY_UPSTREAM_CONNECTIONS", 200, minimum=1)
 # "native" (gateway/upstream.py, lean HTTP/1.1 on httptools) or "httpx"; see docs/BENCHMARKS.md.

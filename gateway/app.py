@@ -26,9 +26,11 @@ from gateway import errors, metrics
 from gateway.auth import KeyCache, KeyEntry, Route, listen_for_changes, parse_bearer
 from gateway.errors import GatewayError
 from gateway.limits import (
+    CAPPED_HEADER,
     NEEDS_SEED,
     QUOTA_REFUSED,
     TPM_REFUSED,
+    Admission,
     LimiterUnavailable,
     LocalLimiter,
     RedisLimiter,
@@ -77,6 +79,7 @@ class Exchange:
         "tokens",
         "response_started",
         "shape",
+        "headers",
     )
 
     def __init__(self, send, request_id: str):
@@ -91,12 +94,17 @@ class Exchange:
         self.tokens = 0
         self.response_started = False
         self.shape: Shape = chat_shape.SHAPE  # whose error body a failure gets
+        self.headers: list[tuple[bytes, bytes]] = []  # added to every response (e.g. the cap header)
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
         self.response_started = True
         await self.send(
-            {"type": "http.response.start", "status": status, "headers": [*headers, (b"x-request-id", self.request_id.encode())]}
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*headers, *self.headers, (b"x-request-id", self.request_id.encode())],
+            }
         )
 
     async def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS) -> None:
@@ -329,26 +337,20 @@ class Gateway:
         except orjson.JSONDecodeError:
             raise errors.bad_request("The request body is not valid JSON.", code="invalid_json") from None
         call = shape.parse(payload, deployment is None)
-        prompt_estimate, choices, completion_budget = call.prompt_estimate, call.choices, call.completion_budget
-        if completion_budget is None:
-            # No max_tokens: reserve the configured default, but never more than the key's TPM
-            # leaves room for, so a small-TPM key is not refused for a number the caller never chose.
-            completion_budget = settings.GATEWAY_DEFAULT_MAX_TOKENS
-            tpm = exchange.entry.tpm_limit
-            if tpm:
-                completion_budget = max(1, min(completion_budget, (tpm - prompt_estimate) // choices))
-        estimate = prompt_estimate + completion_budget * choices
+        admission = Admission.of(call, exchange.entry)
 
         # A newer key generation seen at admission means the cached copy is stale: drop it,
         # release what was reserved and check again with the fresh key (once).
         for attempt in range(2):
             entry = exchange.entry if attempt == 0 else await self.checked_entry(scope, headers, key, exchange, reload=True)
+            if attempt:
+                admission = Admission.of(call, entry)
             route = self.resolve(entry, call.model, deployment)
             if route.serves and route.serves != shape.model_kind:
                 raise wrong_kind(route.name, route.serves, shape.endpoint)
             exchange.model = route.name
             exchange.metric_model = route.metric_name
-            decision = await self.admit(entry, estimate, route.deployment_id)
+            decision = await self.admit(entry, admission, route.deployment_id)
             if decision.generation == entry.generation and decision.deployment_generation == route.generation:
                 break
             if decision.reservation is not None:
@@ -367,10 +369,14 @@ class Gateway:
             raise errors.budget_exhausted()
         if decision.outcome == TPM_REFUSED:
             metrics.REFUSALS.labels("tpm").inc()
-            raise errors.tpm_exceeded(decision.retry_after, entry.tpm_limit or 0, oversized=estimate > (entry.tpm_limit or 0))
+            raise errors.tpm_exceeded(decision.retry_after, entry.tpm_limit or 0, remaining=decision.remaining, **admission.shown())
         if decision.outcome == QUOTA_REFUSED:
             metrics.REFUSALS.labels("yearly").inc()
-            raise errors.quota_exceeded(entry.yearly_limit or 0)
+            raise errors.quota_exceeded(entry.yearly_limit or 0, remaining=decision.remaining, **admission.shown())
+        if admission.capped:
+            capped = admission.apply_cap(call.body, shape.cap_param, decision.granted)
+            if capped is not None:
+                exchange.headers.append((CAPPED_HEADER, capped))
         self.touch(entry, exchange.client_ip)
         reservation = decision.reservation
         try:
@@ -404,13 +410,16 @@ class Gateway:
             )
         return route
 
-    async def admit(self, entry: KeyEntry, estimate: int, deployment_id: int | None):
+    async def admit(self, entry: KeyEntry, admission: Admission, deployment_id: int | None):
         year = datetime.now(entry.time_zone).year
         kwargs = dict(
             api_key_id=entry.api_key_id,
             public_id=entry.public_id,
             year=year,
-            estimate=estimate,
+            prompt=admission.prompt,
+            completion=admission.completion,
+            choices=admission.choices,
+            floor=admission.floor,
             tpm_limit=entry.tpm_limit,
             yearly_limit=entry.yearly_limit,
             deployment_id=deployment_id,

@@ -141,6 +141,8 @@ class KeyEntry:
     # Epoch until which a used-up budget with "block requests" refuses this workspace's calls
     # (usage.budgets.budget_blocked_until); the month's end, so a new month needs no reload.
     budget_blocked_until: float | None = None
+    # A budget that blocks covers this key's workspace: completions are capped as for a token limit.
+    budget_blocks: bool = False
 
     def usable_at(self, now: float) -> bool:
         if self.revoked:
@@ -266,9 +268,9 @@ def load_key(digest: str) -> KeyEntry | None:
         return None
     key, valid_until = secret.api_key, secret.valid_until
     workspace = key.workspace
-    from usage.budgets import budget_blocked_until
+    from usage.budgets import budget_guard
 
-    blocked_until = budget_blocked_until(workspace)
+    budget_blocks, blocked_until = budget_guard(workspace)
 
     deployments = callable_deployments(workspace).select_related("router_provider", "byok_credential")
     if not key.all_models:
@@ -360,6 +362,7 @@ def load_key(digest: str) -> KeyEntry | None:
         generation=generation,
         loaded_at=time.monotonic(),
         budget_blocked_until=_epoch(blocked_until),
+        budget_blocks=budget_blocks,
     )
 
 

@@ -45,19 +45,33 @@ def model_not_found(model: str) -> GatewayError:
     return GatewayError(404, f"The model `{shown}` does not exist or you do not have access to it.", code="model_not_found", param="model")
 
 
-def tpm_exceeded(retry_after: int, limit: int, oversized: bool) -> GatewayError:
-    if oversized:
-        message = f"This request needs more tokens than the key's limit of {limit} tokens per minute allows; lower max_tokens."
+def _needs(prompt: int, floor: int, choices: int, asked: int | None) -> str:
+    completion = f"{floor} completion tokens" + (f" × {choices} choices" if choices > 1 else "")
+    wanted = f"; it asked for up to {asked} completion tokens" if asked is not None else ""
+    return f"at least {prompt + floor * choices} ({prompt} prompt tokens + {completion}{wanted})"
+
+
+def tpm_exceeded(retry_after: int, limit: int, *, remaining: int, prompt: int, floor: int, choices: int, asked: int | None) -> GatewayError:
+    needs = _needs(prompt, floor, choices, asked)
+    if prompt + floor * choices > limit:
+        message = f"This request needs {needs}, more than this key's limit of {limit} tokens per minute; shorten the prompt."
     else:
-        message = f"Rate limit reached: this key may use {limit} tokens per minute. Retry after {retry_after} s."
+        message = (
+            f"Rate limit reached: this key may use {limit} tokens per minute and {remaining} remain in the current window "
+            f"(tokens of requests in flight count until they finish); this request needs {needs}. Retry after {retry_after} s."
+        )
     return GatewayError(
         429, message, code="rate_limit_exceeded", type="rate_limit_error", headers=[(b"retry-after", str(retry_after).encode())]
     )
 
 
-def quota_exceeded(limit: int) -> GatewayError:
+def quota_exceeded(limit: int, *, remaining: int, prompt: int, floor: int, choices: int, asked: int | None) -> GatewayError:
     return GatewayError(
-        429, f"You exceeded this key's yearly token limit of {limit} tokens.", code="insufficient_quota", type="insufficient_quota"
+        429,
+        f"This key's yearly token limit is {limit} tokens and {remaining} remain this year (tokens of requests in flight "
+        f"count until they finish); this request needs {_needs(prompt, floor, choices, asked)}.",
+        code="insufficient_quota",
+        type="insufficient_quota",
     )
 
 

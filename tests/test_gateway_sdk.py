@@ -87,9 +87,15 @@ def test_a_key_made_in_the_console_works_with_the_sdk_and_its_limits_apply(world
     plaintext = re.search(r'data-testid="new-key">(gh_live_\w+)<', page.content.decode()).group(1)
 
     assert ask(sdk(gateway, plaintext), deployment.model_id, max_tokens=20).choices[0].message.content.startswith("Hello!")
+    # More than its 100 tokens a minute allow: capped to what the minute has left, not refused...
+    long = {"demo_reply_tokens": "500"}
+    capped = ask(sdk(gateway, plaintext), deployment.model_id, max_tokens=500, metadata=long)
+    assert capped.choices[0].finish_reason == "length"
+    assert UsageEvent.objects.filter(api_key__name="console-made").count() == 2
+    assert sum(e.total_tokens for e in UsageEvent.objects.all()) <= 100
+    # ...and refused once less than the floor (16 completion tokens) is left.
     with pytest.raises(openai.RateLimitError):
-        ask(sdk(gateway, plaintext), deployment.model_id, max_tokens=500)  # more than its 100 tokens a minute
-    assert UsageEvent.objects.get().api_key.name == "console-made"
+        ask(sdk(gateway, plaintext), deployment.model_id, max_tokens=500, metadata=long)
 
 
 def test_streaming_with_usage_delivers_chunks_and_a_final_usage_chunk(world, deployment, gateway):
@@ -243,16 +249,17 @@ def test_unknown_and_unpermitted_models_get_the_same_not_found(world, deployment
 
 
 def test_tpm_and_yearly_limits_are_rate_limit_errors(world, deployment, gateway):
+    long = {"demo_reply_tokens": "500"}
     _, small_tpm = make_key(world.org, all_models=True, tpm_limit=100)
+    # The first call is capped to what the minute has left; the next finds less than the floor.
+    assert ask(sdk(gateway, small_tpm), deployment.model_id, max_tokens=500, metadata=long).choices[0].finish_reason == "length"
     with pytest.raises(openai.RateLimitError) as caught:
         ask(sdk(gateway, small_tpm), deployment.model_id, max_tokens=500)
     assert caught.value.code == "rate_limit_exceeded"
     assert int(caught.value.response.headers["retry-after"]) >= 1
 
-    # Without max_tokens the default reservation shrinks to what the key's TPM allows.
-    assert ask(sdk(gateway, small_tpm), deployment.model_id).choices[0].message.content == ANSWER
-
     _, small_year = make_key(world.org, all_models=True, yearly_token_limit=100)
+    assert ask(sdk(gateway, small_year), deployment.model_id, metadata=long).choices[0].finish_reason == "length"
     with pytest.raises(openai.RateLimitError) as caught:
         ask(sdk(gateway, small_year), deployment.model_id, max_tokens=500)
     assert caught.value.code == "insufficient_quota"

@@ -13,9 +13,20 @@ from gateway.validation import validate_chat
 from tests.gateway_support import run_async
 
 
-def admit(limiter, estimate, *, tpm=None, yearly=None, seed=-1):
+def admit(limiter, prompt, *, tpm=None, yearly=None, seed=-1, completion=0, choices=1, floor=0):
     return run_async(
-        limiter.admit(api_key_id=1, public_id="k", year=2026, estimate=estimate, tpm_limit=tpm, yearly_limit=yearly, seed=seed)
+        limiter.admit(
+            api_key_id=1,
+            public_id="k",
+            year=2026,
+            prompt=prompt,
+            completion=completion,
+            choices=choices,
+            floor=floor,
+            tpm_limit=tpm,
+            yearly_limit=yearly,
+            seed=seed,
+        )
     )
 
 
@@ -54,6 +65,65 @@ def test_local_yearly_limit_is_seeded_then_reserved():
 def test_oversized_request_is_refused_with_a_full_minute():
     decision = admit(LocalLimiter(), 2000, tpm=1000)
     assert (decision.outcome, decision.retry_after) == (TPM_REFUSED, 60)
+
+
+async def _grants_up_to_what_the_limits_leave(limiter, public_id: str, window) -> None:
+    async def admit(prompt, **limits):
+        kwargs = dict(api_key_id=1, public_id=public_id, year=2026, prompt=prompt, tpm_limit=None, yearly_limit=None, floor=16)
+        return await limiter.admit(**{**kwargs, **limits})
+
+    # A first call on a small yearly limit, nothing used: capped to what remains, not refused.
+    small = await admit(9, yearly_limit=30, seed=0, completion=1024)
+    assert (small.outcome, small.granted, small.reservation.estimate) == (ADMIT, 21, 30)
+    refused = await admit(9, yearly_limit=30, completion=1024)
+    assert (refused.outcome, refused.remaining) == (QUOTA_REFUSED, 0)
+
+    # TPM: the grant is per choice, and never more than asked.
+    assert (await admit(100, tpm_limit=1000, completion=200, choices=2)).granted == 200
+    wide = await admit(61, tpm_limit=1000, completion=500, choices=2)  # 439 left after the prompt
+    assert (wide.outcome, wide.granted, wide.reservation.estimate) == (ADMIT, 219, 499)
+    assert await window() == 999
+    below_floor = await admit(0, tpm_limit=1000, completion=500)
+    assert (below_floor.outcome, below_floor.remaining) == (TPM_REFUSED, 1)
+    # A client that asks for less than the floor only needs what it asked for.
+    tiny = await admit(0, tpm_limit=1000, completion=1)
+    assert (tiny.outcome, tiny.granted) == (ADMIT, 1)
+    assert await window() == 1000
+
+
+def test_local_admission_grants_up_to_what_the_limits_leave_and_refuses_below_the_floor():
+    limiter = LocalLimiter()
+
+    async def window():
+        return sum(limiter.buckets["gatehouse:tpm:k"].values())
+
+    with time_machine.travel(1_000_000, tick=False):
+        run_async(_grants_up_to_what_the_limits_leave(limiter, "k", window))
+
+
+def test_redis_admission_script_grants_the_same_as_the_local_limiter(settings):
+    import uuid
+
+    from gateway.limits import RedisLimiter
+    from gateway.resp import PipelinedRedis
+
+    public_id = f"unit-{uuid.uuid4()}"
+
+    async def run():
+        redis = PipelinedRedis(settings.REDIS_URL)
+
+        async def window():
+            values = await redis.execute("HVALS", f"gatehouse:tpm:{public_id}")
+            return sum(int(v) for v in values)
+
+        try:
+            await _grants_up_to_what_the_limits_leave(RedisLimiter(redis), public_id, window)
+        finally:
+            await redis.execute("DEL", f"gatehouse:tpm:{public_id}", f"gatehouse:yearly:{public_id}:2026")
+            await redis.aclose()
+
+    with time_machine.travel(1_000_000, tick=False):
+        run_async(run())
 
 
 def sse(obj) -> bytes:
@@ -124,3 +194,25 @@ def test_invalid_bodies_name_the_parameter(body, param):
     with pytest.raises(GatewayError) as caught:
         validate_chat(body)
     assert (caught.value.status, caught.value.param) == (400, param)
+
+
+@pytest.mark.parametrize(
+    ("sent", "asked", "granted", "upstream", "header"),
+    [
+        ({}, None, 300, {"max_tokens": 300}, b"300"),
+        ({"max_tokens": 500}, 500, 500, {"max_tokens": 500}, None),
+        ({"max_completion_tokens": 500}, 500, 200, {"max_completion_tokens": 200}, b"200"),
+        ({"max_tokens": 900, "max_completion_tokens": 400}, 400, 400, {"max_tokens": 400, "max_completion_tokens": 400}, None),
+    ],
+)
+def test_the_cap_goes_upstream_in_the_field_the_client_used(sent, asked, granted, upstream, header):
+    from gateway.limits import Admission
+    from gateway.shapes import chat
+
+    payload = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **sent}
+    call = chat.parse(payload, True)
+    entry = type("Entry", (), {"tpm_limit": 1000, "yearly_limit": None, "budget_blocks": False})()
+    admission = Admission.of(call, entry)
+    assert admission.asked == asked
+    assert admission.apply_cap(call.body, chat.SHAPE.cap_param, granted) == header
+    assert {k: v for k, v in call.body.items() if k in ("max_tokens", "max_completion_tokens")} == upstream

@@ -391,7 +391,7 @@ def _admit_through_the_gateway(key, tokens: int) -> None:
         redis = PipelinedRedis(settings.REDIS_URL)
         try:
             decision = await RedisLimiter(redis).admit(
-                api_key_id=key.id, public_id=str(key.public_id), year=2026, estimate=tokens, tpm_limit=key.tpm_limit, yearly_limit=None
+                api_key_id=key.id, public_id=str(key.public_id), year=2026, prompt=tokens, tpm_limit=key.tpm_limit, yearly_limit=None
             )
         finally:
             await redis.aclose()

@@ -175,19 +175,27 @@ def budget_banners(workspace: Workspace, *, can_admin: bool, now: datetime | Non
 
 
 def budget_blocked_until(workspace: Workspace, *, now: datetime | None = None) -> datetime | None:
-    """Until when the gateway refuses this workspace's requests (None: not blocked), one query.
+    """Until when the gateway refuses this workspace's requests (None: not blocked), one query."""
+    return budget_guard(workspace, now=now)[1]
+
+
+def budget_guard(workspace: Workspace, *, now: datetime | None = None) -> tuple[bool, datetime | None]:
+    """Whether a budget that blocks requests covers this workspace, and until when it refuses them
+    (None: not blocked), in one query.
 
     Its own budget and, for a sub-workspace, the organisation's count; each blocks until the end
     of the month (in its workspace's time zone) in which the worker found it used up, so a new
-    month unblocks without anyone publishing a change.
+    month unblocks without anyone publishing a change. The gateway caps completions for a
+    workspace with a blocking budget, so a runaway answer cannot run far past it.
     """
     now = now or timezone.now()
     ids = [workspace.id] if workspace.parent_id is None else [workspace.id, workspace.parent_id]
-    until = None
-    for budget in Budget.objects.filter(workspace_id__in=ids, block_requests=True, spent_month__isnull=False).select_related("workspace"):
-        if budget.spent < budget.amount:
+    blocks, until = False, None
+    for budget in Budget.objects.filter(workspace_id__in=ids, block_requests=True).select_related("workspace"):
+        blocks = True
+        if budget.spent_month is None or budget.spent < budget.amount:
             continue
         end = local_day_start(next_month(budget.spent_month), budget.workspace.tz)
         if end > now and (until is None or end > until):
             until = end
-    return until
+    return blocks, until

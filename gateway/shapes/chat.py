@@ -28,7 +28,8 @@ def parse(payload: object, model_required: bool) -> Call:
         stream=stream,
         wants_usage=stream and bool((payload.get("stream_options") or {}).get("include_usage")),
         prompt_estimate=estimate_prompt_tokens(payload["messages"]),
-        completion_budget=payload.get("max_tokens") or payload.get("max_completion_tokens"),
+        # Both given: the smaller binds (the gateway may lower it, never raise it).
+        completion_budget=min((payload[f] for f in ("max_tokens", "max_completion_tokens") if payload.get(f) is not None), default=None),
         choices=payload.get("n") or 1,
     )
 
