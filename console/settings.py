@@ -10,6 +10,7 @@ from django.utils.csp import CSP
 
 from lib.env import env_bool, env_int, env_list, env_secret, env_str
 from lib.net import parse_networks
+from lib.upstream import default_allowed_networks, parse_network_policy
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("GATEHOUSE_VAR_DIR", str(BASE_DIR / "var")))
@@ -37,6 +38,12 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # Where the worker reaches the gateway for console test calls (defaults to PUBLIC_BASE_URL).
 GATEWAY_INTERNAL_URL = (env_str("GATEWAY_INTERNAL_URL", "") or "").rstrip("/")
 TRUSTED_PROXY_NETWORKS = parse_networks(env_list("TRUSTED_PROXIES", []))
+# Where upstream calls (deployments, router providers, BYOK, health probes) may connect: lib.upstream.
+UPSTREAM_ALLOWED_NETWORKS = tuple(env_list("UPSTREAM_ALLOWED_NETWORKS", default_allowed_networks(DEBUG)))
+try:
+    parse_network_policy(UPSTREAM_ALLOWED_NETWORKS)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"UPSTREAM_ALLOWED_NETWORKS: {exc}") from None
 
 INSTALLED_APPS = [
     "django.contrib.admin",

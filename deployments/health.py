@@ -15,6 +15,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit
 
 import httpx
 from django.core.exceptions import ValidationError
@@ -25,7 +26,7 @@ from console.audit import Actor, audit_record
 from deployments.changes import replica_probed
 from deployments.models import Deployment, DeploymentReplica, DeploymentStatus, ReplicaStatus, UpstreamKind
 from lib.crypto import decrypt
-from lib.upstream import validate_upstream_url
+from lib.upstream import Resolver, UpstreamRefused, pinned_url, resolve_checked, system_resolver, validate_upstream_url
 
 logger = logging.getLogger(__name__)
 
@@ -77,22 +78,30 @@ def _upstream_message(response: httpx.Response) -> str:
     return ""
 
 
-def probe_upstream(*, base_url: str, api_key: str, timeout: float) -> ProbeResult:
+def probe_upstream(*, base_url: str, api_key: str, timeout: float, resolve: Resolver | None = None) -> ProbeResult:
     """One GET {base_url}/models. Errors never contain the key or the URL's path.
 
-    The URL is checked against the server-side-request policy first (resolved now, so a host
-    that has started pointing at a metadata service since it was saved is not contacted).
+    The URL is checked against the upstream policy first and resolved now; the probe connects to
+    exactly the address it checked (a host that has started pointing at a refused address since
+    it was saved is never contacted).
     """
     try:
-        validate_upstream_url(base_url)
+        validate_upstream_url(base_url, resolve=resolve or system_resolver)
+        parts = urlsplit(base_url)
+        addresses = resolve_checked(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), resolve=resolve)
     except ValidationError as exc:
         return ProbeResult(False, exc.messages[0])
-    headers = {"Accept": "application/json", "User-Agent": "Gatehouse-health-check"}
+    except UpstreamRefused as exc:
+        return ProbeResult(False, str(exc))
+    except (OSError, UnicodeError):
+        return ProbeResult(False, f"The host {parts.hostname} does not resolve from this server.")
+    target, host = pinned_url(base_url.rstrip("/") + "/models", addresses[0])
+    headers = {"Accept": "application/json", "User-Agent": "Gatehouse-health-check", "Host": host}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-            response = client.get(base_url.rstrip("/") + "/models", headers=headers)
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            response = client.get(target, headers=headers, extensions={"sni_hostname": parts.hostname})
     except httpx.TimeoutException:
         return ProbeResult(False, f"No answer within {timeout:g} s.")
     except httpx.ConnectError as exc:

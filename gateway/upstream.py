@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from lib.upstream import forbidden_address_reason
+from lib.upstream import forbidden_address_reason, pinned_url
 
 IDLE_EXPIRY = 4.0  # below uvicorn's default 5 s keep-alive, so we never reuse a connection the server is closing
 
@@ -287,33 +287,47 @@ class HttpxClient:
             trust_env=False,
             follow_redirects=False,
         )
-        self.checked: dict[tuple, float] = {}
+        self.checked: dict[tuple, tuple[float, str]] = {}
 
-    async def _check_address(self, url: str, connect_timeout: float) -> None:
-        # httpx resolves on its own: check what the host resolves to now (cached briefly). This
-        # narrows, but cannot close, the rebinding window that the native client closes.
-        parts = urlsplit(url)
+    async def _checked_address(self, parts, connect_timeout: float) -> str:
+        # httpx would resolve on its own, after our check (DNS rebinding). Resolve here, check
+        # every address, and have httpx connect to the checked address itself (cached briefly).
         origin = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         checked = self.checked.get(origin)
-        if checked is not None and time.monotonic() - checked < 5:
-            return
+        if checked is not None and time.monotonic() - checked[0] < 5:
+            return checked[1]
         loop = asyncio.get_running_loop()
         try:
             infos = await asyncio.wait_for(loop.getaddrinfo(*origin, type=socket.SOCK_STREAM), connect_timeout)
-        except (OSError, TimeoutError):
-            return  # httpx reports the connection problem itself
+        except TimeoutError:
+            raise UpstreamTimeout("resolving the upstream timed out") from None
+        except OSError as exc:
+            raise UpstreamUnreachable(f"cannot resolve the upstream: {exc.strerror or exc}") from None
         for info in infos:
             reason = forbidden_address_reason(info[4][0])
             if reason is not None:
                 raise UpstreamForbidden(f"refused to connect: {reason}")
-        self.checked[origin] = time.monotonic()
+        if not infos:
+            raise UpstreamUnreachable("the upstream host has no address")
+        address = infos[0][4][0]
+        if len(self.checked) >= 4096:
+            self.checked.clear()
+        self.checked[origin] = (time.monotonic(), address)
+        return address
 
     async def open(
         self, url: str, headers: list[tuple[bytes, bytes]], body: bytes, *, timeout: float, connect_timeout: float
     ) -> HttpxResponse:
-        await self._check_address(url, connect_timeout)
+        parts = urlsplit(url)
+        address = await self._checked_address(parts, connect_timeout)
+        target, host = pinned_url(url, address)
         request = self.client.build_request(
-            "POST", url, content=body, headers=headers, timeout=self.httpx.Timeout(timeout, connect=connect_timeout)
+            "POST",
+            target,
+            content=body,
+            headers=[(b"host", host.encode()), *headers],
+            timeout=self.httpx.Timeout(timeout, connect=connect_timeout),
+            extensions={"sni_hostname": parts.hostname},
         )
         try:
             return HttpxResponse(await self.client.send(request, stream=True))

@@ -1,14 +1,18 @@
 """Validation of upstream base URLs, which admins set and the gateway later connects to.
 
 The gateway runs inside the operator's network, so an upstream URL is a server-side request
-target. Private and loopback addresses are allowed on purpose (self-hosted models live there);
-link-local addresses and the cloud metadata services are refused, because a request there
-hands out the host's cloud credentials. Hostnames are resolved and every address checked, so
-`http://metadata.example/` pointing at 169.254.169.254, or `http://2852039166/` (the same
-address as a decimal number, which the C resolver accepts), are refused too.
+target. Which addresses it may reach is the operator's policy, `UPSTREAM_ALLOWED_NETWORKS`:
+CIDRs plus the words `public` (every globally routable address), `private` (RFC 1918 and IPv6
+ULA: where self-hosted models live) and `loopback`. The default is `public,private`, plus
+`loopback` under DEBUG (`make run`'s demo model listens on 127.0.0.1), so a workspace admin
+cannot point a deployment at the host's own Redis or database. Link-local addresses, the cloud
+metadata services, unspecified and multicast addresses are refused whatever the policy says.
 
-Checking at save time does not stop DNS rebinding; the gateway should call
-`forbidden_address_reason()` on the address it actually connects to.
+Hostnames are resolved and every address checked, so `http://metadata.example/` pointing at
+169.254.169.254, or `http://2852039166/` (the same address as a decimal number, which the C
+resolver accepts), are refused too. Checking at save time does not stop DNS rebinding, so every
+client that connects (the gateway's native and httpx clients, the health probe) resolves, checks
+with `forbidden_address_reason()`, and connects to exactly the address it checked.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from django.core.exceptions import ValidationError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Iterable[str]]
 
 # Metadata services reachable without credentials from inside a cloud VM.
@@ -63,14 +69,83 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     return None
 
 
-def forbidden_address_reason(address: IPAddress | str) -> str | None:
-    """Why the gateway must not connect to this address, or None when it may."""
+PRIVATE_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+NAMED_NETWORKS = {"private": PRIVATE_NETWORKS, "loopback": LOOPBACK_NETWORKS}
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in PRIVATE_NETWORKS)
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """Where upstream calls may go: any public address (when `public`) and these networks."""
+
+    public: bool
+    networks: tuple[IPNetwork, ...]
+
+    def allows(self, address: IPAddress) -> bool:
+        if any(address.version == net.version and address in net for net in self.networks):
+            return True
+        return self.public and address.is_global
+
+
+def default_allowed_networks(debug: bool) -> list[str]:
+    return ["public", "private", "loopback"] if debug else ["public", "private"]
+
+
+def parse_network_policy(entries: Iterable[str]) -> NetworkPolicy:
+    """`public`, `private`, `loopback` and CIDRs (a bare address is one host); ValueError names a bad entry."""
+    public = False
+    networks: list[IPNetwork] = []
+    for entry in entries:
+        word = entry.strip().lower()
+        if not word:
+            continue
+        if word == "public":
+            public = True
+            continue
+        for cidr in NAMED_NETWORKS.get(word, (entry.strip(),)):
+            try:
+                networks.append(ipaddress.ip_network(cidr))
+            except ValueError:
+                raise ValueError(f"{entry!r} is not public, private, loopback or a CIDR such as 10.0.0.0/8 (without host bits)") from None
+    return NetworkPolicy(public=public, networks=tuple(dict.fromkeys(networks)))
+
+
+_policy_cache: dict[tuple[str, ...], NetworkPolicy] = {}
+
+
+def current_policy() -> NetworkPolicy:
+    """The policy settings.UPSTREAM_ALLOWED_NETWORKS describes (parsed once per distinct value)."""
+    from django.conf import settings
+
+    entries = tuple(settings.UPSTREAM_ALLOWED_NETWORKS)
+    policy = _policy_cache.get(entries)
+    if policy is None:
+        policy = _policy_cache[entries] = parse_network_policy(entries)
+    return policy
+
+
+def _kind(address: IPAddress) -> str:
+    if address.is_loopback:
+        return "a loopback address"
+    if address in ipaddress.ip_network("100.64.0.0/10"):
+        return "a shared (carrier-grade NAT) address"
+    if any(address.version == net.version and address in net for net in _PRIVATE):
+        return "a private address"
+    if address.is_global:
+        return "a public address"
+    return "a reserved address"
+
+
+def forbidden_address_reason(address: IPAddress | str, policy: NetworkPolicy | None = None) -> str | None:
+    """Why an upstream call must not connect to this address, or None when it may (the decision
+    every connecting client makes on the address it resolved, before it connects)."""
     if isinstance(address, str):
         address = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(address, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(address)
         if embedded is not None:
-            return forbidden_address_reason(embedded)
+            return forbidden_address_reason(embedded, policy)
     if address in METADATA_ADDRESSES:
         return f"{address} is a cloud metadata service"
     if any(address in network for network in LINK_LOCAL_NETWORKS):
@@ -79,7 +154,44 @@ def forbidden_address_reason(address: IPAddress | str) -> str | None:
         return f"{address} is the unspecified address"
     if address.is_multicast:
         return f"{address} is a multicast address"
+    if not (policy or current_policy()).allows(address):
+        return f"{address} is {_kind(address)}, which this installation does not allow upstreams to use (UPSTREAM_ALLOWED_NETWORKS)"
     return None
+
+
+class UpstreamRefused(ValueError):
+    """The upstream host resolves to an address the policy refuses (the message says which, and why)."""
+
+
+def resolve_checked(host: str, port: int, *, resolve: Resolver | None = None, policy: NetworkPolicy | None = None) -> list[str]:
+    """The addresses to connect to for host:port, every one of them allowed.
+
+    One refused address refuses the host: a name that resolves to both an allowed and a refused
+    address is a rebinding attempt or a mistake either way. OSError when it does not resolve.
+    """
+    host = host.strip("[]")
+    try:
+        addresses = [str(ipaddress.ip_address(host.split("%", 1)[0]))]
+    except ValueError:
+        addresses = list(dict.fromkeys((resolve or system_resolver)(host, port)))
+    if not addresses:
+        raise OSError(f"{host} has no address")
+    for address in addresses:
+        reason = forbidden_address_reason(address, policy)
+        if reason is not None:
+            raise UpstreamRefused(f"Refused: {reason}.")
+    return addresses
+
+
+def pinned_url(url: str, address: str) -> tuple[str, str]:
+    """The URL with its host replaced by the checked address, and the Host header value to send,
+    so a client connects to exactly the address that was checked (TLS still verifies the name:
+    pass the original host as SNI)."""
+    parts = urlsplit(url)
+    literal = f"[{address}]" if ":" in address else address
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    host_header = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), host_header
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -87,7 +199,9 @@ def system_resolver(host: str, port: int) -> list[str]:
     return [info[4][0] for info in infos]
 
 
-def validate_upstream_url(url: str, *, resolve: Resolver = system_resolver, allow_unresolved: bool = False) -> str:
+def validate_upstream_url(
+    url: str, *, resolve: Resolver = system_resolver, allow_unresolved: bool = False, policy: NetworkPolicy | None = None
+) -> str:
     """Return the normalised URL (no trailing slash) or raise ValidationError saying why not.
 
     allow_unresolved accepts a host name this server cannot resolve right now (a public provider
@@ -131,7 +245,7 @@ def validate_upstream_url(url: str, *, resolve: Resolver = system_resolver, allo
         if not addresses and not allow_unresolved:
             raise ValidationError(f"The host {host} does not resolve from this server.")
     for address in addresses:
-        reason = forbidden_address_reason(address)
+        reason = forbidden_address_reason(address, policy)
         if reason is not None:
             via = "" if literal is not None else f"{host} resolves to "
             raise ValidationError(f"Refused: {via}{reason}.")

@@ -12,6 +12,9 @@ os.environ.setdefault("API_KEY_PEPPER", "test-pepper-" + "y" * 32)
 os.environ.setdefault("ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
 os.environ.setdefault("GATEHOUSE_HTTPS", "0")
 os.environ.setdefault("DEBUG", "0")
+# Production's upstream policy plus this machine's loopback, where every test upstream listens
+# (tests of the policy itself pass their own). Nothing in the suite connects anywhere else.
+os.environ.setdefault("UPSTREAM_ALLOWED_NETWORKS", "public,private,127.0.0.1/32,::1/128")
 os.environ.setdefault("GATEHOUSE_VAR_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), "var", "test"))
 # Playwright's sync API runs an event loop in the test thread; the ORM calls made by the test
 # itself (not by the server under test) are safe there.
