@@ -36,8 +36,8 @@ class DeploymentForm(forms.Form):
         max_length=300,
         required=False,
         widget=forms.TextInput(attrs={"placeholder": "http://10.0.0.5:8000/v1", "spellcheck": "false"}),
-        help_text="OpenAI-compatible base URL (http or https). Private addresses are fine; "
-        "link-local and cloud metadata addresses are refused.",
+        help_text="OpenAI-compatible base URL (http or https). Private addresses are fine; link-local and cloud "
+        "metadata addresses are refused, and so is this server's own loopback unless the operator allows it.",
     )
     upstream_model = forms.CharField(
         label="Upstream model name", max_length=200, required=False, help_text="The model name sent upstream. Empty: the model id above."
@@ -58,6 +58,10 @@ class DeploymentForm(forms.Form):
 
     def __init__(self, *args, workspace: Workspace, editing: bool = False, key_last4: str = "", **kwargs):
         super().__init__(*args, **kwargs)
+        org_slug = workspace.parent.slug if workspace.parent_id else workspace.slug
+        self.fields["model_id"].help_text = (
+            f"What clients send as “model”, unique in this organisation, e.g. @{org_slug}/Qwen/Qwen3-0.6B or qwen-plus."
+        )
         self.fields["router_provider"].queryset = RouterProvider.objects.filter(is_active=True)
         self.fields["byok_credential"].queryset = ByokCredential.objects.filter(workspace_id__in={workspace.id, workspace.root_id})
         # Each upstream kind needs its own field; the one matching the chosen kind is required.

@@ -31,7 +31,8 @@ class Deployment(models.Model):
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     workspace = models.ForeignKey("console.Workspace", on_delete=models.PROTECT, related_name="deployments")
     name = models.CharField(max_length=80)
-    model_id = models.CharField(max_length=200, unique=True, help_text="The model name clients send, e.g. @acme/Qwen/Qwen3-0.6B")
+    # Unique within the organisation (deployments.services._clean_model_id), not installation-wide.
+    model_id = models.CharField(max_length=200, db_index=True, help_text="The model name clients send, e.g. @acme/Qwen/Qwen3-0.6B")
     description = models.CharField(max_length=500, blank=True)
     kind = models.CharField(max_length=16, choices=DeploymentKind.choices, default=DeploymentKind.CHAT)
     responses_passthrough = models.BooleanField(

@@ -8,6 +8,7 @@ from decimal import Decimal, InvalidOperation
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from console.audit import Actor, audit_record
@@ -36,7 +37,19 @@ PRICE_MAX = Decimal("999999.999999")
 BACKDATE_TOLERANCE = timedelta(minutes=2)
 
 
-def _clean_model_id(model_id: str, *, exclude_pk: int | None = None) -> str:
+def _organisation_deployments(root_id: int):
+    return Deployment.objects.filter(Q(workspace_id=root_id) | Q(workspace__parent_id=root_id))
+
+
+def _clean_model_id(model_id: str, *, workspace: Workspace, exclude_pk: int | None = None) -> str:
+    """A model id is unique within its organisation (the default workspace and its sub-workspaces),
+    not installation-wide: clients only ever reach their own organisation's deployments, and a
+    global namespace let one tenant probe ("already used") or squat another's ids. An id that
+    starts with `@` names its organisation and must name this one.
+
+    Call inside the transaction that saves the deployment: it locks the organisation's row, so
+    two concurrent saves of the same id in one organisation cannot both pass the check.
+    """
     if model_id != model_id.strip():
         raise ValidationError({"model_id": "The model id cannot start or end with spaces."})
     if not model_id:
@@ -45,15 +58,20 @@ def _clean_model_id(model_id: str, *, exclude_pk: int | None = None) -> str:
         raise ValidationError({"model_id": f"At most {MODEL_ID_MAX} characters."})
     if any(not ch.isprintable() for ch in model_id):
         raise ValidationError({"model_id": "The model id cannot contain control or invisible characters."})
+    root = Workspace.objects.select_for_update().get(pk=workspace.root_id)
+    if model_id.startswith("@") and not model_id.startswith(f"@{root.slug}/"):
+        raise ValidationError(
+            {"model_id": f"Model ids starting with @ name their organisation: use @{root.slug}/…, or leave the @ prefix out."}
+        )
     # The gateway resolves `byok/<name>/<model>` and `<router-slug>/<model>` before deployments.
     first = model_id.split("/", 1)[0]
     if "/" in model_id and (first == "byok" or RouterProvider.objects.filter(slug=first).exists()):
         raise ValidationError({"model_id": f"Model ids starting with “{first}/” are reserved for a router provider or BYOK."})
-    clash = Deployment.objects.filter(model_id__iexact=model_id)
+    clash = _organisation_deployments(root.id).filter(model_id__iexact=model_id)
     if exclude_pk is not None:
         clash = clash.exclude(pk=exclude_pk)
     if clash.exists():
-        raise ValidationError({"model_id": f"The model id “{model_id}” is already used by another deployment."})
+        raise ValidationError({"model_id": f"The model id “{model_id}” is already used by another deployment of {root.name}."})
     return model_id
 
 
@@ -144,7 +162,7 @@ def deployment_create(
     name = name.strip()
     if not name:
         raise ValidationError({"name": "Enter a name."})
-    model_id = _clean_model_id(model_id)
+    model_id = _clean_model_id(model_id, workspace=workspace)
     kind = _clean_kind(kind)
     if kind == DeploymentKind.EMBEDDING and _clean_price(output_per_million, "output_per_million"):
         raise ValidationError({"output_per_million": "Embedding deployments have an input price only; leave the output price at 0."})
@@ -258,7 +276,7 @@ def deployment_update(
         "kind": kind,
         "responses_passthrough": passthrough and kind == DeploymentKind.CHAT,
         "name": name,
-        "model_id": _clean_model_id(model_id, exclude_pk=deployment.pk),
+        "model_id": _clean_model_id(model_id, workspace=deployment.workspace, exclude_pk=deployment.pk),
         "description": description.strip(),
         "upstream_kind": upstream_kind,
         "upstream_model": upstream_model.strip(),

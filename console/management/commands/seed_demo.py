@@ -62,7 +62,7 @@ class Command(BaseCommand):
         from deployments.services import deployment_create, deployment_update
 
         base_url = f"http://127.0.0.1:{settings.DEMO_MODEL_PORT}/v1"
-        existing = Deployment.objects.filter(model_id=DEMO_MODEL_ID).first()
+        existing = Deployment.objects.filter(workspace=workspace, model_id=DEMO_MODEL_ID).first()
         if existing is None:
             return deployment_create(
                 workspace=workspace,
