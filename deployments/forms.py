@@ -59,9 +59,9 @@ class DeploymentForm(forms.Form):
     def __init__(self, *args, workspace: Workspace, editing: bool = False, key_last4: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         org_slug = workspace.parent.slug if workspace.parent_id else workspace.slug
-        self.fields["model_id"].help_text = (
-            f"What clients send as “model”, unique in this organisation, e.g. @{org_slug}/Qwen/Qwen3-0.6B or qwen-plus."
-        )
+        self.fields[
+            "model_id"
+        ].help_text = f"What clients send as “model”, unique in this organisation, e.g. @{org_slug}/Qwen/Qwen3-0.6B or qwen-plus."
         self.fields["router_provider"].queryset = RouterProvider.objects.filter(is_active=True)
         self.fields["byok_credential"].queryset = ByokCredential.objects.filter(workspace_id__in={workspace.id, workspace.root_id})
         # Each upstream kind needs its own field; the one matching the chosen kind is required.
