@@ -6,7 +6,8 @@ Run it as its own process (it imports nothing from Django):
 
 Endpoints: POST /v1/chat/completions and /v1/completions (streaming and not), POST
 /v1/embeddings (deterministic unit vectors; `dimensions`, `encoding_format` float or base64),
-POST /v1/rerank (scores by shared words), GET /v1/models, GET /healthz and GET /_demo/stats
+POST /v1/rerank (scores by shared words), POST /v1/responses (text only, streaming and not:
+an upstream that serves the Responses API itself), GET /v1/models, GET /healthz and GET /_demo/stats
 (request counters the tests read to prove cancellation).
 
 Answers are deterministic: the same messages give the same reply. Token counts are honest for
@@ -145,6 +146,7 @@ class DemoModel:
             "/v1/completions": self.completions,
             "/v1/embeddings": self.embeddings,
             "/v1/rerank": self.rerank,
+            "/v1/responses": self.responses,
         }.get(path)
         if handler is not None and method == "POST":
             body = b""
@@ -309,6 +311,79 @@ class DemoModel:
                 ]
                 out.append(b"data: " + json.dumps(chunk).encode())
             await send({**message, "body": b"".join(e + b"\n\n" for e in out)})
+
+    async def responses(self, request: dict, receive, send) -> None:
+        """A minimal Responses API: the chat answer to the input, as a Response object or its event stream."""
+        items = request.get("input")
+        messages = [{"role": "user", "content": items}] if isinstance(items, str) else []
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, dict) and item.get("role"):
+                content = item.get("content")
+                text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content or () if isinstance(p, dict))
+                messages.append({"role": item["role"], "content": text})
+        if request.get("instructions"):
+            messages.insert(0, {"role": "system", "content": request["instructions"]})
+        chat = {
+            "model": request.get("model"),
+            "messages": messages,
+            "max_tokens": request.get("max_output_tokens"),
+            "metadata": request.get("metadata"),
+        }
+        captured: list[dict] = []
+
+        async def capture(message: dict) -> None:
+            captured.append(message)
+
+        await self.chat(chat, receive, capture)
+        if captured[0]["status"] != 200:
+            for message in captured:
+                await send(message)
+            return
+        answer = json.loads(b"".join(m.get("body", b"") for m in captured[1:]))
+        text, usage = answer["choices"][0]["message"]["content"] or "", answer["usage"]
+        rid = answer["id"].replace("chatcmpl-", "resp_")
+        item = {
+            "type": "message",
+            "id": rid.replace("resp_", "msg_"),
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+        response = {
+            "id": rid,
+            "object": "response",
+            "created_at": answer["created"],
+            "status": "completed",
+            "model": answer["model"],
+            "output": [item],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": {
+                "input_tokens": usage["prompt_tokens"],
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": usage["completion_tokens"],
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": usage["total_tokens"],
+            },
+        }
+        if not request.get("stream"):
+            return await self.json(send, 200, response)
+        events = [("response.created", {"response": {**response, "status": "in_progress", "output": [], "usage": None}})]
+        events.append(("response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}}))
+        part = {"type": "output_text", "text": "", "annotations": []}
+        events.append(("response.content_part.added", {"item_id": item["id"], "output_index": 0, "content_index": 0, "part": part}))
+        for token in re.findall(r"\s*(?:\w+|[^\w\s])", text):
+            events.append(("response.output_text.delta", {"item_id": item["id"], "output_index": 0, "content_index": 0, "delta": token}))
+        events.append(("response.output_text.done", {"item_id": item["id"], "output_index": 0, "content_index": 0, "text": text}))
+        events.append(("response.output_item.done", {"output_index": 0, "item": item}))
+        events.append(("response.completed", {"response": response}))
+        body = b"".join(
+            b"event: " + kind.encode() + b"\ndata: " + json.dumps({"type": kind, **payload, "sequence_number": i}).encode() + b"\n\n"
+            for i, (kind, payload) in enumerate(events)
+        )
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": body})
 
     async def embeddings(self, request: dict, receive, send) -> None:
         """Deterministic unit vectors (from a hash of each input), `dimensions` long (default 16)."""

@@ -38,7 +38,7 @@ from gateway.limits import (
 )
 from gateway.metering import UsageWriter, event_row
 from gateway.proxy import SseRelay, make_client, status_error, transport_error, upstream_call
-from gateway.shapes import Call, Shape, completions, embeddings, rerank, wrong_kind
+from gateway.shapes import Call, Shape, completions, embeddings, rerank, responses, wrong_kind
 from gateway.shapes import chat as chat_shape
 from gateway.spool import Spool, database_identity
 from lib.net import ip_allowed, resolve_client_ip
@@ -56,6 +56,7 @@ SHAPES: dict[str, Shape] = {
     "/v1/embeddings": embeddings.SHAPE,
     "/v1/completions": completions.SHAPE,
     "/v1/rerank": rerank.SHAPE,
+    "/v1/responses": responses.SHAPE,
 }
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
@@ -378,6 +379,9 @@ class Gateway:
             if capped is not None:
                 exchange.headers.append((CAPPED_HEADER, capped))
         self.touch(entry, exchange.client_ip)
+        if route.responses_passthrough and shape.passthrough is not None:
+            shape = shape.passthrough
+            call = shape.parse(payload, deployment is None)
         reservation = decision.reservation
         try:
             if call.stream:
@@ -566,7 +570,7 @@ class Gateway:
         await exchange.respond(200, answer)
 
     async def proxy_stream(self, receive, exchange: Exchange, entry: KeyEntry, route: Route, shape: Shape, call: Call, reservation) -> None:
-        headers, body = upstream_call(route, call.body, stream=True)
+        headers, body = upstream_call(route, call.body, stream=True, usage_option=shape.stream_usage_option)
         try:
             response = await self.http.open(
                 route.base_url + shape.upstream_path, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0)
@@ -632,7 +636,7 @@ class Gateway:
             error = error or unrecorded  # the stream's own failure is what the client most needs to hear
         if error is not None:
             exchange.status = error.status
-        await exchange.send({"type": "http.response.body", "body": relay.closing(error), "more_body": False})
+        await exchange.send({"type": "http.response.body", "body": relay.closing(error, (prompt, completion)), "more_body": False})
 
     async def _pump(self, receive, exchange: Exchange, response, relay: SseRelay):
         """Forward the stream until it ends ("done"/"eof"), fails (the exception) or the client leaves ("client_gone")."""

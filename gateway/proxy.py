@@ -164,8 +164,9 @@ class SseRelay:
         """What the client gets before the first upstream event (translated shapes open with an event of their own)."""
         return b""
 
-    def closing(self, error) -> bytes:
-        """The stream's last bytes, sent after the usage event is written: [DONE], or the error that ended it."""
+    def closing(self, error, usage: tuple[int, int] = (0, 0)) -> bytes:
+        """The stream's last bytes, sent after the usage event is written: [DONE], or the error that ended it.
+        `usage` is what was metered (translated shapes report it in their closing event)."""
         return b"data: " + error.body() + b"\n\n" if error is not None else b"data: [DONE]\n\n"
 
     def estimated_completion_tokens(self) -> int:

@@ -62,4 +62,6 @@ class Shape:
     error_body: Callable
     cap_param: str | None = "max_tokens"
     model_kind: str = "chat"  # the deployment kind this shape calls (deployments.models.DeploymentKind)
+    stream_usage_option: bool = True  # ask a streaming chat/completions upstream for its usage chunk
+    passthrough: Shape | None = None  # used instead for a deployment whose upstream serves this API itself
     stream_headers: tuple = ()  # extra response headers on a stream
