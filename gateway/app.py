@@ -374,14 +374,14 @@ class Gateway:
         if decision.outcome == QUOTA_REFUSED:
             metrics.REFUSALS.labels("yearly").inc()
             raise errors.quota_exceeded(entry.yearly_limit or 0, remaining=decision.remaining, **admission.shown())
+        if route.responses_passthrough and shape.passthrough is not None:
+            shape = shape.passthrough
+            call = shape.parse(payload, deployment is None)
         if admission.capped:
             capped = admission.apply_cap(call.body, shape.cap_param, decision.granted)
             if capped is not None:
                 exchange.headers.append((CAPPED_HEADER, capped))
         self.touch(entry, exchange.client_ip)
-        if route.responses_passthrough and shape.passthrough is not None:
-            shape = shape.passthrough
-            call = shape.parse(payload, deployment is None)
         reservation = decision.reservation
         try:
             if call.stream:

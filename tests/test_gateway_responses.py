@@ -117,10 +117,14 @@ def test_previous_response_id_and_builtin_tools_get_a_clear_400(world, deploymen
 def test_responses_respect_the_tpm_limit(world, deployment, gateway):
     key, plaintext = make_key(world.org, deployments=[deployment], tpm_limit=60)
     client = sdk(gateway, plaintext)
-    client.responses.create(model=deployment.model_id, input="Say hi", max_output_tokens=40)  # reserves ~48, settles to 17
+    client.responses.create(model=deployment.model_id, input="Say hi", max_output_tokens=40)  # settles to 17 of 60
+    # What is left of the minute caps the answer (sent upstream as max_tokens) instead of refusing it.
+    raw = client.responses.with_raw_response.create(model=deployment.model_id, input="Say hi", max_output_tokens=50)
+    assert int(raw.headers["x-gatehouse-max-tokens-capped"]) < 50
+    assert raw.parse().output_text == ANSWER
     with pytest.raises(openai.RateLimitError):
-        client.responses.create(model=deployment.model_id, input="Say hi", max_output_tokens=50)
-    assert UsageEvent.objects.filter(api_key=key, status_code=200).count() == 1
+        client.responses.create(model=deployment.model_id, input="x" * 78)  # ~31 prompt tokens: no room left for an answer
+    assert UsageEvent.objects.filter(api_key=key, status_code=200, endpoint="responses").count() == 2
 
 
 def test_passthrough_deployment_sends_responses_to_the_upstream_unchanged(world, demo, gateway):
