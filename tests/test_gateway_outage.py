@@ -25,6 +25,7 @@ from tests import gateway_support
 from tests.factories import make_deployment, make_key
 from tests.gateway_support import ROOT, UPSTREAM_KEY, chat_body, metric, start_gateway, wait_for
 from usage.models import UsageEvent
+from usage.spool_status import spool_alerts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 demo = gateway_support.demo
@@ -238,6 +239,8 @@ def test_events_spooled_by_a_killed_gateway_land_when_a_gateway_starts_again(wor
         gateway_support.run_async(traffic())
         assert metric(first, "gatehouse_gateway_usage_spooled_total") == 20
         assert metric(first, "gatehouse_gateway_usage_spool_depth") == 20
+        # What the admins' banner reads: this process's spool, published to Redis.
+        assert wait_for(lambda: [a.depth for a in spool_alerts(now=time.time() + 3600)] == [20])
     finally:
         os.killpg(first.process.pid, signal.SIGKILL)
         first.process.wait(10)
@@ -255,6 +258,7 @@ def test_events_spooled_by_a_killed_gateway_land_when_a_gateway_starts_again(wor
         assert wait_for(lambda: spool_rows(spool_dir) == 0 and not list(spool_dir.glob("usage-*")), timeout=30)
         assert sum(metric(s, "gatehouse_gateway_usage_replayed_total") for s in restarted) == 20
         assert UsageEvent.objects.filter(api_key=key).count() == 21
+        assert wait_for(lambda: spool_alerts(now=time.time() + 3600) == [])  # the adopter cleared the entry
     finally:
         for server in restarted:
             server.stop()

@@ -154,3 +154,39 @@ def test_a_row_the_database_refuses_for_good_is_kept_aside_and_the_rest_replays(
     assert run_async(scenario()) == (2, 0, 1)
     assert sorted(UsageEvent.objects.values_list("request_id", flat=True)) == ["req_good", "req_good_2"]
     assert list(tmp_path.glob("*.spool"))  # the refused row stays on disk for an operator
+
+
+@pytest.fixture
+def spool_status_cleared():
+    from lib.redis import redis_client
+    from usage.spool_status import STATUS_KEY
+
+    redis_client().delete(STATUS_KEY)
+    yield
+    redis_client().delete(STATUS_KEY)
+
+
+def test_admins_see_a_banner_when_a_spool_is_minutes_old(world, client_for, spool_status_cleared):
+    from console.audit import Actor
+    from console.models import Role
+    from console.services import membership_add
+    from lib.redis import redis_client
+    from usage.spool_status import STATUS_KEY, encode_status
+
+    fresh = encode_status(host="gw-1", pid=41, depth=5, rejected=0, oldest=time.time() - 20)
+    redis_client().hset(STATUS_KEY, "usage-gw-1-41-aa", fresh)
+    assert "usage-spool-banner" not in client_for(world.owner).get("/w/acme/").content.decode()  # seconds old: no alarm yet
+
+    old = encode_status(host="gw-2", pid=42, depth=1234, rejected=0, oldest=time.time() - 600)
+    redis_client().hset(STATUS_KEY, "usage-gw-2-42-bb", old)
+    for user, slug in ((world.owner, "acme"), (world.admin, "acme"), (world.admin, "acme-research")):
+        page = client_for(user).get(f"/w/{slug}/secrets/").content.decode()
+        assert 'data-testid="usage-spool-banner"' in page, (user, slug)
+        assert "in the spool of the gateway on <strong>gw-2</strong> (pid 42), which cannot write to the database" in page
+        assert "gw-1" not in page
+    membership_add(workspace=world.sub, user=world.viewer, role=Role.ADMIN, actor=Actor.system("tests"))
+    for user, slug in ((world.developer, "acme"), (world.viewer, "acme"), (world.viewer, "acme-research"), (world.sub_member, "acme-research")):
+        assert "usage-spool-banner" not in client_for(user).get(f"/w/{slug}/").content.decode(), (user, slug)
+
+    redis_client().hdel(STATUS_KEY, "usage-gw-2-42-bb")  # drained: the gateway removes its entry
+    assert "usage-spool-banner" not in client_for(world.owner).get("/w/acme/").content.decode()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from django.conf import settings
 
@@ -30,6 +31,10 @@ class SpoolAlert:
     rejected: int
     oldest: float | None
     updated: float
+
+    @property
+    def oldest_at(self) -> datetime | None:
+        return datetime.fromtimestamp(self.oldest, UTC) if self.oldest else None
 
     @property
     def stale(self) -> bool:

@@ -1,4 +1,4 @@
-"""Budget blocks other templates include: the card on Billing and Usage, the banner in the shell."""
+"""Blocks other templates include: the budget card on Billing and Usage, the budget and usage-spool banners in the shell."""
 
 from __future__ import annotations
 
@@ -23,3 +23,28 @@ def budget_banner(access) -> dict:
     if access is None:
         return {"banners": []}
     return {"ws": access.workspace, "banners": budget_banners(access.workspace, can_admin=access.can_admin)}
+
+
+@register.inclusion_tag("usage/spool_banner.html")
+def usage_spool_banner(access) -> dict:
+    """Usage events waiting in a gateway's local spool for minutes (the gateway cannot reach the
+    database), for the installation's admins: superusers and admins of a default workspace."""
+    if access is None or not _installation_admin(access):
+        return {"spools": []}
+    from usage.spool_status import spool_alerts
+
+    return {"spools": spool_alerts()}
+
+
+def _installation_admin(access) -> bool:
+    if access.user.is_superuser:
+        return True
+    if not access.can_admin:
+        return False
+    if access.workspace.parent_id is None:
+        return True
+    from console.access import effective_role
+    from console.models import Role
+
+    # In a sub-workspace: only an owner/admin of its organisation (the default workspace).
+    return effective_role(access.user, access.workspace.parent) in (Role.OWNER, Role.ADMIN)
