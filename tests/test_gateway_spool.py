@@ -185,7 +185,12 @@ def test_admins_see_a_banner_when_a_spool_is_minutes_old(world, client_for, spoo
         assert "in the spool of the gateway on <strong>gw-2</strong> (pid 42), which cannot write to the database" in page
         assert "gw-1" not in page
     membership_add(workspace=world.sub, user=world.viewer, role=Role.ADMIN, actor=Actor.system("tests"))
-    for user, slug in ((world.developer, "acme"), (world.viewer, "acme"), (world.viewer, "acme-research"), (world.sub_member, "acme-research")):
+    for user, slug in (
+        (world.developer, "acme"),
+        (world.viewer, "acme"),
+        (world.viewer, "acme-research"),
+        (world.sub_member, "acme-research"),
+    ):
         assert "usage-spool-banner" not in client_for(user).get(f"/w/{slug}/").content.decode(), (user, slug)
 
     redis_client().hdel(STATUS_KEY, "usage-gw-2-42-bb")  # drained: the gateway removes its entry
