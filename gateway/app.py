@@ -81,6 +81,11 @@ class Exchange:
         "response_started",
         "shape",
         "headers",
+        "route",
+        "asked_model",
+        "endpoint",
+        "refusal_reason",
+        "metered",
     )
 
     def __init__(self, send, request_id: str):
@@ -96,6 +101,12 @@ class Exchange:
         self.response_started = False
         self.shape: Shape = chat_shape.SHAPE  # whose error body a failure gets
         self.headers: list[tuple[bytes, bytes]] = []  # added to every response (e.g. the cap header)
+        # For the usage event of a refusal: what the request was for, as far as it got.
+        self.route: Route | None = None
+        self.asked_model = ""
+        self.endpoint = ""  # when not the shape's (the models list)
+        self.refusal_reason = ""  # recorded instead of the public error code (e.g. why a 401)
+        self.metered = False  # a usage event was written (or attempted) for this request
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
@@ -192,6 +203,7 @@ class Gateway:
         try:
             await self.dispatch(scope, receive, exchange)
         except GatewayError as exc:
+            metrics.REFUSED.labels(str(exc.status), exc.code, "known" if exchange.entry is not None else "unknown").inc()
             if exchange.response_started:
                 log.warning("error after the response started: %s", exc.code)
             else:
@@ -199,12 +211,16 @@ class Gateway:
                 if exc.status == 413:
                     headers.append((b"connection", b"close"))
                 status, body = exchange.shape.error_body(exc, exchange.request_id)
+                if exchange.entry is not None and not exchange.metered:
+                    await self.record_refusal(exchange, status, exchange.refusal_reason or exc.code)
                 await exchange.respond(status, body, headers)
         except ClientGone:
             exchange.status = exchange.status or 499
         except Exception:
             log.exception("gateway request %s failed", exchange.request_id)
             if not exchange.response_started:
+                if exchange.entry is not None and not exchange.metered:
+                    await self.record_refusal(exchange, 500, "internal_error")
                 error = GatewayError(500, "The gateway failed to handle this request.", code="internal_error", type="server_error")
                 await exchange.respond(*exchange.shape.error_body(error, exchange.request_id))
         finally:
@@ -290,6 +306,7 @@ class Gateway:
     async def list_models(self, scope, exchange: Exchange) -> None:
         headers = _headers(scope)
         key = parse_bearer(headers.get(b"authorization"), "Authorization")
+        exchange.endpoint = "models"
         entry = await self.checked_entry(scope, headers, key, exchange)
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "gatehouse", "kind": kind} for name, kind in entry.model_list()]
         await exchange.respond(200, orjson.dumps({"object": "list", "data": data}))
@@ -308,13 +325,17 @@ class Gateway:
                 code="auth_unavailable",
                 type="server_error",
             ) from None
-        if entry is None or not entry.usable_at(time.time()):
+        if entry is None:
             raise errors.invalid_key()
         exchange.entry = entry
         if exchange.client_ip is None:
             exchange.client_ip = resolve_client_ip(
                 _peer(scope), headers.get(b"x-forwarded-for", b"").decode("latin-1") or None, settings.TRUSTED_PROXY_NETWORKS
             )
+        if not entry.usable_at(time.time()):
+            # One public answer for every unusable key; the usage event says which it was.
+            exchange.refusal_reason = entry.unusable_reason(time.time())
+            raise errors.invalid_key()
         if entry.networks and not ip_allowed(exchange.client_ip, entry.networks):
             raise GatewayError(
                 403,
@@ -328,15 +349,19 @@ class Gateway:
         """The one request flow for every API shape: auth → scope → admission → proxy → meter."""
         headers = _headers(scope)
         key = shape.credential(headers, deployment is not None)
+        # The key first, so an oversized body from a known key is on its record too (the body
+        # itself is not read either way).
+        await self.checked_entry(scope, headers, key, exchange)
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.GATEWAY_MAX_BODY_BYTES):
             raise _too_large()
-        await self.checked_entry(scope, headers, key, exchange)
         body = await _read_body(receive, settings.GATEWAY_MAX_BODY_BYTES)
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise errors.bad_request("The request body is not valid JSON.", code="invalid_json") from None
+        if isinstance(payload, dict) and isinstance(payload.get("model"), str):
+            exchange.asked_model = payload["model"]
         call = shape.parse(payload, deployment is None)
         admission = Admission.of(call, exchange.entry)
 
@@ -347,6 +372,7 @@ class Gateway:
             if attempt:
                 admission = Admission.of(call, entry)
             route = self.resolve(entry, call.model, deployment)
+            exchange.route = route
             if route.serves and route.serves != shape.model_kind:
                 raise wrong_kind(route.name, route.serves, shape.endpoint)
             exchange.model = route.name
@@ -475,6 +501,7 @@ class Gateway:
         **flags,
     ) -> None:
         """Settle the reservation and write the usage event, concurrently; raise if the event was not written."""
+        exchange.metered = True
         row = event_row(
             request_id=exchange.request_id,
             started=exchange.started,
@@ -499,6 +526,31 @@ class Gateway:
             metrics.TOKENS.labels(route.metric_name, "completion").inc(completion)
         if isinstance(results[0], BaseException):
             raise errors.usage_unrecorded()
+
+    async def record_refusal(self, exchange: Exchange, status: int, code: str) -> None:
+        """The usage event of a request refused for a known key: its status and reason, zero tokens
+        and zero cost. Only refusals pay for it (one row in the next group commit); a write that
+        fails is logged and the refusal is answered as it would have been."""
+        exchange.metered = True
+        route = exchange.route
+        row = event_row(
+            request_id=exchange.request_id,
+            started=exchange.started,
+            entry=exchange.entry,
+            route=route,
+            model=route.name if route is not None else exchange.asked_model,
+            endpoint=exchange.endpoint or exchange.shape.endpoint,
+            prompt_tokens=0,
+            completion_tokens=0,
+            status_code=status,
+            error_code=code,
+            client_ip=exchange.client_ip,
+        )
+        try:
+            await self.writer.write(row)
+        except Exception as exc:
+            metrics.REFUSALS_UNRECORDED.inc()
+            log.warning("the usage event of a refused request could not be written: %s", type(exc).__name__)
 
     async def _settle_quietly(self, reservation: Reservation, actual: int) -> None:
         try:

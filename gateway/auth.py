@@ -151,6 +151,14 @@ class KeyEntry:
             return False
         return self.secret_valid_until is None or now < self.secret_valid_until
 
+    def unusable_reason(self, now: float) -> str:
+        """Why usable_at is false, for the key's own usage record (clients get one answer for all)."""
+        if self.revoked:
+            return "key_revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "key_expired"
+        return "secret_rotated"
+
     def route_for(self, model: str) -> Route | None:
         route = self.routes.get(model)
         if route is not None:

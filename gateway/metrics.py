@@ -17,6 +17,12 @@ LATENCY = Histogram("gatehouse_gateway_request_seconds", "Time to the end of the
 TTFT = Histogram("gatehouse_gateway_ttft_seconds", "Time to the first streamed chunk", ["model"], buckets=LATENCY_BUCKETS)
 UPSTREAM_ERRORS = Counter("gatehouse_gateway_upstream_errors", "Upstream failures by kind", ["model", "kind"])
 REFUSALS = Counter("gatehouse_gateway_limiter_refusals", "Requests refused by the limiter", ["reason"])
+REFUSED = Counter(
+    "gatehouse_gateway_refused",
+    "Requests answered with an error, by status, code and whether the key was known (known keys also get a usage event)",
+    ["status", "code", "key"],
+)
+REFUSALS_UNRECORDED = Counter("gatehouse_gateway_refusal_events_unwritten", "Refusals of known keys whose usage event could not be written")
 DB_QUERIES = Counter("gatehouse_gateway_db_queries", "Database statements the gateway issued, by purpose", ["kind"])
 TOKENS = Counter("gatehouse_gateway_tokens", "Tokens metered", ["model", "kind"])
 USAGE_SPOOLED = Counter("gatehouse_gateway_usage_spooled", "Usage events written to the local spool because the database did not take them")

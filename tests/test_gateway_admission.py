@@ -103,8 +103,10 @@ def test_forged_x_forwarded_for_does_not_choose_the_checked_address(world, deplo
     assert post(behind_proxy, {**auth, "x-forwarded-for": "203.0.113.7"}, body).status_code == 200
     # A client forging the left part of the chain gains nothing: the hop the proxy saw is 198.51.100.9.
     assert post(behind_proxy, {**auth, "x-forwarded-for": "203.0.113.7, 198.51.100.9"}, body).status_code == 403
-    event = UsageEvent.objects.get()
+    event = UsageEvent.objects.get(status_code=200)
     assert event.client_ip == "203.0.113.7"
+    # The refusals are on the record with the address that was checked.
+    assert sorted(UsageEvent.objects.filter(status_code=403).values_list("client_ip", flat=True)) == ["127.0.0.1", "198.51.100.9"]
 
 
 def test_allowlisted_loopback_is_admitted(world, deployment, gateway):
@@ -129,7 +131,8 @@ def test_oversized_bodies_are_refused_with_413(world, deployment, gateway):
 
     streamed = httpx.post(gateway.url + "/v1/chat/completions", content=chunked(), headers=auth, timeout=10)
     assert streamed.status_code == 413
-    assert UsageEvent.objects.count() == 0
+    # Refused, on the key's record, with nothing counted.
+    assert list(UsageEvent.objects.values_list("status_code", "error_code", "total_tokens")) == [(413, "request_too_large", 0)] * 2
 
 
 def test_invalid_json_is_a_400(world, gateway):

@@ -78,7 +78,10 @@ def test_blocking_budget_refuses_with_429_insufficient_quota_until_lifted(world,
     with pytest.raises(openai.RateLimitError) as caught:
         _sdk(b, plaintext).chat.completions.create(model=priced.model_id, messages=[{"role": "user", "content": "hi"}])
     assert caught.value.code == "insufficient_quota"
-    assert UsageEvent.objects.count() == 2  # refused requests reach no model and cost nothing
+    # Refused requests reach no model and cost nothing, and are on the record.
+    refusals = UsageEvent.objects.filter(status_code=429)
+    assert list(refusals.values_list("error_code", "total_tokens", "cost").distinct()) == [("insufficient_quota", 0, 0)]
+    assert (refusals.count(), UsageEvent.objects.count()) == (5, 7)
 
     _set(world, "1000", block=True)  # raising the amount unblocks at once
     assert _post(a, plaintext, priced.model_id).status_code == 200

@@ -66,8 +66,8 @@ def test_embedded_default_serves_the_seeded_demo_deployment_with_limits_and_mete
             server.stop()
         demo.stop()
     with sqlite3.connect(tmp_path / "gatehouse.sqlite3") as db:
-        rows = db.execute("select status_code, total_tokens, estimated, cost > 0 from usage_usageevent").fetchall()
-    assert rows == [(200, 14, 0, 1)] * 4  # priced from the seeded price version
+        rows = db.execute("select status_code, total_tokens, estimated, cost > 0 from usage_usageevent order by status_code").fetchall()
+    assert rows == [(200, 14, 0, 1)] * 4 + [(429, 0, 0, 0)]  # priced from the seeded price version; the refusal costs nothing
 
 
 def test_seed_demo_keeps_one_demo_deployment_pointing_at_the_demo_port(db, settings):

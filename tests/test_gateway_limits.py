@@ -60,8 +60,9 @@ def test_tpm_is_exact_across_two_gateway_processes_under_concurrency(world, depl
     assert statuses == [200] * 10 + [429] * 20
     refused = [r for r in responses if r.status_code == 429]
     assert all(r.json()["error"]["code"] == "rate_limit_exceeded" and int(r.headers["retry-after"]) >= 1 for r in refused)
-    events = UsageEvent.objects.filter(api_key=key)
+    events = UsageEvent.objects.filter(api_key=key, status_code=200)
     assert events.count() == 10
+    assert UsageEvent.objects.filter(api_key=key, status_code=429, total_tokens=0).count() == 20  # the refusals, on record
     assert sum(e.total_tokens for e in events) == 960 <= 1000
     # Settled to the real usage (settlements are sent without waiting, so allow them a moment).
     assert wait_for(lambda: sum(int(v) for v in redis_client().hgetall(f"gatehouse:tpm:{key.public_id}").values()) == 960)
@@ -90,7 +91,8 @@ def test_yearly_limit_reserves_so_that_20_concurrent_requests_with_budget_for_10
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 429} == {"insufficient_quota"}
     year = datetime.now(UTC).year  # the org's time zone is UTC
     assert wait_for(lambda: int(redis_client().get(f"gatehouse:yearly:{key.public_id}:{year}")) == 500 + 10 * 96)
-    assert UsageEvent.objects.filter(api_key=key).count() == 11
+    assert UsageEvent.objects.filter(api_key=key, total_tokens__gt=0).count() == 11
+    assert UsageEvent.objects.filter(api_key=key, status_code=429, error_code="insufficient_quota", total_tokens=0).count() == 10
 
 
 def test_yearly_counter_lost_from_redis_is_rebuilt_from_usage_events(world, deployment, gateways):
@@ -182,4 +184,4 @@ def test_quota_checks_fail_closed_when_redis_is_unreachable(world, deployment, d
         assert "Redis" in response.json()["error"]["message"]
     finally:
         server.stop()
-    assert UsageEvent.objects.count() == 0
+    assert list(UsageEvent.objects.values_list("status_code", "error_code", "total_tokens")) == [(503, "limiter_unavailable", 0)]

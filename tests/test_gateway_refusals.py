@@ -1,0 +1,122 @@
+"""Refusals on the record: every request a known key makes that the gateway refuses is a usage event
+(its status and reason, zero tokens, zero cost); unknown keys are only counted in /metrics.
+
+Real gateway processes, the demo model server, PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import httpx
+import pytest
+from django.utils import timezone
+
+from keys.tokens import generate
+from tests import gateway_support
+from tests.factories import make_deployment, make_key
+from tests.gateway_support import MAX_BODY, UPSTREAM_KEY, chat_body, metric, wait_for
+from usage.models import UsageEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+demo, gateways, gateway = gateway_support.demo, gateway_support.gateways, gateway_support.gateway  # live-process fixtures
+
+
+@pytest.fixture
+def deployment(world, demo):
+    return make_deployment(world.org, base_url=demo.url + "/v1", upstream_api_key=UPSTREAM_KEY, upstream_model="gatehouse-demo")
+
+
+def post(server, key: str, body: dict | None = None, *, path: str = "/v1/chat/completions", **kwargs) -> httpx.Response:
+    return httpx.post(server.url + path, json=body, headers={"authorization": f"Bearer {key}"}, timeout=30, **kwargs)
+
+
+def events_of(key) -> list[tuple]:
+    return [
+        (e.status_code, e.error_code, e.total_tokens, e.cost, e.client_ip)
+        for e in UsageEvent.objects.filter(api_key=key).order_by("created_at", "id")
+    ]
+
+
+def refused(status: int, code: str) -> tuple:
+    return (status, code, 0, Decimal(0), "127.0.0.1")
+
+
+def test_each_refusal_of_a_known_key_is_a_usage_event_with_its_status_and_reason(world, deployment, gateway):
+    _, blocked_ip = make_key(world.org, all_models=True, ip_allowlist=["10.0.0.0/8"])
+    small_tpm_key, small_tpm = make_key(world.org, all_models=True, tpm_limit=100)
+    small_year_key, small_year = make_key(world.org, all_models=True, yearly_token_limit=100)
+    key, plaintext = make_key(world.org, deployments=[deployment])
+
+    assert post(gateway, blocked_ip, chat_body(deployment.model_id)).status_code == 403
+    tpm = post(gateway, small_tpm, chat_body(deployment.model_id, max_tokens=500))
+    assert (tpm.status_code, tpm.json()["error"]["code"]) == (429, "rate_limit_exceeded")
+    yearly = post(gateway, small_year, chat_body(deployment.model_id, max_tokens=500))
+    assert (yearly.status_code, yearly.json()["error"]["code"]) == (429, "insufficient_quota")
+    assert post(gateway, plaintext, chat_body(deployment.model_id, temperature=7)).status_code == 400
+    assert post(gateway, plaintext, content=b"{not json", path="/v1/chat/completions").status_code == 400
+    assert post(gateway, plaintext, chat_body("no-such-model")).status_code == 404
+    too_big = post(gateway, plaintext, chat_body(deployment.model_id, "x" * (MAX_BODY + 10)))
+    assert too_big.status_code == 413
+    answered = post(gateway, plaintext, chat_body(deployment.model_id, max_tokens=5))
+    assert answered.status_code == 200
+
+    ip_key = UsageEvent.objects.get(status_code=403).api_key
+    assert events_of(ip_key) == [refused(403, "ip_not_allowed")]
+    assert events_of(small_tpm_key) == [refused(429, "rate_limit_exceeded")]
+    assert events_of(small_year_key) == [refused(429, "insufficient_quota")]
+    recorded = events_of(key)
+    assert recorded[:4] == [
+        refused(400, "invalid_value"),
+        refused(400, "invalid_json"),
+        refused(404, "model_not_found"),
+        refused(413, "request_too_large"),
+    ]
+    assert recorded[4][0] == 200 and recorded[4][2] > 0  # the answered request, metered as before
+
+    # What the request was for, as far as the gateway got: the deployment once the model resolved,
+    # else the model name the client asked for.
+    by_code = {e.error_code: e for e in UsageEvent.objects.exclude(status_code=200)}
+    assert by_code["rate_limit_exceeded"].deployment_id == deployment.id
+    assert by_code["rate_limit_exceeded"].model == deployment.model_id
+    assert (by_code["model_not_found"].deployment_id, by_code["model_not_found"].model) == (None, "no-such-model")
+    assert by_code["ip_not_allowed"].workspace_id == world.org.id
+    # Each refusal's event carries the request id the client was given.
+    assert UsageEvent.objects.filter(request_id=tpm.headers["x-request-id"], status_code=429).exists()
+
+
+def test_refusals_reach_no_limit_counter(world, deployment, gateway):
+    key, plaintext = make_key(world.org, all_models=True, tpm_limit=1000, yearly_token_limit=10_000)
+    assert post(gateway, plaintext, chat_body(deployment.model_id, temperature=7)).status_code == 400
+    assert post(gateway, plaintext, chat_body(deployment.model_id, max_tokens=5000)).status_code == 429
+    assert [e[:3] for e in events_of(key)] == [(400, "invalid_value", 0), (429, "rate_limit_exceeded", 0)]
+    from lib.redis import redis_client
+
+    assert sum(int(v) for v in redis_client().hgetall(f"gatehouse:tpm:{key.public_id}").values()) == 0
+
+
+def test_unusable_keys_get_one_answer_but_their_record_says_why(world, deployment, gateway):
+    expired_key, expired = make_key(world.org, all_models=True, expires_at=timezone.now() - timedelta(seconds=1))
+    revoked_key, revoked = make_key(world.org, all_models=True, revoked_at=timezone.now())
+    bodies = {post(gateway, plaintext, chat_body(deployment.model_id)).text for plaintext in (expired, revoked, generate())}
+    assert len(bodies) == 1  # the client learns nothing about which it was
+    assert events_of(expired_key) == [refused(401, "key_expired")]
+    assert events_of(revoked_key) == [refused(401, "key_revoked")]
+    assert UsageEvent.objects.count() == 2  # the unknown key has no record
+
+
+def test_unknown_keys_are_counted_in_metrics_only(world, deployment, gateway):
+    before = metric(gateway, "gatehouse_gateway_refused_total", status="401", code="invalid_api_key", key="unknown")
+    for _ in range(3):
+        assert post(gateway, generate(), chat_body(deployment.model_id)).status_code == 401
+    assert metric(gateway, "gatehouse_gateway_refused_total", status="401", code="invalid_api_key", key="unknown") == before + 3
+    assert UsageEvent.objects.count() == 0
+
+
+def test_models_list_refused_by_the_allowlist_is_on_the_record(world, deployment, gateway):
+    key, plaintext = make_key(world.org, all_models=True, ip_allowlist=["10.0.0.0/8"])
+    response = httpx.get(gateway.url + "/v1/models", headers={"authorization": f"Bearer {plaintext}"}, timeout=10)
+    assert response.status_code == 403
+    event = wait_for(lambda: UsageEvent.objects.filter(api_key=key).first())
+    assert (event.endpoint, event.status_code, event.error_code, event.model) == ("models", 403, "ip_not_allowed", "")
