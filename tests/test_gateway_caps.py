@@ -65,7 +65,9 @@ def test_first_call_on_a_small_yearly_limit_is_capped_to_what_remains_not_refuse
     assert f"yearly token limit is 30 tokens and {remaining} remain" in error["message"]
     assert f"needs at least {prompt_tokens(body) + 16}" in error["message"]
     assert "exceeded" not in error["message"]
-    assert UsageEvent.objects.filter(api_key=key).count() == 1
+    assert UsageEvent.objects.filter(api_key=key, total_tokens__gt=0).count() == 1
+    # The refusal is on the key's record, with nothing counted (tests/test_gateway_refusals.py).
+    assert UsageEvent.objects.filter(api_key=key, status_code=429, total_tokens=0).count() == 1
     assert wait_for(lambda: yearly_counter(key) == event.total_tokens)
 
 

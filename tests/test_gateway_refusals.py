@@ -32,6 +32,10 @@ def post(server, key: str, body: dict | None = None, *, path: str = "/v1/chat/co
     return httpx.post(server.url + path, json=body, headers={"authorization": f"Bearer {key}"}, timeout=30, **kwargs)
 
 
+# A prompt far larger than the small limits below: refused outright, not capped.
+HUGE = "The quick brown fox jumps over the lazy dog. " * 300
+
+
 def events_of(key) -> list[tuple]:
     return [
         (e.status_code, e.error_code, e.total_tokens, e.cost, e.client_ip)
@@ -50,9 +54,9 @@ def test_each_refusal_of_a_known_key_is_a_usage_event_with_its_status_and_reason
     key, plaintext = make_key(world.org, deployments=[deployment])
 
     assert post(gateway, blocked_ip, chat_body(deployment.model_id)).status_code == 403
-    tpm = post(gateway, small_tpm, chat_body(deployment.model_id, max_tokens=500))
+    tpm = post(gateway, small_tpm, chat_body(deployment.model_id, HUGE))
     assert (tpm.status_code, tpm.json()["error"]["code"]) == (429, "rate_limit_exceeded")
-    yearly = post(gateway, small_year, chat_body(deployment.model_id, max_tokens=500))
+    yearly = post(gateway, small_year, chat_body(deployment.model_id, HUGE))
     assert (yearly.status_code, yearly.json()["error"]["code"]) == (429, "insufficient_quota")
     assert post(gateway, plaintext, chat_body(deployment.model_id, temperature=7)).status_code == 400
     assert post(gateway, plaintext, content=b"{not json", path="/v1/chat/completions").status_code == 400
@@ -89,7 +93,7 @@ def test_each_refusal_of_a_known_key_is_a_usage_event_with_its_status_and_reason
 def test_refusals_reach_no_limit_counter(world, deployment, gateway):
     key, plaintext = make_key(world.org, all_models=True, tpm_limit=1000, yearly_token_limit=10_000)
     assert post(gateway, plaintext, chat_body(deployment.model_id, temperature=7)).status_code == 400
-    assert post(gateway, plaintext, chat_body(deployment.model_id, max_tokens=5000)).status_code == 429
+    assert post(gateway, plaintext, chat_body(deployment.model_id, HUGE)).status_code == 429
     assert [e[:3] for e in events_of(key)] == [(400, "invalid_value", 0), (429, "rate_limit_exceeded", 0)]
     from lib.redis import redis_client
 
