@@ -237,16 +237,17 @@ def test_events_spooled_by_a_killed_gateway_land_when_a_gateway_starts_again(wor
                 ids.extend(request_id for _, request_id in results)
 
         gateway_support.run_async(traffic())
-        assert metric(first, "gatehouse_gateway_usage_spooled_total") == 20
-        assert metric(first, "gatehouse_gateway_usage_spool_depth") == 20
+        # The 20 answers and the limiter_unavailable refusal (a known key's refusal is on record too).
+        assert metric(first, "gatehouse_gateway_usage_spooled_total") == 21
+        assert metric(first, "gatehouse_gateway_usage_spool_depth") == 21
         # What the admins' banner reads: this process's spool, published to Redis.
-        assert wait_for(lambda: [a.depth for a in spool_alerts(now=time.time() + 3600)] == [20])
+        assert wait_for(lambda: [a.depth for a in spool_alerts(now=time.time() + 3600)] == [21])
     finally:
         os.killpg(first.process.pid, signal.SIGKILL)
         first.process.wait(10)
 
     # The events are on disk, not in the database; the dead process's lock is gone with it.
-    assert spool_rows(spool_dir) == 20
+    assert spool_rows(spool_dir) == 21
     assert UsageEvent.objects.filter(request_id__in=ids).count() == 0
     proxy.restore()
 
@@ -256,9 +257,11 @@ def test_events_spooled_by_a_killed_gateway_land_when_a_gateway_starts_again(wor
     try:
         assert wait_for(lambda: UsageEvent.objects.filter(request_id__in=ids).count() == 20, timeout=60)
         assert wait_for(lambda: spool_rows(spool_dir) == 0 and not list(spool_dir.glob("usage-*")), timeout=30)
-        assert sum(metric(s, "gatehouse_gateway_usage_replayed_total") for s in restarted) == 20
+        assert sum(metric(s, "gatehouse_gateway_usage_replayed_total") for s in restarted) == 21
         assert UsageEvent.objects.filter(api_key=key).count() == 21
         assert wait_for(lambda: spool_alerts(now=time.time() + 3600) == [])  # the adopter cleared the entry
+        refusal = UsageEvent.objects.get(api_key=reseeded, status_code=503)
+        assert (refusal.error_code, refusal.total_tokens) == ("limiter_unavailable", 0)
     finally:
         for server in restarted:
             server.stop()
