@@ -250,6 +250,9 @@ if GATEWAY_UPSTREAM_CLIENT not in ("native", "httpx"):
 # Cached keys are refreshed in the background after this many seconds (deployment status,
 # grants, prices); key edits and revocations reach every process at once through Redis.
 GATEWAY_KEY_CACHE_TTL = env_int("GATEWAY_KEY_CACHE_TTL", 10, minimum=1)
+# A failing replica is skipped for GATEWAY_EJECT_SECONDS, doubling per consecutive failure up to the max.
+GATEWAY_EJECT_SECONDS = env_int("GATEWAY_EJECT_SECONDS", 5, minimum=1)
+GATEWAY_EJECT_MAX_SECONDS = env_int("GATEWAY_EJECT_MAX_SECONDS", 120, minimum=1)
 GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
 # Usage events are committed with PostgreSQL's synchronous commit (a WAL flush per batch) unless
 # this is 0; see docs/BENCHMARKS.md for what that costs on a slow disk and what 0 risks.

@@ -38,23 +38,23 @@ def _publish(deployment_id: int) -> None:
 # Probe results reach the gateways' balancers directly (gateway/balancer.py): every probe is
 # published, so a replica a gateway ejected after failures comes back at the next successful
 # probe, and one the worker found down stops getting traffic, without reloading any key.
-HEALTH_CHANNEL = "gatehouse:replicas:health"  # message: "<replica_id>:1" (up) or "<replica_id>:0" (down)
+HEALTH_CHANNEL = "gatehouse:replicas:health"  # message: "<replica_id>:<1 up|0 down>:<replica public_id>"
 local_health_listeners: list = []  # in-process listeners (the embedded default has no Redis)
 
 
-def replica_probed(replica_id: int, *, up: bool) -> None:
-    transaction.on_commit(lambda: _publish_health(replica_id, up))
+def replica_probed(replica_id: int, public_id, *, up: bool) -> None:
+    transaction.on_commit(lambda: _publish_health(replica_id, str(public_id), up))
 
 
-def _publish_health(replica_id: int, up: bool) -> None:
+def _publish_health(replica_id: int, public_id: str, up: bool) -> None:
     for listener in list(local_health_listeners):
-        listener(replica_id, up)
+        listener(replica_id, public_id, up)
     if not settings.REDIS_URL:
         return
     from lib.redis import redis_client
 
     try:
-        redis_client().publish(HEALTH_CHANNEL, f"{replica_id}:{int(up)}")
+        redis_client().publish(HEALTH_CHANNEL, f"{replica_id}:{int(up)}:{public_id}")
     except Exception:
         # Best effort: the gateways' own ejection cooldown still expires without it.
         pass

@@ -133,6 +133,10 @@ class DemoModel:
         if path == "/healthz":
             return await self.json(send, 200, {"ok": True})
         if path == "/_demo/stats":
+            if method == "DELETE":  # a test starting a new phase: counters from zero (in-flight stays true)
+                inflight = stats["inflight"]
+                stats.clear()
+                stats["inflight"] = inflight
             return await self.json(send, 200, dict(stats))
         if self.api_key is not None:
             auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
@@ -159,6 +163,15 @@ class DemoModel:
         return await self.error(send, 404, f"No route for {method} {path}.", "unknown_url")
 
     async def chat(self, request: dict, receive, send) -> None:
+        # The server counts its own concurrency, so a test can prove a gateway never exceeded a cap.
+        stats["inflight"] += 1
+        stats["max_inflight"] = max(stats["max_inflight"], stats["inflight"])
+        try:
+            await self._chat(request, receive, send)
+        finally:
+            stats["inflight"] -= 1
+
+    async def _chat(self, request: dict, receive, send) -> None:
         stats["requests"] += 1
         model = str(request.get("model") or SERVED_MODELS[0])
         options = parse_options(model, request.get("metadata"), self.defaults)

@@ -3,9 +3,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django import forms
+from django.db.models import Q
 
 from console.models import Workspace
-from deployments.models import DeploymentKind, UpstreamKind
+from deployments.models import Deployment, DeploymentKind, UpstreamKind
 from keys.models import ByokCredential, RouterProvider
 
 
@@ -52,16 +53,28 @@ class DeploymentForm(forms.Form):
     router_provider = forms.ModelChoiceField(queryset=RouterProvider.objects.none(), required=False)
     byok_credential = forms.ModelChoiceField(label="BYOK credential", queryset=ByokCredential.objects.none(), required=False)
     timeout_seconds = forms.IntegerField(label="Timeout (seconds)", min_value=1, max_value=3600, initial=120)
+    fallback = forms.ModelChoiceField(
+        label="Fallback deployment",
+        queryset=Deployment.objects.none(),
+        required=False,
+        empty_label="None",
+        help_text="Takes the calls when every replica is down, for keys that may call it too; metered and priced as itself.",
+    )
 
     def clean_kind(self) -> str:
         return self.cleaned_data.get("kind") or DeploymentKind.CHAT
 
-    def __init__(self, *args, workspace: Workspace, editing: bool = False, key_last4: str = "", **kwargs):
+    def __init__(self, *args, workspace: Workspace, editing: bool = False, key_last4: str = "", own_pk: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         org_slug = workspace.parent.slug if workspace.parent_id else workspace.slug
         self.fields[
             "model_id"
         ].help_text = f"What clients send as “model”, unique in this organisation, e.g. @{org_slug}/Qwen/Qwen3-0.6B or qwen-plus."
+        root = workspace.parent or workspace
+        self.fields["fallback"].queryset = (
+            Deployment.objects.filter(Q(workspace=root) | Q(workspace__parent=root)).exclude(pk=own_pk).order_by("name")
+        )
+        self.fields["fallback"].label_from_instance = lambda d: f"{d.name} ({d.model_id})"
         self.fields["router_provider"].queryset = RouterProvider.objects.filter(is_active=True)
         self.fields["byok_credential"].queryset = ByokCredential.objects.filter(workspace_id__in={workspace.id, workspace.root_id})
         # Each upstream kind needs its own field; the one matching the chosen kind is required.

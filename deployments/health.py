@@ -188,7 +188,7 @@ def replica_health_check(*, replica_id: int, now: datetime | None = None) -> Dep
             )
         _record_deployment_status(replica.deployment_id, now)
         if updated:
-            replica_probed(replica.id, up=result.reachable)
+            replica_probed(replica.id, replica.public_id, up=result.reachable)
     replica.refresh_from_db(fields=["status", "last_error", "last_checked_at", "last_probe_ms"])
     return replica
 

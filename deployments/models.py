@@ -50,6 +50,14 @@ class Deployment(models.Model):
     router_provider = models.ForeignKey("keys.RouterProvider", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     byok_credential = models.ForeignKey("keys.ByokCredential", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     timeout_seconds = models.PositiveIntegerField(default=120)
+    fallback = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Takes the calls when every replica is down (for keys that may call it too)",
+    )
 
     status = models.CharField(max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.RUNNING)
     last_error = models.CharField(max_length=500, blank=True)

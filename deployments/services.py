@@ -119,6 +119,18 @@ def _clean_upstream(
     raise ValidationError({"upstream_kind": "Choose an upstream kind."})
 
 
+def _clean_fallback(*, workspace: Workspace, fallback: Deployment | None, own_pk: int | None) -> Deployment | None:
+    """A fallback is another deployment of the same organisation (calls go to it only for keys that may call it too)."""
+    if fallback is None:
+        return None
+    if fallback.pk == own_pk:
+        raise ValidationError({"fallback": "A deployment cannot be its own fallback."})
+    root_id = workspace.root_id
+    if fallback.workspace.root_id != root_id:
+        raise ValidationError({"fallback": "Choose a deployment of this organisation."})
+    return fallback
+
+
 def _probe_soon(deployment: Deployment) -> None:
     """Check a new or restarted upstream once committed, instead of at the next minute's round."""
     if deployment.upstream_kind == UpstreamKind.ENDPOINT and deployment.upstream_base_url:
@@ -155,6 +167,7 @@ def deployment_create(
     currency: str = "USD",
     upstream_weight: int = 1,
     upstream_max_concurrent: int | None = None,
+    fallback: Deployment | None = None,
     resolve: Resolver = system_resolver,
 ) -> Deployment:
     """Create a deployment; an endpoint deployment gets its first replica from upstream_base_url
@@ -187,6 +200,7 @@ def deployment_create(
         timeout_seconds=timeout_seconds,
         status=DeploymentStatus.RUNNING,
         created_by=actor.user if getattr(actor.user, "pk", None) else None,
+        fallback=_clean_fallback(workspace=workspace, fallback=fallback, own_pk=None),
         **upstream,
     )
     if upstream_api_key and upstream_kind == UpstreamKind.ENDPOINT:
@@ -237,6 +251,7 @@ UPDATABLE = (
     "router_provider",
     "byok_credential",
     "timeout_seconds",
+    "fallback",
 )
 
 
@@ -258,6 +273,7 @@ def deployment_update(
     timeout_seconds: int = 120,
     upstream_api_key: str = "",
     clear_upstream_api_key: bool = False,
+    fallback: Deployment | None = None,
     resolve: Resolver = system_resolver,
 ) -> Deployment:
     """Change settings. An empty upstream_api_key keeps the stored key; clear_upstream_api_key removes it.
@@ -281,6 +297,7 @@ def deployment_update(
         "upstream_kind": upstream_kind,
         "upstream_model": upstream_model.strip(),
         "timeout_seconds": timeout_seconds,
+        "fallback": _clean_fallback(workspace=deployment.workspace, fallback=fallback, own_pk=deployment.pk),
         **_clean_upstream(
             workspace=deployment.workspace,
             kind=upstream_kind,

@@ -106,6 +106,7 @@ def _edit_context(access, deployment: Deployment, *, form=None, price_form=None)
             "router_provider",
             "byok_credential",
             "timeout_seconds",
+            "fallback",
         )
     }
     current = price_in_force(deployment, timezone.now())
@@ -114,7 +115,9 @@ def _edit_context(access, deployment: Deployment, *, form=None, price_form=None)
         "nav": "deployments",
         "deployment": deployment,
         "form": form
-        or DeploymentForm(initial=initial, workspace=deployment.workspace, editing=True, key_last4=deployment.upstream_api_key_last4),
+        or DeploymentForm(
+            initial=initial, workspace=deployment.workspace, editing=True, key_last4=deployment.upstream_api_key_last4, own_pk=deployment.pk
+        ),
         "price_form": price_form
         or PriceForm(
             initial={
@@ -134,7 +137,7 @@ def deployment_edit(request: HttpRequest, ws: str, deployment: str) -> HttpRespo
     access, dep = access_deployment(request.user, ws, deployment, min_role=Role.ADMIN)
     if request.method == "GET":
         return render(request, "deployments/deployment_edit_page.html", _edit_context(access, dep))
-    form = DeploymentForm(request.POST, workspace=dep.workspace, editing=True, key_last4=dep.upstream_api_key_last4)
+    form = DeploymentForm(request.POST, workspace=dep.workspace, editing=True, key_last4=dep.upstream_api_key_last4, own_pk=dep.pk)
     if form.is_valid():
         try:
             deployment_update(deployment=dep, actor=Actor.from_request(request), **form.cleaned_data)

@@ -24,6 +24,7 @@ from django.conf import settings
 
 from gateway import errors, metrics
 from gateway.auth import KeyCache, KeyEntry, Route, listen_for_changes, parse_bearer
+from gateway.balancer import Answer, Balancer, UpstreamFailed, UpstreamPool
 from gateway.errors import GatewayError
 from gateway.limits import (
     CAPPED_HEADER,
@@ -142,6 +143,8 @@ class Gateway:
             self.db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db", initializer=_count_orm_queries)
             self.cache = KeyCache(self.run_db, ttl=settings.GATEWAY_KEY_CACHE_TTL)
             self.http = make_client(kind=settings.GATEWAY_UPSTREAM_CLIENT, max_connections=settings.GATEWAY_UPSTREAM_CONNECTIONS)
+            self.balancer = Balancer(eject_seconds=settings.GATEWAY_EJECT_SECONDS, eject_max_seconds=settings.GATEWAY_EJECT_MAX_SECONDS)
+            self.upstream = UpstreamPool(self.http, self.balancer)
             if settings.REDIS_URL:
                 import redis.asyncio as aioredis
 
@@ -150,10 +153,14 @@ class Gateway:
                 # redis-py for the change subscription; the lean pipelined client for admission.
                 self.redis = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
                 self.limiter = RedisLimiter(PipelinedRedis(settings.REDIS_URL))
-                self.tasks.append(asyncio.get_running_loop().create_task(listen_for_changes(self.redis, self.cache)))
+                self.tasks.append(asyncio.get_running_loop().create_task(listen_for_changes(self.redis, self.cache, self.balancer)))
             else:
                 self.redis = None
                 self.limiter = LocalLimiter()
+                # Single process: probe results published in this process reach the balancer directly.
+                from deployments.changes import local_health_listeners
+
+                local_health_listeners.append(self.balancer.probed)
             self.writer = UsageWriter(
                 run_db=self.run_db,
                 on_query=lambda kind, n=1: metrics.DB_QUERIES.labels(kind).inc(n),
@@ -569,18 +576,29 @@ class Gateway:
         )
         raise error
 
-    async def fetch_once(self, url: str, route: Route, headers, body: bytes):
-        response = await self.http.open(url, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0))
-        try:
-            return response, await response.read()
-        finally:
-            await response.aclose()  # back to the pool only when read to the end; closed otherwise
+    async def send_upstream(self, route: Route, entry: KeyEntry, shape: Shape, call: Call, *, stream: bool, started: float) -> Answer:
+        """One upstream exchange through gateway.balancer: a replica of the route (or the route's
+        own URL), at most one retry elsewhere before anything reached the client, the fallback
+        deployment when every replica is out. Raises UpstreamFailed when no answer came."""
+        built: dict[str, tuple] = {}
+
+        def build(target: Route):
+            # The body carries the upstream model name: built once per route tried.
+            if target.name not in built:
+                built[target.name] = (
+                    upstream_call(target, call.body, stream=True, usage_option=shape.stream_usage_option)
+                    if stream
+                    else upstream_call(target, call.body, stream=False)
+                )
+            return built[target.name]
+
+        deadline = time.monotonic() - (time.time() - started) + route.timeout
+        return await self.upstream.send(route, entry.routes, path=shape.upstream_path, build=build, stream=stream, deadline=deadline)
 
     async def proxy_once(self, receive, exchange: Exchange, entry: KeyEntry, route: Route, shape: Shape, call: Call, reservation) -> None:
-        headers, body = upstream_call(route, call.body, stream=False)
         try:
-            response, body = await _unless_client_leaves(
-                receive, self.fetch_once(route.base_url + shape.upstream_path, route, headers, body)
+            answer = await _unless_client_leaves(
+                receive, self.send_upstream(route, entry, shape, call, stream=False, started=exchange.started)
             )
         except ClientGone:
             # The caller hung up while the model was still working: stop the upstream call (its
@@ -599,17 +617,21 @@ class Gateway:
                 aborted=True,
             )
             raise
-        except Exception as exc:
-            return await self.upstream_failed(exchange, entry, route, reservation, transport_error(exc))
-        if response.status != 200:
-            return await self.upstream_failed(exchange, entry, route, reservation, status_error(response.status, body))
+        except UpstreamFailed as failed:
+            return await self.upstream_failed(
+                exchange, entry, failed.route, reservation, transport_error(failed.error), replica_id=_replica_id(failed.replica)
+            )
+        route, replica_id, body = answer.route, answer.replica_id, answer.body
+        if answer.response.status != 200:
+            error = status_error(answer.response.status, body)
+            return await self.upstream_failed(exchange, entry, route, reservation, error, replica_id=replica_id)
         try:
             data = orjson.loads(body)
             if not isinstance(data, dict):
                 raise ValueError
         except ValueError:
             error = GatewayError(502, "The model sent a response that is not JSON.", code="upstream_invalid", type="server_error")
-            return await self.upstream_failed(exchange, entry, route, reservation, error)
+            return await self.upstream_failed(exchange, entry, route, reservation, error, replica_id=replica_id)
         usage = shape.usage(data)
         estimated = usage is None
         if estimated:
@@ -617,33 +639,45 @@ class Gateway:
             prompt, completion = call.prompt_estimate, shape.estimate_completion(data)
         else:
             prompt, completion = usage
-        answer = shape.respond(data, call, route.name, exchange.request_id)
-        await self.meter(exchange, entry, route, reservation, prompt=prompt, completion=completion, status=200, estimated=estimated)
-        await exchange.respond(200, answer)
+        body = shape.respond(data, call, route.name, exchange.request_id)
+        await self.meter(
+            exchange,
+            entry,
+            route,
+            reservation,
+            prompt=prompt,
+            completion=completion,
+            status=200,
+            estimated=estimated,
+            replica_id=replica_id,
+        )
+        await exchange.respond(200, body, _answer_headers(answer, JSON_HEADERS))
 
     async def proxy_stream(self, receive, exchange: Exchange, entry: KeyEntry, route: Route, shape: Shape, call: Call, reservation) -> None:
-        headers, body = upstream_call(route, call.body, stream=True, usage_option=shape.stream_usage_option)
         try:
-            response = await self.http.open(
-                route.base_url + shape.upstream_path, headers, body, timeout=route.timeout, connect_timeout=min(route.timeout, 10.0)
+            answer = await self.send_upstream(route, entry, shape, call, stream=True, started=exchange.started)
+        except UpstreamFailed as failed:
+            error = transport_error(failed.error)
+            return await self.upstream_failed(
+                exchange, entry, failed.route, reservation, error, streamed=True, replica_id=_replica_id(failed.replica)
             )
-        except Exception as exc:
-            return await self.upstream_failed(exchange, entry, route, reservation, transport_error(exc), streamed=True)
+        route, replica_id, response = answer.route, answer.replica_id, answer.response
+        if response.status != 200:
+            error = status_error(response.status, answer.body)
+            return await self.upstream_failed(exchange, entry, route, reservation, error, streamed=True, replica_id=replica_id)
         relay = shape.relay(call, route, exchange.request_id)
+        outcome = None
         try:
-            if response.status != 200:
-                try:
-                    body = await response.read()
-                except Exception:
-                    body = b""
-                return await self.upstream_failed(exchange, entry, route, reservation, status_error(response.status, body), streamed=True)
-            await exchange.start(200, [*SSE_HEADERS, *shape.stream_headers])
+            await exchange.start(200, _answer_headers(answer, [*SSE_HEADERS, *shape.stream_headers]))
             opening = relay.opening()
             if opening:
                 await exchange.send({"type": "http.response.body", "body": opening, "more_body": True})
             outcome = await self._pump(receive, exchange, response, relay)
         finally:
             await response.aclose()
+            # A stream that broke (reset, timeout, cut short) counts against the replica; a client
+            # that left says nothing about it.
+            answer.done(True if outcome == "done" else None if outcome in ("client_gone", None) else False)
 
         state = relay.state
         prompt_estimate = call.prompt_estimate
@@ -669,6 +703,7 @@ class Gateway:
             estimated=estimated,
             streamed=True,
             ttft_ms=ttft,
+            replica_id=replica_id,
         )
         if outcome == "client_gone":
             exchange.status = 499
@@ -753,6 +788,17 @@ async def _unless_client_leaves(receive, work):
     finally:
         watcher.remove_done_callback(on_message)
         watcher.cancel()
+
+
+def _replica_id(replica) -> int | None:
+    return replica.id if replica is not None else None
+
+
+def _answer_headers(answer: Answer, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    if answer.fallback:
+        # The client called another deployment: say which one answered (and was metered).
+        return [*headers, (b"x-gatehouse-fallback", answer.route.name.encode())]
+    return headers
 
 
 def _require(method: str, expected: str) -> None:

@@ -26,6 +26,7 @@ from django.conf import settings
 
 from deployments import changes as deployment_changes
 from gateway import errors
+from gateway.balancer import Replica
 from keys import tokens
 from keys.changes import CHANNEL, GENERATION_KEY, local_generations
 
@@ -90,6 +91,10 @@ class Route:
     # The deployment's kind (chat / embedding / rerank); "" for provider routes, which may serve any.
     serves: str = ""
     responses_passthrough: bool = False
+    # An endpoint deployment's enabled replicas (gateway.balancer picks one per request); empty
+    # for router/BYOK routes, which go to base_url with api_key.
+    replicas: tuple[Replica, ...] = ()
+    fallback: str = ""  # model id of the fallback deployment, used when every replica is out
 
     def __post_init__(self) -> None:
         if not self.metric_name:
@@ -257,6 +262,35 @@ def _add_credential_routes(
         wildcards[key] = base
 
 
+_UNDECRYPTABLE = b"\x00"
+
+
+def _replicas_by_deployment(deployment_ids: list[int]) -> dict[int, tuple[Replica, ...]]:
+    """Enabled replicas of these deployments, keys decrypted once here (never per request)."""
+    if not deployment_ids:
+        return {}
+    from deployments.models import DeploymentReplica, ReplicaStatus
+    from lib.upstream import upstream_host
+
+    found: dict[int, list[Replica]] = {}
+    for r in DeploymentReplica.objects.filter(deployment_id__in=deployment_ids, enabled=True).order_by("id"):
+        api_key, problem = _decrypt(r.api_key_encrypted)
+        auth = _UNDECRYPTABLE if problem else (b"Bearer " + api_key.encode() if api_key else None)
+        found.setdefault(r.deployment_id, []).append(
+            Replica(
+                id=r.id,
+                uid=str(r.public_id),
+                base_url=r.base_url.rstrip("/"),
+                auth=auth,
+                weight=max(1, r.weight),
+                max_concurrent=r.max_concurrent,
+                probed_down=r.status == ReplicaStatus.DOWN,
+                label=upstream_host(r.base_url),
+            )
+        )
+    return {deployment_id: tuple(replicas) for deployment_id, replicas in found.items()}
+
+
 def load_key(digest: str) -> KeyEntry | None:
     """Read one key and its scope from the database (sync; runs on the gateway's DB thread)."""
     from deployments.models import DeploymentPrice
@@ -280,7 +314,7 @@ def load_key(digest: str) -> KeyEntry | None:
 
     budget_blocks, blocked_until = budget_guard(workspace)
 
-    deployments = callable_deployments(workspace).select_related("router_provider", "byok_credential")
+    deployments = callable_deployments(workspace).select_related("router_provider", "byok_credential", "fallback")
     if not key.all_models:
         deployments = deployments.filter(id__in=key.deployments.values("id"))
     deployments = list(deployments)
@@ -290,6 +324,7 @@ def load_key(digest: str) -> KeyEntry | None:
             Price(p.effective_from.timestamp(), p.input_per_million, p.output_per_million, p.currency)
         )
 
+    replicas = _replicas_by_deployment([d.id for d in deployments if d.upstream_kind == "endpoint"])
     routes: dict[str, Route] = {}
     by_deployment: dict[str, Route] = {}
     for d in deployments:
@@ -315,7 +350,14 @@ def load_key(digest: str) -> KeyEntry | None:
             prices=tuple(prices.get(d.id, ())),
             serves=d.kind,
             responses_passthrough=d.responses_passthrough,
+            replicas=replicas.get(d.id, ()) if d.upstream_kind == "endpoint" else (),
+            fallback=d.fallback.model_id if d.fallback_id else "",
         )
+        if route.replicas and not problem:
+            # Each replica carries its own key; the deployment's own is its first replica's.
+            problem = next((r.label for r in route.replicas if r.auth is _UNDECRYPTABLE), "")
+            if problem:
+                route.credential_error = f"the upstream key of replica {problem} cannot be decrypted"
         routes[d.model_id] = route
         by_deployment[str(d.public_id)] = route
 
@@ -468,19 +510,25 @@ class KeyCache:
         self.missing.clear()
 
 
-async def listen_for_changes(redis, cache: KeyCache) -> None:
+async def listen_for_changes(redis, cache: KeyCache, balancer=None) -> None:
     """Drop changed keys and deployments from the cache as keys.changes / deployments.changes
-    announce them (runs for the process's life)."""
+    announce them, and pass replica probe results to the balancer (runs for the process's life)."""
+    health_channels = (deployment_changes.HEALTH_CHANNEL, deployment_changes.HEALTH_CHANNEL.encode())
     while True:
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(CHANNEL, deployment_changes.CHANNEL)
+            await pubsub.subscribe(CHANNEL, deployment_changes.CHANNEL, deployment_changes.HEALTH_CHANNEL)
             # Anything may have changed while we were not subscribed.
             cache.clear()
+            if balancer is not None:
+                balancer.forget_probes()
             async for message in pubsub.listen():
                 if message.get("type") != "message":
                     continue
                 channel = message.get("channel")
+                if channel in health_channels:
+                    _health_message(balancer, message.get("data"))
+                    continue
                 try:
                     changed = int(message["data"])
                 except (TypeError, ValueError):
@@ -500,6 +548,16 @@ async def listen_for_changes(redis, cache: KeyCache) -> None:
                 await pubsub.aclose()
             except Exception:
                 pass
+
+
+def _health_message(balancer, data) -> None:
+    if balancer is None:
+        return
+    try:
+        replica_id, up, uid = (data.decode() if isinstance(data, bytes) else str(data)).split(":")
+        balancer.probed(int(replica_id), uid, up == "1")
+    except ValueError:
+        log.warning("ignored a malformed replica health message")
 
 
 __all__ = ["GENERATION_KEY", "KeyCache", "KeyEntry", "Route", "listen_for_changes", "load_key", "parse_bearer"]

@@ -380,6 +380,7 @@ def event_row(
     ttft_ms: int | None = None,
     client_ip: str | None,
     endpoint: str = "chat.completions",
+    replica_id: int | None = None,
 ) -> dict:
     now = time.time()
     price = route.price_at(now) if route is not None else None
@@ -389,6 +390,7 @@ def event_row(
         "workspace_id": entry.workspace_id,
         "api_key_id": entry.api_key_id,
         "deployment_id": route.deployment_id if route is not None else None,
+        "replica_id": replica_id,
         "model": model[:200],
         "endpoint": endpoint,
         "prompt_tokens": prompt_tokens,

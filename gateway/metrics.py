@@ -38,6 +38,11 @@ SPOOL_REJECTED = Gauge(
     "Spooled usage events the database refused (kept aside in the spool file)",
     multiprocess_mode="livesum",
 )
+# Per replica (label: host:port of a configured replica, so the label set is bounded by configuration).
+REPLICA_REQUESTS = Counter("gatehouse_gateway_replica_requests", "Upstream exchanges per replica by outcome", ["replica", "outcome"])
+REPLICA_INFLIGHT = Gauge("gatehouse_gateway_replica_inflight", "Requests in flight per replica", ["replica"], multiprocess_mode="livesum")
+REPLICA_EJECTIONS = Counter("gatehouse_gateway_replica_ejections", "Passive ejections per replica", ["replica"])
+REPLICA_RETRIES = Counter("gatehouse_gateway_replica_retries", "Requests retried elsewhere after this replica failed", ["replica"])
 
 
 def render() -> tuple[bytes, str]:

@@ -180,3 +180,25 @@ def test_a_viewer_sees_when_health_was_checked_and_why_a_deployment_is_unreachab
     status = page.locator("[data-testid=overview-status]")
     assert "Connection refused" in status.inner_text() and "checked 2 min ago" in status.inner_text()
     screenshot(page, "overview")
+
+
+def test_admin_adds_a_replica_from_the_details_page(page, sign_in, screenshot, live_server):
+    world, deployment = make_world()
+    sign_in("adam")
+    page.goto(f"/w/acme/deployments/{deployment.public_id}/")
+    page.wait_for_selector("[data-testid=replica-table]")
+    page.click("[data-testid=add-replica] summary")
+    page.fill("#id_base_url", "http://10.0.0.6:8000/v1")
+    page.fill("#id_weight", "3")
+    page.fill("#id_max_concurrent", "8")
+    screenshot(page, "1-form")
+    page.click("text=Add replica >> nth=-1")
+    page.wait_for_selector("text=Replica 10.0.0.6:8000 added")
+    rows = page.locator("[data-testid=replica-table] tbody tr")
+    assert rows.count() == 2
+    assert "10.0.0.6:8000" in rows.nth(1).inner_text() and "3" in rows.nth(1).inner_text()
+    screenshot(page, "2-added")
+    assert list(deployment.replicas.values_list("base_url", "weight", "max_concurrent")) == [
+        ("http://10.0.0.5:8000/v1", 1, None),
+        ("http://10.0.0.6:8000/v1", 3, 8),
+    ]

@@ -191,7 +191,7 @@ def test_each_replica_is_probed_and_the_deployment_stays_running_while_one_answe
     )
     second = replica_add(deployment=d, actor=actor, base_url=dead)
     heard = []
-    changes.local_health_listeners.append(lambda replica_id, up: heard.append((replica_id, up)))
+    changes.local_health_listeners.append(lambda replica_id, uid, up: heard.append((replica_id, up)))
     try:
         assert set(health.replicas_due_for_probe()) == set(d.replicas.values_list("id", flat=True))
         with django_capture_on_commit_callbacks(execute=True):

@@ -19,6 +19,11 @@ class UsageEvent(models.Model):
     workspace = models.ForeignKey("console.Workspace", on_delete=models.PROTECT, related_name="+")
     api_key = models.ForeignKey("keys.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+")
     deployment = models.ForeignKey("deployments.Deployment", null=True, on_delete=models.SET_NULL, related_name="+")
+    # The replica that answered (gateway.balancer); no database constraint, so removing a replica
+    # never has to touch append-only events.
+    replica = models.ForeignKey(
+        "deployments.DeploymentReplica", null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
     model = models.CharField(max_length=200)
     endpoint = models.CharField(max_length=32, default="chat.completions")
 

@@ -1,0 +1,257 @@
+"""Replicas behind one deployment, with real processes: three demo upstreams and two gateways.
+
+Traffic follows the weights; an upstream killed mid-run costs no non-streamed request (retried on
+another replica), streams already started on it end with an error event and are metered; the
+restarted upstream is back as soon as the worker's probe finds it up; the fallback deployment
+takes over when every replica is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import httpx
+import pytest
+
+from console.audit import Actor
+from deployments import health
+from deployments.services import deployment_create, deployment_update, replica_add
+from tests import gateway_support
+from tests.factories import make_key
+from tests.gateway_support import UPSTREAM_KEY, Server, demo_stats, metric, start_demo, start_gateway
+from usage.models import UsageEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+COOLDOWN = 30  # longer than any phase below: only a probe can bring an ejected replica back early
+
+
+@pytest.fixture(scope="module")
+def upstreams():
+    servers = [start_demo() for _ in range(3)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(django_db_setup, django_db_blocker):
+    a = start_gateway("gateway-replicas-a", GATEWAY_EJECT_SECONDS=str(COOLDOWN), GATEWAY_EJECT_MAX_SECONDS="120")
+    try:
+        b = start_gateway("gateway-replicas-b", GATEWAY_EJECT_SECONDS=str(COOLDOWN), GATEWAY_EJECT_MAX_SECONDS="120")
+    except Exception:
+        a.stop()
+        raise
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def restart_demo(port: int) -> Server:
+    import os
+    import sys
+
+    args = [sys.executable, "-m", "deployments.demo_model", "--port", str(port), "--api-key", UPSTREAM_KEY]
+    return Server("demo", args, dict(os.environ), port, "/healthz")
+
+
+def pool_deployment(world, urls: list[str], weights: list[int], *, upstream_model: str = "gatehouse-demo", name: str = "Pool"):
+    actor = Actor.system("tests")
+    deployment = deployment_create(
+        workspace=world.org,
+        actor=actor,
+        name=name,
+        model_id=f"@acme/{name.lower()}",
+        upstream_base_url=urls[0] + "/v1",
+        upstream_weight=weights[0],
+        upstream_api_key=UPSTREAM_KEY,
+        upstream_model=upstream_model,
+        input_per_million="1",
+        output_per_million="2",
+    )
+    for url, weight in zip(urls[1:], weights[1:], strict=True):
+        replica_add(deployment=deployment, actor=actor, base_url=url + "/v1", weight=weight, api_key=UPSTREAM_KEY)
+    return deployment, list(deployment.replicas.order_by("id"))
+
+
+def reset(servers) -> None:
+    for server in servers:
+        httpx.delete(server.url + "/_demo/stats", timeout=5)
+
+
+def body(model: str, **extra) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}], **extra}
+
+
+async def fire(gateways, plaintext: str, payload: dict, *, total: int, concurrency: int) -> list[int]:
+    """`total` non-streamed requests, alternating between the gateways, `concurrency` at a time."""
+    statuses: list[int] = []
+    queue = list(range(total))
+    async with httpx.AsyncClient(timeout=30, headers={"authorization": f"Bearer {plaintext}"}) as client:
+
+        async def worker():
+            while queue:
+                i = queue.pop()
+                response = await client.post(gateways[i % len(gateways)].url + "/v1/chat/completions", json=payload)
+                statuses.append(response.status_code)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses
+
+
+def test_traffic_follows_the_weights_across_two_gateways(world, upstreams, pair):
+    deployment, _ = pool_deployment(world, [u.url for u in upstreams], [1, 2, 3])
+    _, plaintext = make_key(world.org, all_models=True)
+    reset(upstreams)
+
+    statuses = gateway_support.run_async(fire(pair, plaintext, body(deployment.model_id), total=600, concurrency=4))
+
+    assert statuses == [200] * 600
+    served = [demo_stats(u).get("requests", 0) for u in upstreams]
+    assert sum(served) == 600
+    for count, expected in zip(served, [100, 200, 300], strict=True):
+        assert abs(count - expected) <= expected * 0.10, served
+    # Each usage event names the replica that answered.
+    by_replica = {r.id: 0 for r in deployment.replicas.all()}
+    for replica_id in UsageEvent.objects.filter(deployment=deployment).values_list("replica_id", flat=True):
+        by_replica[replica_id] += 1
+    assert sorted(by_replica.values()) == sorted(served)
+
+
+async def stream_until_first_chunk(client: httpx.AsyncClient, url: str, payload: dict):
+    request = client.build_request("POST", url, json=payload)
+    response = await client.send(request, stream=True)
+    chunks = response.aiter_raw()
+    first = await chunks.__anext__()
+    return response, chunks, first
+
+
+async def read_rest(response, chunks, first: bytes) -> bytes:
+    data = first
+    try:
+        async for chunk in chunks:
+            data += chunk
+    finally:
+        await response.aclose()
+    return data
+
+
+def test_an_upstream_killed_mid_run_fails_no_request_and_comes_back_after_a_probe(world, upstreams, pair):
+    deployment, replicas = pool_deployment(world, [u.url for u in upstreams], [1, 1, 1], upstream_model="gatehouse-demo+latency_ms=20")
+    _, plaintext = make_key(world.org, all_models=True)
+    victim_index = 1
+    victim, victim_replica = upstreams[victim_index], replicas[victim_index]
+    slow_stream = body(deployment.model_id, stream=True, max_tokens=40, metadata={"demo_chunk_delay_ms": "150", "demo_reply_tokens": "40"})
+
+    async def run():
+        headers = {"authorization": f"Bearer {plaintext}"}
+        async with httpx.AsyncClient(timeout=60, headers=headers) as client:
+            # Six slow streams, spread over the replicas by the balancer, each past its first chunk.
+            streams = [await stream_until_first_chunk(client, pair[i % 2].url + "/v1/chat/completions", slow_stream) for i in range(6)]
+            statuses: list[int] = []
+            stop = asyncio.Event()
+
+            async def load(i: int):
+                while not stop.is_set():
+                    response = await client.post(pair[i % 2].url + "/v1/chat/completions", json=body(deployment.model_id))
+                    statuses.append(response.status_code)
+
+            loaders = [asyncio.create_task(load(i)) for i in range(4)]
+            await asyncio.sleep(1.0)
+            victim.process.send_signal(signal.SIGKILL)  # no goodbye: connections just die
+            killed_at = time.time()
+            await asyncio.sleep(1.5)
+            failed_after_shift = sum(metric(g, "gatehouse_gateway_replica_requests_total", outcome="failed") for g in pair)
+            await asyncio.sleep(1.5)
+            stop.set()
+            await asyncio.gather(*loaders)
+            failed_at_end = sum(metric(g, "gatehouse_gateway_replica_requests_total", outcome="failed") for g in pair)
+            bodies = [await read_rest(*s) for s in streams]
+            return statuses, bodies, [s[0].headers["x-request-id"] for s in streams], killed_at, failed_after_shift, failed_at_end
+
+    statuses, bodies, stream_ids, killed_at, failed_after_shift, failed_at_end = gateway_support.run_async(run())
+    victim.process.wait(5)
+
+    # Zero failed non-streamed requests: the ones that hit the dead replica were retried elsewhere.
+    assert len(statuses) > 20 and set(statuses) == {200}
+    assert sum(metric(g, "gatehouse_gateway_replica_retries_total") for g in pair) >= 1
+    # Within one cooldown the traffic has shifted: no more attempts on the dead replica after the first failures.
+    assert failed_after_shift >= 1 and failed_at_end == failed_after_shift
+
+    # Streams: those on the dead replica end with an error event and are metered as such.
+    events = {e.request_id: e for e in UsageEvent.objects.filter(request_id__in=stream_ids)}
+    assert len(events) == 6
+    on_victim = [i for i, rid in enumerate(stream_ids) if events[rid].replica_id == victim_replica.id]
+    assert on_victim, "the balancer put no stream on the victim"
+    for i, request_id in enumerate(stream_ids):
+        event, text = events[request_id], bodies[i].decode()
+        if i in on_victim:
+            last = [line for line in text.split("\n\n") if line.startswith("data: ")][-1]
+            assert json.loads(last[6:])["error"]["code"] in ("upstream_unreachable", "upstream_incomplete")
+            assert event.status_code == 502 and event.streamed and event.completion_tokens >= 1
+        else:
+            assert text.rstrip().endswith("data: [DONE]") and event.status_code == 200
+    after_kill = UsageEvent.objects.filter(deployment=deployment, streamed=False, created_at__gt=_at(killed_at + 0.2))
+    assert after_kill.exists() and not after_kill.filter(replica_id=victim_replica.id).exists()
+    assert not UsageEvent.objects.filter(deployment=deployment, streamed=False).exclude(status_code=200).exists()
+
+    # Restarted, it stays out (ejected for COOLDOWN seconds) until the worker's probe finds it up.
+    upstreams[victim_index] = restart_demo(victim.port)
+    payload = body(deployment.model_id)
+    assert gateway_support.run_async(fire(pair, plaintext, payload, total=30, concurrency=2)) == [200] * 30
+    assert demo_stats(upstreams[victim_index]).get("requests", 0) == 0
+    probed = health.replica_health_check(replica_id=victim_replica.id)
+    assert probed.status == "up"
+    time.sleep(0.3)  # the probe result travels over Redis pub/sub to both gateways
+    assert gateway_support.run_async(fire(pair, plaintext, payload, total=30, concurrency=2)) == [200] * 30
+    assert demo_stats(upstreams[victim_index]).get("requests", 0) >= 5
+
+
+def _at(epoch: float):
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def test_the_fallback_deployment_answers_when_every_replica_is_down(world, upstreams, pair):
+    dead = [f"http://127.0.0.1:{gateway_support.free_port()}" for _ in range(2)]
+    primary, _ = pool_deployment(world, dead, [1, 1], name="Primary")
+    fallback, _ = pool_deployment(world, [upstreams[0].url], [1], name="Spare")
+    deployment_update(
+        deployment=primary,
+        actor=Actor.system("tests"),
+        name=primary.name,
+        model_id=primary.model_id,
+        upstream_base_url=primary.upstream_base_url,
+        upstream_model=primary.upstream_model,
+        fallback=fallback,
+    )
+    fallback.prices.update(input_per_million="5", output_per_million="7")
+    _, both = make_key(world.org, all_models=True)
+    _, primary_only = make_key(world.org, deployments=[primary])
+    # The worker finds both replicas down (and tells the gateways).
+    health.deployment_health_check(deployment_id=primary.id)
+    primary.refresh_from_db()
+    assert primary.status == "unreachable"
+    time.sleep(0.3)
+
+    for gateway in pair:
+        response = httpx.post(
+            gateway.url + "/v1/chat/completions", json=body(primary.model_id), headers={"authorization": f"Bearer {both}"}, timeout=30
+        )
+        assert response.status_code == 200
+        assert response.headers["x-gatehouse-fallback"] == fallback.model_id
+        assert response.json()["model"] == fallback.model_id
+        event = UsageEvent.objects.get(request_id=response.headers["x-request-id"])
+        assert event.deployment_id == fallback.id and (event.input_price_per_million, event.output_price_per_million) == (5, 7)
+
+    # A key that may not call the fallback gets the primary's own failure (after one retry).
+    refused = httpx.post(
+        pair[1].url + "/v1/chat/completions", json=body(primary.model_id), headers={"authorization": f"Bearer {primary_only}"}, timeout=30
+    )
+    assert refused.status_code == 502 and "x-gatehouse-fallback" not in refused.headers
+    assert refused.json()["error"]["code"] == "upstream_unreachable"
+    assert UsageEvent.objects.get(request_id=refused.headers["x-request-id"]).deployment_id == primary.id
