@@ -39,7 +39,7 @@ from gateway.limits import (
 )
 from gateway.metering import UsageWriter, event_row
 from gateway.proxy import SseRelay, make_client, status_error, transport_error, upstream_call
-from gateway.shapes import Call, Shape, completions, embeddings, rerank, responses, wrong_kind
+from gateway.shapes import Call, Shape, completions, embeddings, messages, rerank, responses, wrong_kind
 from gateway.shapes import chat as chat_shape
 from gateway.spool import Spool, database_identity
 from lib.net import ip_allowed, resolve_client_ip
@@ -58,6 +58,7 @@ SHAPES: dict[str, Shape] = {
     "/v1/completions": completions.SHAPE,
     "/v1/rerank": rerank.SHAPE,
     "/v1/responses": responses.SHAPE,
+    "/v1/messages": messages.SHAPE,
 }
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
@@ -812,7 +813,7 @@ def _headers(scope) -> dict[bytes, bytes]:
         if name in headers:
             if name == b"x-forwarded-for":
                 headers[name] += b"," + value
-            elif name in (b"authorization", b"x-apig-appcode"):
+            elif name in (b"authorization", b"x-apig-appcode", b"x-api-key"):
                 # Two credentials in one request: ambiguous, refuse rather than pick one.
                 headers[name] = b"\x00"
             continue
