@@ -111,7 +111,9 @@ def test_previous_response_id_and_builtin_tools_get_a_clear_400(world, deploymen
     assert "only function tools" in caught.value.message
     with pytest.raises(openai.AuthenticationError):
         sdk(gateway, "gh_live_" + "x" * 40).responses.create(model=deployment.model_id, input="x")
-    assert not UsageEvent.objects.filter(api_key=key).exists()
+    # Refusals are on the record for the key, under the endpoint that was called, with no tokens.
+    refused = UsageEvent.objects.filter(api_key=key)
+    assert [(e.endpoint, e.status_code, e.total_tokens) for e in refused] == [("responses", 400, 0)] * 2
 
 
 def test_responses_respect_the_tpm_limit(world, deployment, gateway):

@@ -104,7 +104,8 @@ def test_kinds_are_kept_apart_and_models_lists_them(world, chat_model, embedding
     listed = httpx.get(gateway.url + "/v1/models", headers={"authorization": f"Bearer {plaintext}"}).json()["data"]
     kinds = {m["id"]: m["kind"] for m in listed}
     assert kinds == {chat_model.model_id: "chat", embedding_model.model_id: "embedding", rerank_model.model_id: "rerank"}
-    assert not UsageEvent.objects.filter(api_key=key).exists()
+    refused = UsageEvent.objects.filter(api_key=key).order_by("created_at")
+    assert [(e.endpoint, e.status_code, e.total_tokens) for e in refused] == [("chat.completions", 400, 0), ("embeddings", 400, 0)]
 
 
 def test_completions_streamed_and_not_are_metered_from_the_upstream_usage(world, chat_model, gateway):
