@@ -1,6 +1,6 @@
 """ASGI entry point: the gateway's paths go to the lean gateway app, everything else to Django.
 
-The gateway (gateway/app.py) serves /v1/, /api/v2/ and /metrics without Django's request stack
+The gateway (gateway/app.py) serves /v1/, /api/v2/, /api/v1/services/ (DashScope) and /metrics without Django's request stack
 (no middleware, sessions or templates): that is what keeps its added latency near a millisecond.
 Lifespan events go to the gateway, which opens its pools there.
 """
@@ -17,7 +17,7 @@ from lib.runtime import freeze_startup_objects  # noqa: E402
 
 freeze_startup_objects()
 
-GATEWAY_PREFIXES = ("/v1/", "/api/v2/")
+GATEWAY_PREFIXES = ("/v1/", "/api/v2/", "/api/v1/services/")  # the last: DashScope-native calls
 
 
 async def application(scope, receive, send):

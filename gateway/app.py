@@ -39,7 +39,7 @@ from gateway.limits import (
 )
 from gateway.metering import UsageWriter, event_row
 from gateway.proxy import SseRelay, make_client, status_error, transport_error, upstream_call
-from gateway.shapes import Call, Shape, completions, embeddings, messages, rerank, responses, wrong_kind
+from gateway.shapes import Call, Shape, completions, dashscope, embeddings, messages, rerank, responses, wrong_kind
 from gateway.shapes import chat as chat_shape
 from gateway.spool import Spool, database_identity
 from lib.net import ip_allowed, resolve_client_ip
@@ -59,6 +59,7 @@ SHAPES: dict[str, Shape] = {
     "/v1/rerank": rerank.SHAPE,
     "/v1/responses": responses.SHAPE,
     "/v1/messages": messages.SHAPE,
+    "/api/v1/services/aigc/text-generation/generation": dashscope.SHAPE,
 }
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
@@ -370,6 +371,8 @@ class Gateway:
             raise errors.bad_request("The request body is not valid JSON.", code="invalid_json") from None
         if isinstance(payload, dict) and isinstance(payload.get("model"), str):
             exchange.asked_model = payload["model"]
+        if shape.stream_header is not None and isinstance(payload, dict):
+            payload["stream"] = headers.get(shape.stream_header, b"").lower() == b"enable"
         call = shape.parse(payload, deployment is None)
         admission = Admission.of(call, exchange.entry)
 

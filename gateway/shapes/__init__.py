@@ -64,4 +64,5 @@ class Shape:
     model_kind: str = "chat"  # the deployment kind this shape calls (deployments.models.DeploymentKind)
     stream_usage_option: bool = True  # ask a streaming chat/completions upstream for its usage chunk
     passthrough: Shape | None = None  # used instead for a deployment whose upstream serves this API itself
+    stream_header: bytes | None = None  # a request header that asks for a stream (DashScope's X-DashScope-SSE: enable)
     stream_headers: tuple = ()  # extra response headers on a stream
