@@ -75,7 +75,7 @@ class DeploymentForm(forms.Form):
             Deployment.objects.filter(Q(workspace=root) | Q(workspace__parent=root)).exclude(pk=own_pk).order_by("name")
         )
         self.fields["fallback"].label_from_instance = lambda d: f"{d.name} ({d.model_id})"
-        self.fields["router_provider"].queryset = RouterProvider.objects.filter(is_active=True)
+        self.fields["router_provider"].queryset = RouterProvider.objects.filter(is_active=True, grants__workspace=workspace)
         self.fields["byok_credential"].queryset = ByokCredential.objects.filter(workspace_id__in={workspace.id, workspace.root_id})
         # Each upstream kind needs its own field; the one matching the chosen kind is required.
         kind = self.data.get("upstream_kind") if self.is_bound else self.initial.get("upstream_kind", UpstreamKind.ENDPOINT)

@@ -26,7 +26,7 @@ from deployments.models import (
     UpstreamKind,
 )
 from deployments.selectors import price_in_force
-from keys.models import ByokCredential, RouterProvider
+from keys.models import ByokCredential, RouterProvider, RouterProviderGrant
 from lib.crypto import encrypt
 from lib.upstream import Resolver, system_resolver, upstream_host, validate_upstream_url
 
@@ -109,8 +109,13 @@ def _clean_upstream(
             raise ValidationError({"upstream_base_url": exc.messages}) from None
         return {"upstream_base_url": url, "router_provider": None, "byok_credential": None}
     if kind == UpstreamKind.ROUTER:
-        if router_provider is None or not router_provider.is_active:
-            raise ValidationError({"router_provider": "Choose an active router provider."})
+        # The operator's upstream key: only a provider granted to this workspace (keys.router_providers).
+        if (
+            router_provider is None
+            or not router_provider.is_active
+            or not RouterProviderGrant.objects.filter(provider=router_provider, workspace=workspace).exists()
+        ):
+            raise ValidationError({"router_provider": "Choose a router provider granted to this workspace."})
         return {"upstream_base_url": "", "router_provider": router_provider, "byok_credential": None}
     if kind == UpstreamKind.BYOK:
         if byok_credential is None or byok_credential.workspace_id not in (workspace.id, workspace.root_id):

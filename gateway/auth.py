@@ -95,6 +95,9 @@ class Route:
     # for router/BYOK routes, which go to base_url with api_key.
     replicas: tuple[Replica, ...] = ()
     fallback: str = ""  # model id of the fallback deployment, used when every replica is out
+    # A router provider's per-model price versions (its default versions are `prices`), so a
+    # wildcard route prices each model it is called with. None for everything else.
+    prices_by_model: dict[str, tuple[Price, ...]] | None = None
 
     def __post_init__(self) -> None:
         if not self.metric_name:
@@ -112,6 +115,7 @@ class Route:
             timeout=self.timeout,
             credential_error=self.credential_error,
             metric_name=self.name + "/*" if wildcard else name,
+            prices=self.prices_by_model.get(upstream_model, self.prices) if self.prices_by_model else self.prices,
         )
 
     def price_at(self, epoch: float) -> Price | None:
@@ -242,10 +246,13 @@ def _add_credential_routes(
     encrypted: str,
     base_url: str,
     model_names: list[str],
+    prices: dict[str, tuple[Price, ...]] | None = None,
 ) -> None:
     """Routes through a router provider or BYOK credential: `prefix/model` for each listed model,
-    or a wildcard (any `prefix/...`) when it lists none."""
+    or a wildcard (any `prefix/...`) when it lists none. `prices` maps a model name to its price
+    versions, "" to the default for the others (router providers; BYOK spends the workspace's own key)."""
     api_key, problem = _decrypt(encrypted)
+    prices = prices or {}
     base = Route(
         name=prefix,
         kind=kind,
@@ -254,6 +261,8 @@ def _add_credential_routes(
         api_key=api_key,
         credential_error=problem,
         timeout=float(settings.GATEWAY_UPSTREAM_TIMEOUT),
+        prices=prices.get("", ()),
+        prices_by_model={name: versions for name, versions in prices.items() if name} or None,
     )
     if model_names:
         for model in model_names:
@@ -291,6 +300,30 @@ def _replicas_by_deployment(deployment_ids: list[int]) -> dict[int, tuple[Replic
     return {deployment_id: tuple(replicas) for deployment_id, replicas in found.items()}
 
 
+def router_provider_prices(provider_ids: list[int]) -> dict[int, dict[str, tuple[Price, ...]]]:
+    """provider id -> model name ("" for the default) -> price versions, newest first."""
+    from keys.models import RouterProviderPrice
+
+    found: dict[int, dict[str, list[Price]]] = {}
+    if provider_ids:
+        for p in RouterProviderPrice.objects.filter(provider_id__in=provider_ids).order_by("-effective_from"):
+            found.setdefault(p.provider_id, {}).setdefault(p.model_name, []).append(
+                Price(p.effective_from.timestamp(), p.input_per_million, p.output_per_million, p.currency)
+            )
+    return {pid: {name: tuple(versions) for name, versions in models.items()} for pid, models in found.items()}
+
+
+def _router_usable(deployment) -> bool:
+    from keys.models import RouterProviderGrant
+
+    provider = deployment.router_provider
+    return (
+        provider is not None
+        and provider.is_active
+        and RouterProviderGrant.objects.filter(provider=provider, workspace_id=deployment.workspace_id).exists()
+    )
+
+
 def load_key(digest: str) -> KeyEntry | None:
     """Read one key and its scope from the database (sync; runs on the gateway's DB thread)."""
     from deployments.models import DeploymentPrice
@@ -318,6 +351,9 @@ def load_key(digest: str) -> KeyEntry | None:
     if not key.all_models:
         deployments = deployments.filter(id__in=key.deployments.values("id"))
     deployments = list(deployments)
+    # A deployment that routes through a router provider needs the provider active and granted to
+    # the deployment's workspace, as a key scope does; otherwise it is not callable.
+    deployments = [d for d in deployments if d.upstream_kind != "router" or _router_usable(d)]
     prices: dict[int, list[Price]] = {}
     for p in DeploymentPrice.objects.filter(deployment__in=[d.id for d in deployments]).order_by("-effective_from"):
         prices.setdefault(p.deployment_id, []).append(
@@ -362,7 +398,9 @@ def load_key(digest: str) -> KeyEntry | None:
         by_deployment[str(d.public_id)] = route
 
     router_wildcards: dict[str, Route] = {}
-    for provider in key.router_providers.filter(is_active=True):
+    providers = list(key.router_providers.filter(is_active=True, grants__workspace=workspace))
+    provider_prices = router_provider_prices([p.id for p in providers])
+    for provider in providers:
         _add_credential_routes(
             routes,
             router_wildcards,
@@ -372,6 +410,7 @@ def load_key(digest: str) -> KeyEntry | None:
             encrypted=provider.api_key_encrypted,
             base_url=provider.base_url,
             model_names=provider.model_names,
+            prices=provider_prices.get(provider.id),
         )
 
     byok_wildcards: dict[str, Route] = {}

@@ -8,8 +8,9 @@ from django.utils import timezone
 
 from console.models import Workspace
 from deployments.selectors import callable_deployments
-from keys.models import ApiKey, ApiKeyKind, RouterProvider
+from keys.models import ApiKey, ApiKeyKind
 from keys.names import MAX_NAME_LENGTH, NAME_HELP, validate_key_name
+from keys.router_providers import router_providers_granted_to
 from keys.selectors import KeyStatus
 from keys.services import GRACE_CHOICES, MAX_TPM, MAX_YEARLY_TOKENS, check_expiry, parse_model_names
 from lib.net import MAX_ALLOWLIST_ENTRIES, parse_allowlist
@@ -87,7 +88,7 @@ class ApiKeySettingsForm(StrictForm):
         super().__init__(*args, **kwargs)
         self.workspace = workspace
         self.fields["deployments"].queryset = callable_deployments(workspace).order_by("name")
-        self.fields["router_providers"].queryset = RouterProvider.objects.filter(is_active=True).order_by("name")
+        self.fields["router_providers"].queryset = router_providers_granted_to(workspace)
         self.fields["byok_credentials"].queryset = workspace.byok_credentials.order_by("name")
         self.fields[
             "yearly_token_limit"

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 from django.db import models
 from django.db.models.functions import Lower
 
 
 class RouterProvider(models.Model):
-    """An installation-wide upstream (managed by site admins in Django admin), offered in key scopes.
+    """An installation-wide upstream that installation admins (staff) manage in the console and
+    grant to workspaces; a key may scope it only when its workspace holds a grant. Its upstream key
+    is the operator's, so calls are priced (RouterProviderPrice) and count towards budgets.
 
     Clients call its models as `<slug>/<model>`.
     """
@@ -25,6 +28,46 @@ class RouterProvider(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class RouterProviderGrant(models.Model):
+    """Lets one workspace's keys (and its deployments) use a router provider. Granted by an
+    installation admin; without a grant the provider is invisible to the workspace."""
+
+    provider = models.ForeignKey(RouterProvider, on_delete=models.CASCADE, related_name="grants")
+    workspace = models.ForeignKey("console.Workspace", on_delete=models.CASCADE, related_name="router_provider_grants")
+    granted_by = models.ForeignKey("console.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["provider", "workspace"], name="router_grant_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.workspace} may use {self.provider}"
+
+
+class RouterProviderPrice(models.Model):
+    """Effective-dated price versions of a router provider, as DeploymentPrice for deployments.
+
+    model_name "" is the provider's default, used for every model without versions of its own.
+    A call is costed with the version in force at its time.
+    """
+
+    provider = models.ForeignKey(RouterProvider, on_delete=models.CASCADE, related_name="prices")
+    model_name = models.CharField(max_length=200, blank=True)
+    effective_from = models.DateTimeField()
+    input_per_million = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
+    output_per_million = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
+    currency = models.CharField(max_length=3, default="USD")
+    created_by = models.ForeignKey("console.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model_name", "-effective_from"]
+        constraints = [models.UniqueConstraint(fields=["provider", "model_name", "effective_from"], name="router_price_unique_version")]
+
+    def __str__(self) -> str:
+        return f"{self.input_per_million}/{self.output_per_million} {self.currency} from {self.effective_from:%Y-%m-%d}"
 
 
 class ByokCredential(models.Model):

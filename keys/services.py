@@ -26,6 +26,7 @@ from keys import tokens
 from keys.changes import key_changed
 from keys.models import ApiKey, ApiKeyKind, ApiKeySecret, ByokCredential, RouterProvider
 from keys.names import validate_key_name
+from keys.router_providers import router_providers_granted_to
 from lib.crypto import encrypt
 from lib.net import parse_allowlist
 from lib.upstream import validate_upstream_url
@@ -97,9 +98,12 @@ def _check_scope(
         for deployment in deployments:
             if deployment.id not in allowed:
                 errors.add("deployments", f"“{deployment.model_id}” is not a deployment this workspace may call.")
-    for provider in router_providers:
-        if not provider.is_active:
-            errors.add("router_providers", f"The router provider “{provider.name}” is not available.")
+    if router_providers:
+        # The operator's upstream key: a key may scope only providers granted to its workspace.
+        granted = set(router_providers_granted_to(workspace).filter(id__in=[p.id for p in router_providers]).values_list("id", flat=True))
+        for provider in router_providers:
+            if provider.id not in granted:
+                errors.add("router_providers", f"The router provider “{provider.name}” is not available to this workspace.")
     for credential in byok_credentials:
         if credential.workspace_id != workspace.id:
             errors.add("byok_credentials", f"The BYOK credential “{credential.name}” belongs to another workspace.")
@@ -547,21 +551,3 @@ def byok_credential_delete(*, credential: ByokCredential, actor: Actor) -> None:
         credential.delete()
         for api_key_id in affected:
             key_changed(api_key_id)
-
-
-# ---- router providers (installation-wide; edited by site admins in Django admin) ----------------
-
-
-@sensitive_variables("api_key")
-def router_provider_save(*, provider: RouterProvider, api_key: str = "") -> RouterProvider:
-    """Save a router provider; a non-empty api_key replaces the stored (encrypted) one. Keys scoped
-    to the provider are announced as changed so gateways see a deactivation at once. Django admin's
-    own change log records who did it (there is no workspace to audit into)."""
-    if api_key:
-        provider.api_key_encrypted = encrypt(_check_provider_key(api_key))
-    provider.model_names = parse_model_names(provider.model_names or [], required=False)
-    with transaction.atomic():
-        provider.save()
-        for api_key_id in ApiKey.objects.filter(router_providers=provider).values_list("id", flat=True):
-            key_changed(api_key_id)
-    return provider

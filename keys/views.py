@@ -34,7 +34,8 @@ from keys.forms import (
     ByokCredentialForm,
     KeyFilterForm,
 )
-from keys.models import ApiKey, RouterProvider
+from keys.models import ApiKey
+from keys.router_providers import router_providers_granted_to
 
 PAGE_SIZE = 50
 EXAMPLE_LINKS = 4
@@ -262,7 +263,7 @@ def byok_page(request: HttpRequest, ws: str) -> HttpResponse:
     access = access_workspace(request.user, ws)
     context = {
         "credentials": list(access.workspace.byok_credentials.select_related("created_by")),
-        "router_providers": list(RouterProvider.objects.filter(is_active=True)),
+        "router_providers": list(router_providers_granted_to(access.workspace)),
         "tab": "byok",
     }
     with timezone.override(access.workspace.tz):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from console.audit import Actor
 from deployments.models import Deployment, ModelGrant
-from keys.models import ByokCredential, RouterProvider
+from keys.models import ByokCredential, RouterProvider, RouterProviderGrant
 from keys.services import api_key_create, byok_credential_create
 
 ACTOR = Actor.system("tests")
@@ -45,6 +45,7 @@ def make_scope(world) -> Scope:
         ),
     )
     ModelGrant.objects.create(deployment=scope.llama, workspace=world.sub)
+    RouterProviderGrant.objects.create(provider=scope.router, workspace=world.org)  # an installation admin granted it
     return scope
 
 

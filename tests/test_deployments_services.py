@@ -26,7 +26,7 @@ from deployments.services import (
     model_grant_add,
     model_grant_remove,
 )
-from keys.models import RouterProvider
+from keys.models import RouterProvider, RouterProviderGrant
 from lib.crypto import decrypt
 
 
@@ -285,6 +285,7 @@ def test_an_upstream_change_is_probed_but_a_rename_is_not(world, actor, probes, 
 
 def test_router_deployments_are_not_probed(world, actor, probes, django_capture_on_commit_callbacks):
     provider = RouterProvider.objects.create(slug="openrouter", name="OpenRouter", base_url="https://openrouter.example/api/v1")
+    RouterProviderGrant.objects.create(provider=provider, workspace=world.org)
     with django_capture_on_commit_callbacks(execute=True):
         routed = make(world, actor, model_id="routed", upstream_kind="router", upstream_base_url="", router_provider=provider)
         deployment_stop(deployment=routed, actor=actor)
@@ -356,6 +357,7 @@ def test_router_and_byok_upstreams_need_their_own_target(world, actor):
     from lib.crypto import encrypt
 
     provider = RouterProvider.objects.create(slug="openrouter", name="OpenRouter", base_url="https://openrouter.example/api/v1")
+    RouterProviderGrant.objects.create(provider=provider, workspace=world.org)
     routed = make(world, actor, model_id="routed", upstream_kind="router", upstream_base_url="", router_provider=provider)
     assert routed.router_provider == provider and routed.upstream_base_url == ""
     with pytest.raises(ValidationError, match="router provider"):

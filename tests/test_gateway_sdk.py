@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from deployments.models import DeploymentStatus, ModelGrant
-from keys.models import ApiKey, ByokCredential, RouterProvider
+from keys.models import ApiKey, ByokCredential, RouterProvider, RouterProviderGrant
 from lib.crypto import encrypt
 from tests import gateway_support
 from tests.factories import make_deployment, make_key
@@ -157,6 +157,7 @@ def test_models_lists_exactly_what_the_key_may_call(world, deployment, gateway, 
     )
     _, only_one = make_key(world.org, deployments=[deployment])
     everything_key, everything = make_key(world.org, all_models=True, all_byok=True)
+    RouterProviderGrant.objects.create(provider=router, workspace=world.org)
     everything_key.router_providers.set([router])
 
     assert [m.id for m in sdk(gateway, only_one).models.list()] == [deployment.model_id]
