@@ -90,7 +90,12 @@ def main() -> None:
     from usage.reconcile import reconcile
 
     if args.reuse:
-        with connection.cursor() as c:
+        from django.db import transaction
+
+        # The benchmark's own synthetic minute of traffic; usage events are otherwise append-only
+        # (the trigger lets a transaction that set the retention flag delete, as prune_usage_events does).
+        with transaction.atomic(), connection.cursor() as c:
+            c.execute("SET LOCAL gatehouse.usage_retention = 'on'")
             c.execute("DELETE FROM usage_usageevent WHERE request_id LIKE 'minute-%%'")
         for model in (UsageDaily, UsageHourly, UsageDayBucket, UsageHourBucket, UsageCursor, UsageDrift):
             model.objects.all().delete()

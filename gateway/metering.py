@@ -26,6 +26,7 @@ from django.conf import settings
 
 from gateway import metrics
 from gateway.spool import Spool, row_decoder
+from usage.seal import event_seal
 
 log = logging.getLogger("gateway")
 
@@ -384,7 +385,7 @@ def event_row(
 ) -> dict:
     now = time.time()
     price = route.price_at(now) if route is not None else None
-    return {
+    row = {
         "request_id": request_id,
         "created_at": datetime.fromtimestamp(now, UTC),
         "workspace_id": entry.workspace_id,
@@ -410,3 +411,5 @@ def event_row(
         "currency": price.currency if price else "USD",
         "cost": cost_of(prompt_tokens, completion_tokens, price),
     }
+    row["seal"] = event_seal(row)
+    return row

@@ -15,6 +15,7 @@ from gateway.spool import Spool, row_decoder
 from tests.factories import make_key
 from tests.gateway_support import run_async
 from usage.models import UsageEvent
+from usage.seal import SEALED, seal_matches
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -127,6 +128,8 @@ def test_writes_the_database_refuses_are_spooled_then_replayed_once(world, tmp_p
     state = run_async(scenario())
     assert state == {"spooled": 5, "db_down": True, "in_db_while_down": 0, "depth_after": 0}
     assert sorted(UsageEvent.objects.values_list("request_id", flat=True)) == [f"req_{i}" for i in range(7)]
+    # Sealed at the source, and the seal still matches after the trip through the spool and the database.
+    assert all(seal_matches(values, values["seal"]) for values in UsageEvent.objects.values(*SEALED, "seal"))
     assert list(tmp_path.iterdir()) == []  # drained and removed at shutdown
 
 

@@ -45,6 +45,9 @@ class UsageEvent(models.Model):
     output_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
     currency = models.CharField(max_length=3, default="USD")
     cost = models.DecimalField(max_digits=18, decimal_places=9, default=Decimal("0"))
+    # HMAC of what was billed (usage.seal), stamped at the source: reconciliation names events
+    # changed after they were written instead of adopting their new values. Empty: not sealed.
+    seal = models.CharField(max_length=64, blank=True, default="", db_default="")
 
     class Meta:
         indexes = [models.Index(fields=["workspace", "created_at"])]
@@ -219,6 +222,9 @@ class UsageCursor(models.Model):
 
     high_water_id = models.BigIntegerField(default=0)
     pending_gaps = models.JSONField(default=list, blank=True)
+    # Retention (usage.services.usage_events_prune): every workspace's events of local days
+    # before this date were deleted on purpose; their rollups are kept and never recomputed.
+    pruned_before = models.DateField(null=True, blank=True)
     updated_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
@@ -229,6 +235,7 @@ class DriftCheck(models.TextChoices):
     ROLLUP = "rollup", "Daily rollups vs usage events"
     TREE = "tree", "Default workspace total vs its own plus its sub-workspaces'"
     COARSE = "coarse", "Monthly and per-day total rollups vs the daily rollups"
+    EDITED = "edited", "Usage events changed after they were recorded"
 
 
 class UsageDrift(models.Model):

@@ -14,6 +14,12 @@ A (workspace, day) whose bucket is dirty, or that has events discovery has not s
 flight and skipped; anything else that differs is drift: logged, stored as an open UsageDrift
 (the admins' banner), and its buckets are marked dirty so the next rollup recomputes them. A
 later check that finds the numbers equal resolves the drift.
+
+Except when the events changed: events are append-only, so before adopting what the events now
+say, the seals of that day's events are checked (usage.seal). Events whose seal fails were
+edited after they were written; the drift is stored as EDITED with their request ids and the day
+is NOT recomputed, so the bill keeps the recorded values. Days before the retention horizon
+(UsageCursor.pruned_before) are not checked: their events were pruned on purpose.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from console.models import Workspace
 from usage.latency import BOUNDS, HistogramSum, LatencyHistogram, unpack
 from usage.models import DriftCheck, UsageCursor, UsageDaily, UsageDailyTotal, UsageDayBucket, UsageDrift, UsageEvent, UsageMonthly
 from usage.rollup import NANOS, ONE_DAY, _ranges_q, local_day_start, mark_dirty
+from usage.seal import SEALED, seal_matches
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +48,7 @@ logger = logging.getLogger(__name__)
 # events' histogram exactly, or the p95 on the pages would not be the events' either.
 METRICS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_nanos", "latency_histogram")
 Totals = tuple[int, int, int, int, int, int]
+EDITED_SHOWN = 20  # request ids of edited events kept in a drift's details
 ZERO: Totals = (0, 0, 0, 0, 0, 0)
 
 
@@ -109,10 +117,12 @@ class ReconcileReport:
 def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileReport:
     """Compare rollups with events from `since` (a local date; None: all history)."""
     now = now or timezone.now()
-    report = ReconcileReport(since=since)
     # Snapshot what counts as in flight before reading sums: anything discovered later than
     # this has an id above high_water (or in a pending gap) and is recognised as such below.
     cursor = UsageCursor.objects.filter(pk=1).first()
+    if cursor is not None and cursor.pruned_before is not None and (since is None or since < cursor.pruned_before):
+        since = cursor.pruned_before  # older days' events were pruned on purpose; their rollups stand
+    report = ReconcileReport(since=since)
     high_water = cursor.high_water_id if cursor else 0
     gaps = [(g[0], g[1]) for g in cursor.pending_gaps] if cursor else []
     dirty = UsageDayBucket.objects.filter(dirty=True)
@@ -163,8 +173,14 @@ def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileRe
         if expected != actual:
             if in_flight(*key):
                 skipped.add(key)
+                continue
+            details = _details(expected, actual)
+            tampered = _tampered(*key, ZoneInfo(workspaces[key[0]].time_zone))
+            if tampered:
+                # The events changed after the rollup was built from them: report, keep the bill.
+                found[(*key, DriftCheck.EDITED)] = {**tampered, **details}
             else:
-                found[(*key, DriftCheck.ROLLUP)] = _details(expected, actual)
+                found[(*key, DriftCheck.ROLLUP)] = details
 
     tree_members: dict[int, list[int]] = defaultdict(list)
     for w in workspaces.values():
@@ -181,7 +197,7 @@ def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileRe
             continue
         if any((ws, day) in skipped for ws in members):
             continue  # a member is still being recomputed
-        if any((ws, day, DriftCheck.ROLLUP) in found for ws in members) and total == parts:
+        if any((ws, day, kind) in found for ws in members for kind in (DriftCheck.ROLLUP, DriftCheck.EDITED)) and total == parts:
             continue  # already reported for the sub-workspace that drifts
         details = _details(expected, total)
         if total != parts:
@@ -190,7 +206,7 @@ def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileRe
 
     # Coarse rows are compared with the daily rows as they are; where those already drift from
     # the events, that one drift is reported (and its recompute rewrites both).
-    rollup_drift = {(ws, day) for ws, day, kind in found if kind == DriftCheck.ROLLUP}
+    rollup_drift = {(ws, day) for ws, day, kind in found if kind in (DriftCheck.ROLLUP, DriftCheck.EDITED)}
     coarse, coarse_heal = _coarse_drift(rollup_qs, since, exclude=rollup_drift)
     found.update(coarse)
 
@@ -207,6 +223,17 @@ def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileRe
         extra_heal=coarse_heal,
     )
     return report
+
+
+def _tampered(ws: int, day: date, tz: ZoneInfo) -> dict:
+    """Events of the day whose seal no longer matches what they bill: changed after they were
+    written. (A deleted event leaves no such trace; the trigger is what prevents deletions.)"""
+    window = UsageEvent.objects.filter(
+        workspace_id=ws, created_at__gte=local_day_start(day, tz), created_at__lt=local_day_start(day + ONE_DAY, tz)
+    ).exclude(seal="")
+    rows = window.values(*SEALED, "seal").order_by("id").iterator(chunk_size=2000)
+    edited = [row["request_id"] for row in rows if not seal_matches(row, row["seal"])]
+    return {"edited_events": {"count": len(edited), "request_ids": edited[:EDITED_SHOWN]}} if edited else {}
 
 
 def _coarse_drift(daily_qs, since: date | None, exclude: set[tuple[int, date]]) -> tuple[dict, set[tuple[int, date]]]:
@@ -273,7 +300,8 @@ def _record(
             # Self-heal: recompute the drifting days from events on the next rollup run.
             heal = set(extra_heal)
             for ws, day, kind in found:
-                if kind != DriftCheck.COARSE:  # coarse drifts name their days in extra_heal
+                # Coarse drifts name their days in extra_heal; edited events are never adopted.
+                if kind not in (DriftCheck.COARSE, DriftCheck.EDITED):
                     heal.update((member, day) for member in (tree_members[ws] if kind == DriftCheck.TREE else [ws]))
             mark_dirty(day_keys=heal, hour_keys=[], now=now)
             from usage.tasks import usage_rollup

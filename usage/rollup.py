@@ -210,8 +210,16 @@ def _without(gaps: list[list], found: list[int]) -> list[list]:
 
 
 def mark_dirty(*, day_keys: Iterable[tuple[int, date]], hour_keys: Iterable[tuple[int, datetime]], now: datetime) -> None:
-    """Upsert dirty=True for these buckets (sorted, so concurrent markers lock rows in one order)."""
-    days = [UsageDayBucket(workspace_id=ws, day=day, dirty=True, marked_at=now) for ws, day in sorted(set(day_keys))]
+    """Upsert dirty=True for these buckets (sorted, so concurrent markers lock rows in one order).
+
+    Days before the retention horizon (UsageCursor.pruned_before) are never marked: their events
+    were pruned on purpose, and recomputing them would erase the bills they hold."""
+    day_keys = set(day_keys)
+    if day_keys:
+        horizon = UsageCursor.objects.filter(pk=1).values_list("pruned_before", flat=True).first()
+        if horizon is not None:
+            day_keys = {(ws, day) for ws, day in day_keys if day >= horizon}
+    days = [UsageDayBucket(workspace_id=ws, day=day, dirty=True, marked_at=now) for ws, day in sorted(day_keys)]
     hours = [UsageHourBucket(workspace_id=ws, hour=hour, dirty=True, marked_at=now) for ws, hour in sorted(set(hour_keys))]
     if days:
         UsageDayBucket.objects.bulk_create(

@@ -188,3 +188,57 @@ def budget_remove(*, workspace: Workspace, actor: Actor) -> bool:
         budget.delete()
         _budget_keys_changed(workspace)
     return True
+
+
+class RetentionRefused(ValueError):
+    pass
+
+
+def usage_events_prune(*, before: date, actor: Actor, now: datetime | None = None, dry_run: bool = False) -> dict[str, int]:
+    """Retention: delete every workspace's usage events of local days before `before`.
+
+    The only deletion the append-only trigger lets through: it sets the transaction-local
+    `gatehouse.usage_retention` the trigger checks. The rollups of those days are kept (they are
+    the bills) and are never recomputed afterwards (UsageCursor.pruned_before; reconciliation
+    starts at that date). Refused for days of the current year, whose events seed the keys'
+    yearly limits, and while any of those days still waits for its rollup. Returns the number of
+    events deleted per workspace slug (or that would be, with dry_run).
+    """
+    from django.db import connection
+
+    from usage.models import UsageCursor, UsageDayBucket, UsageEvent
+
+    now = now or timezone.now()
+    first_of_year = date(now.year, 1, 1)
+    if before > first_of_year:
+        raise RetentionRefused(
+            f"Events from {first_of_year.isoformat()} on are kept: the yearly token limits are counted from this year's events. "
+            f"Use a date on or before {first_of_year.isoformat()}."
+        )
+    rollup.run(now=now)  # everything written so far is rolled up before its events go
+    if UsageDayBucket.objects.filter(dirty=True, day__lt=before).exists():
+        raise RetentionRefused("Some of those days are still being rolled up; run manage.py aggregate_usage and retry.")
+    deleted: dict[str, int] = {}
+    with transaction.atomic():
+        cursor, _ = UsageCursor.objects.select_for_update().get_or_create(pk=1)
+        if connection.vendor == "postgresql":
+            with connection.cursor() as c:
+                c.execute("SET LOCAL gatehouse.usage_retention = 'on'")
+        for workspace in Workspace.objects.order_by("id"):
+            events = UsageEvent.objects.filter(workspace=workspace, created_at__lt=rollup.local_day_start(before, workspace.tz))
+            count = events.count() if dry_run else events.delete()[0]
+            if not count:
+                continue
+            deleted[workspace.slug] = count
+            if not dry_run:
+                audit_record(
+                    workspace=workspace,
+                    actor=actor,
+                    action="usage.events_pruned",
+                    target=workspace,
+                    details={"before": before.isoformat(), "events": count},
+                )
+        if not dry_run and (cursor.pruned_before is None or before > cursor.pruned_before):
+            cursor.pruned_before = before
+            cursor.save(update_fields=["pruned_before"])
+    return deleted

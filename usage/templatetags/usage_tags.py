@@ -5,7 +5,7 @@ from urllib.parse import urlencode
 from django import template
 from django.db.models import Q
 
-from usage.models import UsageDrift
+from usage.models import DriftCheck, UsageDrift
 
 register = template.Library()
 
@@ -20,7 +20,8 @@ def usage_drift_banner(access) -> dict:
     drifts = list(
         UsageDrift.objects.filter(scope, resolved_at__isnull=True).select_related("workspace").order_by("day", "workspace__name")[:6]
     )
-    return {"drifts": drifts[:5], "more": len(drifts) > 5}
+    shown = drifts[:5]
+    return {"drifts": shown, "plain": [d for d in shown if d.kind != DriftCheck.EDITED], "more": len(drifts) > 5}
 
 
 @register.simple_tag
