@@ -53,7 +53,7 @@ def _run(sql: str):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("usage", "0009_latency_histograms"),
+        ("usage", "0010_usage_event_replica"),
     ]
 
     operations = [
