@@ -47,7 +47,14 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def healthz(request: HttpRequest) -> HttpResponse:
+    # Under ASGI, console/asgi.py answers /healthz and /readyz before Django; this serves WSGI.
     return HttpResponse("ok", content_type="text/plain")
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: Django's own renders 403_csrf.html without the request, so the page would
+    lose the signed-in shell and the CSP nonce its script needs."""
+    return render(request, "403_csrf.html", {"reason": reason}, status=403)
 
 
 @login_required
