@@ -24,6 +24,16 @@ PY
 )"
 fi
 export DEMO_MODEL_PORT
+# This script migrates itself (below) and DEBUG serves static files from the source tree, so the
+# web role skips `manage.py prepare`. The worker uses threads: honcho stops a process by sending
+# SIGTERM to its whole process group, which would kill prefork pool children under the worker's
+# feet and leave it hung until honcho's SIGKILL 5 s later.
+export GATEHOUSE_PREPARE=0
+export CELERY_POOL="${CELERY_POOL:-threads}"
+# honcho sends SIGKILL 5 s after SIGTERM. A worker on the filesystem broker needs about that long
+# to stop when idle (its polling loop and timer each finish their current wait), and up to
+# CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT (20 s) more to let a running task finish: give it 30 s.
+HONCHO_KILL_WAIT="${HONCHO_KILL_WAIT:-30}"
 
 python manage.py migrate --no-input -v 0
 python manage.py seed_demo
@@ -33,4 +43,11 @@ echo "  Gatehouse console: ${PUBLIC_BASE_URL}/"
 echo "  Database: ${DATABASE_URL:-SQLite at var/gatehouse.sqlite3}   Broker: ${CELERY_BROKER_URL:-${REDIS_URL:-filesystem (var/broker)}}"
 echo "  Press Ctrl-C to stop."
 echo
-exec honcho start -f Procfile
+exec python - start -f Procfile <<PY
+import sys
+import honcho.manager
+from honcho.command import main
+honcho.manager.KILL_WAIT = ${HONCHO_KILL_WAIT}
+sys.argv[0] = "honcho"
+main()
+PY

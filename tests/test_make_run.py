@@ -88,7 +88,12 @@ def test_run_script_starts_web_worker_and_beat_on_embedded_default(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C stops everything
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=45)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-    assert "Unrecoverable error" not in log.read_text()
+    text = log.read_text()
+    assert "Unrecoverable error" not in text
+    # Every process stopped on its own after SIGTERM: honcho never had to SIGKILL one (the worker
+    # used to hang after honcho's SIGTERM to its process group killed its pool processes).
+    assert "sending SIGKILL" not in text, text[-3000:]
+    assert re.search(r"worker\.1 stopped", text), text[-3000:]
