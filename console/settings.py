@@ -148,7 +148,9 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# The container image builds its static files (and WhiteNoise's manifest) at image-build time into
+# a directory of its own, so a data volume mounted on VAR_DIR never hides them.
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -170,7 +172,8 @@ SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if _HTTPS else 0, 
 SECURE_HSTS_INCLUDE_SUBDOMAINS = _HTTPS
 SECURE_HSTS_PRELOAD = _HTTPS
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^(healthz|readyz)$"]
+CSRF_FAILURE_VIEW = "console.views.csrf_failure"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
@@ -197,6 +200,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "store_processed": False,
         # The broadcast (pidbox) exchange tables; kombu's default is ./control in the repo.
         "control_folder": str(VAR_DIR / "broker-control"),
+        # kombu polls the folder once a second by default; test calls under `make run` start sooner.
+        "polling_interval": 0.2,
     }
     if CELERY_BROKER_URL == "filesystem://"
     else {"visibility_timeout": 3600}
@@ -212,6 +217,11 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Graceful stop (README "Production"): the entrypoint maps SIGTERM to Celery's cold shutdown
+# (REMAP_SIGTERM=SIGQUIT), which first gives running tasks this many seconds to finish, then
+# cancels the rest and puts their (late-acked) messages back on the queue for another worker.
+# Keep it below the orchestrator's grace period (compose.yaml: stop_grace_period).
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = float(env_int("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", 20, minimum=0))
 
 # Usage aggregation (usage/rollup.py). Buckets recomputed per transaction; how long an event id
 # that is missing between committed ones is re-checked (a concurrent insert may still commit it);
@@ -224,14 +234,27 @@ USAGE_RECONCILE_DAYS = env_int("USAGE_RECONCILE_DAYS", 2, minimum=1)
 # worker while a bucket is half written. Always 0 in production.
 USAGE_ROLLUP_TEST_PAUSE_MS = env_int("USAGE_ROLLUP_TEST_PAUSE_MS", 0, minimum=0)
 
+# The console's own access log (console/asgi.py): method, path without the query string, status,
+# time. uvicorn's access log is off in every start command because it prints full URLs.
+CONSOLE_ACCESS_LOG = env_bool("CONSOLE_ACCESS_LOG", True)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {
+        "client_error_tracebacks": {"()": "console.logs.DropClientErrorTracebacks"},
+        "redact_keys": {"()": "console.logs.RedactKeys"},
+    },
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_keys"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    # httpx logs every upstream request at INFO; the gateway writes its own access log.
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # A 403 or 404 is a one-line warning, not a traceback (500s keep theirs).
+        "django.request": {"filters": ["client_error_tracebacks"]},
+        # httpx logs every upstream request at INFO; the gateway writes its own access log.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
 }
 
 # Gateway (data plane, gateway/). See README "Gateway".

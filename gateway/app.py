@@ -42,6 +42,7 @@ from gateway.proxy import SseRelay, make_client, status_error, transport_error, 
 from gateway.shapes import Call, Shape, completions, dashscope, embeddings, messages, rerank, responses, wrong_kind
 from gateway.shapes import chat as chat_shape
 from gateway.spool import Spool, database_identity
+from lib.logsafe import loggable_path
 from lib.net import ip_allowed, resolve_client_ip
 
 log = logging.getLogger("gateway")
@@ -265,7 +266,7 @@ class Gateway:
                     {
                         "request_id": exchange.request_id,
                         "method": scope["method"],
-                        "path": scope["path"][:200],
+                        "path": loggable_path(scope["path"]),
                         "status": status,
                         "ms": round(elapsed * 1000, 2),
                         "model": model,
