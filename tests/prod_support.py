@@ -54,6 +54,8 @@ def production_env(tmp: Path, *, database_url: str, redis_url: str, port: int, *
         "HOST": "127.0.0.1",
         "GATEHOUSE_PORT": str(port),
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        # The tests' upstream (the demo model) listens on loopback, which production refuses by default.
+        "UPSTREAM_ALLOWED_NETWORKS": "private,127.0.0.1/32",
     }
     env.update(extra)
     return env
