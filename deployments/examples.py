@@ -26,6 +26,9 @@ from django.template import Context, Engine
 API_KEY_ENV = "GATEHOUSE_API_KEY"
 SYSTEM_PROMPT = "You are a helpful assistant."
 USER_PROMPT = "Say hello in one short sentence."
+EMBED_TEXTS = ("Gatehouse keeps keys, limits and bills in one place.", "The demo model answers deterministically.")
+RERANK_QUERY = "Which text is about limits?"
+DASHSCOPE_PATH = "/api/v1/services/aigc/text-generation/generation"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class Example:
     install: str  # one line: what to install first ("" when nothing)
     run: str  # one line: how to run it
     group: str = "examples"  # "examples" (Code Examples tab) or "api" (API call tab)
+    kinds: tuple[str, ...] = ("chat",)  # the deployment kinds it is shown for
+    section: str = "Chat completions"  # the API it calls (examples are grouped by it)
 
 
 EXAMPLES: tuple[Example, ...] = (
@@ -74,6 +79,105 @@ EXAMPLES: tuple[Example, ...] = (
     Example(
         "php", "PHP", "php_chat.php", "chat.php", "php", "PHP 8 with the curl extension (apt install php-cli php-curl)", "php chat.php"
     ),
+    Example(
+        "python-responses",
+        "Python",
+        "python_responses.py",
+        "responses.py",
+        "python",
+        "pip install openai",
+        "python responses.py",
+        section="Responses API",
+    ),
+    Example(
+        "python-responses-stream",
+        "Python streaming",
+        "python_responses_stream.py",
+        "responses_stream.py",
+        "python",
+        "pip install openai",
+        "python responses_stream.py",
+        section="Responses API",
+    ),
+    Example("curl-responses", "curl", "curl_responses.sh", "responses.sh", "shell", "", "sh responses.sh", section="Responses API"),
+    Example(
+        "anthropic",
+        "Python (anthropic)",
+        "anthropic_messages.py",
+        "messages.py",
+        "python",
+        "pip install anthropic",
+        "python messages.py",
+        section="Anthropic Messages",
+    ),
+    Example("curl-messages", "curl", "curl_messages.sh", "messages.sh", "shell", "", "sh messages.sh", section="Anthropic Messages"),
+    Example(
+        "claude-code",
+        "Claude Code",
+        "claude_code.sh",
+        "claude_code_env.sh",
+        "shell",
+        "Claude Code (npm install -g @anthropic-ai/claude-code)",
+        ". ./claude_code_env.sh && claude",
+        section="Anthropic Messages",
+    ),
+    Example(
+        "dashscope",
+        "Python (dashscope)",
+        "python_dashscope.py",
+        "generation.py",
+        "python",
+        "pip install dashscope",
+        "python generation.py",
+        section="DashScope",
+    ),
+    Example("curl-dashscope", "curl (SSE)", "curl_dashscope.sh", "generation.sh", "shell", "", "sh generation.sh", section="DashScope"),
+    Example("curl-completions", "curl", "curl_completions.sh", "completions.sh", "shell", "", "sh completions.sh", section="Completions"),
+    Example(
+        "python-embeddings",
+        "Python",
+        "python_embeddings.py",
+        "embeddings.py",
+        "python",
+        "pip install openai",
+        "python embeddings.py",
+        kinds=("embedding",),
+        section="Embeddings",
+    ),
+    Example(
+        "langchain-embeddings",
+        "LangChain",
+        "langchain_embeddings.py",
+        "embeddings_langchain.py",
+        "python",
+        "pip install langchain-openai",
+        "python embeddings_langchain.py",
+        kinds=("embedding",),
+        section="Embeddings",
+    ),
+    Example(
+        "curl-embeddings",
+        "curl",
+        "curl_embeddings.sh",
+        "embeddings.sh",
+        "shell",
+        "",
+        "sh embeddings.sh",
+        kinds=("embedding",),
+        section="Embeddings",
+    ),
+    Example(
+        "node-embeddings",
+        "Node.js",
+        "node_embeddings.mjs",
+        "embeddings.mjs",
+        "javascript",
+        "npm install openai",
+        "node embeddings.mjs",
+        kinds=("embedding",),
+        section="Embeddings",
+    ),
+    Example("curl-rerank", "curl", "curl_rerank.sh", "rerank.sh", "shell", "", "sh rerank.sh", kinds=("rerank",), section="Rerank"),
     Example("curl-v1", "V1 path (X-Apig-AppCode)", "curl_v1.sh", "chat_v1.sh", "shell", "", "sh chat_v1.sh", group="api"),
     Example("curl-v2", "V2 path (Bearer)", "curl_v2.sh", "chat_v2.sh", "shell", "", "sh chat_v2.sh", group="api"),
 )
@@ -200,6 +304,7 @@ class CallTarget:
     project_id: str = ""
     deployment_id: str = ""
     api_key: str | None = None  # a literal key for this one response; None reads GATEHOUSE_API_KEY
+    kind: str = "chat"  # the deployment's kind: which APIs (and so which examples) it serves
 
     @property
     def base_url(self) -> str:
@@ -216,6 +321,31 @@ class CallTarget:
     @property
     def v2_url(self) -> str:
         return f"{self.public_base_url.rstrip('/')}/api/v2/chat/completions"
+
+    @property
+    def public_url(self) -> str:
+        return self.public_base_url.rstrip("/")
+
+    @property
+    def dashscope_url(self) -> str:
+        return self.public_url + DASHSCOPE_PATH
+
+    def paths(self) -> list[tuple[str, str, str]]:
+        """(method and URL, API, credential header) for every path this deployment serves."""
+        bearer = "Authorization: Bearer"
+        if self.kind == "embedding":
+            return [(f"POST {self.base_url}/embeddings", "OpenAI embeddings", bearer)]
+        if self.kind == "rerank":
+            return [(f"POST {self.base_url}/rerank", "Rerank (vLLM / Jina / Cohere)", bearer)]
+        return [
+            (f"POST {self.chat_url}", "OpenAI chat completions", bearer),
+            (f"POST {self.v2_url}", "V2 inference path (OpenAI bodies)", bearer),
+            (f"POST {self.v1_url}", "V1 inference path (no model in the body)", "X-Apig-AppCode"),
+            (f"POST {self.base_url}/responses", "OpenAI Responses", bearer),
+            (f"POST {self.base_url}/completions", "OpenAI completions (legacy)", bearer),
+            (f"POST {self.base_url}/messages", "Anthropic Messages", "x-api-key (or Authorization: Bearer)"),
+            (f"POST {self.dashscope_url}", "DashScope text generation", bearer),
+        ]
 
 
 @dataclass(frozen=True)
@@ -267,10 +397,14 @@ def example_context(example: Example, target: CallTarget) -> dict:
         "env": API_KEY_ENV,
         "key": key,
         "base_url": lit(target.base_url),
+        "public_url": lit(target.public_url),
+        "dashscope_base": lit(target.public_url + "/api/v1"),
         "chat_url": lit(target.chat_url),
         "model": lit(target.model_id),
         "system_prompt": lit(SYSTEM_PROMPT),
         "user_prompt": lit(USER_PROMPT),
+        "embed_text": lit(EMBED_TEXTS[0]),
+        "embed_text_2": lit(EMBED_TEXTS[1]),
     }
     if example.language == "shell":
         # "$VAR" must stay expandable, so only the literal key case is single-quoted.
@@ -280,6 +414,11 @@ def example_context(example: Example, target: CallTarget) -> dict:
         ctx["body"] = sh_str(body_json(_body(target), ensure_ascii=False))
         ctx["stream_body"] = sh_str(body_json(_body(target, stream=True), ensure_ascii=False))
         ctx["v1_body"] = sh_str(body_json(_body(target, with_model=False), ensure_ascii=False))
+        ctx["key_value"] = f'"${API_KEY_ENV}"' if from_env else sh_str(target.api_key)
+        ctx["x_api_key"] = f'"x-api-key: ${API_KEY_ENV}"' if from_env else sh_str(f"x-api-key: {target.api_key}")
+        for name, path, body in _shell_calls(target):
+            ctx[f"{name}_url"] = sh_str(path)
+            ctx[f"{name}_body"] = sh_str(body_json(body, ensure_ascii=False))
     elif example.language == "java":
         ctx["body"] = java_text_block(body_json(_body(target), ensure_ascii=True), indent=12)
     elif example.language == "csharp":
@@ -293,8 +432,37 @@ def render_example(example: Example, target: CallTarget) -> str:
     return source.rstrip("\n") + "\n"
 
 
+def _shell_calls(target: CallTarget) -> list[tuple[str, str, dict]]:
+    """(context name, URL, body) for the curl examples of the other APIs."""
+    model = target.model_id
+    return [
+        ("embeddings", f"{target.base_url}/embeddings", {"model": model, "input": list(EMBED_TEXTS), "encoding_format": "float"}),
+        ("rerank", f"{target.base_url}/rerank", {"model": model, "query": RERANK_QUERY, "documents": list(EMBED_TEXTS), "top_n": 1}),
+        ("completions", f"{target.base_url}/completions", {"model": model, "prompt": USER_PROMPT, "max_tokens": 150}),
+        (
+            "responses",
+            f"{target.base_url}/responses",
+            {"model": model, "instructions": SYSTEM_PROMPT, "input": USER_PROMPT, "max_output_tokens": 150},
+        ),
+        (
+            "messages",
+            f"{target.base_url}/messages",
+            {"model": model, "max_tokens": 150, "system": SYSTEM_PROMPT, "messages": [{"role": "user", "content": USER_PROMPT}]},
+        ),
+        (
+            "dashscope",
+            target.dashscope_url,
+            {
+                "model": model,
+                "input": {"messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": USER_PROMPT}]},
+                "parameters": {"result_format": "message", "incremental_output": True},
+            },
+        ),
+    ]
+
+
 def render_examples(target: CallTarget, *, group: str = "examples") -> list[RenderedExample]:
-    return [RenderedExample(e, render_example(e, target)) for e in EXAMPLES if e.group == group]
+    return [RenderedExample(e, render_example(e, target)) for e in EXAMPLES if e.group == group and target.kind in e.kinds]
 
 
 def target_for(*, deployment, workspace, api_key: str | None = None) -> CallTarget:
@@ -305,4 +473,5 @@ def target_for(*, deployment, workspace, api_key: str | None = None) -> CallTarg
         project_id=str(workspace.public_id),
         deployment_id=str(deployment.public_id),
         api_key=api_key,
+        kind=deployment.kind,
     )

@@ -293,7 +293,7 @@ def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpRes
     if tab == "examples":
         context["examples"] = render_examples(target)
         if context["lang"] not in {e.id for e in context["examples"]}:
-            context["lang"] = "python"
+            context["lang"] = context["examples"][0].id
     elif tab == "api":
         context["api_examples"] = render_examples(target, group="api")
     elif tab == "test":

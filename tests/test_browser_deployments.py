@@ -202,3 +202,42 @@ def test_admin_adds_a_replica_from_the_details_page(page, sign_in, screenshot, l
         ("http://10.0.0.5:8000/v1", 1, None),
         ("http://10.0.0.6:8000/v1", 3, 8),
     ]
+
+
+def test_each_kind_shows_its_paths_and_examples(page, sign_in, screenshot):
+    world, chat = make_world()
+    embedding = deployment_create(
+        workspace=world.org,
+        actor=Actor.system("tests"),
+        name="BGE small",
+        model_id="@acme/bge-small",
+        kind="embedding",
+        upstream_base_url="http://10.0.0.6:8000/v1",
+        input_per_million="0.02",
+    )
+    sign_in("dev")
+    page.goto(page.url.split("/w/")[0] + f"/w/{world.org.slug}/deployments/{chat.public_id}/?tab=examples&lang=claude-code")
+    page.wait_for_selector("[data-testid=claude-code-recipe]")
+    assert "ANTHROPIC_BASE_URL" in page.inner_text("[data-testid=claude-code-recipe]")
+    assert page.locator(".lang-tabs .tab-group").all_inner_texts() == [
+        "CHAT COMPLETIONS",
+        "RESPONSES API",
+        "ANTHROPIC MESSAGES",
+        "DASHSCOPE",
+        "COMPLETIONS",
+    ]
+    screenshot(page, "chat-examples-claude-code")
+    page.click("[data-testid=detail-tabs] >> text=API call")
+    page.wait_for_selector("[data-testid=api-paths]")
+    paths = page.inner_text("[data-testid=api-paths]")
+    assert "/v1/messages" in paths and "/api/v1/services/aigc/text-generation/generation" in paths and "/v1/responses" in paths
+    screenshot(page, "chat-api-paths")
+
+    page.goto(page.url.split("/w/")[0] + f"/w/{world.org.slug}/deployments/{embedding.public_id}/?tab=examples")
+    page.wait_for_selector("[data-testid=code-python-embeddings]")
+    assert page.locator("[role=tab]").all_inner_texts() == ["Python", "LangChain", "curl", "Node.js"]
+    screenshot(page, "embedding-examples")
+    page.click("[data-testid=detail-tabs] >> text=API call")
+    page.wait_for_selector("[data-testid=api-paths]")
+    assert "/v1/embeddings" in page.inner_text("[data-testid=api-paths]") and "/v1/messages" not in page.inner_text("[data-testid=tab-api]")
+    screenshot(page, "embedding-api-paths")

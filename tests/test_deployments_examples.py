@@ -83,8 +83,50 @@ def test_the_registry_covers_every_language_the_console_promises():
         "go",
         "csharp",
         "php",
+        "python-responses",
+        "python-responses-stream",
+        "curl-responses",
+        "anthropic",
+        "curl-messages",
+        "claude-code",
+        "dashscope",
+        "curl-dashscope",
+        "curl-completions",
+        "python-embeddings",
+        "langchain-embeddings",
+        "curl-embeddings",
+        "node-embeddings",
+        "curl-rerank",
     ]
     assert len({e.filename for e in EXAMPLES}) == len(EXAMPLES)
+
+
+@pytest.mark.parametrize(
+    "kind, ids, paths",
+    [
+        ("embedding", ["python-embeddings", "langchain-embeddings", "curl-embeddings", "node-embeddings"], ["/v1/embeddings"]),
+        ("rerank", ["curl-rerank"], ["/v1/rerank"]),
+    ],
+)
+def test_embedding_and_rerank_deployments_show_their_own_examples_and_paths(kind, ids, paths):
+    target = CallTarget(public_base_url="https://gw.example", model_id="m", kind=kind)
+    assert [e.id for e in render_examples(target)] == ids
+    assert [p.split("/", 3)[-1] for p, _, _ in target.paths()] == [path.lstrip("/") for path in paths]
+    assert render_examples(target, group="api") == []
+
+
+def test_chat_deployments_list_every_path_they_serve():
+    target = CallTarget(public_base_url="https://gw.example", model_id="m", project_id="p", deployment_id="d")
+    served = [p for p, _, _ in target.paths()]
+    assert served == [
+        "POST https://gw.example/v1/chat/completions",
+        "POST https://gw.example/api/v2/chat/completions",
+        "POST https://gw.example/v1/p/deployments/d/chat/completions",
+        "POST https://gw.example/v1/responses",
+        "POST https://gw.example/v1/completions",
+        "POST https://gw.example/v1/messages",
+        "POST https://gw.example/api/v1/services/aigc/text-generation/generation",
+    ]
     for e in EXAMPLES:
         assert (Path(__file__).parent.parent / "templates" / "deployments" / "examples" / e.template).is_file()
 
@@ -99,6 +141,10 @@ def test_every_example_renders_plain_text_with_the_base_url_and_key(example, api
         assert f"/v1/{PROJECT}/deployments/{DEPLOYMENT}/chat/completions" in source and "X-Apig-AppCode" in source
     elif example.id == "curl-v2":
         assert "https://gw.example.com/api/v2/chat/completions" in source
+    elif example.section == "DashScope":
+        assert "https://gw.example.com/api/v1" in source
+    elif example.id in ("anthropic", "claude-code"):  # Anthropic clients add /v1/messages themselves
+        assert "https://gw.example.com" in source and "https://gw.example.com/v1" not in source
     else:
         assert "https://gw.example.com/v1" in source
     if api_key is None:

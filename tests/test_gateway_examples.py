@@ -43,7 +43,31 @@ EXPECTED = {  # what each example prints from the demo model's deterministic ans
     "go": "Hello! I am the Gatehouse demo model.",
     "php": "Hello! I am the Gatehouse demo model.",
     "csharp": '"content":"Hello! I am the Gatehouse demo model.',
+    "python-responses": "Hello! I am the Gatehouse demo model.",
+    "python-responses-stream": "Hello! I am the Gatehouse demo model.",
+    "curl-responses": '"text":"Hello! I am the Gatehouse demo model.',
+    "anthropic": "Hello! I am the Gatehouse demo model.",
+    "curl-messages": '"text":"Hello! I am the Gatehouse demo model.',
+    "claude-code": "Hello! I am the Gatehouse demo model.",
+    "dashscope": "Hello! I am the Gatehouse demo model.",
+    "curl-dashscope": '"finish_reason":"stop"',
+    "curl-completions": '"text":"Hello! I am the Gatehouse demo model.',
+    "python-embeddings": "input 1: 16 dimensions",
+    "langchain-embeddings": "2 documents, 16 dimensions; query vector of 16",
+    "curl-embeddings": '"object":"embedding"',
+    "node-embeddings": "input 1: 16 dimensions",
+    "curl-rerank": '"relevance_score"',
 }
+# Claude Code itself is not run here: the recipe's variables are checked with the anthropic SDK,
+# which reads the same ANTHROPIC_BASE_URL / ANTHROPIC_AUTH_TOKEN, and the model from ANTHROPIC_MODEL.
+CLAUDE_CODE_CHECK = """
+import os
+import anthropic
+message = anthropic.Anthropic(max_retries=0).messages.create(
+    model=os.environ["ANTHROPIC_MODEL"], max_tokens=60, messages=[{"role": "user", "content": "hi"}]
+)
+print(message.content[0].text)
+"""
 # LangChain runs with langchain-openai from requirements-dev.txt (pinned to the newest release whose
 # langchain-core this machine's package index can resolve; see the pin's comment there).
 
@@ -60,13 +84,17 @@ def node_modules() -> Path:
 
 @pytest.mark.parametrize("example", [e for e in EXAMPLES if e.id in EXPECTED], ids=lambda e: e.id)
 def test_code_example_runs_against_the_gateway(world, demo, gateway, tmp_path, example, request):
-    deployment = make_deployment(world.org, base_url=demo.url + "/v1", upstream_api_key=UPSTREAM_KEY, upstream_model="gatehouse-demo")
+    kind = example.kinds[0]
+    deployment = make_deployment(
+        world.org, base_url=demo.url + "/v1", upstream_api_key=UPSTREAM_KEY, upstream_model="gatehouse-demo", kind=kind
+    )
     key, plaintext = make_key(world.org, deployments=[deployment])
     target = CallTarget(
         public_base_url=gateway.url,
         model_id=deployment.model_id,
         project_id=str(world.org.public_id),
         deployment_id=str(deployment.public_id),
+        kind=kind,
     )
     path = tmp_path / example.filename
     path.write_text(render_example(example, target))
@@ -75,13 +103,19 @@ def test_code_example_runs_against_the_gateway(world, demo, gateway, tmp_path, e
     if example.language == "csharp":
         subprocess.run(["mcs", "-r:System.Net.Http", "-out:chat.exe", str(path)], cwd=tmp_path, check=True, timeout=120)
 
+    command = [*RUNNERS[example.language], str(path)]
+    if example.id == "claude-code":
+        (tmp_path / "check.py").write_text(CLAUDE_CODE_CHECK)
+        command = ["sh", "-c", f". ./{example.filename} && {sys.executable} check.py"]
+    # Nothing from this machine's own Anthropic/DashScope/OpenAI settings may reach the examples.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "DASHSCOPE_", "OPENAI_"))}
     result = subprocess.run(
-        [*RUNNERS[example.language], str(path)],
+        command,
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=180,
-        env={**os.environ, "GATEHOUSE_API_KEY": plaintext},
+        env={**clean, "GATEHOUSE_API_KEY": plaintext},
     )
 
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,0 +1,4 @@
+curl -sS {{ completions_url }} \
+  -H {{ bearer }} \
+  -H "Content-Type: application/json" \
+  -d {{ completions_body }}
