@@ -189,6 +189,12 @@ def main() -> None:
     parser.add_argument("--modes", default="non-streaming,streaming")
     parser.add_argument("--profile", action="store_true", help="py-spy one gateway worker during a 32-connection run of the first mode")
     parser.add_argument("--access-log", default="1", help="GATEWAY_ACCESS_LOG for the gateway (default on)")
+    parser.add_argument(
+        "--no-spool",
+        dest="spool",
+        action="store_false",
+        help="skip the spool rows (a second gateway whose database is cut after warm-up, so usage events go to the local spool)",
+    )
     args = parser.parse_args()
 
     if not shutil.which("wrk"):
@@ -198,6 +204,7 @@ def main() -> None:
         raise SystemExit("The benchmark runs on PostgreSQL and Redis: set DATABASE_URL=postgres://... and REDIS_URL=redis://...")
     env.setdefault("SECRET_KEY", "bench-secret-key-" + "x" * 50)
     env.setdefault("API_KEY_PEPPER", "bench-pepper-" + "y" * 32)
+    env.setdefault("UPSTREAM_ALLOWED_NETWORKS", "public,private,127.0.0.1/32")  # the demo upstream is on loopback
     env.update(
         DJANGO_SETTINGS_MODULE="console.settings",
         DEBUG="0",
@@ -259,6 +266,7 @@ def main() -> None:
         wait_http(gw + "/v1/models", gateway)
 
         results = []
+        scripts_by_mode: dict[str, dict[str, Path]] = {}
         load_before = os.getloadavg()
         answered_through_gateway = 0
         in_flight_bound = 0  # requests wrk abandons at the end of a run may still complete (and be metered)
@@ -276,6 +284,7 @@ def main() -> None:
                     }
                 )
                 scripts[target] = path
+            scripts_by_mode[mode] = scripts
             for connections in [int(c) for c in args.connections.split(",")]:
                 row = {"mode": mode, "connections": connections}
                 for target, base in (("direct", upstream), ("gateway", gw)):
@@ -294,6 +303,12 @@ def main() -> None:
                         flush=True,
                     )
                 results.append(row)
+
+        if args.spool and "non-streaming" in scripts_by_mode:
+            spooled_rows, spool_answered, spool_in_flight = spool_phase(args, env, workdir, procs, scripts_by_mode, results, model, key)
+            answered_through_gateway += spool_answered
+            in_flight_bound += spool_in_flight
+            results.extend(spooled_rows)
 
         profile_text = None
         if args.profile:
@@ -326,6 +341,83 @@ def main() -> None:
     finally:
         for proc in reversed(procs):
             stop(proc)
+
+
+def spool_phase(args, env: dict, workdir: Path, procs: list, scripts_by_mode: dict, results: list, model: str, key: str):
+    """The spool path: a second gateway reaches PostgreSQL through tests/tcp_proxy.py; once every
+    worker has the key cached the proxy cuts the database off, so every usage event is fsynced
+    to the local spool instead. Then the database comes back and the spool drains (timed)."""
+    import httpx
+    import psycopg
+
+    info = psycopg.conninfo.conninfo_to_dict(env["DATABASE_URL"].replace("postgres://", "postgresql://", 1))
+    proxy = subprocess.Popen(
+        [PYTHON, "-m", "tests.tcp_proxy", "--target-port", str(info.get("port") or 5432)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    procs.append(proxy)
+    proxy_port = int(proxy.stdout.readline().split()[1])
+    auth = f"{info.get('user') or 'postgres'}" + (f":{info['password']}" if info.get("password") else "")
+    spool_dir = workdir / "spool"
+    spool_env = dict(env, DATABASE_URL=f"postgres://{auth}@127.0.0.1:{proxy_port}/{info['dbname']}", GATEWAY_SPOOL_DIR=str(spool_dir))
+    port = free_port()
+    gateway = start(
+        [PYTHON, "-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
+        + ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-proxy-headers", "--no-server-header"],
+        spool_env,
+        workdir / "gateway-spool.log",
+    )
+    procs.append(gateway)
+    gw = f"http://127.0.0.1:{port}"
+    wait_http(gw + "/v1/models", gateway)
+    for _ in range(20 * args.workers):  # every worker loads the key while the database is there
+        httpx.get(gw + "/v1/models", headers={"authorization": f"Bearer {key}"}, timeout=10)
+
+    def signal_proxy(sig: int) -> None:
+        proxy.send_signal(sig)
+        proxy.stdout.readline()
+
+    signal_proxy(signal.SIGUSR1)
+    rows, answered, in_flight = [], 0, 0
+    mode = "non-streaming"
+    by_conns = {row["connections"]: row for row in results if row["mode"] == mode}
+    for connections in [int(c) for c in args.connections.split(",")]:
+        url = gw + "/v1/chat/completions"
+        runs = [wrk(url, scripts_by_mode[mode]["gateway"], connections, args.warmup)]
+        runs += [wrk(url, scripts_by_mode[mode]["gateway"], connections, args.duration) for _ in range(args.repeat)]
+        answered += sum(r["requests"] - r["non2xx"] for r in runs)
+        in_flight += len(runs) * connections
+        measured = median_of(runs[1:])
+        print(
+            f"  {mode} (database away, usage -> spool) c={connections:<3} {measured['rps']:8.0f} req/s  p50 {measured['p50'] / 1000:7.2f} ms"
+            f"  p99 {measured['p99'] / 1000:7.2f} ms  non2xx {measured['non2xx']} errors {measured['errors']}",
+            flush=True,
+        )
+        direct = by_conns[connections]["direct"] if connections in by_conns else measured
+        rows.append({"mode": f"{mode}, database away → spool", "connections": connections, "direct": direct, "gateway": measured})
+    waiting = spool_depth(spool_dir)
+    signal_proxy(signal.SIGUSR2)
+    restored = time.monotonic()
+    while spool_depth(spool_dir) and time.monotonic() - restored < 300:
+        time.sleep(0.2)
+    print(f"  spool: {waiting} events waiting when the database came back, drained in {time.monotonic() - restored:.1f} s", flush=True)
+    return rows, answered, in_flight
+
+
+def spool_depth(spool_dir: Path) -> int:
+    import sqlite3
+
+    total = 0
+    for path in spool_dir.glob("usage-*.spool"):
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+                total += conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        except sqlite3.Error:
+            continue
+    return total
 
 
 def scripts_for_profile(workdir: Path, model: str, key: str, stream: bool) -> Path:

@@ -47,37 +47,57 @@ SEALED = (
 
 
 @cache
-def _key(secret: str) -> bytes:
-    return hmac.new(secret.encode(), b"gatehouse usage event seal v1", hashlib.sha256).digest()
+def _keyed(secret: str):
+    """An HMAC already keyed for this secret; each seal copies it (no key setup per event)."""
+    key = hmac.new(secret.encode(), b"gatehouse usage event seal v1", hashlib.sha256).digest()
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
-def _canonical(values: Mapping) -> bytes:
-    parts = []
-    for name in SEALED:
-        value = values[name]
-        if name == "created_at":
-            value = value.astimezone(UTC).isoformat()
-        elif name == "client_ip" and value:
-            value = ipaddress.ip_address(value).compressed
-        elif name in ("input_price_per_million", "output_price_per_million"):
-            value = f"{value:.6f}"  # the column's scale: 2 and 2.000000 are the same price
-        elif name == "cost":
-            value = f"{value:.9f}"
-        elif isinstance(value, bool):
-            value = int(value)
-        parts.append("" if value is None else str(value))
-    return "\x1f".join(parts).encode()
+def _mac(secret: str, message: bytes) -> str:
+    mac = _keyed(secret).copy()
+    mac.update(message)
+    return mac.hexdigest()[:32]
+
+
+def _canonical(v: Mapping) -> bytes:
+    """The sealed columns (SEALED), in order, in a form the database gives back unchanged."""
+    ip, ttft = v["client_ip"], v["ttft_ms"]
+    return "\x1f".join(
+        (
+            v["request_id"],
+            v["created_at"].astimezone(UTC).isoformat(),
+            str(v["workspace_id"]),
+            v["model"],
+            v["endpoint"],
+            str(v["prompt_tokens"]),
+            str(v["completion_tokens"]),
+            str(v["total_tokens"]),
+            "1" if v["estimated"] else "0",
+            str(v["status_code"]),
+            v["error_code"],
+            "1" if v["aborted"] else "0",
+            "1" if v["streamed"] else "0",
+            "1" if v["is_test_call"] else "0",
+            str(v["latency_ms"]),
+            "" if ttft is None else str(ttft),
+            ipaddress.ip_address(ip).compressed if ip else "",
+            # The columns' scales: 2 and 2.000000 are the same price.
+            f"{v['input_price_per_million']:.6f}",
+            f"{v['output_price_per_million']:.6f}",
+            v["currency"],
+            f"{v['cost']:.9f}",
+        )
+    ).encode()
 
 
 def event_seal(values: Mapping) -> str:
     """The seal of an event given as a dict of column values (gateway.metering.event_row's row)."""
-    return hmac.new(_key(settings.SECRET_KEY), _canonical(values), hashlib.sha256).hexdigest()[:32]
+    return _mac(settings.SECRET_KEY, _canonical(values))
 
 
 def seal_matches(values: Mapping, seal: str) -> bool:
     message = _canonical(values)
     for secret in (settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", ())):
-        expected = hmac.new(_key(secret), message, hashlib.sha256).hexdigest()[:32]
-        if hmac.compare_digest(expected, seal):
+        if hmac.compare_digest(_mac(secret, message), seal):
             return True
     return False
