@@ -26,5 +26,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/password/", views.PasswordChangeView.as_view(), name="password_change"),
     path("w/<slug:ws>/", include(workspace_patterns)),
+    path("installation/router-providers/", include("keys.router_provider_urls")),
     path("admin/", admin.site.urls),
 ]

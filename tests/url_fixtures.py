@@ -24,10 +24,15 @@ def extra_values(world) -> dict:
         model_names="gpt-4o-mini",
     )
     test_call = TestCall.objects.create(deployment=deployment, workspace=world.org, prompt="url walk")
+    from keys.models import RouterProvider
+
+    provider = RouterProvider.objects.create(slug="url-walk", name="URL walk", base_url="https://router.example/v1")
     return {
         "deployment": deployment.public_id,
         "key": api_key.public_id,
         "credential": credential.public_id,
         "call": test_call.public_id,
         "replica": replica.public_id,
+        "provider": provider.slug,
+        "workspace": world.org.public_id,
     }
