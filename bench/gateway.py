@@ -6,8 +6,10 @@
 Starts the demo model server and the gateway (uvicorn, N workers) as separate processes, on
 PostgreSQL and Redis (DATABASE_URL / REDIS_URL; it refuses the embedded default), with every
 check on: the bench key has an IP allowlist, a TPM limit and a yearly limit, and every request
-writes its usage event. wrk drives 1 and 32 connections, non-streaming and streaming, for a
-bounded time each; a Lua script posts the body and reports p50/p99 from wrk's own histogram.
+writes its usage event. wrk drives 1 and 32 connections, chat completions non-streaming and
+streaming, embeddings (/v1/embeddings, an embedding deployment) and the Responses API
+(/v1/responses, translated by the gateway to a chat call; "direct" is the same chat call sent
+straight to the upstream), for a bounded time each; a Lua script posts the body and reports p50/p99 from wrk's own histogram.
 At the end it checks that the gateway wrote exactly one usage event per answered request.
 """
 
@@ -87,7 +89,7 @@ def ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def setup_data(env: dict, upstream: str) -> tuple[str, str, int]:
+def setup_data(env: dict, upstream: str) -> tuple[str, str, str, int]:
     script = f"""
 import uuid
 from console.audit import Actor
@@ -96,13 +98,14 @@ from tests.factories import make_deployment, make_key
 slug = "bench-" + uuid.uuid4().hex[:8]
 ws = workspace_create(name="Benchmark", slug=slug, actor=Actor.system("bench"))
 d = make_deployment(ws, base_url="{upstream}/v1", upstream_api_key="{UPSTREAM_KEY}", upstream_model="gatehouse-demo")
+e = make_deployment(ws, base_url="{upstream}/v1", upstream_api_key="{UPSTREAM_KEY}", upstream_model="gatehouse-demo", kind="embedding", output_price="0")
 key, plaintext = make_key(ws, all_models=True, tpm_limit=2_000_000_000, yearly_token_limit=10**15, ip_allowlist=["127.0.0.0/8"])
-print(d.model_id, plaintext, key.id)
+print(d.model_id, e.model_id, plaintext, key.id)
 """
     subprocess.run([PYTHON, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True)
     out = subprocess.run([PYTHON, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    model, key, key_id = out.stdout.split()[-3:]
-    return model, key, int(key_id)
+    model, embedding_model, key, key_id = out.stdout.split()[-4:]
+    return model, embedding_model, key, int(key_id)
 
 
 def count_events(env: dict, key_id: int) -> int:
@@ -148,6 +151,23 @@ def body(model: str, stream: bool) -> str:
     return json.dumps(payload)
 
 
+# mode -> (path through the gateway, path straight to the upstream); bodies come from mode_body.
+MODE_PATHS = {
+    "non-streaming": ("/v1/chat/completions", "/v1/chat/completions"),
+    "streaming": ("/v1/chat/completions", "/v1/chat/completions"),
+    "embeddings": ("/v1/embeddings", "/v1/embeddings"),
+    "responses": ("/v1/responses", "/v1/chat/completions"),
+}
+
+
+def mode_body(mode: str, model: str, direct: bool) -> str:
+    if mode == "embeddings":
+        return json.dumps({"model": model, "input": ["Say hello to the benchmark.", "A second input."], "encoding_format": "float"})
+    if mode == "responses" and not direct:
+        return json.dumps({"model": model, "input": "Say hello to the benchmark.", "max_output_tokens": 32})
+    return body(model, mode == "streaming")
+
+
 def profile_summary(raw: Path, top: int = 25) -> str:
     """Collapsed stacks → share of samples per function (self) and per frame on the stack (total)."""
     own, total, samples = Counter(), Counter(), 0
@@ -186,7 +206,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="measured runs per cell; the table shows each figure's median")
     parser.add_argument("--connections", default="1,32")
-    parser.add_argument("--modes", default="non-streaming,streaming")
+    parser.add_argument("--modes", default="non-streaming,streaming,embeddings,responses")
     parser.add_argument("--profile", action="store_true", help="py-spy one gateway worker during a 32-connection run of the first mode")
     parser.add_argument("--access-log", default="1", help="GATEWAY_ACCESS_LOG for the gateway (default on)")
     parser.add_argument(
@@ -212,6 +232,8 @@ def main() -> None:
         GATEHOUSE_HTTPS="0",
         LOG_LEVEL="INFO",
         GATEWAY_ACCESS_LOG=args.access_log,
+        # The demo model listens on loopback, which the gateway refuses outside DEBUG by default.
+        UPSTREAM_ALLOWED_NETWORKS="public,private,loopback",
     )
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     ensure_database(env["DATABASE_URL"])
@@ -237,7 +259,7 @@ def main() -> None:
         procs.append(demo)
         upstream = f"http://127.0.0.1:{demo_port}"
         wait_http(upstream + "/healthz", demo)
-        model, key, key_id = setup_data(env, upstream)
+        model, embedding_model, key, key_id = setup_data(env, upstream)
         gateway = start(
             [
                 PYTHON,
@@ -271,15 +293,15 @@ def main() -> None:
         answered_through_gateway = 0
         in_flight_bound = 0  # requests wrk abandons at the end of a run may still complete (and be metered)
         for mode in args.modes.split(","):
-            stream = mode == "streaming"
             scripts = {}
             for target in ("direct", "gateway"):
                 token = UPSTREAM_KEY if target == "direct" else key
+                called = "gatehouse-demo" if target == "direct" else (embedding_model if mode == "embeddings" else model)
                 path = workdir / f"{mode}-{target}.lua"
                 path.write_text(
                     LUA
                     % {
-                        "body": body("gatehouse-demo" if target == "direct" else model, stream),
+                        "body": mode_body(mode, called, direct=target == "direct"),
                         "auth": f'wrk.headers["Authorization"] = "Bearer {token}"',
                     }
                 )
@@ -288,7 +310,7 @@ def main() -> None:
             for connections in [int(c) for c in args.connections.split(",")]:
                 row = {"mode": mode, "connections": connections}
                 for target, base in (("direct", upstream), ("gateway", gw)):
-                    url = base + "/v1/chat/completions"
+                    url = base + MODE_PATHS[mode][target == "direct"]
                     runs = [wrk(url, scripts[target], connections, args.warmup)]
                     runs += [wrk(url, scripts[target], connections, args.duration) for _ in range(args.repeat)]
                     if target == "gateway":

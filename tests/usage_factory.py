@@ -50,6 +50,7 @@ def event(
     status: int = 200,
     latency: int = 250,
     estimated: bool = False,
+    endpoint: str = "chat.completions",
     save: bool = True,
 ) -> UsageEvent:
     """One event stamped like the gateway does: the price in force at `at` is copied and costed."""
@@ -61,6 +62,7 @@ def event(
         api_key=key,
         deployment=deployment,
         model=deployment.model_id if deployment else "unknown",
+        endpoint=endpoint,
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,

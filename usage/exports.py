@@ -22,6 +22,8 @@ def _breakdown_name(kind: str, row: dict) -> list:
         return [row["workspace__name"], row["workspace__slug"]]
     if kind == "key":
         return [row["api_key__name"] or "No key / deleted", row["api_key__public_id"] or ""]
+    if kind == "endpoint":
+        return [row["endpoint_label"], row["endpoint"]]
     return [row["deployment__name"] or "Deleted deployments", row["deployment__public_id"] or ""]
 
 
@@ -36,7 +38,13 @@ def write_usage_csv(writer, report: UsageReport, workspace: Workspace, limits: l
         writer.writerow([label, *_metrics(p), p["cost_cents"], currency])
     writer.writerow(["total", *_metrics(totals), totals["cost_cents"], currency])
 
-    for kind, rows in (("workspace", report.by_workspace), ("key", report.by_key), ("deployment", report.by_deployment)):
+    sections = (
+        ("workspace", report.by_workspace),
+        ("key", report.by_key),
+        ("deployment", report.by_deployment),
+        ("endpoint", report.by_endpoint),
+    )
+    for kind, rows in sections:
         if not rows:
             continue
         writer.writerow([])

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from django import forms
 
+from usage.models import ENDPOINTS
 from usage.selectors import DEFAULT_SORT, SORT_FIELDS
 
 MAX_RANGE_DAYS = 366
@@ -18,6 +19,7 @@ class UsageFilterForm(forms.Form):
     workspace = forms.ChoiceField(required=False, label="Sub-workspace")
     key = forms.ChoiceField(required=False)
     deployment = forms.ChoiceField(required=False)
+    endpoint = forms.ChoiceField(required=False, label="API", choices=[("", "All APIs"), *ENDPOINTS.items()])
     sort = forms.CharField(required=False)
 
     def __init__(self, data, *, today: date, workspaces, keys, deployments):

@@ -6,6 +6,18 @@ from django.db import models
 
 from usage.latency import LatencyHistogramField
 
+# The API a request came through (gateway.shapes: each shape's endpoint label), for breakdowns.
+ENDPOINTS = {
+    "chat.completions": "Chat completions",
+    "responses": "Responses",
+    "messages": "Anthropic Messages",
+    "dashscope.generation": "DashScope generation",
+    "completions": "Completions",
+    "embeddings": "Embeddings",
+    "rerank": "Rerank",
+    "models": "Models list",
+}
+
 
 class UsageEvent(models.Model):
     """Append-only: one row per gateway request or test call, stamped at the source.
@@ -67,6 +79,7 @@ class RollupMetrics(models.Model):
     deployment = models.ForeignKey("deployments.Deployment", null=True, on_delete=models.SET_NULL, related_name="+")
     currency = models.CharField(max_length=3)
     model = models.CharField(max_length=200)
+    endpoint = models.CharField(max_length=32, default="chat.completions")  # the API the requests came through
     # The price version the events were costed with (copied from the events, so part of the
     # row's identity): a bucket that spans a price change has one row per version, and a
     # statement can show tokens × price per version.

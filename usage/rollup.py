@@ -81,7 +81,7 @@ ID_BLOCK = 1024
 
 
 # A rollup row's identity besides its period: the event fields it is grouped by, same names on both.
-GROUP_KEYS = ("workspace_id", "api_key_id", "deployment_id", "currency", "input_price_per_million", "output_price_per_million")
+GROUP_KEYS = ("workspace_id", "api_key_id", "deployment_id", "endpoint", "currency", "input_price_per_million", "output_price_per_million")
 
 # Rollup column (without the r_ prefix, which keeps the names clear of the event's own fields)
 # → aggregate over the bucket's events. Cost sums are exact on both databases (ExactSum).

@@ -30,7 +30,7 @@ from deployments.models import Deployment, DeploymentPrice
 from keys.counters import tpm_used_this_minute
 from keys.models import ApiKey, display_name
 from usage.latency import HistogramSum, p95
-from usage.models import UsageDaily, UsageDailyTotal, UsageHourly, UsageMonthly
+from usage.models import ENDPOINTS, UsageDaily, UsageDailyTotal, UsageHourly, UsageMonthly
 from usage.rollup import hour_floor, local_day_start, month_end
 
 CENT = Decimal("0.01")
@@ -100,6 +100,7 @@ BREAKDOWNS = {
     "workspace": (("workspace_id", "workspace__slug", "workspace__name"), "workspace__name", "workspace_id"),
     "key": (("api_key_id", "api_key__public_id", "api_key__name"), "api_key__name", "api_key_id"),
     "deployment": (("deployment_id", "deployment__public_id", "deployment__name"), "deployment__name", "deployment_id"),
+    "endpoint": (("endpoint", "endpoint_label"), "endpoint_label", "endpoint"),
 }
 
 
@@ -117,6 +118,7 @@ class UsageScope:
     sub: Workspace | None = None
     key_id: int | None = None
     deployment_id: int | None = None
+    endpoint: str | None = None  # an API, e.g. "embeddings" (usage.models.ENDPOINTS)
     hourly: bool = False
     last_hour: datetime | None = None
     latest_day: date | None = None  # no workspace in scope has usage after this local day (yet)
@@ -154,6 +156,8 @@ class UsageScope:
             qs = qs.filter(api_key_id=self.key_id)
         if self.deployment_id is not None:
             qs = qs.filter(deployment_id=self.deployment_id)
+        if self.endpoint is not None:
+            qs = qs.filter(endpoint=self.endpoint)
         return qs
 
     def rows(self) -> QuerySet:
@@ -165,7 +169,7 @@ class UsageScope:
 
     def series_rows(self) -> QuerySet:
         """Rows to sum per period and currency: the day totals unless a key or deployment filter needs the full rows."""
-        if self.hourly or self.key_id is not None or self.deployment_id is not None:
+        if self.hourly or self.key_id is not None or self.deployment_id is not None or self.endpoint is not None:
             return self.rows()
         return UsageDailyTotal.objects.filter(self.workspace_q(), day__gte=self.start, day__lte=self.end)
 
@@ -214,6 +218,7 @@ class UsageReport:
     by_workspace: list[dict] = field(default_factory=list)
     by_key: list[dict] = field(default_factory=list)
     by_deployment: list[dict] = field(default_factory=list)
+    by_endpoint: list[dict] = field(default_factory=list)
 
     @property
     def currency(self) -> str:
@@ -239,6 +244,8 @@ def _names(kind: str, ids: list[int]) -> dict[int, tuple]:
     """id → (public id or slug, name) of a breakdown's keys, deployments or workspaces: one query."""
     if not ids:
         return {}
+    if kind == "endpoint":
+        return {name: (ENDPOINTS.get(name, name),) for name in ids}
     if kind == "key":  # the hidden test-call key by what it is for (display_name)
         rows = ApiKey.objects.filter(id__in=ids).values_list("id", "public_id", "name", "kind")
         return {pk: (ref, display_name(name, key_kind)) for pk, ref, name, key_kind in rows}
@@ -278,7 +285,7 @@ def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAUL
     report = UsageReport(periods=periods, totals=totals, currencies=sorted(currencies), hourly=scope.hourly, sort=sort)
     if not breakdowns:
         return report
-    kinds = ["key", "deployment", *(["workspace"] if with_workspaces else [])]
+    kinds = ["key", "deployment", "endpoint", *(["workspace"] if with_workspaces else [])]
     # Grouped by ids only: grouping by the joined names as well took twice as long.
     ids = [BREAKDOWNS[kind][0][0] for kind in BREAKDOWNS]
     merged: dict[str, dict] = {kind: {} for kind in kinds}

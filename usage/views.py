@@ -24,7 +24,7 @@ from usage.exports import write_statement_csv, write_usage_csv
 from usage.forms import MonthForm, UsageFilterForm
 from usage.selectors import KeyLimit, UsageReport, UsageScope, billing_statement, key_limits, usage_report
 
-FILTER_FIELDS = ("range", "start", "end", "workspace", "key", "deployment", "sort")
+FILTER_FIELDS = ("range", "start", "end", "workspace", "key", "deployment", "endpoint", "sort")
 # The htmx target a request swaps decides how much of the page it gets back.
 FRAGMENTS = {"usage-results": "results", "usage-view": "view", "deployment-usage": "embedded"}
 
@@ -54,12 +54,17 @@ def _filters(request: HttpRequest, access: WorkspaceAccess, now: datetime) -> Fi
     by_slug = {s.slug: s for s in subs}
     by_key = {str(k.public_id): k.id for k in keys}
     by_dep = {str(d.public_id): d.id for d in deployments}
-    filters = {"sub": by_slug.get(data["workspace"]), "key_id": by_key.get(data["key"]), "deployment_id": by_dep.get(data["deployment"])}
+    filters = {
+        "sub": by_slug.get(data["workspace"]),
+        "key_id": by_key.get(data["key"]),
+        "deployment_id": by_dep.get(data["deployment"]),
+        "endpoint": data["endpoint"] or None,
+    }
     if "sort" in params:
         params["sort"] = data["sort"]  # an unknown sort was replaced by the default; links carry that
     labels = [
         f"{form.fields[name].label or name.capitalize()}: {dict(form.fields[name].choices)[data[name]]}"
-        for name in ("workspace", "key", "deployment")
+        for name in ("workspace", "key", "deployment", "endpoint")
         if data[name]
     ]
     if data["range"] == "48h":
