@@ -107,6 +107,10 @@ if _database_url:
         DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0))}
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL cannot be parsed: {exc}") from None
+    # The password may come apart from the URL, e.g. from a secret file (compose.yaml).
+    _database_password = env_secret("DATABASE_PASSWORD", None)
+    if _database_password is not None:
+        DATABASES["default"]["PASSWORD"] = _database_password
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # A database that drops packets must fail a connection attempt in seconds, not after the
         # kernel's TCP timeout (minutes): the gateway's key loads then fall back to cached keys.

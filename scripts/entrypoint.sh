@@ -8,6 +8,8 @@
 #   scripts/entrypoint.sh beat      Celery beat (run exactly one)
 #   scripts/entrypoint.sh prepare   only collectstatic + migrate
 #   scripts/entrypoint.sh manage …  any manage.py command
+#   scripts/entrypoint.sh health web|worker|beat   health check of that role (exit 0 = healthy);
+#                                   the image's HEALTHCHECK and compose.yaml call it
 #
 # Each role replaces this shell (exec), so the server itself receives SIGTERM from the
 # orchestrator: uvicorn stops accepting, lets in-flight requests and streams finish (up to
@@ -49,8 +51,21 @@ case "$role" in
   manage)
     exec python manage.py "$@"
     ;;
+  health)
+    case "${1:-web}" in
+      web)  # liveness: the server answers (no dependencies; /readyz is for load balancers)
+        exec python -c 'import os, urllib.request; urllib.request.urlopen("http://127.0.0.1:%s/healthz" % os.environ.get("GATEHOUSE_PORT", "8000"), timeout=3)' ;;
+      worker)  # this container's worker answers a ping through the broker
+        exec celery -A console inspect ping --timeout 5 --destination "celery@$(python -c 'import socket; print(socket.gethostname())')" ;;
+      beat)  # beat rewrites its schedule file as it sends tasks (due at least every minute)
+        var_dir="${GATEHOUSE_VAR_DIR:-var}"
+        [ -n "$(find "$var_dir" -maxdepth 1 -name 'celerybeat-schedule*' -mmin -10 2>/dev/null)" ] || { echo "beat has not written $var_dir/celerybeat-schedule for 10 minutes" >&2; exit 1; }
+        exit 0 ;;
+      *) echo "usage: $0 health web|worker|beat" >&2; exit 64 ;;
+    esac
+    ;;
   *)
-    echo "usage: $0 web|worker|beat|prepare|manage [args...]" >&2
+    echo "usage: $0 web|worker|beat|prepare|manage|health [args...]" >&2
     exit 64
     ;;
 esac
