@@ -232,8 +232,6 @@ def main() -> None:
         GATEHOUSE_HTTPS="0",
         LOG_LEVEL="INFO",
         GATEWAY_ACCESS_LOG=args.access_log,
-        # The demo model listens on loopback, which the gateway refuses outside DEBUG by default.
-        UPSTREAM_ALLOWED_NETWORKS="public,private,loopback",
     )
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     ensure_database(env["DATABASE_URL"])
