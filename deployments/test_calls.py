@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from console.audit import Actor, audit_record
 from console.models import Workspace
-from deployments.models import Deployment, TestCall, TestCallStatus
+from deployments.models import Deployment, DeploymentKind, TestCall, TestCallStatus
 from deployments.selectors import price_in_force
 from keys import tokens
 from keys.changes import key_changed
@@ -44,8 +44,23 @@ TEST_KEY_NAME = "console-test-call"
 MAX_PROMPT_CHARS = 20000
 
 
-def gateway_url() -> str:
-    return (settings.GATEWAY_INTERNAL_URL or settings.PUBLIC_BASE_URL).rstrip("/") + "/v1/chat/completions"
+def gateway_url(path: str = "/v1/chat/completions") -> str:
+    return (settings.GATEWAY_INTERNAL_URL or settings.PUBLIC_BASE_URL).rstrip("/") + path
+
+
+def _path(deployment: Deployment) -> str:
+    """What a test call of this deployment calls: embedding models are tried on /v1/embeddings."""
+    return "/v1/embeddings" if deployment.kind == DeploymentKind.EMBEDDING else "/v1/chat/completions"
+
+
+def describe_embedding(body: dict) -> str:
+    """The test call's output for an embedding: its dimensions and first values (the vector itself is long)."""
+    vectors = [item.get("embedding") or [] for item in body.get("data") or [] if isinstance(item, dict)]
+    if not vectors or not isinstance(vectors[0], list):
+        raise ValueError("the answer holds no embedding")
+    first = vectors[0]
+    head = ", ".join(f"{v:.4f}" for v in first[:8]) + (", …" if len(first) > 8 else "")
+    return f"{len(first)} dimensions\n[{head}]"
 
 
 def test_call_create(
@@ -63,6 +78,10 @@ def test_call_create(
 
     if not prompt.strip():
         raise ValidationError({"prompt": "Write a prompt."})
+    if deployment.kind == DeploymentKind.RERANK:
+        raise ValidationError({"prompt": "Test calls try chat and embedding models; call a rerank model with the curl example."})
+    if deployment.kind == DeploymentKind.EMBEDDING:
+        system_prompt, temperature, max_tokens, stream = "", None, None, False  # an embedding has none of these
     if len(prompt) > MAX_PROMPT_CHARS or len(system_prompt) > MAX_PROMPT_CHARS:
         raise ValidationError({"prompt": f"Keep prompts under {MAX_PROMPT_CHARS} characters."})
     with transaction.atomic():
@@ -146,6 +165,8 @@ class _Usage:
 
 
 def _body(call: TestCall) -> dict:
+    if call.deployment.kind == DeploymentKind.EMBEDDING:
+        return {"model": call.deployment.model_id, "input": call.prompt, "encoding_format": "float"}
     messages = ([{"role": "system", "content": call.system_prompt}] if call.system_prompt else []) + [
         {"role": "user", "content": call.prompt}
     ]
@@ -216,7 +237,9 @@ def test_call_run(test_call_id: int, *, timeout: float = 120) -> TestCall | None
     try:
         with (
             httpx.Client(timeout=httpx.Timeout(timeout, connect=10)) as client,
-            client.stream("POST", gateway_url(), json=_body(call), headers={"authorization": f"Bearer {plaintext}"}) as response,
+            client.stream(
+                "POST", gateway_url(_path(call.deployment)), json=_body(call), headers={"authorization": f"Bearer {plaintext}"}
+            ) as response,
         ):
             call.request_id = response.headers.get("x-request-id", "")[:64]
             if response.status_code >= 400:
@@ -224,6 +247,10 @@ def test_call_run(test_call_id: int, *, timeout: float = 120) -> TestCall | None
                 return call
             if call.stream:
                 _read_stream(call, response, started, usage)
+            elif call.deployment.kind == DeploymentKind.EMBEDDING:
+                body = json.loads(response.read())
+                call.output_text = describe_embedding(body)
+                usage.prompt_tokens, usage.completion_tokens = (body.get("usage") or {}).get("prompt_tokens"), 0
             else:
                 body = json.loads(response.read())
                 call.ttft_ms = int((time.monotonic() - started) * 1000)
@@ -231,7 +258,7 @@ def test_call_run(test_call_id: int, *, timeout: float = 120) -> TestCall | None
                 usage.prompt_tokens = (body.get("usage") or {}).get("prompt_tokens")
                 usage.completion_tokens = (body.get("usage") or {}).get("completion_tokens")
     except httpx.ConnectError:
-        _fail(call, f"Could not connect to the gateway at {gateway_url()}.")
+        _fail(call, f"Could not connect to the gateway at {gateway_url(_path(call.deployment))}.")
         return call
     except httpx.TimeoutException:
         _fail(call, f"The gateway did not answer within {timeout:.0f} s.")

@@ -354,3 +354,38 @@ def test_end_to_end_a_streamed_test_call_reaches_done_through_the_gateway(world,
     assert event.api_key.kind == ApiKeyKind.TEST_CALL
     assert call.cost == event.cost
     assert not ApiKeySecret.objects.filter(api_key__kind=ApiKeyKind.TEST_CALL).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_end_to_end_an_embedding_test_call_shows_dimensions_and_tokens(world, client_for, demo, worker_routed):
+    deployment = make_deployment(
+        world.org,
+        base_url=demo.url + "/v1",
+        upstream_api_key=UPSTREAM_KEY,
+        upstream_model="gatehouse-demo",
+        kind="embedding",
+        output_price="0",
+    )
+    client = client_for(world.developer)
+    page = client.get(tab_url(deployment)).content.decode()
+    assert "Text to embed" in page and "id_temperature" not in page
+
+    response = client.post(run_url(deployment), {"prompt": "Embed these five words please", "stream": "on"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    call = TestCall.objects.get()
+    assert call.stream is False  # an embedding is never streamed, whatever the form said
+
+    def finished():
+        r = client.get(poll_url(call), HTTP_HX_REQUEST="true")
+        return r if r.status_code == 286 else None
+
+    last = wait_for(finished, timeout=60, interval=0.5, what="test call to finish")
+    call.refresh_from_db()
+    assert call.status == TestCallStatus.DONE, (call.error, worker_routed.output())
+    assert call.output_text.startswith("16 dimensions\n[")
+    assert (call.prompt_tokens, call.completion_tokens) == (5, 0)
+    body = last.content.decode()
+    assert "16 dimensions" in body and "5 in" in body
+    event = wait_for(lambda: UsageEvent.objects.filter(request_id=call.request_id).first(), timeout=20, what="usage event")
+    assert (event.endpoint, event.prompt_tokens, event.is_test_call) == ("embeddings", 5, True)
+    assert call.cost == event.cost
