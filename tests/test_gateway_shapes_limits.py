@@ -1,0 +1,143 @@
+"""Limits and metering hold on every API shape, streamed and not: a key's yearly limit refuses each
+shape in its own error format once it is used up, and the usage CSV adds up to exactly what the
+clients were told in each API's own usage fields (live gateway, demo model, PostgreSQL, Redis)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import timedelta
+
+import httpx
+import pytest
+from django.utils import timezone
+
+from tests import gateway_support
+from tests.factories import make_deployment, make_key
+from tests.gateway_support import UPSTREAM_KEY
+from usage.models import UsageEvent
+from usage.services import usage_rollup
+
+from .usage_factory import csv_sections
+
+pytestmark = pytest.mark.django_db(transaction=True)
+demo, gateways, gateway = gateway_support.demo, gateway_support.gateways, gateway_support.gateway  # live-process fixtures
+
+DASHSCOPE = "/api/v1/services/aigc/text-generation/generation"
+HUGE = "x" * 31000  # ~10,300 tokens by the admission estimate: more than the 10,000 a year the key has
+
+
+def request(shape: str, model: str, text: str, stream: bool) -> tuple[str, dict, dict]:
+    """(path, body, extra headers) for one call of `shape`."""
+    if shape == "chat":
+        body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 40}
+        if stream:
+            body.update(stream=True, stream_options={"include_usage": True})
+        return "/v1/chat/completions", body, {}
+    if shape == "completions":
+        body = {"model": model, "prompt": text, "max_tokens": 40}
+        if stream:
+            body.update(stream=True, stream_options={"include_usage": True})
+        return "/v1/completions", body, {}
+    if shape == "responses":
+        return "/v1/responses", {"model": model, "input": text, "max_output_tokens": 40, "stream": stream}, {}
+    if shape == "messages":
+        body = {"model": model, "max_tokens": 40, "messages": [{"role": "user", "content": text}], "stream": stream}
+        return "/v1/messages", body, {"anthropic-version": "2023-06-01"}
+    if shape == "dashscope":
+        body = {
+            "model": model,
+            "input": {"messages": [{"role": "user", "content": text}]},
+            "parameters": {"result_format": "message", "max_tokens": 40},
+        }
+        return DASHSCOPE, body, {"x-dashscope-sse": "enable"} if stream else {}
+    if shape == "embeddings":
+        return "/v1/embeddings", {"model": model, "input": text}, {}
+    return "/v1/rerank", {"model": model, "query": text, "documents": ["Paris is in France", text]}, {}
+
+
+def seen_usage(shape: str, stream: bool, response: httpx.Response) -> int:
+    """Total tokens as the client was told, read the way that API's clients read them."""
+    if not stream:
+        usage = response.json()["usage"]
+        if shape in ("chat", "completions"):
+            return usage["prompt_tokens"] + usage["completion_tokens"]
+        if shape in ("responses", "messages", "dashscope"):
+            return usage["input_tokens"] + usage["output_tokens"]
+        return usage.get("prompt_tokens", usage.get("total_tokens"))
+    datas = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+    if shape in ("chat", "completions"):
+        usage = next(d["usage"] for d in reversed(datas) if d.get("usage"))
+        return usage["prompt_tokens"] + usage["completion_tokens"]
+    if shape == "responses":
+        usage = next(d["response"]["usage"] for d in datas if d["type"] == "response.completed")
+        return usage["input_tokens"] + usage["output_tokens"]
+    if shape == "messages":
+        start = next(d["message"]["usage"] for d in datas if d["type"] == "message_start")
+        final = next(d["usage"] for d in datas if d["type"] == "message_delta")
+        assert final["input_tokens"] is not None or start["input_tokens"]
+        return final["input_tokens"] + final["output_tokens"]
+    usage = datas[-1]["usage"]  # DashScope: the last event carries the final counts
+    return usage["input_tokens"] + usage["output_tokens"]
+
+
+def refused_as(shape: str, response: httpx.Response) -> str:
+    body = response.json()
+    if shape == "messages":
+        return body["error"]["type"]
+    if shape == "dashscope":
+        return body["code"]
+    return body["error"]["code"]
+
+
+REFUSAL = {"messages": "rate_limit_error", "dashscope": "Throttling.AllocationQuota"}
+CASES = [
+    ("chat", False),
+    ("chat", True),
+    ("completions", False),
+    ("completions", True),
+    ("responses", False),
+    ("responses", True),
+    ("messages", False),
+    ("messages", True),
+    ("dashscope", False),
+    ("dashscope", True),
+    ("embeddings", False),
+    ("rerank", False),
+]
+
+
+@pytest.mark.parametrize("shape, stream", CASES, ids=[f"{s}-{'stream' if t else 'once'}" for s, t in CASES])
+def test_yearly_limit_and_metering_hold_per_shape(world, demo, gateway, client_for, shape, stream):
+    kind = {"embeddings": "embedding", "rerank": "rerank"}.get(shape, "chat")
+    deployment = make_deployment(
+        world.org, base_url=demo.url + "/v1", upstream_api_key=UPSTREAM_KEY, upstream_model="gatehouse-demo", kind=kind
+    )
+    key, plaintext = make_key(world.org, deployments=[deployment], yearly_token_limit=10_000)
+    auth = {"x-api-key": plaintext} if shape == "messages" else {"authorization": f"Bearer {plaintext}"}
+
+    seen = 0
+    for text in ("What is the capital of France?", "Say hi"):
+        path, body, headers = request(shape, deployment.model_id, text, stream)
+        response = httpx.post(gateway.url + path, json=body, headers={**auth, **headers}, timeout=30)
+        assert response.status_code == 200, response.text
+        seen += seen_usage(shape, stream, response)
+
+    path, body, headers = request(shape, deployment.model_id, HUGE, stream)
+    refused = httpx.post(gateway.url + path, json=body, headers={**auth, **headers}, timeout=30)
+    assert refused.status_code == 429 and refused_as(shape, refused) == REFUSAL.get(shape, "insufficient_quota")
+
+    events = list(UsageEvent.objects.filter(api_key=key).order_by("created_at"))
+    endpoint = {"chat": "chat.completions", "dashscope": "dashscope.generation"}.get(shape, shape)
+    assert [(e.endpoint, e.status_code, e.streamed) for e in events] == [(endpoint, 200, stream)] * 2 + [(endpoint, 429, False)]
+    assert not any(e.estimated for e in events)
+    assert sum(e.total_tokens for e in events) == seen
+
+    # The usage CSV, from the rollups, says the same.
+    usage_rollup(now=timezone.now() + timedelta(minutes=5))
+    today = timezone.now().astimezone(world.org.tz).date()
+    export = client_for(world.owner).get(f"/w/{world.org.slug}/usage/export.csv?start={today}&end={today}&key={key.public_id}")
+    rows = csv_sections(list(csv.reader(io.StringIO(export.content.decode()))))
+    assert int(rows["day"][-1][5]) == seen
+    assert {r[1]: int(r[6]) for r in rows["endpoint"][1:-1]} == {endpoint: seen}
