@@ -405,6 +405,7 @@ class Gateway:
             if decision.reservation is not None:
                 await self.limiter.settle(decision.reservation, 0)
             metrics.REFUSALS.labels("budget").inc()
+            exchange.refusal_reason = "budget_exhausted"  # the client's code (insufficient_quota) is shared with the yearly limit
             raise errors.budget_exhausted()
         if decision.outcome == TPM_REFUSED:
             metrics.REFUSALS.labels("tpm").inc()

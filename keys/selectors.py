@@ -172,3 +172,36 @@ def keys_expiring_within(
         .filter(revoked_at__isnull=True, expires_at__gt=now, expires_at__lte=now + window)
         .order_by("expires_at", "pk")[:limit]
     )
+
+
+@dataclass
+class Refusals:
+    """A key's latest refused (or failed) request and its errors of the last day, by reason."""
+
+    last: object | None  # usage.models.UsageEvent
+    recent: list[dict]  # {"status_code", "error_code", "text", "n"}, most first
+    since: dt.datetime
+
+    @property
+    def last_text(self) -> str:
+        from usage.error_reasons import error_reason_text
+
+        return error_reason_text(self.last.error_code, self.last.status_code) if self.last else ""
+
+
+def api_key_refusals(api_key: ApiKey, now: dt.datetime, *, window: dt.timedelta = dt.timedelta(hours=24)) -> Refusals:
+    """Two index probes on the key's error events (a partial index holds only them)."""
+    from usage.error_reasons import error_reason_text
+    from usage.models import UsageEvent
+
+    errors = UsageEvent.objects.filter(api_key=api_key, status_code__gte=400)
+    last = errors.order_by("-created_at").only("created_at", "status_code", "error_code", "client_ip", "model").first()
+    since = now - window
+    recent = [
+        {**r, "text": error_reason_text(r["error_code"], r["status_code"])}
+        for r in errors.filter(created_at__gte=since)
+        .values("status_code", "error_code")
+        .annotate(n=Count("id"))
+        .order_by("-n", "status_code")
+    ]
+    return Refusals(last=last, recent=recent, since=since)

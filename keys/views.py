@@ -176,6 +176,7 @@ def api_key_detail(request: HttpRequest, ws: str, key: str) -> HttpResponse:
         "events": AuditEvent.objects.filter(workspace=access.workspace, target_type="apikey", target_id=str(api_key.public_id))[:20],
         "rotate_form": ApiKeyRotateForm(initial={"expected_hint": api_key.hint}),
         "year_start": selectors.year_bounds(access.workspace, now)[0],
+        "refusals": selectors.api_key_refusals(api_key, now),
     }
     with timezone.override(access.workspace.tz):
         return _page(request, access, "keys/api_key_detail_page.html", context)

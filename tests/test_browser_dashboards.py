@@ -99,14 +99,14 @@ def test_usage_filters_sort_and_csv_then_billing_month_split(page, sign_in, scre
     total = sections["day"][-1]
     assert total[0] == "total"
     assert _number(total[1]) == _number(page.locator("[data-total=requests]").inner_text())
-    assert _number(total[5]) == _number(page.locator("[data-total=tokens]").inner_text())
-    assert Decimal(total[7]) == Decimal(page.locator("[data-total=cost]").inner_text().split()[0])
+    assert _number(total[6]) == _number(page.locator("[data-total=tokens]").inner_text())
+    assert Decimal(total[8]) == Decimal(page.locator("[data-total=cost]").inner_text().split()[0])
     assert [r[0] for r in sections["workspace"][1:-1]] == page.locator(
         "[data-testid=by-workspace] tbody tr td:first-child"
     ).all_inner_texts()
     on_screen_costs = [Decimal(c) for c in page.locator("[data-testid=by-workspace] tbody td[data-cost]").all_inner_texts()]
-    assert [Decimal(r[8]) for r in sections["workspace"][1:-1]] == on_screen_costs
-    assert sum(on_screen_costs) == Decimal(total[7])
+    assert [Decimal(r[9]) for r in sections["workspace"][1:-1]] == on_screen_costs
+    assert sum(on_screen_costs) == Decimal(total[8])
 
     # The last 48 hours, per hour: 48 columns, no date inputs.
     page.select_option("#id_range", "48h")

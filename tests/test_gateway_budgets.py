@@ -80,7 +80,8 @@ def test_blocking_budget_refuses_with_429_insufficient_quota_until_lifted(world,
     assert caught.value.code == "insufficient_quota"
     # Refused requests reach no model and cost nothing, and are on the record.
     refusals = UsageEvent.objects.filter(status_code=429)
-    assert list(refusals.values_list("error_code", "total_tokens", "cost").distinct()) == [("insufficient_quota", 0, 0)]
+    # On record as the budget (the client's code, insufficient_quota, is shared with the yearly limit).
+    assert list(refusals.values_list("error_code", "total_tokens", "cost").distinct()) == [("budget_exhausted", 0, 0)]
     assert (refusals.count(), UsageEvent.objects.count()) == (5, 7)
 
     _set(world, "1000", block=True)  # raising the amount unblocks at once

@@ -124,3 +124,66 @@ def test_models_list_refused_by_the_allowlist_is_on_the_record(world, deployment
     assert response.status_code == 403
     event = wait_for(lambda: UsageEvent.objects.filter(api_key=key).first())
     assert (event.endpoint, event.status_code, event.error_code, event.model) == ("models", 403, "ip_not_allowed", "")
+
+
+# ---- on the console: rollups, the Usage page and its CSV, reconciliation, the key's page --------
+
+
+def test_refusals_are_counted_by_rollups_the_usage_page_the_csv_and_the_key_page(world, deployment, gateway, client_for):
+    import csv
+    import io
+
+    from usage.models import UsageDaily, UsageErrorDaily
+    from usage.reconcile import reconcile
+    from usage.services import usage_rollup
+
+    key, plaintext = make_key(world.org, name="billing", deployments=[deployment], tpm_limit=200, ip_allowlist=["127.0.0.0/8"])
+    blocked, blocked_plaintext = make_key(world.org, name="office-only", all_models=True, ip_allowlist=["10.0.0.0/8"])
+    for _ in range(3):
+        assert post(gateway, plaintext, chat_body(deployment.model_id, HUGE)).status_code == 429
+    assert post(gateway, plaintext, chat_body("no-such-model")).status_code == 404
+    assert post(gateway, plaintext, chat_body(deployment.model_id, max_tokens=5)).status_code == 200
+    for _ in range(2):
+        assert post(gateway, blocked_plaintext, chat_body(deployment.model_id)).status_code == 403
+
+    usage_rollup()
+    daily = UsageDaily.objects.filter(workspace=world.org)
+    assert sum(r.requests for r in daily) == 7 and sum(r.errors for r in daily) == 6
+    by_reason = {(r.status_code, r.error_code): r.requests for r in UsageErrorDaily.objects.filter(workspace=world.org)}
+    assert by_reason == {(429, "rate_limit_exceeded"): 3, (404, "model_not_found"): 1, (403, "ip_not_allowed"): 2}
+    assert reconcile(since=None).ok  # requests = answered + refused on both sides
+
+    client = client_for(world.owner)
+    page = client.get("/w/acme/usage/")
+    report = page.context["report"]
+    assert (report.totals["requests"], report.totals["errors"], report.answered) == (7, 6, 1)
+    assert [(e.status_code, e.error_code, e.requests) for e in report.errors_by_reason] == [
+        (429, "rate_limit_exceeded", 3),
+        (403, "ip_not_allowed", 2),
+        (404, "model_not_found", 1),
+    ]
+    assert report.errors_by_reason[0].top_keys == [(str(key.public_id), "billing", 3)]
+    body = page.content.decode()
+    assert 'data-testid="errors-by-reason"' in body and "Tokens-per-minute limit reached" in body
+    assert {r["api_key__name"]: r["errors"] for r in report.by_key} == {"billing": 4, "office-only": 2}
+
+    rows = list(csv.reader(io.StringIO(client.get("/w/acme/usage/export.csv").content.decode())))
+    header = next(r for r in rows if r and r[0] == "day")
+    total = next(r for r in rows if r and r[0] == "total")
+    assert header[1:4] == ["requests", "answered", "refused"] and total[1:4] == ["7", "1", "6"]
+    reasons = rows[rows.index(["refused by reason", "status", "error_code", "requests"]) + 1 :]
+    assert reasons[:3] == [
+        ["Tokens-per-minute limit reached", "429", "rate_limit_exceeded", "3"],
+        ["Client IP not in the key's allowlist", "403", "ip_not_allowed", "2"],
+        ["Model not in the key's scope", "404", "model_not_found", "1"],
+    ]
+
+    detail = client.get(f"/w/acme/secrets/{blocked.public_id}/")
+    assert detail.status_code == 200
+    refusals = detail.context["refusals"]
+    assert (refusals.last.status_code, refusals.last.error_code, refusals.last.client_ip) == (403, "ip_not_allowed", "127.0.0.1")
+    assert refusals.recent == [{"status_code": 403, "error_code": "ip_not_allowed", "text": "Client IP not in the key's allowlist", "n": 2}]
+    html = detail.content.decode()
+    assert "Client IP not in the key&#x27;s allowlist" in html and "127.0.0.1" in html
+    never = client.get(f"/w/acme/secrets/{make_key(world.org, name='fresh', all_models=True)[0].public_id}/")
+    assert never.context["refusals"].last is None

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from usage.amounts import amount_text
 from usage.latency import p95
 from usage.models import UsageDaily, UsageHourly
 from usage.selectors import allocate_cents, cents, split_months
@@ -51,6 +52,11 @@ def frozen(monkeypatch):
 RANGE = "?start=2026-03-01&end=2026-03-10"
 
 
+def written(row: dict) -> str:
+    """A row's cost as the page and CSV write it (usage.amounts)."""
+    return amount_text(row["cost"], row["cost_cents"])
+
+
 def _csv(resp) -> list[list[str]]:
     return list(csv.reader(io.StringIO(resp.content.decode())))
 
@@ -59,8 +65,9 @@ def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, 
     client = client_for(usage.owner)
     # session, user, workspace, role, sub-workspaces, keys, deployments, series, breakdowns (one query for
     # all three, grouped by ids) and the names of their keys, deployments and workspaces (3), (no key has
-    # a limit: no yearly query), the shell's workspace switcher, the shell's budget banner, the budget card
-    with django_assert_num_queries(15):
+    # a limit: no yearly query), the shell's workspace switcher, the shell's budget banner, the budget card,
+    # and the errors by reason with their keys' names (there are errors in range)
+    with django_assert_num_queries(16):
         resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}")
     assert resp.status_code == 200
     report = resp.context["report"]
@@ -71,7 +78,8 @@ def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, 
     assert report.totals["cost"] == expected["cost"]
     assert report.totals["cost_cents"] == cents(expected["cost"])
     body = resp.content.decode()
-    assert f'data-total="cost">{cents(expected["cost"])}' in body
+    # A small total is written with the decimals it needs (0.0203), not as 0.02.
+    assert expected["cost"] < Decimal("0.1") and f'data-total="cost">{amount_text(expected["cost"])} ' in body
     assert "<svg" in body and "<title>Tue Mar 10: 7 requests</title>" in body
     assert 'style="' not in body
     assert {r["workspace__slug"] for r in report.by_workspace} == {usage.org.slug, usage.sub.slug}
@@ -81,12 +89,13 @@ def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, 
     assert days[0][:2] == ["day", "requests"] and len(days) == 1 + 10 + 1
     total = days[-1]
     assert total[0] == "total"
-    assert int(total[1]) == expected["requests"] and int(total[5]) == expected["total_tokens"]
-    assert Decimal(total[7]) == report.totals["cost_cents"] == cents(expected["cost"])
+    assert days[0][1:4] == ["requests", "answered", "refused"]  # requests = answered + refused
+    assert int(total[1]) == int(total[2]) + int(total[3]) == expected["requests"] and int(total[3]) == expected["errors"]
+    assert int(total[6]) == expected["total_tokens"]
+    assert total[8] == amount_text(expected["cost"]) == written(report.totals)
     assert sum(int(r[1]) for r in days[1:-1]) == expected["requests"]
-    # Cents are allocated: the day rows add up to the total exactly, as on screen.
-    assert sum(Decimal(r[7]) for r in days[1:-1]) == Decimal(total[7])
-    assert [Decimal(r[7]) for r in days[1:-1]] == [p["cost_cents"] for p in report.periods]
+    # Each day as on screen: its allocated cents from 0.10 up, else the decimals it needs.
+    assert [r[8] for r in days[1:-1]] == [written(p) for p in report.periods]
     # Every breakdown shown is exported in the order shown, and adds up to the same totals.
     for kind, rows in (("workspace", report.by_workspace), ("key", report.by_key), ("deployment", report.by_deployment)):
         section = sections[kind]
@@ -94,9 +103,9 @@ def test_usage_page_totals_equal_csv_and_rollup_sums(usage, client_for, frozen, 
             r.get("workspace__name") or r.get("api_key__name") or r.get("deployment__name") for r in rows
         ]
         assert sum(int(r[2]) for r in section[1:-1]) == int(section[-1][2]) == expected["requests"]
-        assert sum(Decimal(r[8]) for r in section[1:-1]) == Decimal(section[-1][8]) == report.totals["cost_cents"]
+        assert [r[9] for r in section[1:-1]] == [written(r) for r in rows] and section[-1][9] == written(report.totals)
         assert sum(r["cost_cents"] for r in rows) == report.totals["cost_cents"]
-        assert f'<th class="num">{report.totals["cost_cents"]}</th>' in body  # the table's total row
+        assert f'<th class="num">{written(report.totals)}</th>' in body  # the table's total row
 
 
 def test_tokens_chart_stacks_prompt_and_completion_with_a_legend(usage, client_for, frozen):
@@ -125,7 +134,7 @@ def test_hourly_view_reads_hourly_rollups_with_local_hour_ticks(usage, client_fo
     usage.org.time_zone = "America/New_York"  # EDT (UTC-4) through the whole window
     usage.org.save(update_fields=["time_zone"])
     client = client_for(usage.owner)
-    with django_assert_num_queries(15):  # as the day view: 13 + budget banner + budget card
+    with django_assert_num_queries(16):  # as the day view: 13 + budget banner + budget card + errors by reason
         resp = client.get(f"/w/{usage.org.slug}/usage/?range=48h&start=2020-01-01")
     report = resp.context["report"]
     assert report.hourly and len(report.periods) == 48
@@ -144,8 +153,8 @@ def test_hourly_view_reads_hourly_rollups_with_local_hour_ticks(usage, client_fo
     sections = csv_sections(_csv(client.get(f"/w/{usage.org.slug}/usage/export.csv?range=48h")))
     hours = sections["hour"]
     assert len(hours) == 1 + 48 + 1 and hours[1][0] == "2026-03-08T09:00-04:00"
-    assert int(hours[-1][1]) == expected["requests"] and Decimal(hours[-1][7]) == cents(expected["cost"])
-    assert sum(Decimal(r[7]) for r in hours[1:-1]) == Decimal(hours[-1][7])
+    assert int(hours[-1][1]) == expected["requests"] and hours[-1][8] == amount_text(expected["cost"])
+    assert [r[8] for r in hours[1:-1]] == [written(p) for p in resp.context["report"].periods]
 
 
 def test_split_months_covers_a_range_once_with_whole_months_and_edge_days():
@@ -173,7 +182,7 @@ def test_a_range_of_whole_months_and_edge_days_shows_exactly_the_daily_rollups(u
         event(workspace, at, key=key, deployment=deployment, prompt=4321, completion=123, latency=2000)
     usage_rollup(now=NOW)
     client = client_for(usage.owner)
-    with django_assert_num_queries(15):  # as for any range: the month rows and edge days are one query
+    with django_assert_num_queries(16):  # as for any range: the month rows and edge days are one query
         resp = client.get(f"/w/{usage.org.slug}/usage/?start=2026-01-15&end=2026-03-10&sort=name")
     report = resp.context["report"]
     in_range = {"workspace__in": [usage.org, usage.sub], "day__gte": date(2026, 1, 15), "day__lte": date(2026, 3, 10)}
@@ -204,14 +213,14 @@ def test_a_range_of_whole_months_and_edge_days_shows_exactly_the_daily_rollups(u
     assert len(sections["day"]) == 1 + 55 + 1
     for kind in ("workspace", "key", "deployment"):
         assert sum(int(r[2]) for r in sections[kind][1:-1]) == expected["requests"]
-        assert sum(Decimal(r[8]) for r in sections[kind][1:-1]) == report.totals["cost_cents"]
-    assert [int(r[10]) for r in sections["key"][1:-1]] == [r["p95_ms"] for r in report.by_key]
-    assert sections["key"][-1][10] == str(report.totals["p95_ms"])
+        assert [r[9] for r in sections[kind][1:-1]] == [written(r) for r in getattr(report, f"by_{kind}")]
+    assert [int(r[11]) for r in sections["key"][1:-1]] == [r["p95_ms"] for r in report.by_key]
+    assert sections["key"][-1][11] == str(report.totals["p95_ms"])
 
 
 def test_sorting_orders_every_breakdown_and_marks_the_column(usage, client_for, frozen, django_assert_num_queries):
     client = client_for(usage.owner)
-    with django_assert_num_queries(15):
+    with django_assert_num_queries(16):
         resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&sort=requests")
     by_key = resp.context["report"].by_key
     assert [r["api_key__name"] for r in by_key] == ["research", "backend"]  # 3 < 18 requests, ascending
@@ -412,7 +421,7 @@ def test_key_limits_show_this_minute_from_the_gateway_and_this_year_from_rollups
     assert [(limit.key.name, limit.tpm_used) for limit in before] == [("backend", 0), ("research", None)]
 
     _admit_through_the_gateway(usage.key, 850)
-    with django_assert_num_queries(16):  # the page's 15 and the year's usage per key
+    with django_assert_num_queries(17):  # the page's 16 and the year's usage per key
         resp = client.get(f"/w/{usage.org.slug}/usage/{RANGE}")
     backend, research = resp.context["limits"]
     assert (backend.tpm_used, backend.tpm_percent) == (850, 85)

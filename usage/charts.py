@@ -15,6 +15,8 @@ from html import escape
 
 from django.utils.safestring import mark_safe
 
+from usage.amounts import amount_text
+
 # viewBox sizes chosen so a half-width chart (and a full-width one) is drawn at about 0.85 scale
 # on a laptop screen: the 12-unit labels stay readable.
 WIDTH, WIDE_WIDTH, HEIGHT = 540, 1100, 210
@@ -49,7 +51,7 @@ def _axis_label(value: float, step: float, money: bool) -> str:
 
 
 def _value_text(value, money: bool) -> str:
-    return f"{Decimal(value):,.2f}" if money else f"{int(value):,}"
+    return amount_text(Decimal(value)) if money else f"{int(value):,}"
 
 
 def _period_text(period: dict, hourly: bool) -> str:

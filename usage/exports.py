@@ -8,13 +8,21 @@ it has one, and is followed by a blank row.
 from __future__ import annotations
 
 from console.models import Workspace
+from usage.amounts import amount_text
 from usage.selectors import KeyLimit, Statement, UsageReport
 
-METRICS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "estimated_tokens")
+# requests = answered + refused: "refused" counts every request answered with an error status
+# (refused by the gateway, or failed upstream); "answered" the rest.
+METRICS = ("requests", "answered", "refused", "prompt_tokens", "completion_tokens", "total_tokens", "estimated_tokens")
 
 
 def _metrics(row: dict) -> list:
-    return [row[name] for name in METRICS]
+    values = {**row, "answered": row["requests"] - row["errors"], "refused": row["errors"]}
+    return [values[name] for name in METRICS]
+
+
+def _cost(row: dict) -> str:
+    return amount_text(row["cost"], row["cost_cents"])
 
 
 def _breakdown_name(kind: str, row: dict) -> list:
@@ -35,8 +43,8 @@ def write_usage_csv(writer, report: UsageReport, workspace: Workspace, limits: l
     for p in report.periods:
         # Hours in the workspace's time zone, with the offset: unambiguous across a DST change.
         label = p["local"].isoformat(timespec="minutes") if report.hourly else p["local"].isoformat()
-        writer.writerow([label, *_metrics(p), p["cost_cents"], currency])
-    writer.writerow(["total", *_metrics(totals), totals["cost_cents"], currency])
+        writer.writerow([label, *_metrics(p), _cost(p), currency])
+    writer.writerow(["total", *_metrics(totals), _cost(totals), currency])
 
     sections = (
         ("workspace", report.by_workspace),
@@ -50,8 +58,15 @@ def write_usage_csv(writer, report: UsageReport, workspace: Workspace, limits: l
         writer.writerow([])
         writer.writerow([kind, "id", *METRICS, "cost", "currency", "p95_latency_ms"])
         for r in rows:
-            writer.writerow([*_breakdown_name(kind, r), *_metrics(r), r["cost_cents"], currency, _blank_if_none(r["p95_ms"])])
-        writer.writerow(["total", "", *_metrics(totals), totals["cost_cents"], currency, _blank_if_none(totals["p95_ms"])])
+            writer.writerow([*_breakdown_name(kind, r), *_metrics(r), _cost(r), currency, _blank_if_none(r["p95_ms"])])
+        writer.writerow(["total", "", *_metrics(totals), _cost(totals), currency, _blank_if_none(totals["p95_ms"])])
+
+    if report.errors_by_reason:
+        writer.writerow([])
+        writer.writerow(["refused by reason", "status", "error_code", "requests"])
+        for reason in report.errors_by_reason:
+            writer.writerow([reason.text, reason.status_code, reason.error_code, reason.requests])
+        writer.writerow(["total", "", "", totals["errors"]])
 
     if limits:
         writer.writerow([])

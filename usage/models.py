@@ -62,7 +62,11 @@ class UsageEvent(models.Model):
     seal = models.CharField(max_length=64, blank=True, default="", db_default="")
 
     class Meta:
-        indexes = [models.Index(fields=["workspace", "created_at"])]
+        indexes = [
+            models.Index(fields=["workspace", "created_at"]),
+            # A key's latest refusal ("Last refused" on its page): only error rows are indexed.
+            models.Index(fields=["api_key", "-created_at"], condition=models.Q(status_code__gte=400), name="usage_event_key_errors"),
+        ]
 
     def __str__(self) -> str:
         return self.request_id
@@ -167,6 +171,43 @@ class UsageDailyTotal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workspace_id} {self.day} {self.currency}"
+
+
+class ErrorRollup(models.Model):
+    """Errors (events with status ≥ 400: refusals and failures) counted per reason, for the usage
+    page's "errors by reason". Recomputed from events with the daily/hourly rows, in the same
+    transaction, so its counts add up to their `errors`."""
+
+    workspace = models.ForeignKey("console.Workspace", on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey("keys.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+")
+    deployment = models.ForeignKey("deployments.Deployment", null=True, on_delete=models.SET_NULL, related_name="+")
+    endpoint = models.CharField(max_length=32, default="chat.completions")
+    status_code = models.PositiveSmallIntegerField()
+    error_code = models.CharField(max_length=64, blank=True)
+    requests = models.PositiveIntegerField()
+
+    class Meta:
+        abstract = True
+
+
+class UsageErrorDaily(ErrorRollup):
+    day = models.DateField()
+
+    class Meta:
+        indexes = [models.Index(fields=["workspace", "day"])]
+
+    def __str__(self) -> str:
+        return f"{self.workspace_id} {self.day} {self.status_code} {self.error_code}"
+
+
+class UsageErrorHourly(ErrorRollup):
+    hour = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["workspace", "hour"])]
+
+    def __str__(self) -> str:
+        return f"{self.workspace_id} {self.hour:%Y-%m-%d %H}h {self.status_code} {self.error_code}"
 
 
 class RollupBucketState(models.Model):

@@ -19,7 +19,7 @@ TOP = 5
 class OverviewNumbers:
     requests: int
     total_tokens: int
-    cost: object  # Decimal, rounded to cents
+    cost: object  # Decimal, exact (written with usage.amounts)
     currencies: list[str]
     top_keys: list[dict]
     top_deployments: list[dict]
@@ -55,7 +55,7 @@ def overview_numbers(workspace: Workspace, *, today: date, top_since: date) -> O
     return OverviewNumbers(
         requests=totals["requests"],
         total_tokens=totals["total_tokens"],
-        cost=cents(totals["cost"]),
+        cost=totals["cost"],
         currencies=currencies,
         top_keys=[
             {**k, "label": display_name(k["api_key__name"], k["api_key__kind"]), "linked": k["api_key__kind"] == ApiKeyKind.USER}

@@ -1,13 +1,13 @@
 """Reconciliation: prove the daily rollups add up to the usage events, per workspace and day.
 
 Three checks over a window of days:
-- rollup: Σ UsageDaily == Σ UsageEvent (requests, prompt/completion/total tokens, cost to the
-  nano) for every (workspace, local day);
+- rollup: Σ UsageDaily == Σ UsageEvent (requests, errors — refusals and failures, status ≥ 400 —,
+  prompt/completion/total tokens, cost to the nano) for every (workspace, local day);
 - tree: a default workspace's total, summed over its tree in one query, equals its own rollups
   plus its sub-workspaces' and equals their events;
 - coarse: the tables the dashboards read instead of days, UsageDailyTotal per (workspace, day)
   and UsageMonthly per (workspace, month; reported on the month's first day), equal the daily
-  rows they were derived from. They are written in the daily rows' transaction, so any
+  rows they were derived from, and the errors by reason (UsageErrorDaily) add up to their errors. They are written in the daily rows' transaction, so any
   difference is drift, never work in flight.
 
 A (workspace, day) whose bucket is dirty, or that has events discovery has not seen yet, is in
@@ -38,7 +38,17 @@ from django.utils import timezone
 
 from console.models import Workspace
 from usage.latency import BOUNDS, HistogramSum, LatencyHistogram, unpack
-from usage.models import DriftCheck, UsageCursor, UsageDaily, UsageDailyTotal, UsageDayBucket, UsageDrift, UsageEvent, UsageMonthly
+from usage.models import (
+    DriftCheck,
+    UsageCursor,
+    UsageDaily,
+    UsageDailyTotal,
+    UsageDayBucket,
+    UsageDrift,
+    UsageErrorDaily,
+    UsageEvent,
+    UsageMonthly,
+)
 from usage.rollup import NANOS, ONE_DAY, _ranges_q, local_day_start, mark_dirty
 from usage.seal import SEALED, seal_matches
 
@@ -46,10 +56,12 @@ logger = logging.getLogger(__name__)
 
 # The latency histogram is an integer like the others (usage.latency): rollups add up to the
 # events' histogram exactly, or the p95 on the pages would not be the events' either.
-METRICS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_nanos", "latency_histogram")
-Totals = tuple[int, int, int, int, int, int]
+# `errors` are the requests answered with status >= 400 (refusals and failures): requests =
+# answered + errors, on both sides.
+METRICS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost_nanos", "latency_histogram")
+Totals = tuple[int, ...]
 EDITED_SHOWN = 20  # request ids of edited events kept in a drift's details
-ZERO: Totals = (0, 0, 0, 0, 0, 0)
+ZERO: Totals = (0,) * len(METRICS)
 
 
 def _nanos(column: str):
@@ -58,6 +70,7 @@ def _nanos(column: str):
 
 EVENT_SUMS = {
     "s_requests": Count("id"),
+    "s_errors": Count("id", filter=Q(status_code__gte=400)),
     "s_prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
     "s_completion_tokens": Coalesce(Sum("completion_tokens"), 0),
     "s_total_tokens": Coalesce(Sum("total_tokens"), 0),
@@ -66,6 +79,7 @@ EVENT_SUMS = {
 }
 ROLLUP_SUMS = {
     "s_requests": Coalesce(Sum("requests"), 0),
+    "s_errors": Coalesce(Sum("errors"), 0),
     "s_prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
     "s_completion_tokens": Coalesce(Sum("completion_tokens"), 0),
     "s_total_tokens": Coalesce(Sum("total_tokens"), 0),
@@ -258,11 +272,22 @@ def _coarse_drift(daily_qs, since: date | None, exclude: set[tuple[int, date]]) 
         daily_by_month[(ws, day.replace(day=1))] = _add(daily_by_month[(ws, day.replace(day=1))], totals)
         days_of_month[(ws, day.replace(day=1))].append(day)
     monthly = sums(months_qs, "workspace_id", "month")
+    # Errors by reason (UsageErrorDaily) add up to the daily rows' errors.
+    error_rows = UsageErrorDaily.objects.all() if since is None else UsageErrorDaily.objects.filter(day__gte=since)
+    grouped = error_rows.values("workspace_id", "day").annotate(n=Sum("requests")).order_by()
+    by_reason = {(r["workspace_id"], r["day"]): r["n"] for r in grouped}
+    errors_at = METRICS.index("errors")
     found, heal = {}, set()
     excluded_months = {(ws, day.replace(day=1)) for ws, day in exclude}
     for key in sorted(set(by_day) | set(day_totals)):
         if key not in exclude and by_day.get(key, ZERO) != day_totals.get(key, ZERO):
             found[(*key, DriftCheck.COARSE)] = {"day_totals": _details(by_day.get(key, ZERO), day_totals.get(key, ZERO))}
+            heal.add(key)
+    for key in sorted(set(by_day) | set(by_reason)):
+        expected, actual = by_day.get(key, ZERO)[errors_at], by_reason.get(key, 0)
+        if key not in exclude and expected != actual:
+            entry = found.setdefault((*key, DriftCheck.COARSE), {})
+            entry["errors_by_reason"] = {"errors": {"expected": str(expected), "actual": str(actual)}}
             heal.add(key)
     for key in sorted(set(daily_by_month) | set(monthly)):
         if key not in excluded_months and daily_by_month.get(key, ZERO) != monthly.get(key, ZERO):

@@ -59,6 +59,8 @@ from usage.models import (
     UsageDaily,
     UsageDailyTotal,
     UsageDayBucket,
+    UsageErrorDaily,
+    UsageErrorHourly,
     UsageEvent,
     UsageHourBucket,
     UsageHourly,
@@ -380,7 +382,9 @@ def _test_pause() -> None:
 def _recompute_days(buckets: list[UsageDayBucket]) -> int:
     names = dict(Workspace.objects.filter(id__in={b.workspace_id for b in buckets}).values_list("id", "time_zone"))
     spans = _spans([(b.workspace_id, b.day) for b in buckets], ONE_DAY)
-    UsageDaily.objects.filter(reduce(or_, (Q(workspace_id=ws, day__gte=a, day__lte=b) for ws, a, b in spans))).delete()
+    in_spans = reduce(or_, (Q(workspace_id=ws, day__gte=a, day__lte=b) for ws, a, b in spans))
+    UsageDaily.objects.filter(in_spans).delete()
+    UsageErrorDaily.objects.filter(in_spans).delete()
     # Each span's event range is exactly its local days, so every row grouped here belongs to a
     # bucket of this batch. One query for all time zones: the zone is picked per row.
     events = UsageEvent.objects.filter(
@@ -404,8 +408,19 @@ def _recompute_days(buckets: list[UsageDayBucket]) -> int:
     else:
         zone = Case(*(When(workspace_id__in=ids, then=Value(name)) for name, ids in by_zone.items()), output_field=CharField())
     written = _insert_grouped(UsageDaily, "day", LocalDate("created_at", zone), events)
+    _insert_errors(UsageErrorDaily, "day", LocalDate("created_at", zone), events)
     _recompute_coarse(spans)
     return written
+
+
+# An error rollup row's identity besides its period: where the errors came from and why.
+ERROR_KEYS = ("workspace_id", "api_key_id", "deployment_id", "endpoint", "status_code", "error_code")
+
+
+def _insert_errors(model, period: str, period_expr, events) -> None:
+    """The bucket's error events (status >= 400) counted per key, deployment, status and reason."""
+    grouped = events.filter(status_code__gte=400).values(*ERROR_KEYS, **{f"r_{period}": period_expr}).annotate(r_requests=Count("id"))
+    _insert_select(model, grouped.order_by())
 
 
 # UsageDaily column → how the coarser rollups combine it (r_ aliases, as in ROLLUP_COLUMNS).
@@ -483,11 +498,15 @@ def _recompute_coarse(spans: list[tuple[int, date, date]]) -> None:
 
 def _recompute_hours(buckets: list[UsageHourBucket]) -> int:
     spans = _spans([(b.workspace_id, b.hour) for b in buckets], ONE_HOUR)
-    UsageHourly.objects.filter(reduce(or_, (Q(workspace_id=ws, hour__gte=a, hour__lte=b) for ws, a, b in spans))).delete()
+    in_spans = reduce(or_, (Q(workspace_id=ws, hour__gte=a, hour__lte=b) for ws, a, b in spans))
+    UsageHourly.objects.filter(in_spans).delete()
+    UsageErrorHourly.objects.filter(in_spans).delete()
     events = UsageEvent.objects.filter(
         reduce(or_, (Q(workspace_id=ws, created_at__gte=a, created_at__lt=b + ONE_HOUR) for ws, a, b in spans))
     )
-    return _insert_grouped(UsageHourly, "hour", TruncHour("created_at", tzinfo=UTC), events)
+    written = _insert_grouped(UsageHourly, "hour", TruncHour("created_at", tzinfo=UTC), events)
+    _insert_errors(UsageErrorHourly, "hour", TruncHour("created_at", tzinfo=UTC), events)
+    return written
 
 
 def recompute_batch(*, kind: str, now: datetime, batch_size: int) -> tuple[int, int]:
@@ -518,6 +537,7 @@ def prune_hourly(*, now: datetime) -> None:
     with transaction.atomic():
         UsageHourBucket.objects.filter(hour__lt=cutoff).delete()
         UsageHourly.objects.filter(hour__lt=cutoff).delete()
+        UsageErrorHourly.objects.filter(hour__lt=cutoff).delete()
 
 
 def run(*, now: datetime | None = None, max_batches: int | None = None) -> RollupReport:

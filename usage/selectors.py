@@ -29,8 +29,9 @@ from console.models import Workspace
 from deployments.models import Deployment, DeploymentPrice
 from keys.counters import tpm_used_this_minute
 from keys.models import ApiKey, display_name
+from usage.error_reasons import error_reason_text
 from usage.latency import HistogramSum, p95
-from usage.models import ENDPOINTS, UsageDaily, UsageDailyTotal, UsageHourly, UsageMonthly
+from usage.models import ENDPOINTS, UsageDaily, UsageDailyTotal, UsageErrorDaily, UsageErrorHourly, UsageHourly, UsageMonthly
 from usage.rollup import hour_floor, local_day_start, month_end
 
 CENT = Decimal("0.01")
@@ -167,6 +168,14 @@ class UsageScope:
             qs = UsageDaily.objects.filter(self.workspace_q(), day__gte=self.start, day__lte=self.end)
         return self._filtered(qs)
 
+    def error_rows(self) -> QuerySet:
+        """Errors by reason in the scope: a few rows per day or hour that had errors."""
+        if self.hourly:
+            qs = UsageErrorHourly.objects.filter(self.workspace_q(), hour__gte=self.first_hour, hour__lte=self.last_hour)
+        else:
+            qs = UsageErrorDaily.objects.filter(self.workspace_q(), day__gte=self.start, day__lte=self.end)
+        return self._filtered(qs)
+
     def series_rows(self) -> QuerySet:
         """Rows to sum per period and currency: the day totals unless a key or deployment filter needs the full rows."""
         if self.hourly or self.key_id is not None or self.deployment_id is not None or self.endpoint is not None:
@@ -209,6 +218,46 @@ def split_months(start: date, end: date) -> tuple[list[date], list[tuple[date, d
 
 
 @dataclass
+class ErrorReason:
+    """One reason requests failed or were refused in the scope, and the keys that hit it most."""
+
+    status_code: int
+    error_code: str
+    requests: int
+    top_keys: list[tuple[str | None, str, int]]  # (public id, name, requests), most first
+    other_keys: int = 0
+
+    @property
+    def text(self) -> str:
+        return error_reason_text(self.error_code, self.status_code)
+
+
+TOP_KEYS_PER_REASON = 3
+
+
+def errors_by_reason(scope: UsageScope) -> list[ErrorReason]:
+    """Errors grouped by status and code, most frequent first, each with the keys that hit it most.
+    One query: the rows summed per reason and key, with the key's name."""
+    grouped = (
+        scope.error_rows()
+        .values("status_code", "error_code", "api_key_id", "api_key__public_id", "api_key__name", "api_key__kind")
+        .annotate(n=Sum("requests"))
+        .order_by()
+    )
+    per_reason: dict[tuple[int, str], list[tuple[int, int, str | None, str]]] = {}
+    for r in grouped:
+        name = display_name(r["api_key__name"], r["api_key__kind"]) if r["api_key_id"] is not None else "No key / deleted"
+        ref = str(r["api_key__public_id"]) if r["api_key__public_id"] and r["api_key__kind"] == "user" else None
+        per_reason.setdefault((r["status_code"], r["error_code"]), []).append((r["n"], r["api_key_id"] or 0, ref, name))
+    reasons = []
+    for (status, code), keys in per_reason.items():
+        keys.sort(key=lambda k: (-k[0], k[1]))
+        top = [(ref, name, n) for n, _, ref, name in keys[:TOP_KEYS_PER_REASON]]
+        reasons.append(ErrorReason(status, code, sum(k[0] for k in keys), top, max(0, len(keys) - TOP_KEYS_PER_REASON)))
+    return sorted(reasons, key=lambda r: (-r.requests, r.status_code, r.error_code))
+
+
+@dataclass
 class UsageReport:
     periods: list[dict]
     totals: dict
@@ -219,6 +268,12 @@ class UsageReport:
     by_key: list[dict] = field(default_factory=list)
     by_deployment: list[dict] = field(default_factory=list)
     by_endpoint: list[dict] = field(default_factory=list)
+    errors_by_reason: list[ErrorReason] = field(default_factory=list)
+
+    @property
+    def answered(self) -> int:
+        """Requests answered without an error: requests = answered + errors (refused or failed)."""
+        return self.totals["requests"] - self.totals["errors"]
 
     @property
     def currency(self) -> str:
@@ -285,6 +340,8 @@ def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAUL
     report = UsageReport(periods=periods, totals=totals, currencies=sorted(currencies), hourly=scope.hourly, sort=sort)
     if not breakdowns:
         return report
+    if report.totals["errors"]:
+        report.errors_by_reason = errors_by_reason(scope)
     kinds = ["key", "deployment", "endpoint", *(["workspace"] if with_workspaces else [])]
     # Grouped by ids only: grouping by the joined names as well took twice as long.
     ids = [BREAKDOWNS[kind][0][0] for kind in BREAKDOWNS]

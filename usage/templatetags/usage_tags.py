@@ -5,6 +5,7 @@ from urllib.parse import urlencode
 from django import template
 from django.db.models import Q
 
+from usage.amounts import amount_text
 from usage.models import DriftCheck, UsageDrift
 
 register = template.Library()
@@ -66,3 +67,9 @@ def count(value) -> str:
         return f"{round(value or 0):,}"
     except (TypeError, ValueError):
         return ""
+
+
+@register.filter
+def amount(exact, cents=None) -> str:
+    """Money on cards and tables: `{{ r.cost|amount:r.cost_cents }}` (usage.amounts.amount_text)."""
+    return amount_text(exact, cents)
