@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
@@ -193,3 +194,30 @@ def test_sigterm_lets_an_in_flight_stream_finish_and_meters_it(tmp_path, world, 
         assert event.status_code == 200 and event.completion_tokens == 20 and not event.aborted
     finally:
         web.kill()
+
+
+def test_replicas_starting_together_migrate_a_fresh_database_once(tmp_path, db):
+    """Three web replicas' `prepare` at once on an empty database: one migrates under the advisory
+    lock, the others wait for it. Without the lock they race to create the same tables and fail."""
+    import psycopg
+    from django.db import connection
+
+    name = f"gh_prepare_{uuid.uuid4().hex[:10]}"
+    params = {k: v for k, v in connection.get_connection_params().items() if k in ("host", "port", "user", "password")}
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = database_url().rsplit("/", 1)[0] + "/" + name
+        env = production_env(tmp_path, database_url=url, redis_url=settings.REDIS_URL, port=free_port(), GATEHOUSE_COLLECTSTATIC="0")
+        replicas = [Process("prepare", env, tmp_path / f"prepare-{i}.log") for i in range(3)]
+        codes = [replica.proc.wait(300) for replica in replicas]
+        outputs = [replica.output() for replica in replicas]
+        assert codes == [0, 0, 0], "\n\n".join(outputs)
+        assert all("Database migrated." in output for output in outputs)
+        with psycopg.connect(dbname=name, **params) as conn:
+            rows = conn.execute("SELECT app, name, count(*) FROM django_migrations GROUP BY app, name HAVING count(*) > 1").fetchall()
+            applied = conn.execute("SELECT count(*) FROM django_migrations").fetchone()[0]
+        assert rows == [] and applied > 20
+    finally:
+        with psycopg.connect(dbname="postgres", autocommit=True, **params) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
