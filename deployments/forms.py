@@ -76,6 +76,11 @@ class DeploymentForm(forms.Form):
         )
         self.fields["fallback"].label_from_instance = lambda d: f"{d.name} ({d.model_id})"
         self.fields["router_provider"].queryset = RouterProvider.objects.filter(is_active=True, grants__workspace=workspace)
+        self.fields["router_provider"].help_text = (
+            "Router providers the installation's administrators granted to this workspace."
+            if self.fields["router_provider"].queryset.exists()
+            else "No router provider is granted to this workspace; installation administrators grant them under Router providers."
+        )
         self.fields["byok_credential"].queryset = ByokCredential.objects.filter(workspace_id__in={workspace.id, workspace.root_id})
         # Each upstream kind needs its own field; the one matching the chosen kind is required.
         kind = self.data.get("upstream_kind") if self.is_bound else self.initial.get("upstream_kind", UpstreamKind.ENDPOINT)
