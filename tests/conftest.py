@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from console.audit import Actor
@@ -112,3 +114,28 @@ def sign_in(page):
         return page
 
     return do
+
+
+def pytest_configure(config):
+    from tests.log_leaks import record_created_keys
+
+    record_created_keys()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if any server log it produced holds a key it created (tests/log_leaks.py)."""
+    from tests import log_leaks
+
+    roots = [Path(__file__).resolve().parent.parent / "var" / "test"]
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None:
+        roots.append(factory.getbasetemp())
+    files = log_leaks.log_files(roots, log_leaks.STARTED)
+    leaks = log_leaks.find_leaks(files, log_leaks.created)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"log check: {len(files)} server logs searched for {len(log_leaks.created)} keys this run created")
+        for path, count in leaks.items():
+            reporter.write_line(f"KEY LEAK: {path} contains {count} key(s) created by this run", red=True)
+    if leaks:
+        session.exitstatus = 1
