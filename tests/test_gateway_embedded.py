@@ -30,6 +30,7 @@ def test_embedded_default_serves_the_seeded_demo_deployment_with_limits_and_mete
         subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True)
         seeded = subprocess.run([*manage, "seed_demo"], cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
         assert f"'@acme/gatehouse-demo' -> http://127.0.0.1:{demo.port}/v1" in seeded
+        assert f"'@acme/gatehouse-demo-embed' -> http://127.0.0.1:{demo.port}/v1" in seeded
         created = subprocess.run(
             [*manage, "create_api_key", "--workspace", "acme", "--name", "embedded", "--all-models", "--tpm", "250"],
             cwd=ROOT,
@@ -53,7 +54,10 @@ def test_embedded_default_serves_the_seeded_demo_deployment_with_limits_and_mete
             return httpx.post(server.url + "/v1/chat/completions", json=body, headers=auth, timeout=10).status_code
 
         models = httpx.get(server.url + "/v1/models", headers=auth, timeout=10).json()
-        assert [m["id"] for m in models["data"]] == ["@acme/gatehouse-demo"]
+        assert [(m["id"], m["kind"]) for m in models["data"]] == [
+            ("@acme/gatehouse-demo", "chat"),
+            ("@acme/gatehouse-demo-embed", "embedding"),
+        ]
         # Each answer settles to 14 tokens (1 prompt + 13 completion), so sequential calls fit.
         model = "@acme/gatehouse-demo"
         assert [call(chat_body(model, "hi", max_tokens=95)) for _ in range(3)] == [200, 200, 200]

@@ -12,6 +12,7 @@ from console.services import membership_add, workspace_create
 
 DEMO_ADMIN = "admin"
 DEMO_MODEL_ID = "@acme/gatehouse-demo"
+DEMO_EMBEDDING_ID = "@acme/gatehouse-demo-embed"
 
 
 class Command(BaseCommand):
@@ -40,8 +41,18 @@ class Command(BaseCommand):
             workspace_create(name="Research", slug="acme-research", parent=default, time_zone="Europe/Berlin", actor=actor)
 
         demo = self._demo_deployment(default, actor)
+        embed = self._demo_deployment(
+            default,
+            actor,
+            model_id=DEMO_EMBEDDING_ID,
+            name="Embedding demo",
+            kind="embedding",
+            description="The demo model's deterministic embeddings (16 dimensions), for /v1/embeddings.",
+            prices=("0.10", "0"),
+        )
         self.stdout.write("Demo data ready: workspace 'acme' with sub-workspace 'acme-research'.")
         self.stdout.write(f"Demo model deployment '{demo.model_id}' -> {demo.upstream_base_url} (the `demo:` process).")
+        self.stdout.write(f"Demo embedding deployment '{embed.model_id}' -> {embed.upstream_base_url}.")
         # The embedded default is a single-user local demo: the first password is kept in a
         # 0600 file under var/ so `make run` can print the login again on every start.
         password_file = settings.VAR_DIR / "demo-admin-password"
@@ -55,25 +66,36 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"User {DEMO_ADMIN} already existed; its password is unchanged (rerun with --password to set one).")
 
-    def _demo_deployment(self, workspace: Workspace, actor: Actor):
+    def _demo_deployment(
+        self,
+        workspace: Workspace,
+        actor: Actor,
+        *,
+        model_id: str = DEMO_MODEL_ID,
+        name: str = "Demo model",
+        kind: str = "chat",
+        description: str = "Gatehouse's built-in demo model: deterministic answers, honest token counts.",
+        prices: tuple[str, str] = ("2.50", "10.00"),
+    ):
         """A deployment behind the demo model server (Procfile `demo:` on DEMO_MODEL_PORT), so the
         gateway can be called right after `make run`. Kept pointing at the current port."""
         from deployments.models import Deployment
         from deployments.services import deployment_create, deployment_update
 
         base_url = f"http://127.0.0.1:{settings.DEMO_MODEL_PORT}/v1"
-        existing = Deployment.objects.filter(workspace=workspace, model_id=DEMO_MODEL_ID).first()
+        existing = Deployment.objects.filter(workspace=workspace, model_id=model_id).first()
         if existing is None:
             return deployment_create(
                 workspace=workspace,
                 actor=actor,
-                name="Demo model",
-                model_id=DEMO_MODEL_ID,
+                name=name,
+                model_id=model_id,
+                kind=kind,
                 upstream_base_url=base_url,
                 upstream_model="gatehouse-demo",
-                description="Gatehouse's built-in demo model: deterministic answers, honest token counts.",
-                input_per_million="2.50",
-                output_per_million="10.00",
+                description=description,
+                input_per_million=prices[0],
+                output_per_million=prices[1],
             )
         if existing.upstream_base_url != base_url:
             return deployment_update(
