@@ -11,7 +11,7 @@ class GatehouseUserAdmin(UserAdmin):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "parent", "time_zone", "created_at"]
+    list_display = ["name", "slug", "parent", "time_zone", "queue_priority", "created_at"]
     search_fields = ["name", "slug"]
 
 

@@ -44,6 +44,9 @@ class Workspace(models.Model):
     name = models.CharField(max_length=80)
     slug = models.SlugField(max_length=50, unique=True)
     time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
+    # When a deployment is at capacity, queued requests are admitted round robin across
+    # workspaces, this many per round (gateway/capacity.py).
+    queue_priority = models.PositiveSmallIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = WorkspaceQuerySet.as_manager()

@@ -61,6 +61,30 @@ class DeploymentForm(forms.Form):
         help_text="Takes the calls when every replica is down, for keys that may call it too; metered and priced as itself.",
     )
 
+    queue_timeout_seconds = forms.IntegerField(
+        label="Queue wait (seconds)",
+        required=False,
+        min_value=0,
+        max_value=600,
+        initial=10,
+        help_text="When every replica is at its max concurrent, a request waits this long for a slot, then gets 429. 0: no queue.",
+    )
+    queue_max_waiting = forms.IntegerField(
+        label="Queue length",
+        required=False,
+        min_value=1,
+        max_value=100_000,
+        initial=100,
+        help_text="Requests waiting at most (per gateway process).",
+    )
+
+    def clean_queue_timeout_seconds(self) -> int:
+        value = self.cleaned_data.get("queue_timeout_seconds")
+        return 10 if value is None else value
+
+    def clean_queue_max_waiting(self) -> int:
+        return self.cleaned_data.get("queue_max_waiting") or 100
+
     def clean_kind(self) -> str:
         return self.cleaned_data.get("kind") or DeploymentKind.CHAT
 

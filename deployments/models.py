@@ -50,6 +50,10 @@ class Deployment(models.Model):
     router_provider = models.ForeignKey("keys.RouterProvider", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     byok_credential = models.ForeignKey("keys.ByokCredential", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     timeout_seconds = models.PositiveIntegerField(default=120)
+    queue_timeout_seconds = models.PositiveIntegerField(
+        default=10, help_text="When every replica is at its max concurrent, a request waits this long at most (0: refused at once)"
+    )
+    queue_max_waiting = models.PositiveIntegerField(default=100, help_text="Requests waiting at most, per gateway process")
     fallback = models.ForeignKey(
         "self",
         null=True,

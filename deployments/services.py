@@ -124,6 +124,20 @@ def _clean_upstream(
     raise ValidationError({"upstream_kind": "Choose an upstream kind."})
 
 
+QUEUE_TIMEOUT_MAX = 600
+QUEUE_WAITING_MAX = 100_000
+
+
+def _clean_queue(value, field: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValidationError({field: "Enter a whole number."}) from None
+    if not low <= number <= high:
+        raise ValidationError({field: f"Enter a number from {low} to {high}."})
+    return number
+
+
 def _clean_fallback(*, workspace: Workspace, fallback: Deployment | None, own_pk: int | None) -> Deployment | None:
     """A fallback is another deployment of the same organisation (calls go to it only for keys that may call it too)."""
     if fallback is None:
@@ -173,6 +187,8 @@ def deployment_create(
     upstream_weight: int = 1,
     upstream_max_concurrent: int | None = None,
     fallback: Deployment | None = None,
+    queue_timeout_seconds: int = 10,
+    queue_max_waiting: int = 100,
     resolve: Resolver = system_resolver,
 ) -> Deployment:
     """Create a deployment; an endpoint deployment gets its first replica from upstream_base_url
@@ -206,6 +222,8 @@ def deployment_create(
         status=DeploymentStatus.RUNNING,
         created_by=actor.user if getattr(actor.user, "pk", None) else None,
         fallback=_clean_fallback(workspace=workspace, fallback=fallback, own_pk=None),
+        queue_timeout_seconds=_clean_queue(queue_timeout_seconds, "queue_timeout_seconds", 0, QUEUE_TIMEOUT_MAX),
+        queue_max_waiting=_clean_queue(queue_max_waiting, "queue_max_waiting", 1, QUEUE_WAITING_MAX),
         **upstream,
     )
     if upstream_api_key and upstream_kind == UpstreamKind.ENDPOINT:
@@ -257,6 +275,8 @@ UPDATABLE = (
     "byok_credential",
     "timeout_seconds",
     "fallback",
+    "queue_timeout_seconds",
+    "queue_max_waiting",
 )
 
 
@@ -279,6 +299,8 @@ def deployment_update(
     upstream_api_key: str = "",
     clear_upstream_api_key: bool = False,
     fallback: Deployment | None = None,
+    queue_timeout_seconds: int = 10,
+    queue_max_waiting: int = 100,
     resolve: Resolver = system_resolver,
 ) -> Deployment:
     """Change settings. An empty upstream_api_key keeps the stored key; clear_upstream_api_key removes it.
@@ -303,6 +325,8 @@ def deployment_update(
         "upstream_model": upstream_model.strip(),
         "timeout_seconds": timeout_seconds,
         "fallback": _clean_fallback(workspace=deployment.workspace, fallback=fallback, own_pk=deployment.pk),
+        "queue_timeout_seconds": _clean_queue(queue_timeout_seconds, "queue_timeout_seconds", 0, QUEUE_TIMEOUT_MAX),
+        "queue_max_waiting": _clean_queue(queue_max_waiting, "queue_max_waiting", 1, QUEUE_WAITING_MAX),
         **_clean_upstream(
             workspace=deployment.workspace,
             kind=upstream_kind,

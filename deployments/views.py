@@ -107,6 +107,8 @@ def _edit_context(access, deployment: Deployment, *, form=None, price_form=None)
             "byok_credential",
             "timeout_seconds",
             "fallback",
+            "queue_timeout_seconds",
+            "queue_max_waiting",
         )
     }
     current = price_in_force(deployment, timezone.now())

@@ -24,7 +24,8 @@ from django.conf import settings
 
 from gateway import errors, metrics
 from gateway.auth import KeyCache, KeyEntry, Route, listen_for_changes, parse_bearer
-from gateway.balancer import Answer, Balancer, UpstreamFailed, UpstreamPool
+from gateway.balancer import Answer, Balancer, CapacityExceeded, Ticket, UpstreamFailed, UpstreamPool
+from gateway.capacity import CapacityUnavailable, RedisCapacity
 from gateway.errors import GatewayError
 from gateway.limits import (
     CAPPED_HEADER,
@@ -156,6 +157,8 @@ class Gateway:
                 # redis-py for the change subscription; the lean pipelined client for admission.
                 self.redis = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
                 self.limiter = RedisLimiter(PipelinedRedis(settings.REDIS_URL))
+                # Per-replica caps count leases in the same Redis, so they hold across processes.
+                self.upstream.capacity = RedisCapacity(self.limiter.redis)
                 self.tasks.append(asyncio.get_running_loop().create_task(listen_for_changes(self.redis, self.cache, self.balancer)))
             else:
                 self.redis = None
@@ -171,6 +174,7 @@ class Gateway:
                 publish=self.publish_spool_status,
             )
             self.writer.start()
+            self.upstream.capacity.start()
             self.touched: dict[int, float] = {}
             self.ready = True
 
@@ -179,6 +183,7 @@ class Gateway:
             return
         for task in self.tasks:
             task.cancel()
+        await self.upstream.capacity.stop()
         await self.writer.stop()
         await self.http.aclose()
         if self.redis is not None:
@@ -582,7 +587,9 @@ class Gateway:
         )
         raise error
 
-    async def send_upstream(self, route: Route, entry: KeyEntry, shape: Shape, call: Call, *, stream: bool, started: float) -> Answer:
+    async def send_upstream(
+        self, route: Route, entry: KeyEntry, shape: Shape, call: Call, *, stream: bool, started: float, request_id: str
+    ) -> Answer:
         """One upstream exchange through gateway.balancer: a replica of the route (or the route's
         own URL), at most one retry elsewhere before anything reached the client, the fallback
         deployment when every replica is out. Raises UpstreamFailed when no answer came."""
@@ -599,12 +606,34 @@ class Gateway:
             return built[target.name]
 
         deadline = time.monotonic() - (time.time() - started) + route.timeout
-        return await self.upstream.send(route, entry.routes, path=shape.upstream_path, build=build, stream=stream, deadline=deadline)
+        ticket = Ticket(request_id, entry.workspace_id, entry.queue_priority)
+        try:
+            return await self.upstream.send(
+                route, entry.routes, ticket, path=shape.upstream_path, build=build, stream=stream, deadline=deadline
+            )
+        except CapacityExceeded as exc:
+            metrics.REFUSALS.labels("capacity").inc()
+            why = (
+                "every replica is busy and the queue is full"
+                if exc.queue_full
+                else f"no replica freed up within {exc.route.queue_timeout:g} s"
+            )
+            raise GatewayError(
+                429,
+                f"The deployment {exc.route.name} is at capacity: {why}. Retry shortly.",
+                code="capacity_exceeded",
+                type="rate_limit_error",
+                headers=[(b"retry-after", b"1")],
+            ) from None
+        except CapacityUnavailable:
+            metrics.REFUSALS.labels("limiter_unavailable").inc()
+            raise errors.limiter_unavailable() from None
 
     async def proxy_once(self, receive, exchange: Exchange, entry: KeyEntry, route: Route, shape: Shape, call: Call, reservation) -> None:
         try:
             answer = await _unless_client_leaves(
-                receive, self.send_upstream(route, entry, shape, call, stream=False, started=exchange.started)
+                receive,
+                self.send_upstream(route, entry, shape, call, stream=False, started=exchange.started, request_id=exchange.request_id),
             )
         except ClientGone:
             # The caller hung up while the model was still working: stop the upstream call (its
@@ -661,7 +690,9 @@ class Gateway:
 
     async def proxy_stream(self, receive, exchange: Exchange, entry: KeyEntry, route: Route, shape: Shape, call: Call, reservation) -> None:
         try:
-            answer = await self.send_upstream(route, entry, shape, call, stream=True, started=exchange.started)
+            answer = await self.send_upstream(
+                route, entry, shape, call, stream=True, started=exchange.started, request_id=exchange.request_id
+            )
         except UpstreamFailed as failed:
             error = transport_error(failed.error)
             return await self.upstream_failed(
@@ -803,7 +834,10 @@ def _replica_id(replica) -> int | None:
 def _answer_headers(answer: Answer, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     if answer.fallback:
         # The client called another deployment: say which one answered (and was metered).
-        return [*headers, (b"x-gatehouse-fallback", answer.route.name.encode())]
+        headers = [*headers, (b"x-gatehouse-fallback", answer.route.name.encode())]
+    if answer.queued_ms:
+        # It waited for a free replica (the deployment was at capacity): how long.
+        headers = [*headers, (b"x-gatehouse-queued-ms", str(answer.queued_ms).encode())]
     return headers
 
 

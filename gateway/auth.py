@@ -98,6 +98,9 @@ class Route:
     # A router provider's per-model price versions (its default versions are `prices`), so a
     # wildcard route prices each model it is called with. None for everything else.
     prices_by_model: dict[str, tuple[Price, ...]] | None = None
+    capped: bool = False  # some replica has max_concurrent: requests take capacity leases (gateway/capacity.py)
+    queue_timeout: float = 10.0
+    queue_max: int = 100
 
     def __post_init__(self) -> None:
         if not self.metric_name:
@@ -152,6 +155,7 @@ class KeyEntry:
     budget_blocked_until: float | None = None
     # A budget that blocks covers this key's workspace: completions are capped as for a token limit.
     budget_blocks: bool = False
+    queue_priority: int = 1  # the workspace's turns per round in a full deployment's queue
 
     def usable_at(self, now: float) -> bool:
         if self.revoked:
@@ -388,7 +392,10 @@ def load_key(digest: str) -> KeyEntry | None:
             responses_passthrough=d.responses_passthrough,
             replicas=replicas.get(d.id, ()) if d.upstream_kind == "endpoint" else (),
             fallback=d.fallback.model_id if d.fallback_id else "",
+            queue_timeout=float(d.queue_timeout_seconds),
+            queue_max=d.queue_max_waiting,
         )
+        route.capped = any(r.max_concurrent for r in route.replicas)
         if route.replicas and not problem:
             # Each replica carries its own key; the deployment's own is its first replica's.
             problem = next((r.label for r in route.replicas if r.auth is _UNDECRYPTABLE), "")
@@ -452,6 +459,7 @@ def load_key(digest: str) -> KeyEntry | None:
         loaded_at=time.monotonic(),
         budget_blocked_until=_epoch(blocked_until),
         budget_blocks=budget_blocks,
+        queue_priority=workspace.queue_priority,
     )
 
 

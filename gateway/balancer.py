@@ -171,20 +171,32 @@ class Balancer:
             state.probe_up = None
 
 
+class Lease:
+    """A replica held by one try: the balancer's in-flight count and, for a capped replica, a capacity lease."""
+
+    __slots__ = ("replica", "lease_id", "deployment_id", "queued_ms")
+
+    def __init__(self, replica: Replica, lease_id: str | None, deployment_id: int | None, queued_ms: int = 0):
+        self.replica, self.lease_id, self.deployment_id = replica, lease_id, deployment_id
+        self.queued_ms = queued_ms
+
+
 class Answer:
     """An upstream response whose head was accepted (no more retries), and who gave it.
 
     For a non-streamed call (and any error answer) the body is already read and the replica
     released; for a stream the caller relays `response` and then calls `done(ok)` once."""
 
-    __slots__ = ("response", "body", "route", "replica", "fallback", "retried", "_balancer", "_lease")
+    __slots__ = ("response", "body", "route", "replica", "fallback", "retried", "queued_ms", "_pool", "_lease")
 
-    def __init__(self, balancer, response, body, replica, *, leased: bool):
-        self.response, self.body, self.replica = response, body, replica
+    def __init__(self, pool, response, body, lease: Lease | None, *, leased: bool):
+        self.response, self.body = response, body
+        self.replica = lease.replica if lease is not None else None
         self.route = None
         self.fallback = self.retried = False
-        self._balancer = balancer
-        self._lease = replica if leased else None
+        self.queued_ms = 0
+        self._pool = pool
+        self._lease = lease if leased else None
 
     @property
     def replica_id(self) -> int | None:
@@ -193,24 +205,47 @@ class Answer:
     def done(self, ok: bool | None) -> None:
         lease, self._lease = self._lease, None
         if lease is not None:
-            self._balancer.release(lease, ok=ok)
+            self._pool.release(lease, ok=ok)
 
 
 class UpstreamFailed(Exception):
-    """Both tries failed before a response head was accepted; `error` is the last transport error."""
+    """No try got a response head; `error` is the last transport error."""
 
     def __init__(self, error: Exception, route, replica):
         super().__init__(str(error))
         self.error, self.route, self.replica = error, route, replica
 
 
+class CapacityExceeded(Exception):
+    """Every replica is at its cap and the queue is full or the wait ran out."""
+
+    def __init__(self, route, *, queue_full: bool):
+        super().__init__("queue full" if queue_full else "queue wait expired")
+        self.route, self.queue_full = route, queue_full
+
+
+class Ticket:
+    """Who is asking, for the fair queue and the capacity leases."""
+
+    __slots__ = ("request_id", "workspace_id", "priority")
+
+    def __init__(self, request_id: str, workspace_id: int, priority: int = 1):
+        self.request_id, self.workspace_id, self.priority = request_id, workspace_id, max(1, priority)
+
+
 class UpstreamPool:
     """Sends one upstream exchange to a replica of the route (gateway.auth.Route.replicas), with at
-    most one retry elsewhere. Routes without replicas (router, BYOK) go to their own base URL."""
+    most one retry elsewhere. Routes without replicas (router, BYOK) go to their own base URL.
+    Replicas with a cap (max_concurrent) are taken through gateway.capacity, queueing fairly
+    when all are full."""
 
-    def __init__(self, http, balancer: Balancer):
+    def __init__(self, http, balancer: Balancer, capacity=None):
+        from gateway.capacity import LocalCapacity
+
         self.http = http
         self.balancer = balancer
+        self.capacity = capacity or LocalCapacity(balancer)
+        self.queues: dict[int | None, object] = {}
 
     def choose(self, route, routes: dict, *, exclude: int | None = None):
         """(route, replica) for the next try, or None when a retry has nowhere else to go."""
@@ -230,12 +265,80 @@ class UpstreamPool:
             return None
         return route, self.balancer.panic_pick(route.replicas)
 
-    async def send(self, route, routes: dict, *, path: str, build, stream: bool, deadline: float) -> Answer:
-        """`build(route)` → (headers, body) for the upstream. Raises UpstreamFailed."""
-        target = self.choose(route, routes)
-        first_replica = None
+    async def take(self, route, routes: dict, ticket: Ticket, *, attempt: int, exclude: int | None, deadline: float):
+        """(route, Lease or None) for one try; None when a retry has nowhere to go. The first try
+        of a capped deployment queues when every replica is full (CapacityExceeded when it cannot)."""
+        target = self.choose(route, routes, exclude=exclude)
+        if target is None:
+            return None
+        target_route, replica = target
+        if replica is None:
+            return target_route, None
+        if not target_route.capped:
+            self.balancer.acquire(replica)
+            return target_route, Lease(replica, None, target_route.deployment_id)
+        lease_id = f"{ticket.request_id}:{attempt}"
+        balancer = self.balancer
+
+        def candidates(first=None) -> list:
+            # The balancer's choice first, then the other healthy replicas, least busy first;
+            # those this process alone already fills are not worth asking Redis about.
+            now = balancer.clock()
+            others = sorted(
+                (r for r in target_route.replicas if r is not first and r.id != exclude and balancer.healthy(r, now)),
+                key=lambda r: balancer.state(r).inflight / r.weight,
+            )
+            found = [first] if first is not None else []
+            return [
+                (r, r.max_concurrent)
+                for r in [*found, *others]
+                if r.max_concurrent is None or balancer.state(r).inflight < r.max_concurrent
+            ]
+
+        queue = self.queues.get(target_route.deployment_id)
+        if attempt > 0 or queue is None or not queue.size:  # never ahead of requests already waiting
+            ordered = candidates(replica)
+            got = await self.capacity.acquire(ordered, lease_id) if ordered else None
+            if got is not None:
+                self.balancer.acquire(got)
+                return target_route, Lease(got, lease_id, target_route.deployment_id)
+        if attempt > 0:
+            return None
+        from gateway.capacity import FairQueue, QueueFull, QueueTimeout
+
+        # Looked up again: another request may have made the queue while this one asked Redis.
+        queue = self.queues.get(target_route.deployment_id)
+        if queue is None:
+            queue = self.queues[target_route.deployment_id] = FairQueue(self.capacity, target_route.deployment_public_id or "")
+        queued_at = time.monotonic()
+        try:
+            got, lease_id = await queue.wait(
+                workspace_id=ticket.workspace_id,
+                priority=ticket.priority,
+                limit=target_route.queue_max,
+                deadline=min(deadline, queued_at + target_route.queue_timeout),
+                candidates=candidates,
+            )
+        except QueueFull:
+            raise CapacityExceeded(target_route, queue_full=True) from None
+        except QueueTimeout:
+            raise CapacityExceeded(target_route, queue_full=False) from None
+        self.balancer.acquire(got)
+        return target_route, Lease(got, lease_id, target_route.deployment_id, int((time.monotonic() - queued_at) * 1000))
+
+    def release(self, lease: Lease, *, ok: bool | None) -> None:
+        self.balancer.release(lease.replica, ok=ok)
+        if lease.lease_id is not None:
+            queue = self.queues.get(lease.deployment_id)
+            self.capacity.release(lease.lease_id, then=queue.notify if queue is not None else None)
+
+    async def send(self, route, routes: dict, ticket: Ticket, *, path: str, build, stream: bool, deadline: float) -> Answer:
+        """`build(route)` → (headers, body) for the upstream. Raises UpstreamFailed or CapacityExceeded."""
+        target = await self.take(route, routes, ticket, attempt=0, exclude=None, deadline=deadline)
+        queued_ms = target[1].queued_ms if target[1] is not None else 0
         for attempt in range(2):
-            target_route, replica = target
+            target_route, lease = target
+            replica = lease.replica if lease is not None else None
             headers, body = build(target_route)
             if replica is not None:
                 headers = [h for h in headers if h[0] != b"authorization"]
@@ -245,16 +348,17 @@ class UpstreamPool:
             else:
                 url = target_route.base_url + path
             timeout = max(0.001, deadline - time.monotonic())
-            outcome = await self._try(url, replica, headers, body, stream=stream, timeout=timeout)
+            outcome = await self._try(url, lease, headers, body, stream=stream, timeout=timeout)
             fallback = target_route is not route
             if isinstance(outcome, Answer):
                 outcome.route, outcome.fallback, outcome.retried = target_route, fallback, attempt == 1
+                outcome.queued_ms = queued_ms
                 return outcome
             error, retriable, answer = outcome
-            if replica is not None:
-                first_replica = first_replica or replica
             if attempt == 0 and retriable and deadline - time.monotonic() > MIN_RETRY_SECONDS:
-                following = self.choose(route, routes, exclude=replica.id if replica is not None else -1)
+                following = await self.take(
+                    route, routes, ticket, attempt=1, exclude=replica.id if replica is not None else -1, deadline=deadline
+                )
                 if following is not None:
                     metrics.REPLICA_RETRIES.labels(replica.label if replica is not None else "").inc()
                     target = following
@@ -265,45 +369,42 @@ class UpstreamPool:
             raise UpstreamFailed(error, target_route, replica)
         raise AssertionError("unreachable")
 
-    async def _try(self, url: str, replica, headers, body: bytes, *, stream: bool, timeout: float):
+    async def _try(self, url: str, lease: Lease | None, headers, body: bytes, *, stream: bool, timeout: float):
         """An Answer, or (error, retriable, error answer or None) after releasing the replica."""
         from gateway.upstream import UpstreamTimeout
 
-        balancer = self.balancer
-        if replica is not None:
-            balancer.acquire(replica)
-        released = False
+        released = lease is None
         try:
             try:
                 response = await self.http.open(url, headers, body, timeout=timeout, connect_timeout=min(timeout, 10.0))
             except Exception as exc:
-                if replica is not None:
-                    balancer.release(replica, ok=False)
+                if lease is not None:
+                    self.release(lease, ok=False)
                     released = True
                 # A timeout has used the request's time; anything else failed before the head.
                 return exc, not isinstance(exc, UpstreamTimeout), None
             if stream and response.status == 200:
                 released = True  # the caller relays it and calls Answer.done
-                return Answer(balancer, response, None, replica, leased=True)
+                return Answer(self, response, None, lease, leased=True)
             try:
                 data = await response.read()
             except Exception as exc:
                 await response.aclose()
-                if replica is not None:
-                    balancer.release(replica, ok=False)
+                if lease is not None:
+                    self.release(lease, ok=False)
                     released = True
                 # Non-streamed: nothing reached the client yet, so a reset mid-body may be retried.
                 return exc, not stream and not isinstance(exc, UpstreamTimeout), None
             await response.aclose()
             status = response.status
-            if replica is not None:
-                balancer.release(replica, ok=True if status < 400 else False if status >= 500 else None)
+            if lease is not None:
+                self.release(lease, ok=True if status < 400 else False if status >= 500 else None)
                 released = True
-            answer = Answer(balancer, response, data, replica, leased=False)
+            answer = Answer(self, response, data, lease, leased=False)
             if status in RETRY_STATUSES:
                 return None, True, answer
             return answer
         finally:
-            if replica is not None and not released:
+            if not released:
                 # Cancelled (the client left) or a bug: neither healthy nor failed.
-                balancer.release(replica, ok=None)
+                self.release(lease, ok=None)

@@ -255,3 +255,88 @@ def test_the_fallback_deployment_answers_when_every_replica_is_down(world, upstr
     assert refused.status_code == 502 and "x-gatehouse-fallback" not in refused.headers
     assert refused.json()["error"]["code"] == "upstream_unreachable"
     assert UsageEvent.objects.get(request_id=refused.headers["x-request-id"]).deployment_id == primary.id
+
+
+def test_capacity_caps_each_replica_and_queues_fairly_across_sub_workspaces(world, upstreams, pair):
+    from console.services import workspace_create
+    from deployments.services import model_grant_add, replica_update
+
+    actor = Actor.system("tests")
+    servers = [upstreams[0], upstreams[2]]
+    deployment, replicas = pool_deployment(world, [s.url for s in servers], [1, 1], upstream_model="gatehouse-demo+latency_ms=400")
+    for replica in replicas:
+        replica_update(replica=replica, actor=actor, base_url=replica.base_url, weight=1, max_concurrent=4)
+    big = world.sub
+    small = workspace_create(name="Support", slug="acme-support", parent=world.org, actor=actor)
+    for workspace in (big, small):
+        model_grant_add(deployment=deployment, workspace=workspace, actor=actor)
+    _, big_key = make_key(big, all_models=True)
+    _, small_key = make_key(small, all_models=True)
+    for gateway in pair:  # keys cached on both gateways, so the burst arrives in the order it is sent
+        for key in (big_key, small_key):
+            assert (
+                httpx.post(
+                    gateway.url + "/v1/chat/completions",
+                    json=body(deployment.model_id),
+                    headers={"authorization": f"Bearer {key}"},
+                    timeout=30,
+                ).status_code
+                == 200
+            )
+    reset(servers)
+
+    async def one(client, gateway, key, results, name):
+        response = await client.post(
+            gateway.url + "/v1/chat/completions", json=body(deployment.model_id), headers={"authorization": f"Bearer {key}"}
+        )
+        results.append((name, response.status_code, int(response.headers.get("x-gatehouse-queued-ms", "0"))))
+
+    async def burst(plan):
+        # Each workspace's requests alternate between the gateways, as a load balancer in front would spread them.
+        results: list = []
+        seen: dict[str, int] = {}
+        jobs = []
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
+            for name, key in plan:
+                seen[name] = seen.get(name, -1) + 1
+                jobs.append(one(client, pair[seen[name] % 2], key, results, name))
+            await asyncio.gather(*jobs)
+        return results
+
+    # 40 at once: 30 from the big sub-workspace, 10 from the small one, arriving interleaved 3:1.
+    plan = [("big", big_key) if i % 4 != 3 else ("small", small_key) for i in range(40)]
+    results = gateway_support.run_async(burst(plan))
+
+    assert [status for _, status, _ in results] == [200] * 40
+    stats = [demo_stats(s) for s in servers]
+    assert all(s["max_inflight"] <= 4 for s in stats), stats  # the upstreams counted their own concurrency
+    assert sum(s["requests"] for s in stats) == 40
+    waits = {name: sorted(w for n, _, w in results if n == name) for name in ("big", "small")}
+    median = {name: (w[len(w) // 2 - 1] + w[len(w) // 2]) / 2 for name, w in waits.items()}
+    assert median["big"] > 0 and median["small"] <= median["big"] / 2, waits
+
+    # Queue full: a short queue sends the overflow back at once with 429 and Retry-After.
+    deployment_update(
+        deployment=deployment,
+        actor=actor,
+        name=deployment.name,
+        model_id=deployment.model_id,
+        upstream_base_url=deployment.upstream_base_url,
+        upstream_model=deployment.upstream_model,
+        queue_max_waiting=2,
+    )
+    time.sleep(0.3)
+    reset(servers)
+    overflow = gateway_support.run_async(burst([("big", big_key)] * 24))
+    statuses = [status for _, status, _ in overflow]
+    assert statuses.count(200) >= 8 and statuses.count(429) >= 1 and set(statuses) == {200, 429}
+    assert all(s["max_inflight"] <= 4 for s in (demo_stats(s) for s in servers))
+    refused = UsageEvent.objects.filter(deployment=deployment, status_code=429)
+    assert refused.count() == statuses.count(429) and set(refused.values_list("error_code", flat=True)) == {"capacity_exceeded"}
+    response = httpx.post(
+        pair[0].url + "/v1/chat/completions",
+        json=body(deployment.model_id),
+        headers={"authorization": f"Bearer {big_key}"},
+        timeout=30,
+    )
+    assert response.status_code == 200  # nothing left behind: the slots were all given back
