@@ -26,6 +26,12 @@ case "$role" in
     if [ "${GATEHOUSE_PREPARE:-1}" != "0" ]; then
       python manage.py prepare
     fi
+    # Several worker processes: /metrics sums them through prometheus_client's multiprocess mode,
+    # which needs a directory that is empty when the server starts.
+    if [ "${WEB_CONCURRENCY:-1}" -gt 1 ] && [ -z "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
+      PROMETHEUS_MULTIPROC_DIR="$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-metrics.XXXXXX")"
+      export PROMETHEUS_MULTIPROC_DIR
+    fi
     # uvicorn's access log is off: it prints full URLs, query strings included (a URL can carry
     # a key). The console and the gateway write their own access logs without query strings.
     exec uvicorn console.asgi:application \

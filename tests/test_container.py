@@ -104,7 +104,6 @@ def role_env(image: dict, service: str, port: int) -> list[str]:
         TRUSTED_PROXIES="",
         HOST="127.0.0.1",
         GATEHOUSE_PORT=str(port),
-        WEB_CONCURRENCY="1",
         UPSTREAM_ALLOWED_NETWORKS="private,127.0.0.1/32",  # the demo upstream is on loopback
     )
     return [f"{k}={v}" for k, v in env.items()]
