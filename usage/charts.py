@@ -93,7 +93,11 @@ def bar_chart(
     step = _nice_step(peak / Y_TICKS) if peak else 1
     top = step * max(1, math.ceil(peak / step - 1e-9)) if peak else step * Y_TICKS
     width = WIDE_WIDTH if wide else WIDTH
-    plot_w, plot_h, bottom = width - LEFT - RIGHT, HEIGHT - TOP - BOTTOM, HEIGHT - BOTTOM
+    tick_values = [step * k for k in range(round(top / step) + 1)]
+    tick_labels = [_axis_label(value, step, money) for value in tick_values]
+    # Room for the longest y label (small amounts read 0.000015): ~7 units a character at 12 units.
+    left = max(LEFT, 10 + 7 * max(len(label) for label in tick_labels))
+    plot_w, plot_h, bottom = width - left - RIGHT, HEIGHT - TOP - BOTTOM, HEIGHT - BOTTOM
     slot = plot_w / max(len(periods), 1)
     scale = plot_h / top
 
@@ -104,7 +108,7 @@ def bar_chart(
     bar_offset, bar_w = slot * 0.14, f"{max(slot * 0.72, 1):.2f}"
     hit = f'y="{TOP}" width="{slot:.2f}" height="{plot_h}"/>'
     for i, (p, total, label) in enumerate(zip(periods, totals, labels, strict=True)):
-        x = LEFT + i * slot
+        x = left + i * slot
         y = float(bottom)
         segments = []
         for s in series:
@@ -129,12 +133,8 @@ def bar_chart(
         )
         svg.append("</g>")
 
-    y_ticks = []
-    count = round(top / step)
-    for k in range(count + 1):
-        value = step * k
-        y_ticks.append({"y": round(bottom - value * scale, 2), "label": _axis_label(value, step, money)})
-    x_ticks = [{"x": round(LEFT + i * slot + slot / 2, 2), "label": label} for i, label in _x_ticks(periods, hourly, 14 if wide else 7)]
+    y_ticks = [{"y": round(bottom - value * scale, 2), "label": label} for value, label in zip(tick_values, tick_labels, strict=True)]
+    x_ticks = [{"x": round(left + i * slot + slot / 2, 2), "label": label} for i, label in _x_ticks(periods, hourly, 14 if wide else 7)]
     return {
         "title": title,
         "unit": unit,
@@ -145,7 +145,7 @@ def bar_chart(
         "x_ticks": x_ticks,
         "width": width,
         "height": HEIGHT,
-        "left": LEFT,
+        "left": left,
         "top": TOP,
         "bottom_y": bottom,
         "plot_h": plot_h,

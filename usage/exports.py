@@ -32,7 +32,7 @@ def _breakdown_name(kind: str, row: dict) -> list:
         return [row["api_key__name"] or "No key / deleted", row["api_key__public_id"] or ""]
     if kind == "endpoint":
         return [row["endpoint_label"], row["endpoint"]]
-    return [row["deployment__name"] or "Deleted deployments", row["deployment__public_id"] or ""]
+    return [row["deployment__name"] or "No deployment / deleted", row["deployment__public_id"] or ""]
 
 
 def write_usage_csv(writer, report: UsageReport, workspace: Workspace, limits: list[KeyLimit]) -> None:
