@@ -298,6 +298,10 @@ class Gateway:
         if path in ("/v1/models", "/v1/models/"):
             _require(method, "GET")
             return await self.list_models(scope, exchange)
+        if path == "/v1/messages/count_tokens":
+            exchange.shape = messages.SHAPE
+            _require(method, "POST")
+            return await self.count_tokens(scope, receive, exchange)
         match = V1_DEPLOYMENT_PATH.match(path)
         if match:
             _require(method, "POST")
@@ -325,6 +329,17 @@ class Gateway:
         entry = await self.checked_entry(scope, headers, key, exchange)
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "gatehouse", "kind": kind} for name, kind in entry.model_list()]
         await exchange.respond(200, orjson.dumps({"object": "list", "data": data}))
+
+    async def count_tokens(self, scope, receive, exchange: Exchange) -> None:
+        """Anthropic's token counting (Claude Code asks before long requests): the admission estimate
+        of the request's prompt, for a model the key may call. No model call, so nothing is metered."""
+        headers = _headers(scope)
+        key = messages.credential(headers, False)
+        exchange.endpoint = "messages.count_tokens"
+        entry = await self.checked_entry(scope, headers, key, exchange)
+        payload = _json(await _read_body(receive, settings.GATEWAY_MAX_BODY_BYTES))
+        exchange.model = self.resolve(entry, messages.count_model(payload), None).name
+        await exchange.respond(200, orjson.dumps({"input_tokens": messages.count_tokens(payload)}))
 
     async def checked_entry(self, scope, headers: dict, key: str, exchange: Exchange, *, reload: bool = False) -> KeyEntry:
         digest = _digest(key)
@@ -839,6 +854,13 @@ def _answer_headers(answer: Answer, headers: list[tuple[bytes, bytes]]) -> list[
         # It waited for a free replica (the deployment was at capacity): how long.
         headers = [*headers, (b"x-gatehouse-queued-ms", str(answer.queued_ms).encode())]
     return headers
+
+
+def _json(body: bytes):
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise errors.bad_request("The request body is not valid JSON.", code="invalid_json") from None
 
 
 def _require(method: str, expected: str) -> None:

@@ -283,3 +283,16 @@ def test_chat_answer_becomes_a_message():
     assert out["id"] == "msg_9" and out["stop_reason"] == "tool_use" and out["model"] == "client"
     assert out["content"] == [{"type": "tool_use", "id": "c1", "name": "f", "input": {"x": 2}}]
     assert (out["usage"]["input_tokens"], out["usage"]["output_tokens"]) == (4, 3)
+
+
+def test_count_tokens_answers_for_a_model_in_scope_and_meters_nothing(world, deployment, gateway):
+    key, plaintext = make_key(world.org, deployments=[deployment])
+    claude = client(gateway, plaintext)
+    counted = claude.messages.count_tokens(model=deployment.model_id, system="Be brief.", messages=[{"role": "user", "content": "Say hi"}])
+    expected = messages.SHAPE.parse(
+        {"model": "m", "max_tokens": 1, "system": "Be brief.", "messages": [{"role": "user", "content": "Say hi"}]}, True
+    ).prompt_estimate
+    assert counted.input_tokens == expected  # what admission would reserve for the prompt
+    with pytest.raises(anthropic.NotFoundError):
+        claude.messages.count_tokens(model="someone-elses-model", messages=[{"role": "user", "content": "x"}])
+    assert not UsageEvent.objects.filter(api_key=key, status_code=200).exists()

@@ -11,6 +11,7 @@ ENDPOINTS = {
     "chat.completions": "Chat completions",
     "responses": "Responses",
     "messages": "Anthropic Messages",
+    "messages.count_tokens": "Anthropic token count",
     "dashscope.generation": "DashScope generation",
     "completions": "Completions",
     "embeddings": "Embeddings",

@@ -219,6 +219,19 @@ def parse(payload: object, model_required: bool) -> Call:
     )
 
 
+def count_model(payload: object) -> str:
+    """The model a /v1/messages/count_tokens body names (validated like a Messages body)."""
+    return model(json_object(payload))
+
+
+def count_tokens(payload: dict) -> int:
+    """/v1/messages/count_tokens: the admission estimate of what the request would send (its tools too)."""
+    count = estimate_prompt_tokens(chat_messages(payload.get("messages"), payload.get("system")))
+    if payload.get("tools"):
+        count += len(orjson.dumps(chat_tools(payload["tools"]))) // 3
+    return count
+
+
 def message_id(request_id: str) -> str:
     return "msg_" + request_id.removeprefix("req_")
 
