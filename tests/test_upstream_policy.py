@@ -12,7 +12,6 @@ addresses alone, fake resolvers stand in for DNS, and the end-to-end checks use 
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from lib.upstream import (
 )
 from tests import gateway_support
 from tests.factories import make_deployment, make_key
-from tests.gateway_support import chat_body
+from tests.gateway_support import chat_body, run_async
 
 PRODUCTION = parse_network_policy(default_allowed_networks(debug=False))
 DEVELOPMENT = parse_network_policy(default_allowed_networks(debug=True))
@@ -263,13 +262,13 @@ def test_gateway_clients_refuse_before_connecting(settings, listener, client_cla
             await client.aclose()
 
     settings.UPSTREAM_ALLOWED_NETWORKS = ("public", "private", "127.0.0.1/32", "::1/128")
-    assert asyncio.run(call()) == (200, b"{}")
+    assert run_async(call()) == (200, b"{}")
     assert listener.accepted == 1
     assert listener.host_headers == [f"localhost:{listener.port}"]  # the name, though the checked IP was dialled
 
     settings.UPSTREAM_ALLOWED_NETWORKS = PRODUCTION_SETTING
     with pytest.raises(UpstreamForbidden, match="loopback"):
-        asyncio.run(call())
+        run_async(call())
     assert listener.accepted == 1
 
 
