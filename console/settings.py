@@ -252,6 +252,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_keys"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
+        # Django's default config gives the "django" logger a handler of its own under DEBUG; its
+        # records also reach ours, so each warning (and traceback) was printed twice. Ours only.
+        "django": {"handlers": [], "propagate": True},
         "django.db.backends": {"level": "WARNING"},
         # A 403 or 404 is a one-line warning, not a traceback (500s keep theirs).
         "django.request": {"filters": ["client_error_tracebacks"]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 
 import pytest
@@ -81,3 +82,31 @@ def test_a_403_logs_one_line_without_a_traceback(world, client_for, caplog):
     assert [r.getMessage() for r in records] == ["Forbidden (Permission denied): /w/acme/settings/"]
     # The filter from LOGGING drops the exception; a handler formatting this record prints no traceback.
     assert all(r.exc_info is None for r in records)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("debug", ["1", "0"])
+def test_a_403_is_one_line_in_a_real_server_log(tmp_path, debug):
+    """Issue 16: every 403 wrote two full tracebacks to the web log (Django's DEBUG-only handler
+    printed each record a second time). `make run` is DEBUG=1; production is DEBUG=0."""
+    from django.conf import settings
+
+    from tests.conftest import PASSWORD, World
+    from tests.prod_support import Browser, Process, database_url, free_port, production_env, set_production_password
+
+    world = World()
+    set_production_password(world.viewer, PASSWORD)
+    port = free_port()
+    env = production_env(tmp_path, database_url=database_url(), redis_url=settings.REDIS_URL, port=port, DEBUG=debug)
+    web = Process("web", env, tmp_path / "web.log")
+    try:
+        web.wait_http(f"http://127.0.0.1:{port}/healthz")
+        browser = Browser(f"http://127.0.0.1:{port}")
+        browser.sign_in("vera", PASSWORD)
+        assert browser.get("/w/acme/settings/").status_code == 403
+        time.sleep(0.5)
+    finally:
+        web.terminate()
+    log = web.output()
+    assert log.count("Forbidden (Permission denied): /w/acme/settings/") == 1, log
+    assert "Traceback" not in log, log
