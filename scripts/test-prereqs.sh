@@ -12,7 +12,7 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 
 # Toolchains the code-example tests compile and run the examples with (tests/test_deployments_examples.py),
-# and the container test's podman + mmdebstrap. Each is installed from Debian's packages only when missing; without root the tests skip and say why.
+# and the container test's podman + mmdebstrap + runc. Each is installed from Debian's packages only when missing; without root the tests skip and say why.
 missing=()
 command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
@@ -27,6 +27,7 @@ ls /usr/lib/mono/4.5/System.Net.Http.dll >/dev/null 2>&1 || missing+=(libmono-sy
 # The container test (tests/test_container.py) builds the image with podman on a base made by mmdebstrap.
 command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+command -v runc >/dev/null 2>&1 || missing+=(runc)  # crun (podman's default) refuses hybrid cgroups
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "Installing example toolchains: ${missing[*]}..."

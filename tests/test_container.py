@@ -1,17 +1,23 @@
 """The container image, built and run: Dockerfile → podman image → web, worker and beat started
-from the image's own file system, against the test PostgreSQL and Redis.
+from it against the test PostgreSQL and Redis on loopback.
 
 Registry images cannot be pulled here, so scripts/container-image.sh builds the base from Debian
 packages (mmdebstrap → podman import) and the image on top (`podman build --isolation chroot`);
-both are cached between runs (the base by tag, the rest by podman's layer cache). `podman run`
-cannot start containers on these machines (the sandbox refuses setrlimit), so each role runs the
-image's ENTRYPOINT with the image's environment, user and working directory in a chroot of the
-mounted image: read-only, with the volume, /tmp and /run/secrets bound in, as compose.yaml mounts
-them, on the host's loopback network.
+both are cached between runs (the base by tag, the rest by podman's layer cache).
+
+Two ways to run it: real containers (`podman run` with runc, the host network, compose.yaml's
+read-only root, tmpfs, volumes, secret files, health checks and stop grace periods), and the
+image's ENTRYPOINT in a chroot of the mounted read-only image, which also makes a console test
+call through the worker. Why `podman run` needs help here: its defaults raise RLIMIT_NOFILE and
+RLIMIT_NPROC above this sandbox's hard limits, which takes CAP_SYS_RESOURCE (not granted:
+"crun: setrlimit RLIMIT_NOFILE: Operation not permitted"), and crun refuses the host's hybrid
+cgroup v1/v2 layout ("cgroups in hybrid mode not supported"); runc with --ulimit values inside
+the hard limits works.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -222,3 +228,95 @@ def test_image_matches_compose_and_carries_no_compiler(image, rootfs):
     assert (root / "app/staticfiles/staticfiles.json").exists()
     assert not (root / "app/tests").exists() and not (root / "app/.git").exists()
     assert not (root / "opt/venv/bin/pip").exists()
+
+
+# `podman run` with its defaults fails here: it raises RLIMIT_NOFILE/RLIMIT_NPROC above this
+# sandbox's hard limits, which needs CAP_SYS_RESOURCE (not granted), and crun refuses the host's
+# hybrid cgroup v1/v2 layout. runc with limits inside the hard limits runs real containers.
+PODMAN_RUN = ["podman", "--runtime", "runc", "run", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
+
+
+def test_real_containers_run_as_compose_describes_them(image, world, demo, tmp_path):
+    """web, worker and beat as real containers (podman run, the host's loopback network): read-only
+    root, /tmp as tmpfs, a volume each, secrets as files in /run/secrets, compose.yaml's
+    environment and health checks; then `podman stop` with compose's grace periods."""
+    if shutil.which("runc") is None:
+        pytest.skip("needs runc (apt-get install runc): crun cannot run containers on this host's hybrid cgroups")
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    uid, gid = (int(part) for part in image["config"]["User"].split(":"))
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name, value in (("secret_key", settings.SECRET_KEY), ("api_key_pepper", settings.API_KEY_PEPPER), ("postgres_password", "x")):
+        (secrets / name).write_text(value + "\n")
+        (secrets / name).chmod(0o444)
+    port = free_port()
+    suffix = os.urandom(4).hex()
+    names: list[str] = []
+
+    def start(service: str) -> str:
+        volume = tmp_path / f"{service}-data"
+        volume.mkdir()
+        os.chown(volume, uid, gid)
+        spec = services[service]
+        health = spec["healthcheck"]["test"]
+        args = [*PODMAN_RUN, "--detach", "--name", f"gatehouse-{service}-{suffix}", "--network", "host", "--read-only"]
+        args += ["--tmpfs", spec["tmpfs"][0], "--volume", f"{volume}:{spec['volumes'][0].split(':')[1]}"]
+        for secret in spec["secrets"]:
+            args += ["--volume", f"{secrets / secret}:/run/secrets/{secret}:ro"]
+        args += ["--health-cmd", json.dumps(health[1:]), "--stop-timeout", spec["stop_grace_period"].removesuffix("s")]
+        for item in role_env(image, service, port):
+            args += ["--env", item]
+        name = f"gatehouse-{service}-{suffix}"
+        names.append(name)
+        _run(*args, image["id"], *spec["command"], timeout=120)
+        return name
+
+    def logs(name: str) -> str:
+        result = subprocess.run(["podman", "logs", name], capture_output=True, text=True, timeout=30)
+        return result.stdout + result.stderr
+
+    def healthy(name: str) -> bool:
+        return subprocess.run(["podman", "--runtime", "runc", "healthcheck", "run", name], capture_output=True, timeout=90).returncode == 0
+
+    try:
+        web = start("web")
+        deadline = time.monotonic() + 180
+        while not healthy(web):
+            assert time.monotonic() < deadline, logs(web)[-4000:]
+            time.sleep(1)
+        worker, beat = start("worker"), start("beat")
+        for name, ready in ((worker, "ready."), (beat, "beat: Starting")):
+            deadline = time.monotonic() + 120
+            while ready not in logs(name):
+                assert time.monotonic() < deadline, logs(name)[-4000:]
+                time.sleep(1)
+        assert healthy(worker) and healthy(beat)
+
+        make_deployment(world.org, base_url=demo.url + "/v1", model_id="@acme/demo", upstream_api_key=UPSTREAM_KEY)
+        set_production_password(world.owner, PASSWORD)
+        browser = Browser(f"http://127.0.0.1:{port}")
+        browser.sign_in(world.owner.username, PASSWORD)
+        form = browser.get("/w/acme/secrets/new/")
+        created = browser.post(
+            "/w/acme/secrets/new/", {"csrfmiddlewaretoken": csrf_token(form.text), "name": "in-a-container", "all_models": "on"}
+        )
+        key = re.search(r'data-testid="new-key">(gh_live_\w+)<', created.text).group(1)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={"model": "@acme/demo", "messages": [{"role": "user", "content": "Hello from a container"}]},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+
+        for name, service in ((beat, "beat"), (worker, "worker"), (web, "web")):
+            grace = int(services[service]["stop_grace_period"].removesuffix("s"))
+            _run("podman", "--runtime", "runc", "stop", "--time", str(grace), name, timeout=grace + 30)
+            code = int(_run("podman", "inspect", "--format", "{{.State.ExitCode}}", name))
+            assert code != 137, f"{service} was killed after its grace period:\n{logs(name)[-3000:]}"
+        for name in names:
+            output = logs(name)
+            assert key not in output and "Traceback" not in output, output[-3000:]
+    finally:
+        for name in names:
+            subprocess.run(["podman", "rm", "--force", "--time", "0", name], capture_output=True, timeout=60)
