@@ -127,7 +127,8 @@ class UsageWriter:
         if self.spool is None:
             await self.live.insert_with_retry(rows)
             return
-        if not self.db_down:
+        tried_db = not self.db_down
+        if tried_db:
             try:
                 await asyncio.wait_for(self.live.insert_with_retry(rows), settings.GATEWAY_USAGE_WRITE_TIMEOUT)
                 return
@@ -138,6 +139,14 @@ class UsageWriter:
         self.appending += 1
         try:
             await self._in_spool(self.spool.append, rows)
+        except Exception as exc:
+            log.error("the usage spool cannot be written: %s", _describe(exc))
+            if tried_db:
+                raise
+            # The spool is broken (disk full?) while we assumed the database away: it may be back.
+            await asyncio.wait_for(self.live.insert_with_retry(rows), settings.GATEWAY_USAGE_WRITE_TIMEOUT)
+            self.db_down = False
+            return
         finally:
             self.appending -= 1
         metrics.USAGE_SPOOLED.inc(len(rows))

@@ -198,3 +198,35 @@ def test_admins_see_a_banner_when_a_spool_is_minutes_old(world, client_for, spoo
 
     redis_client().hdel(STATUS_KEY, "usage-gw-2-42-bb")  # drained: the gateway removes its entry
     assert "usage-spool-banner" not in client_for(world.owner).get("/w/acme/").content.decode()
+
+
+def test_when_neither_the_database_nor_the_spool_takes_a_row_the_write_fails(world, tmp_path):
+    key, _ = make_key(world.org)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")  # the spool directory cannot be created: as a full or read-only disk
+    down = {"value": True}
+
+    async def run_db(fn, *args):
+        if down["value"]:
+            raise ConnectionError("database away")
+        return await asyncio.to_thread(_closing, fn, *args)
+
+    async def scenario() -> list:
+        writer = UsageWriter(run_db=run_db, spool=Spool(blocker / "spool", database_identity="x"))
+        writer.use_psycopg = False
+        writer.start()
+        outcomes = []
+        for i, back in enumerate((False, False, True)):
+            down["value"] = not back
+            try:
+                await writer.write(row(world, key, f"req_{i}"))
+                outcomes.append("written")
+            except Exception:
+                outcomes.append("failed")
+        await writer.stop()
+        return outcomes
+
+    # The request is refused (503 usage_unavailable) rather than served unmetered; once the
+    # database is back the write goes through even though the spool is still broken.
+    assert run_async(scenario()) == ["failed", "failed", "written"]
+    assert list(UsageEvent.objects.values_list("request_id", flat=True)) == ["req_2"]
