@@ -7,12 +7,20 @@ can already see the workspace, so there is nothing to hide.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+from allauth.account.internal.flows.login import get_authentication_records
+from allauth.core.exceptions import ReauthenticationRequired
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
 from console.models import ROLE_RANK, Membership, Role, Workspace
+
+
+class MfaEnrolmentRequired(Exception):
+    """The workspace tree requires a second factor and the user has none yet (the middleware sends them to enrolment)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,9 @@ def access_workspace(user, slug: str, *, min_role: Role = Role.VIEWER) -> Worksp
     role = effective_role(user, workspace) if workspace is not None else None
     if role is None:
         raise Http404("No such workspace.")
+    # The parent came with select_related: this costs a query only where MFA is required.
+    if workspace.root.require_mfa and not user_has_mfa(user):
+        raise MfaEnrolmentRequired(workspace.root.name)
     access = WorkspaceAccess(workspace=workspace, role=role, user=user)
     if not access.can(min_role):
         raise PermissionDenied(f"This needs the {min_role.label.lower()} role or higher.")
@@ -65,3 +76,25 @@ def access_membership(user, slug: str, public_id, *, min_role: Role = Role.ADMIN
     if membership is None:
         raise Http404("No such member.")
     return access, membership
+
+
+def user_has_mfa(user) -> bool:
+    from allauth.mfa.models import Authenticator
+
+    return Authenticator.objects.filter(user=user, type__in=[Authenticator.Type.TOTP, Authenticator.Type.WEBAUTHN]).exists()
+
+
+def require_recent_authentication(request) -> None:
+    """Sensitive changes (keys, roles, budgets) need a sign-in or re-authentication in the last few minutes.
+
+    Called after the access check, so an outsider still gets 404. A recent sign-in counts as well as
+    an explicit re-authentication (allauth's own check counts only the latter). allauth's middleware
+    turns the exception into its re-authentication page and replays the POST afterwards.
+    """
+    if not signed_in_recently(request):
+        raise ReauthenticationRequired()
+
+
+def signed_in_recently(request) -> bool:
+    records = get_authentication_records(request, request.user) if request.user.is_authenticated else []
+    return bool(records) and time.time() - float(records[-1].get("at", 0)) < settings.ACCOUNT_REAUTHENTICATION_TIMEOUT

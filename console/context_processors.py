@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.utils.functional import SimpleLazyObject
 
 from console.models import Workspace
@@ -8,8 +9,8 @@ from console.models import Workspace
 def shell(request) -> dict:
     """The workspaces for the switcher; evaluated only by templates that draw the shell."""
     if not request.user.is_authenticated:
-        return {}
-    return {"switcher_workspaces": SimpleLazyObject(lambda: _switcher(request.user))}
+        return {"email_enabled": settings.EMAIL_ENABLED}
+    return {"switcher_workspaces": SimpleLazyObject(lambda: _switcher(request.user)), "email_enabled": settings.EMAIL_ENABLED}
 
 
 def _switcher(user) -> list[Workspace]:

@@ -44,23 +44,32 @@ class RoleField(forms.ChoiceField):
         return Role(super().clean(value))
 
 
-class MemberAddForm(forms.Form):
-    user = forms.CharField(label="Username or email", max_length=254, strip=True)
+class InvitationForm(forms.Form):
+    email = forms.EmailField(max_length=254, help_text="They get a link by email and join once they accept.")
     role = forms.ChoiceField()
 
     def __init__(self, *args, roles: list[Role], **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["role"] = RoleField(roles, initial=Role.DEVELOPER)
 
-    def clean_user(self) -> User:
-        value = self.cleaned_data["user"]
-        user = User.objects.filter(is_active=True).filter(username=value).first()
-        if user is None and "@" in value:
-            matches = list(User.objects.filter(is_active=True, email__iexact=value)[:2])
-            user = matches[0] if len(matches) == 1 else None
-        if user is None:
-            raise forms.ValidationError(f"There is no active user “{value}”. Create the account below instead.")
-        return user
+
+class SsoMappingForm(forms.Form):
+    group = forms.CharField(
+        label="Identity-provider group", max_length=200, strip=True, help_text="The value as it appears in the token's groups claim."
+    )
+    role = forms.ChoiceField()
+
+    def __init__(self, *args, roles: list[Role], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"] = RoleField(roles, initial=Role.DEVELOPER)
+
+
+class RequireMfaForm(forms.Form):
+    require_mfa = forms.BooleanField(
+        required=False,
+        label="Require two-factor authentication",
+        help_text="Every member of this workspace and its sub-workspaces must set up an authenticator app or a passkey before using the console.",
+    )
 
 
 class MemberCreateForm(forms.Form):
@@ -77,7 +86,7 @@ class MemberCreateForm(forms.Form):
     def clean_username(self) -> str:
         username = self.cleaned_data["username"]
         if User.objects.filter(username__iexact=username).exists():
-            raise forms.ValidationError(f"The username “{username}” is taken. Add the existing user above instead.")
+            raise forms.ValidationError(f"The username “{username}” is not available. Choose another, or invite the person by email.")
         return username
 
 

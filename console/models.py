@@ -47,6 +47,8 @@ class Workspace(models.Model):
     # When a deployment is at capacity, queued requests are admitted round robin across
     # workspaces, this many per round (gateway/capacity.py).
     queue_priority = models.PositiveSmallIntegerField(default=1)
+    # Set on a default workspace: every member of it and of its sub-workspaces must use a second factor.
+    require_mfa = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = WorkspaceQuerySet.as_manager()
@@ -67,6 +69,10 @@ class Workspace(models.Model):
         return self.parent_id or self.id
 
     @property
+    def root(self) -> Workspace:
+        return self.parent if self.parent_id else self
+
+    @property
     def tz(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.time_zone)
 
@@ -76,6 +82,8 @@ class Membership(models.Model):
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey("console.User", on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices)
+    # Granted by an SSO group mapping: kept in step with the identity provider's groups at each SSO sign-in.
+    via_sso = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -106,3 +114,50 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.target_type} {self.target_label}"
+
+
+class Invitation(models.Model):
+    """An offer of membership sent by email; it becomes a membership only when the invited person accepts."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Role.choices)
+    # HMAC-SHA256 of the token in the emailed link; the token itself is never stored.
+    token_digest = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey("console.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey("console.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workspace", "email"],
+                condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="invitation_one_open_per_email",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.workspace} ({self.role})"
+
+
+class SsoGroupMapping(models.Model):
+    """Members of an identity-provider group get a role in a workspace when they sign in with SSO."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="sso_mappings")
+    group = models.CharField(max_length=200)
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["group"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "group"], name="sso_mapping_unique_group")]
+
+    def __str__(self) -> str:
+        return f"{self.group} → {self.role} in {self.workspace}"

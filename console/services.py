@@ -67,10 +67,37 @@ def membership_add(*, workspace: Workspace, user: User, role: Role, actor: Actor
     return membership
 
 
+# No look-alikes (0/O/o, 1/l/I/i, 5/S, 2/Z, 8/B): one-time passwords are read aloud and retyped.
+ONE_TIME_PASSWORD_ALPHABET = "34679abcdefghjkmnpqrstwxyzACDEFGHJKLMNPQRTUVWXY"
+ONE_TIME_PASSWORD_GROUPS = 4  # four groups of four: 16 characters, about 89 bits
+
+
+def one_time_password() -> str:
+    groups = ("".join(secrets.choice(ONE_TIME_PASSWORD_ALPHABET) for _ in range(4)) for _ in range(ONE_TIME_PASSWORD_GROUPS))
+    return "-".join(groups)
+
+
+def workspace_set_require_mfa(*, workspace: Workspace, require: bool, actor: Actor, actor_has_mfa: bool) -> Workspace:
+    if not workspace.is_default:
+        raise ValidationError("Two-factor authentication is required from the default workspace, for its whole tree.")
+    if workspace.require_mfa == require:
+        return workspace
+    if require and not actor_has_mfa:
+        # Otherwise the owner would lock themselves out of the page that turns it off again.
+        raise ValidationError("Set up two-factor authentication for your own account first (Account → Two-factor authentication).")
+    with transaction.atomic():
+        workspace.require_mfa = require
+        workspace.save(update_fields=["require_mfa"])
+        audit_record(
+            workspace=workspace, actor=actor, action="workspace.mfa_required" if require else "workspace.mfa_optional", target=workspace
+        )
+    return workspace
+
+
 @transaction.atomic
 def user_create_with_one_time_password(*, username: str, email: str = "") -> tuple[User, str]:
     """A new account whose password must be changed at first sign-in; the password is returned once."""
-    password = secrets.token_urlsafe(12)
+    password = one_time_password()
     user = User(username=username, email=email, must_change_password=True)
     user.set_password(password)
     user.full_clean(exclude=["password"])

@@ -54,6 +54,11 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    "allauth",
+    "allauth.account",
+    "allauth.mfa",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
     "console",
     "keys",
     "deployments",
@@ -72,14 +77,17 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
     "console.middleware.PasswordChangeRequiredMiddleware",
+    "console.middleware.MfaEnrolmentRequiredMiddleware",
 ]
 
 ROOT_URLCONF = "console.urls"
 AUTH_USER_MODEL = "console.User"
-LOGIN_URL = "login"
+LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "home"
-LOGOUT_REDIRECT_URL = "login"
+LOGOUT_REDIRECT_URL = "account_login"
+AUTHENTICATION_BACKENDS = ["allauth.account.auth_backends.AuthenticationBackend"]
 
 TEMPLATES = [
     {
@@ -296,3 +304,105 @@ GATEWAY_SPOOL_ALERT_SECONDS = env_int("GATEWAY_SPOOL_ALERT_SECONDS", 300, minimu
 # /metrics answers only with `Authorization: Bearer <METRICS_TOKEN>`; unset = /metrics is 404.
 METRICS_TOKEN = env_secret("METRICS_TOKEN", None, min_length=16)
 DEMO_MODEL_PORT = env_int("DEMO_MODEL_PORT", 8001, minimum=1)
+
+# Sign-in (django-allauth; README "Sign-in, SSO and email"). People sign in with a username or
+# an email address; accounts are made by invitation (or by an admin, with a one-time password),
+# never by open sign-up, so the invitation link is what proves the email address.
+ACCOUNT_ADAPTER = "console.signin.AccountAdapter"
+SOCIALACCOUNT_ADAPTER = "console.signin.SocialAccountAdapter"
+ACCOUNT_LOGIN_METHODS = {"username", "email"}
+ACCOUNT_SIGNUP_FIELDS = ["username*", "email*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = "none"
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_PRESERVE_USERNAME_CASING = False
+ACCOUNT_SESSION_REMEMBER = False
+ACCOUNT_LOGIN_ON_PASSWORD_RESET = False
+ACCOUNT_REAUTHENTICATION_TIMEOUT = env_int("SIGNIN_REAUTHENTICATION_SECONDS", 300, minimum=30)
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Gatehouse] "
+# Failed sign-ins are counted in the cache (Redis when REDIS_URL is set, shared by every web
+# process; in-process otherwise): per account and per client address.
+SIGNIN_FAILURES_PER_ACCOUNT = env_int("SIGNIN_FAILURES_PER_ACCOUNT", 5, minimum=1)
+SIGNIN_FAILURES_PER_IP = env_int("SIGNIN_FAILURES_PER_IP", 20, minimum=1)
+SIGNIN_LOCKOUT_SECONDS = env_int("SIGNIN_LOCKOUT_SECONDS", 900, minimum=1)
+ACCOUNT_RATE_LIMITS = {
+    "login_failed": f"{SIGNIN_FAILURES_PER_IP}/{SIGNIN_LOCKOUT_SECONDS}s/ip,{SIGNIN_FAILURES_PER_ACCOUNT}/{SIGNIN_LOCKOUT_SECONDS}s/key",
+    "reset_password": "20/m/ip,3/m/key",
+}
+MFA_SUPPORTED_TYPES = ["totp", "webauthn", "recovery_codes"]
+MFA_TOTP_ISSUER = "Gatehouse"
+# Accept the code of the neighbouring 30-second window too (phone clocks drift); each code works once.
+MFA_TOTP_TOLERANCE = 1
+MFA_PASSKEY_LOGIN_ENABLED = True
+# WebAuthn needs a secure origin; plain-HTTP development and test servers are allowed only when
+# HTTPS is off on purpose.
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = not _HTTPS
+MFA_TRUST_ENABLED = False
+SOCIALACCOUNT_ONLY = False
+SOCIALACCOUNT_AUTO_SIGNUP = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
+SOCIALACCOUNT_STORE_TOKENS = False
+
+
+def _oidc_providers() -> dict:
+    """One OpenID Connect provider (Keycloak, Entra ID, Okta, Google, ...) from OIDC_* variables."""
+    issuer = env_str("OIDC_ISSUER_URL", "")
+    if not issuer:
+        return {}
+    client_id = env_str("OIDC_CLIENT_ID", "")
+    secret = env_secret("OIDC_CLIENT_SECRET", "")
+    if not client_id:
+        raise ImproperlyConfigured("OIDC_CLIENT_ID must be set when OIDC_ISSUER_URL is")
+    return {
+        "openid_connect": {
+            "OAUTH_PKCE_ENABLED": True,
+            "APPS": [
+                {
+                    "provider_id": env_str("OIDC_PROVIDER_ID", "sso"),
+                    "name": env_str("OIDC_NAME", "Single sign-on"),
+                    "client_id": client_id,
+                    "secret": secret,
+                    "settings": {
+                        "server_url": issuer,
+                        "token_auth_method": env_str("OIDC_TOKEN_AUTH_METHOD", "client_secret_basic"),
+                        "scope": env_list("OIDC_SCOPES", ["openid", "profile", "email"]),
+                    },
+                }
+            ],
+        }
+    }
+
+
+SOCIALACCOUNT_PROVIDERS = _oidc_providers()
+# The claim of the ID token / userinfo that lists the user's groups (mapped to roles per workspace).
+OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
+
+
+# Email (invitations, password reset), through Django's mailers. Without EMAIL_HOST: under DEBUG
+# (`make run`) mail is written to the web process's stdout (the console backend); in production
+# email is off, the console hides invitations and password reset, and new members get accounts
+# with one-time passwords instead.
+def _mailers() -> dict:
+    host = env_str("EMAIL_HOST", "")
+    if not host:
+        return {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}} if DEBUG else {}
+    port = env_int("EMAIL_PORT", 587, minimum=1)
+    options = {
+        "host": host,
+        "port": port,
+        "username": env_str("EMAIL_HOST_USER", "") or None,
+        "password": env_secret("EMAIL_HOST_PASSWORD", None),
+        "use_tls": env_bool("EMAIL_USE_TLS", port == 587),
+        "use_ssl": env_bool("EMAIL_USE_SSL", port == 465),
+        "timeout": env_int("EMAIL_TIMEOUT", 10, minimum=1),
+    }
+    if options["use_tls"] and options["use_ssl"]:
+        raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be on")
+    return {"default": {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": options}}
+
+
+EMAIL_ENABLED = bool(_mailers())
+if EMAIL_ENABLED:
+    # Left undefined without email, so `check --deploy` does not ask for a mailer nobody uses.
+    MAILERS = _mailers()
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Gatehouse <gatehouse@localhost>")
+INVITATION_DAYS = env_int("INVITATION_DAYS", 7, minimum=1)

@@ -1,15 +1,19 @@
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from console import views
 
 workspace_patterns = [
     path("", views.workspace_overview, name="workspace_overview"),
     path("settings/", views.workspace_settings, name="workspace_settings"),
+    path("settings/mfa/", views.workspace_require_mfa, name="workspace_require_mfa"),
+    path("settings/sso/", views.sso_mapping_add, name="sso_mapping_add"),
+    path("settings/sso/<uuid:mapping>/remove/", views.sso_mapping_remove, name="sso_mapping_remove"),
     path("sub-workspaces/new/", views.sub_workspace_create, name="sub_workspace_create"),
     path("members/", views.members_page, name="members_page"),
-    path("members/add/", views.member_add, name="member_add"),
+    path("members/invite/", views.invitation_create, name="invitation_create"),
+    path("members/invitations/<uuid:invitation>/revoke/", views.invitation_revoke, name="invitation_revoke"),
     path("members/create/", views.member_create, name="member_create"),
     path("members/<uuid:member>/role/", views.member_role, name="member_role"),
     path("members/<uuid:member>/remove/", views.member_remove, name="member_remove"),
@@ -22,9 +26,12 @@ workspace_patterns = [
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
-    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("accounts/password/", views.PasswordChangeView.as_view(), name="password_change"),
+    # allauth's own change view, extended to end the one-time-password state; the old address redirects.
+    path("accounts/password/change/", views.PasswordChangeView.as_view(), name="password_change"),
+    path("accounts/password/", RedirectView.as_view(pattern_name="password_change"), name="password_change_old"),
+    path("accounts/", include("allauth.urls")),
+    path("invitations/accept/", views.invitation_accept, name="invitation_accept"),
+    path("invitations/<str:token>/", views.invitation_open, name="invitation_open"),
     path("w/<slug:ws>/", include(workspace_patterns)),
     path("installation/router-providers/", include("keys.router_provider_urls")),
     path("admin/", admin.site.urls),

@@ -1,30 +1,41 @@
 from __future__ import annotations
 
+from allauth.account.views import PasswordChangeView as AllauthPasswordChangeView
+from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import F
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse_lazy
+from django.urls import reverse, reverse_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from console.access import access_membership, access_workspace
+from console import invitations
+from console.access import access_membership, access_workspace, require_recent_authentication, user_has_mfa
 from console.audit import Actor
-from console.forms import MemberAddForm, MemberCreateForm, MemberRoleForm, WorkspaceForm, WorkspaceSettingsForm
-from console.models import AuditEvent, Role, Workspace
+from console.forms import (
+    InvitationForm,
+    MemberCreateForm,
+    MemberRoleForm,
+    RequireMfaForm,
+    SsoMappingForm,
+    WorkspaceForm,
+    WorkspaceSettingsForm,
+)
+from console.models import AuditEvent, Invitation, Role, SsoGroupMapping, Workspace
 from console.services import (
     assignable_roles,
     member_create_with_one_time_password,
-    membership_add,
     membership_change_role,
     membership_remove,
     workspace_create,
+    workspace_set_require_mfa,
     workspace_update,
 )
+from console.sso import sso_mapping_create, sso_mapping_delete
 
 
 def _add_service_errors(form, exc: ValidationError) -> None:
@@ -100,13 +111,91 @@ def workspace_settings(request: HttpRequest, ws: str) -> HttpResponse:
         workspace_update(workspace=workspace, actor=Actor.from_request(request), **form.cleaned_data)
         messages.success(request, "Settings saved.")
         return redirect("workspace_settings", ws=workspace.slug)
-    return render(request, "console/settings_page.html", {"access": access, "form": form, "nav": "settings"})
+    return render(request, "console/settings_page.html", _settings_context(access, form=form))
 
 
-def _members_context(access, *, add_form=None, create_form=None) -> dict:
+def _settings_context(access, *, form=None, sso_form=None) -> dict:
+    workspace = access.workspace
+    return {
+        "access": access,
+        "nav": "settings",
+        "form": form or WorkspaceSettingsForm(initial={"name": workspace.name, "time_zone": workspace.time_zone}),
+        "sso_form": sso_form or SsoMappingForm(roles=assignable_roles(access.role)),
+        "sso_mappings": list(workspace.sso_mappings.all()),
+        "sso_configured": bool(settings.SOCIALACCOUNT_PROVIDERS),
+        "mfa_form": RequireMfaForm(initial={"require_mfa": workspace.require_mfa}),
+    }
+
+
+@login_required
+@require_POST
+def workspace_require_mfa(request: HttpRequest, ws: str) -> HttpResponse:
+    access = access_workspace(request.user, ws, min_role=Role.OWNER)
+    require_recent_authentication(request)
+    form = RequireMfaForm(request.POST)
+    if not access.workspace.is_default:
+        messages.error(request, "Two-factor authentication is required from the default workspace, for its whole tree.")
+    elif form.is_valid():
+        try:
+            workspace_set_require_mfa(
+                workspace=access.workspace,
+                require=form.cleaned_data["require_mfa"],
+                actor=Actor.from_request(request),
+                actor_has_mfa=user_has_mfa(request.user),
+            )
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            messages.success(
+                request,
+                "Two-factor authentication is now required for every member."
+                if access.workspace.require_mfa
+                else "Two-factor authentication is no longer required.",
+            )
+    return redirect("workspace_settings", ws=ws)
+
+
+@login_required
+@require_POST
+def sso_mapping_add(request: HttpRequest, ws: str) -> HttpResponse:
+    access = access_workspace(request.user, ws, min_role=Role.ADMIN)
+    require_recent_authentication(request)
+    form = SsoMappingForm(request.POST, roles=assignable_roles(access.role))
+    if form.is_valid():
+        try:
+            mapping = sso_mapping_create(
+                workspace=access.workspace, actor=Actor.from_request(request), actor_role=access.role, **form.cleaned_data
+            )
+        except ValidationError as exc:
+            _add_service_errors(form, exc)
+        else:
+            messages.success(
+                request, f"Members of the group “{mapping.group}” become {mapping.get_role_display().lower()}s at their next SSO sign-in."
+            )
+            return redirect("workspace_settings", ws=ws)
+    return render(request, "console/settings_page.html", _settings_context(access, sso_form=form), status=400)
+
+
+@login_required
+@require_POST
+def sso_mapping_remove(request: HttpRequest, ws: str, mapping: str) -> HttpResponse:
+    access = access_workspace(request.user, ws, min_role=Role.ADMIN)
+    found = SsoGroupMapping.objects.filter(workspace=access.workspace, public_id=mapping).first()
+    if found is None:
+        raise Http404("No such mapping.")
+    if found.role == Role.OWNER and access.role != Role.OWNER:
+        messages.error(request, "Only an owner can remove a mapping to the owner role.")
+    else:
+        sso_mapping_delete(mapping=found, actor=Actor.from_request(request))
+        messages.success(request, f"The group “{found.group}” is no longer mapped.")
+    return redirect("workspace_settings", ws=ws)
+
+
+def _members_context(access, *, invite_form=None, create_form=None) -> dict:
     roles = assignable_roles(access.role)
     memberships = list(access.workspace.memberships.select_related("user"))
     owner_count = sum(1 for m in memberships if m.role == Role.OWNER)
+    pending = [i for i in access.workspace.invitations.filter(accepted_at=None, revoked_at=None) if invitations.invitation_is_open(i)]
     return {
         "access": access,
         "nav": "members",
@@ -114,7 +203,8 @@ def _members_context(access, *, add_form=None, create_form=None) -> dict:
         "owner_count": owner_count,
         "roles": roles,
         "inherited_from": access.workspace.parent,
-        "add_form": add_form or MemberAddForm(roles=roles),
+        "pending_invitations": pending if access.can_admin else [],
+        "invite_form": invite_form or InvitationForm(roles=roles),
         "create_form": create_form or MemberCreateForm(roles=roles),
     }
 
@@ -128,24 +218,85 @@ def members_page(request: HttpRequest, ws: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def member_add(request: HttpRequest, ws: str) -> HttpResponse:
+def invitation_create(request: HttpRequest, ws: str) -> HttpResponse:
     access = access_workspace(request.user, ws, min_role=Role.ADMIN)
-    form = MemberAddForm(request.POST, roles=assignable_roles(access.role))
-    if form.is_valid():
+    require_recent_authentication(request)
+    form = InvitationForm(request.POST, roles=assignable_roles(access.role))
+    if not settings.EMAIL_ENABLED:
+        form.add_error(None, "Email is not configured on this installation. Create the account with a one-time password instead.")
+    elif form.is_valid():
         try:
-            membership = membership_add(
-                workspace=access.workspace,
-                user=form.cleaned_data["user"],
-                role=form.cleaned_data["role"],
-                actor=Actor.from_request(request),
-                actor_role=access.role,
+            invitation, token = invitations.invitation_create(
+                workspace=access.workspace, actor=Actor.from_request(request), actor_role=access.role, **form.cleaned_data
             )
         except ValidationError as exc:
             _add_service_errors(form, exc)
         else:
-            messages.success(request, f"{membership.user.get_username()} added as {membership.get_role_display().lower()}.")
+            accept_url = request.build_absolute_uri(reverse("invitation_open", kwargs={"token": token}))
+            invitations.invitation_send(invitation=invitation, accept_url=accept_url)
+            messages.success(
+                request, f"Invitation sent to {invitation.email}. They join as {invitation.get_role_display().lower()} once they accept."
+            )
             return redirect("members_page", ws=ws)
-    return render(request, "console/members_page.html", _members_context(access, add_form=form), status=400)
+    return render(request, "console/members_page.html", _members_context(access, invite_form=form), status=400)
+
+
+@login_required
+@require_POST
+def invitation_revoke(request: HttpRequest, ws: str, invitation: str) -> HttpResponse:
+    access = access_workspace(request.user, ws, min_role=Role.ADMIN)
+    found = Invitation.objects.filter(workspace=access.workspace, public_id=invitation).first()
+    if found is None:
+        raise Http404("No such invitation.")
+    invitations.invitation_revoke(invitation=found, actor=Actor.from_request(request))
+    messages.success(request, f"The invitation for {found.email} was revoked.")
+    return redirect("members_page", ws=ws)
+
+
+@require_GET
+@never_cache
+def invitation_open(request: HttpRequest, token: str) -> HttpResponse:
+    """The emailed link: remember the invitation in the session, then continue on a URL without the token."""
+    invitation = invitations.invitation_for_token(token)
+    if invitation is None:
+        return render(request, "console/invitation_page.html", {"invitation": None}, status=404)
+    request.session[invitations.SESSION_KEY] = str(invitation.public_id)
+    return redirect("invitation_accept")
+
+
+@require_http_methods(["GET", "POST"])
+@never_cache
+def invitation_accept(request: HttpRequest) -> HttpResponse:
+    invitation = invitations.pending_invitation_from_session(request)
+    if invitation is None:
+        return render(request, "console/invitation_page.html", {"invitation": None}, status=404)
+    if request.method == "POST":
+        if not request.user.is_authenticated:
+            return redirect(f"{reverse('account_login')}?next={reverse('invitation_accept')}")
+        if request.POST.get("decision") == "decline":
+            request.session.pop(invitations.SESSION_KEY, None)
+            messages.info(request, f"You declined the invitation to {invitation.workspace.name}.")
+            return redirect("home")
+        try:
+            membership = invitations.invitation_accept(invitation=invitation, user=request.user, actor=Actor.from_request(request))
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+            return redirect("home")
+        request.session.pop(invitations.SESSION_KEY, None)
+        messages.success(request, f"Welcome to {membership.workspace.name}. You are a {membership.get_role_display().lower()} here.")
+        return redirect("workspace_overview", ws=membership.workspace.slug)
+    context = {
+        "invitation": invitation,
+        "next": reverse("invitation_accept"),
+        "sso_providers": _sso_providers(request),
+    }
+    return render(request, "console/invitation_page.html", context)
+
+
+def _sso_providers(request: HttpRequest) -> list:
+    from allauth.socialaccount.adapter import get_adapter
+
+    return get_adapter().list_providers(request)
 
 
 @login_required
@@ -171,6 +322,7 @@ def member_create(request: HttpRequest, ws: str) -> HttpResponse:
 @require_POST
 def member_role(request: HttpRequest, ws: str, member: str) -> HttpResponse:
     access, membership = access_membership(request.user, ws, member)
+    require_recent_authentication(request)
     form = MemberRoleForm(request.POST, roles=list(Role))
     if form.is_valid():
         try:
@@ -208,8 +360,9 @@ def audit_page(request: HttpRequest, ws: str) -> HttpResponse:
     return render(request, "console/audit_page.html", {"access": access, "nav": "audit", "page": page})
 
 
-class PasswordChangeView(auth_views.PasswordChangeView):
-    template_name = "registration/password_change_page.html"
+class PasswordChangeView(AllauthPasswordChangeView):
+    """allauth's password change, which also ends the one-time-password state of an account."""
+
     success_url = reverse_lazy("home")
 
     def form_valid(self, form):
@@ -218,5 +371,4 @@ class PasswordChangeView(auth_views.PasswordChangeView):
         if user.must_change_password:
             user.must_change_password = False
             user.save(update_fields=["must_change_password"])
-        messages.success(self.request, "Password changed.")
         return response

@@ -20,7 +20,7 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from console.access import WorkspaceAccess, access_workspace
+from console.access import WorkspaceAccess, access_workspace, require_recent_authentication
 from console.audit import Actor
 from console.models import AuditEvent, Role
 from deployments.selectors import callable_deployments
@@ -124,6 +124,8 @@ def _secret_page(request: HttpRequest, access: WorkspaceAccess, api_key: ApiKey,
 @never_cache
 def api_key_create(request: HttpRequest, ws: str) -> HttpResponse:
     access = access_workspace(request.user, ws, min_role=Role.DEVELOPER)
+    if request.method == "POST":
+        require_recent_authentication(request)
     workspace = access.workspace
     with timezone.override(workspace.tz):
         form = ApiKeyCreateForm(
@@ -228,6 +230,7 @@ def api_key_edit_validate(request: HttpRequest, ws: str, key: str) -> HttpRespon
 @never_cache
 def api_key_rotate(request: HttpRequest, ws: str, key: str) -> HttpResponse:
     access, api_key = access_api_key(request.user, ws, key, min_role=Role.DEVELOPER)
+    require_recent_authentication(request)
     form = ApiKeyRotateForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose a grace period from the list.")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -44,12 +45,24 @@ def world(db) -> World:
     return World()
 
 
+def record_sign_in(client, user) -> None:
+    """Mark the test client's session as just signed in with a password, as allauth's sign-in does.
+
+    Sensitive changes (keys, roles, budgets) need a recent sign-in; force_login alone records none.
+    """
+    session = client.session
+    session["account_authentication_methods"] = [{"method": "password", "at": time.time(), "username": user.get_username()}]
+    session["account_authentication_methods_user"] = str(user.pk)
+    session.save()
+
+
 @pytest.fixture
 def client_for(client):
     def login(user):
         client.logout()
         if user is not None:
             client.force_login(user)
+            record_sign_in(client, user)
         return client
 
     return login
@@ -107,7 +120,7 @@ def screenshot(request):
 def sign_in(page):
     def do(username: str, password: str = PASSWORD):
         page.goto("/accounts/login/")
-        page.fill("#id_username", username)
+        page.fill("#id_login", username)
         page.fill("#id_password", password)
         page.click("button[type=submit]")
         page.wait_for_url(lambda url: "/accounts/login/" not in url)

@@ -151,7 +151,7 @@ class Browser:
         login = self.get("/accounts/login/")
         assert login.status_code == 200, login.text[:2000]
         token = csrf_token(login.text)
-        response = self.post("/accounts/login/", {"username": username, "password": password, "csrfmiddlewaretoken": token})
+        response = self.post("/accounts/login/", {"login": username, "password": password, "csrfmiddlewaretoken": token})
         assert response.status_code == 302, response.text[:2000]
         assert "sessionid" in self.cookies
 

@@ -2,15 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from console.models import AuditEvent, Membership, Role, User
-from tests.conftest import PASSWORD, World
+from console.models import AuditEvent, Invitation, Membership, Role
+from tests.conftest import World
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_owner_signs_in_switches_workspace_and_adds_member(page, sign_in, screenshot):
+def test_owner_signs_in_switches_workspace_and_invites_member(page, sign_in, screenshot):
     world = World()
-    User.objects.create_user("nina", "nina@example.com", PASSWORD)
 
     sign_in("olivia")
     assert page.locator("h1").inner_text() == "Acme"
@@ -22,15 +21,17 @@ def test_owner_signs_in_switches_workspace_and_adds_member(page, sign_in, screen
     assert page.locator(".switcher-name").inner_text() == "Research"
 
     page.click("text=Members")
-    page.fill("#id_user", "nina")
-    page.select_option("form[action$='members/add/'] #id_role", "viewer")
-    page.click("text=Add member")
-    page.wait_for_selector("tr[data-member=nina]")
-    assert "nina added as viewer" in page.locator(".flash").inner_text()
-    screenshot(page, "2-member-added")
+    page.fill("#id_email", "nina@example.com")
+    page.select_option("form[action$='members/invite/'] #id_role", "viewer")
+    page.click("text=Send invitation")
+    page.wait_for_selector("tr[data-invitation='nina@example.com']")
+    assert "Invitation sent to nina@example.com" in page.locator(".flash").inner_text()
+    screenshot(page, "2-member-invited")
 
-    assert Membership.objects.get(workspace=world.sub, user__username="nina").role == Role.VIEWER
-    assert AuditEvent.objects.filter(workspace=world.sub, action="member.added", actor=world.owner).exists()
+    # Nothing changes until nina accepts (tests/test_browser_signin.py follows the email's link).
+    assert not Membership.objects.filter(workspace=world.sub, user__email="nina@example.com").exists()
+    assert Invitation.objects.get(workspace=world.sub, email="nina@example.com").role == Role.VIEWER
+    assert AuditEvent.objects.filter(workspace=world.sub, action="invitation.created", actor=world.owner).exists()
 
     # Secrets is in the bottom-left corner of the shell.
     secrets_box = page.locator("[data-testid=nav-secrets]").bounding_box()

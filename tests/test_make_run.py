@@ -63,7 +63,7 @@ def test_run_script_starts_web_worker_and_beat_on_embedded_default(tmp_path):
             assert client.get("/healthz").text == "ok"
             login = client.get("/accounts/login/")
             token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login.text).group(1)
-            page = client.post("/accounts/login/", data={"username": "admin", "password": password, "csrfmiddlewaretoken": token})
+            page = client.post("/accounts/login/", data={"login": "admin", "password": password, "csrfmiddlewaretoken": token})
             assert page.status_code == 200
             assert "<h1>Acme</h1>" in page.text and "Research" in page.text
             # The seeded month of demo traffic is on the dashboard.

@@ -50,8 +50,10 @@ def test_every_console_page_loads_with_debug_off(production, world):
     browser.sign_in(world.owner.username, PASSWORD)
     pages = 0
     for route, pattern in iter_patterns():
-        if route.startswith(("v1/", "api/", "metrics", "admin/")) or pattern.name == "logout":
+        if route.startswith(("v1/", "api/", "metrics", "admin/")) or pattern.name in ("logout", "account_logout"):
             continue
+        if route.startswith("accounts/") and ("<" in route or "(?P" in route or "^" in route):
+            continue  # allauth's pages that need a key from an email, a provider or an authenticator id
         path = "/" + route
         for name in re.findall(r"<(?:\w+:)?(\w+)>", route):
             path = re.sub(rf"<(?:\w+:)?{name}>", str(values[name]), path)
@@ -67,7 +69,7 @@ def test_every_console_page_loads_with_debug_off(production, world):
     assert pages >= 15, pages
     # Django's admin (its own static files, its own sign-in for staff).
     assert Browser(url).get("/admin/login/").status_code == 200
-    assert {"login", "password_change", "healthz"} <= PUBLIC
+    assert {"password_change", "healthz"} <= PUBLIC
 
 
 def test_health_endpoints_answer_without_a_session_or_https(production):

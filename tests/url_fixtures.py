@@ -27,6 +27,12 @@ def extra_values(world) -> dict:
     from keys.models import RouterProvider
 
     provider = RouterProvider.objects.create(slug="url-walk", name="URL walk", base_url="https://router.example/v1")
+    from console.invitations import invitation_create
+    from console.models import Role
+    from console.sso import sso_mapping_create
+
+    invitation, _ = invitation_create(workspace=world.org, email="walk@example.com", role=Role.VIEWER, actor=actor, actor_role=Role.OWNER)
+    mapping = sso_mapping_create(workspace=world.org, group="url-walk", role=Role.VIEWER, actor=actor, actor_role=Role.OWNER)
     return {
         "deployment": deployment.public_id,
         "key": api_key.public_id,
@@ -35,4 +41,7 @@ def extra_values(world) -> dict:
         "replica": replica.public_id,
         "provider": provider.slug,
         "workspace": world.org.public_id,
+        "invitation": invitation.public_id,
+        "mapping": mapping.public_id,
+        "token": "not-a-real-invitation-token",
     }

@@ -11,7 +11,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from console.access import access_workspace
+from console.access import access_workspace, require_recent_authentication
 from console.audit import Actor
 from console.models import Role
 from deployments.models import DeploymentPrice
@@ -37,6 +37,8 @@ def _currencies(workspace, budget: Budget | None) -> list[str]:
 @require_http_methods(["GET", "POST"])
 def budget_edit(request: HttpRequest, ws: str) -> HttpResponse:
     access = access_workspace(request.user, ws, min_role=Role.ADMIN)
+    if request.method == "POST":
+        require_recent_authentication(request)
     workspace = access.workspace
     budget = Budget.objects.filter(workspace=workspace).first()
     initial = {"amount": budget.amount, "currency": budget.currency, "block_requests": budget.block_requests} if budget else {}
@@ -57,6 +59,7 @@ def budget_edit(request: HttpRequest, ws: str) -> HttpResponse:
 @require_POST
 def budget_delete(request: HttpRequest, ws: str) -> HttpResponse:
     access = access_workspace(request.user, ws, min_role=Role.ADMIN)
+    require_recent_authentication(request)
     if budget_remove(workspace=access.workspace, actor=Actor.from_request(request)):
         messages.success(request, "Monthly budget removed.")
     return redirect("billing_page", ws=access.workspace.slug)
