@@ -373,6 +373,17 @@ def _oidc_providers() -> dict:
 
 
 SOCIALACCOUNT_PROVIDERS = _oidc_providers()
+if SOCIALACCOUNT_PROVIDERS:
+    # Starting SSO is a form POST that redirects to the identity provider; CSP's form-action
+    # applies to that redirect too, so the provider's origin must be allowed.
+    from urllib.parse import urlsplit
+
+    _issuer = urlsplit(env_str("OIDC_ISSUER_URL", ""))
+    SECURE_CSP["form-action"] = [
+        *SECURE_CSP["form-action"],
+        f"{_issuer.scheme}://{_issuer.netloc}",
+        *env_list("OIDC_EXTRA_FORM_ACTION_ORIGINS", []),
+    ]
 # The claim of the ID token / userinfo that lists the user's groups (mapped to roles per workspace).
 OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import email
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 from email import policy
 
@@ -126,3 +129,115 @@ def test_invitation_accepted_from_the_email_the_smtp_server_received(page, sign_
     screenshot(nina, "4-joined")
     assert Membership.objects.get(workspace=world.org, user__username="nina").role == Role.DEVELOPER
     context.close()
+
+
+@pytest.fixture
+def oidc_provider(live_server, tmp_path):
+    """The test OpenID Connect provider (tests/oidc_provider/) as its own process, and Gatehouse
+    configured for it the way an operator does (SOCIALACCOUNT_PROVIDERS from OIDC_* variables)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client_id, client_secret = "gatehouse-test", "s3cret-" + "x" * 30
+    redirect_uri = f"{live_server.url}/accounts/oidc/acme-sso/login/callback/"
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    log = open(tmp_path / "idp.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.oidc_provider.serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "idp"),
+            "--redirect-uri",
+            redirect_uri,
+            "--client-id",
+            client_id,
+            "--client-secret",
+            client_secret,
+            "--user",
+            "carol:carol-idp-password:carol@example.com:acme-engineers,staff",
+            "--user",
+            "dave:dave-idp-password:dave@example.com:unmapped",
+        ],
+        cwd=root,
+        env={k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL")},
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ready"), (tmp_path / "idp.log").read_text()
+        issuer = f"http://127.0.0.1:{port}/o"
+        providers = {
+            "openid_connect": {
+                "OAUTH_PKCE_ENABLED": True,
+                "APPS": [
+                    {
+                        "provider_id": "acme-sso",
+                        "name": "Acme SSO",
+                        "client_id": client_id,
+                        "secret": client_secret,
+                        "settings": {
+                            "server_url": issuer,
+                            "token_auth_method": "client_secret_basic",
+                            "scope": ["openid", "profile", "email"],
+                        },
+                    }
+                ],
+            }
+        }
+        from django.conf import settings
+
+        # What console/settings.py derives from OIDC_ISSUER_URL (tests/test_settings.py checks that).
+        csp = {**settings.SECURE_CSP, "form-action": [*settings.SECURE_CSP["form-action"], f"http://127.0.0.1:{port}"]}
+        with override_settings(SOCIALACCOUNT_PROVIDERS=providers, SECURE_CSP=csp):
+            yield issuer
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def test_sso_sign_in_lands_in_the_mapped_workspace_with_the_mapped_role(page, oidc_provider, screenshot):
+    from console.audit import Actor
+    from console.sso import sso_mapping_create
+
+    world = World()
+    sso_mapping_create(workspace=world.org, group="acme-engineers", role=Role.DEVELOPER, actor=Actor.system("tests"), actor_role=Role.OWNER)
+
+    page.goto("/accounts/login/")
+    screenshot(page, "1-sign-in")
+    page.click("text=Sign in with Acme SSO")
+    screenshot(page, "2-continue")
+    page.click("button[type=submit]")
+    page.wait_for_url("http://127.0.0.1:*/login/**")  # the identity provider's own page
+    page.fill("#idp-username", "carol")
+    page.fill("#idp-password", "carol-idp-password")
+    page.click("#idp-submit")
+    page.wait_for_url("**/w/acme/")
+    assert page.locator("h1").inner_text() == "Acme"
+    assert page.locator(".account-name .role").inner_text() == "Developer"
+    screenshot(page, "3-landed")
+    membership = Membership.objects.get(workspace=world.org, user__email="carol@example.com")
+    assert membership.role == Role.DEVELOPER and membership.via_sso
+    assert not membership.user.has_usable_password()
+
+
+def test_sso_without_invitation_or_mapped_group_creates_no_account(page, oidc_provider, screenshot):
+    World()
+    page.goto("/accounts/login/")
+    page.click("text=Sign in with Acme SSO")
+    page.click("button[type=submit]")
+    page.fill("#idp-username", "dave")
+    page.fill("#idp-password", "dave-idp-password")
+    page.click("#idp-submit")
+    page.wait_for_url("**/accounts/**")
+    assert "don't have an account yet" in page.locator("h1").inner_text()
+    screenshot(page, "closed")
+    from console.models import User
+
+    assert not User.objects.filter(email="dave@example.com").exists()

@@ -83,3 +83,27 @@ def test_env_int_minimum(monkeypatch):
         env.env_int("N", 5, minimum=0)
     monkeypatch.setenv("N", "7")
     assert env.env_int("N", 5, minimum=0) == 7
+
+
+def test_oidc_settings_configure_the_provider_and_allow_its_origin_in_form_action():
+    code = (
+        "from django.conf import settings; app = settings.SOCIALACCOUNT_PROVIDERS['openid_connect']['APPS'][0]; "
+        "print(app['provider_id'], app['settings']['server_url'], settings.SECURE_CSP['form-action'])"
+    )
+    result = run_manage(
+        "shell",
+        "-c",
+        code,
+        extra_env={"OIDC_ISSUER_URL": "https://idp.example.com/realms/acme", "OIDC_CLIENT_ID": "gatehouse", "OIDC_CLIENT_SECRET": "s" * 20},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sso https://idp.example.com/realms/acme" in result.stdout
+    assert "'https://idp.example.com'" in result.stdout
+    # Without SSO, forms may only post to the console itself.
+    plain = run_manage("shell", "-c", "from django.conf import settings; print(settings.SECURE_CSP['form-action'])")
+    assert "idp.example.com" not in plain.stdout and "self" in plain.stdout
+
+
+def test_production_settings_with_smtp_pass_check_deploy():
+    result = run_manage("check", "--deploy", "--fail-level", "WARNING", extra_env={"EMAIL_HOST": "smtp.example.com"})
+    assert result.returncode == 0, result.stdout + result.stderr

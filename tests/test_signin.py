@@ -108,7 +108,7 @@ def test_invitation_by_email_is_accepted_by_a_new_account(world, client_for, mai
 
     nina = Client()
     # Sign-up is closed without an invitation.
-    assert "closed" in nina.get(reverse("account_signup")).content.decode().lower()
+    assert "made by invitation" in nina.get(reverse("account_signup")).content.decode()
     opened = nina.get(link)
     assert opened.status_code == 302 and opened.url == reverse("invitation_accept")  # the token leaves the address bar
     page = nina.get(reverse("invitation_accept")).content.decode()
@@ -291,3 +291,50 @@ def test_one_time_passwords_have_no_look_alike_characters(world, client_for):
     password = response.context["password"]
     assert not set(password) & set("0Oo1lIi5S2Z8B")
     assert _sign_in(Client(), "offline", password).url == "/"
+
+
+def test_sso_sync_follows_the_groups_but_never_touches_invited_members(world):
+    from console.audit import Actor
+    from console.sso import sso_groups_from_claims, sso_mapping_create, sso_memberships_sync
+
+    actor = Actor.system("tests")
+    sso_mapping_create(workspace=world.org, group="eng", role=Role.DEVELOPER, actor=actor, actor_role=Role.OWNER)
+    sso_mapping_create(workspace=world.org, group="leads", role=Role.ADMIN, actor=actor, actor_role=Role.OWNER)
+    sso_mapping_create(workspace=world.sub, group="research", role=Role.VIEWER, actor=actor, actor_role=Role.OWNER)
+    carol = User.objects.create_user("carol", "carol@example.com")
+    claims = {"id_token": {"groups": ["eng"]}, "userinfo": {"groups": ["research", "other"]}}
+    sso_memberships_sync(user=carol, groups=sso_groups_from_claims(claims, claim="groups"), actor=actor)
+    assert {(m.workspace.slug, m.role) for m in carol.memberships.all()} == {("acme", "developer"), ("acme-research", "viewer")}
+    sso_memberships_sync(user=carol, groups={"eng", "leads"}, actor=actor)  # highest mapped role wins; research gone
+    assert {(m.workspace.slug, m.role) for m in carol.memberships.all()} == {("acme", "admin")}
+    assert AuditEvent.objects.filter(action="member.removed", details__via="sso", workspace=world.sub).exists()
+    # A member added by hand (or invitation) keeps their role whatever the IdP says.
+    sso_memberships_sync(user=world.viewer, groups={"leads"}, actor=actor)
+    assert Membership.objects.get(workspace=world.org, user=world.viewer).role == Role.VIEWER
+    sso_memberships_sync(user=world.viewer, groups=set(), actor=actor)
+    assert Membership.objects.filter(workspace=world.org, user=world.viewer).exists()
+
+
+def test_sso_mappings_in_the_console(world, client_for):
+    url = reverse("sso_mapping_add", kwargs={"ws": "acme"})
+    admin = client_for(world.admin)
+    response = admin.post(url, {"group": "acme-owners", "role": "owner"})
+    assert response.status_code == 400  # admins cannot map to owner
+    assert admin.post(url, {"group": "acme-engineers", "role": "developer"}).status_code == 302
+    page = admin.get(reverse("workspace_settings", kwargs={"ws": "acme"})).content.decode()
+    assert "acme-engineers" in page
+    # Another organisation cannot claim the same group and pull Acme's people in.
+    response = client_for(world.outsider).post(
+        reverse("sso_mapping_add", kwargs={"ws": "globex"}), {"group": "acme-engineers", "role": "admin"}
+    )
+    assert response.status_code == 400 and "mapped by another organisation" in response.content.decode()
+    mapping = world.org.sso_mappings.get()
+    assert (
+        client_for(world.outsider).post(reverse("sso_mapping_remove", kwargs={"ws": "acme", "mapping": mapping.public_id})).status_code
+        == 404
+    )
+    assert client_for(world.developer).post(url, {"group": "x", "role": "viewer"}).status_code == 403
+    admin = client_for(world.admin)
+    admin.post(reverse("sso_mapping_remove", kwargs={"ws": "acme", "mapping": mapping.public_id}))
+    assert not world.org.sso_mappings.exists()
+    assert AuditEvent.objects.filter(action="sso_mapping.deleted", actor=world.admin).exists()
