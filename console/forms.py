@@ -45,7 +45,7 @@ class RoleField(forms.ChoiceField):
 
 
 class InvitationForm(forms.Form):
-    email = forms.EmailField(max_length=254, help_text="They get a link by email and join once they accept.")
+    email = forms.EmailField(max_length=254)
     role = forms.ChoiceField()
 
     def __init__(self, *args, roles: list[Role], **kwargs):

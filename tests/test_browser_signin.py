@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from email import policy
 
 import pytest
@@ -241,3 +242,88 @@ def test_sso_without_invitation_or_mapped_group_creates_no_account(page, oidc_pr
     from console.models import User
 
     assert not User.objects.filter(email="dave@example.com").exists()
+
+
+def _sign_out(page):
+    page.goto("/accounts/2fa/")
+    page.click(".account-nav button:has-text('Sign out')")
+    page.wait_for_url("**/accounts/login/**")
+
+
+def test_totp_enrolment_and_sign_in_with_a_code(page, sign_in, screenshot):
+    from tests.totp import totp_code
+
+    World()
+    sign_in("olivia")
+    page.click("a:has-text('Two-factor')")
+    page.wait_for_url("**/accounts/2fa/")
+    screenshot(page, "1-two-factor")
+    page.click("section.panel:has-text('Authenticator App') a:has-text('Activate')")
+    page.wait_for_url("**/accounts/2fa/totp/activate/")
+    secret = page.input_value("#authenticator_secret")
+    assert len(secret) >= 32
+    assert page.locator("img.qr").get_attribute("src").startswith("data:image/svg+xml")
+    screenshot(page, "2-activate")
+    page.fill("#id_code", "000000" if totp_code(secret) != "000000" else "111111")
+    page.click("button:has-text('Activate')")
+    assert "Incorrect code" in page.locator(".field.has-error").inner_text()
+    page.fill("#id_code", totp_code(secret))
+    page.click("button:has-text('Activate')")
+    page.wait_for_url(lambda url: "/totp/activate/" not in url)
+    screenshot(page, "3-activated")
+    from allauth.mfa.models import Authenticator
+
+    assert Authenticator.objects.filter(user__username="olivia", type="totp").exists()
+    assert Authenticator.objects.filter(user__username="olivia", type="recovery_codes").exists()
+
+    _sign_out(page)
+    page.fill("#id_login", "olivia")
+    page.fill("#id_password", PASSWORD)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_url("**/accounts/2fa/authenticate/")
+    screenshot(page, "4-code-asked")
+    # The code the app shows next (the enrolment code was spent; the neighbouring window is accepted).
+    page.fill("#id_code", totp_code(secret, at=time.time() + 30))
+    page.click("button[type=submit]:has-text('Sign In')")
+    page.wait_for_url("**/w/acme/")
+    assert page.locator("h1").inner_text() == "Acme"
+    screenshot(page, "5-signed-in")
+
+
+def test_passkey_enrolment_and_sign_in_with_chromiums_virtual_authenticator(page, sign_in, screenshot):
+    from allauth.mfa.models import Authenticator
+
+    World()
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    authenticator = cdp.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "automaticPresenceSimulation": True,
+            }
+        },
+    )
+    sign_in("olivia")
+    page.goto("/accounts/2fa/webauthn/add/")
+    page.fill("#id_name", "Laptop passkey")
+    page.check("#id_passwordless")
+    screenshot(page, "1-add")
+    page.click("#mfa_webauthn_add")
+    page.wait_for_url(lambda url: "/webauthn/add/" not in url)
+    screenshot(page, "2-added")
+    key = Authenticator.objects.get(user__username="olivia", type="webauthn")
+    assert key.wrap().name == "Laptop passkey" and key.wrap().is_passwordless
+    credentials = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator["authenticatorId"]})["credentials"]
+    assert len(credentials) == 1 and credentials[0]["isResidentCredential"]
+
+    _sign_out(page)
+    page.click("#passkey_login")
+    page.wait_for_url("**/w/acme/")
+    assert page.locator(".account-name").inner_text().startswith("olivia")
+    screenshot(page, "3-signed-in-with-passkey")
