@@ -1,8 +1,12 @@
+from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
 from console import views
+
+# The admin signs in through the console's sign-in (throttling, MFA), not through its own form.
+admin.site.login = secure_admin_login(admin.site.login)
 
 workspace_patterns = [
     path("", views.workspace_overview, name="workspace_overview"),

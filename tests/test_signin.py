@@ -338,3 +338,8 @@ def test_sso_mappings_in_the_console(world, client_for):
     admin.post(reverse("sso_mapping_remove", kwargs={"ws": "acme", "mapping": mapping.public_id}))
     assert not world.org.sso_mappings.exists()
     assert AuditEvent.objects.filter(action="sso_mapping.deleted", actor=world.admin).exists()
+
+
+def test_admin_site_signs_in_through_the_throttled_console_sign_in(world):
+    response = Client().post("/admin/login/", {"username": "olivia", "password": "wrong"})
+    assert response.status_code == 302 and response.url.startswith(reverse("account_login"))
