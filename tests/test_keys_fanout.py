@@ -18,6 +18,7 @@ from keys.changes import GENERATION_KEY
 from keys.models import ApiKey, ApiKeySecret
 from lib.redis import redis_client
 from tests import gateway_support
+from tests.conftest import record_sign_in
 from tests.factories import make_deployment, make_key
 from tests.gateway_support import UPSTREAM_KEY, chat_body, wait_for
 
@@ -52,6 +53,7 @@ def enqueued(monkeypatch):
 def console(user) -> Client:
     client = Client(raise_request_exception=False)  # a failure is a 500 page, as a person would see it
     client.force_login(user)
+    record_sign_in(client, user)  # key changes need a recent sign-in
     return client
 
 

@@ -343,3 +343,27 @@ def test_sso_mappings_in_the_console(world, client_for):
 def test_admin_site_signs_in_through_the_throttled_console_sign_in(world):
     response = Client().post("/admin/login/", {"username": "olivia", "password": "wrong"})
     assert response.status_code == 302 and response.url.startswith(reverse("account_login"))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mfa_index",
+        "mfa_deactivate_totp",
+        "mfa_list_webauthn",
+        "mfa_add_webauthn",
+        "mfa_view_recovery_codes",
+        "mfa_generate_recovery_codes",
+        "password_change",
+        "socialaccount_connections",
+        "account_reauthenticate",
+    ],
+)
+def test_account_pages_render_for_a_signed_in_user(world, client_for, name):
+    from allauth.mfa.recovery_codes.internal.auth import RecoveryCodes
+
+    TOTP.activate(world.owner, "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP")
+    RecoveryCodes.activate(world.owner)
+    response = client_for(world.owner).get(reverse(name))
+    assert response.status_code == 200, name
+    assert 'class="auth-card' in response.content.decode()  # the console's look, not allauth's bare HTML
