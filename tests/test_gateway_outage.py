@@ -240,6 +240,7 @@ def test_events_spooled_by_a_killed_gateway_land_when_a_gateway_starts_again(wor
         # The 20 answers and the limiter_unavailable refusal (a known key's refusal is on record too).
         assert metric(first, "gatehouse_gateway_usage_spooled_total") == 21
         assert metric(first, "gatehouse_gateway_usage_spool_depth") == 21
+        assert wait_for(lambda: metric(first, "gatehouse_gateway_usage_spool_oldest_seconds") > 0)
         # What the admins' banner reads: this process's spool, published to Redis.
         assert wait_for(lambda: [a.depth for a in spool_alerts(now=time.time() + 3600)] == [21])
     finally:
@@ -252,7 +253,7 @@ def test_events_spooled_by_a_killed_gateway_land_when_a_gateway_starts_again(wor
     proxy.restore()
 
     # Two processes start at once: exactly one adopts the file (its flock), so the file is
-    # replayed once in all (the replayed counters add up to 20, not 40).
+    # replayed once in all (the replayed counters add up to 21, not 42).
     restarted = [gateway_behind(proxy, f"outage-restart-{i}", spool_dir) for i in range(2)]
     try:
         assert wait_for(lambda: UsageEvent.objects.filter(request_id__in=ids).count() == 20, timeout=60)
