@@ -18,7 +18,10 @@ later check that finds the numbers equal resolves the drift.
 Except when the events changed: events are append-only, so before adopting what the events now
 say, the seals of that day's events are checked (usage.seal). Events whose seal fails were
 edited after they were written; the drift is stored as EDITED with their request ids and the day
-is NOT recomputed, so the bill keeps the recorded values. Days before the retention horizon
+is NOT recomputed, so the bill keeps the recorded values. (Seals are only checked where the sums
+differ: a day recomputed for another reason, e.g. a late event, after an edit adopts it without a
+report. The PostgreSQL trigger is what prevents edits; the seal names the ones that got around
+it.) Days before the retention horizon
 (UsageCursor.pruned_before) are not checked: their events were pruned on purpose.
 """
 
