@@ -71,6 +71,7 @@ class UsageWriter:
         self.spool = spool
         self.publish = publish  # async (name, status json | None): the admins' banner (usage.spool_status)
         self.published: set[str] = set()
+        self.publish_failing = False
         self.db_down = False
         self.appending = 0  # spool appends in flight (the spool's depth does not show them yet)
         self.task: asyncio.Task | None = None
@@ -258,8 +259,11 @@ class UsageWriter:
         try:
             await self.publish(name, value)
         except Exception as exc:
-            log.warning("spool status not published: %s", type(exc).__name__)
+            if not self.publish_failing:  # once per failure streak, not every second
+                log.warning("spool status not published: %s", type(exc).__name__)
+            self.publish_failing = True
             return
+        self.publish_failing = False
         if value is None:
             self.published.discard(name)
         else:
