@@ -84,7 +84,7 @@ def workspace_set_require_mfa(*, workspace: Workspace, require: bool, actor: Act
         return workspace
     if require and not actor_has_mfa:
         # Otherwise the owner would lock themselves out of the page that turns it off again.
-        raise ValidationError("Set up two-factor authentication for your own account first (Account → Two-factor authentication).")
+        raise ValidationError("Set up two-factor authentication for your own account first (Two-factor, under your name in the sidebar).")
     with transaction.atomic():
         workspace.require_mfa = require
         workspace.save(update_fields=["require_mfa"])

@@ -327,3 +327,41 @@ def test_passkey_enrolment_and_sign_in_with_chromiums_virtual_authenticator(page
     page.wait_for_url("**/w/acme/")
     assert page.locator(".account-name").inner_text().startswith("olivia")
     screenshot(page, "3-signed-in-with-passkey")
+
+
+def test_owner_maps_an_sso_group_and_requires_mfa_from_settings(page, sign_in, screenshot):
+    from allauth.mfa.totp.internal.auth import TOTP
+
+    from console.models import SsoGroupMapping
+
+    world = World()
+    sign_in("olivia")
+    page.click("nav a:has-text('Settings')")
+    page.fill("#id_group", "acme-engineers")
+    page.select_option("[data-testid=sso-mappings] #id_role", "developer")
+    page.click("button:has-text('Add mapping')")
+    page.wait_for_selector("tr[data-group=acme-engineers]")
+    assert "become developers at their next SSO sign-in" in page.locator(".flash").inner_text()
+    assert SsoGroupMapping.objects.get(workspace=world.org).role == Role.DEVELOPER
+
+    # Requiring MFA is refused until the owner has a second factor themselves.
+    page.check("#id_require_mfa")
+    page.click("[data-testid=mfa-settings] button:has-text('Save')")
+    assert "Set up two-factor authentication for your own account first" in page.locator(".flash").inner_text()
+    screenshot(page, "1-settings")
+    TOTP.activate(world.owner, "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP")
+    page.check("#id_require_mfa")
+    page.click("[data-testid=mfa-settings] button:has-text('Save')")
+    assert "now required for every member" in page.locator(".flash").inner_text()
+    world.org.refresh_from_db()
+    assert world.org.require_mfa
+
+    # A member without a second factor is sent to set one up.
+    page.click(".account-links button:has-text('Sign out')")
+    page.wait_for_url("**/accounts/login/**")
+    page.fill("#id_login", "sam")
+    page.fill("#id_password", PASSWORD)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_url("**/accounts/2fa/")
+    assert "Acme requires two-factor authentication" in page.locator(".flash-warning").inner_text()
+    screenshot(page, "2-member-sent-to-enrolment")
