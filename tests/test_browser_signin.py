@@ -365,3 +365,28 @@ def test_owner_maps_an_sso_group_and_requires_mfa_from_settings(page, sign_in, s
     page.wait_for_url("**/accounts/2fa/")
     assert "Acme requires two-factor authentication" in page.locator(".flash-warning").inner_text()
     screenshot(page, "2-member-sent-to-enrolment")
+
+
+def test_invited_person_accepts_through_sso(page, oidc_provider, client, screenshot):
+    from console.audit import Actor
+    from console.invitations import invitation_create
+
+    world = World()
+    invitation, token = invitation_create(
+        workspace=world.sub, email="dave@example.com", role=Role.VIEWER, actor=Actor.system("tests"), actor_role=Role.OWNER
+    )
+    page.goto(f"/invitations/{token}/")
+    page.wait_for_url("**/invitations/accept/")
+    page.click("text=Continue with Acme SSO")
+    page.click("button[type=submit]")
+    page.fill("#idp-username", "dave")  # in no mapped group: only the invitation lets the account be made
+    page.fill("#idp-password", "dave-idp-password")
+    page.click("#idp-submit")
+    page.wait_for_url("**/invitations/accept/")
+    screenshot(page, "1-back-from-sso")
+    page.click("button:has-text('Accept and join')")
+    page.wait_for_url("**/w/acme-research/")
+    membership = Membership.objects.get(workspace=world.sub, user__email="dave@example.com")
+    assert membership.role == Role.VIEWER and not membership.via_sso
+    invitation.refresh_from_db()
+    assert invitation.accepted_by == membership.user
