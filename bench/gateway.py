@@ -144,8 +144,41 @@ def median_of(runs: list[dict]) -> dict:
     return merged
 
 
-def body(model: str, stream: bool) -> str:
-    payload = {"model": model, "messages": [{"role": "user", "content": "Say hello to the benchmark."}], "max_tokens": 32}
+# Prompts: the short default, and ~4 KB mixing prose, code, JSON and CJK text (mode
+# non-streaming-4k), to show what counting prompt tokens with the real tokenizer costs.
+PROMPTS = {
+    "short": "Say hello to the benchmark.",
+    "4k": (
+        "Summarise this for a colleague. "
+        + "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n" * 12
+        + '{"user": {"id": 12345, "tags": ["a", "b"], "active": true}}\n' * 12
+        + "東京は日本の首都です。人口は約1400万人です。" * 24
+        + "The quick brown fox jumps over the lazy dog. " * 24
+    ),
+}
+
+
+def tokenizer_cost(prompt: str) -> tuple[int, float]:
+    """Prompt tokens and microseconds per count, as the gateway counts a chat body (timed in a child
+    process: this script's own name would shadow the gateway package here)."""
+    script = """
+import json, sys, time
+from gateway.tokenizer import count_chat
+payload = {"messages": [{"role": "user", "content": sys.stdin.read()}]}
+count_chat(payload)  # load the encoding first
+runs = 500
+started = time.perf_counter()
+for _ in range(runs):
+    tokens = count_chat(payload)
+print(json.dumps([tokens, (time.perf_counter() - started) / runs * 1e6]))
+"""
+    out = subprocess.run([PYTHON, "-c", script], cwd=ROOT, input=prompt, capture_output=True, text=True, check=True)
+    tokens, micros = json.loads(out.stdout.splitlines()[-1])
+    return tokens, micros
+
+
+def body(model: str, stream: bool, prompt: str = "short") -> str:
+    payload = {"model": model, "messages": [{"role": "user", "content": PROMPTS[prompt]}], "max_tokens": 32}
     if stream:
         payload["stream"] = True
     return json.dumps(payload)
@@ -154,6 +187,7 @@ def body(model: str, stream: bool) -> str:
 # mode -> (path through the gateway, path straight to the upstream); bodies come from mode_body.
 MODE_PATHS = {
     "non-streaming": ("/v1/chat/completions", "/v1/chat/completions"),
+    "non-streaming-4k": ("/v1/chat/completions", "/v1/chat/completions"),
     "streaming": ("/v1/chat/completions", "/v1/chat/completions"),
     "embeddings": ("/v1/embeddings", "/v1/embeddings"),
     "responses": ("/v1/responses", "/v1/chat/completions"),
@@ -165,6 +199,8 @@ def mode_body(mode: str, model: str, direct: bool) -> str:
         return json.dumps({"model": model, "input": ["Say hello to the benchmark.", "A second input."], "encoding_format": "float"})
     if mode == "responses" and not direct:
         return json.dumps({"model": model, "input": "Say hello to the benchmark.", "max_output_tokens": 32})
+    if mode == "non-streaming-4k":
+        return body(model, False, "4k")
     return body(model, mode == "streaming")
 
 
@@ -346,6 +382,10 @@ def main() -> None:
             f"gateway workers {args.workers}, upstream workers {args.upstream_workers}, {args.duration} s x {args.repeat} runs per cell"
         )
         print(table(results))
+        print()
+        for name, prompt in PROMPTS.items():
+            tokens, micros = tokenizer_cost(prompt)
+            print(f"prompt token count ({name} prompt, {len(prompt)} chars, {tokens} tokens): {micros:.0f} µs per request in-process")
         print()
         if answered_through_gateway is not None:
             ok = answered_through_gateway <= events <= answered_through_gateway + in_flight_bound

@@ -60,6 +60,14 @@ class DeploymentForm(forms.Form):
         empty_label="None",
         help_text="Takes the calls when every replica is down, for keys that may call it too; metered and priced as itself.",
     )
+    tokenizer_path = forms.CharField(
+        label="Tokenizer file",
+        max_length=500,
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "/models/Qwen3-0.6B/tokenizer.json", "spellcheck": "false"}),
+        help_text="Optional. Absolute path to the model's tokenizer.json on the gateway hosts, so token limits count "
+        "prompts as this model does. Empty: counted with tiktoken cl100k_base.",
+    )
 
     queue_timeout_seconds = forms.IntegerField(
         label="Queue wait (seconds)",

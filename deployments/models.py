@@ -62,6 +62,12 @@ class Deployment(models.Model):
         related_name="+",
         help_text="Takes the calls when every replica is down (for keys that may call it too)",
     )
+    tokenizer_path = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Absolute path to the model's Hugging Face tokenizer.json on the gateway hosts; "
+        "the gateway counts prompt tokens with it. Empty: tiktoken cl100k_base.",
+    )
 
     status = models.CharField(max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.RUNNING)
     last_error = models.CharField(max_length=500, blank=True)

@@ -150,6 +150,17 @@ def _clean_fallback(*, workspace: Workspace, fallback: Deployment | None, own_pk
     return fallback
 
 
+def _clean_tokenizer_path(value: str) -> str:
+    """Checked where it is set (the console and the gateways share the file system layout, as one
+    image): a path that does not load as a tokenizer.json is refused here, not at request time."""
+    from lib.tokenizer_file import clean_tokenizer_path
+
+    try:
+        return clean_tokenizer_path(value)
+    except ValueError as exc:
+        raise ValidationError({"tokenizer_path": str(exc)}) from None
+
+
 def _probe_soon(deployment: Deployment) -> None:
     """Check a new or restarted upstream once committed, instead of at the next minute's round."""
     if deployment.upstream_kind == UpstreamKind.ENDPOINT and deployment.upstream_base_url:
@@ -181,6 +192,7 @@ def deployment_create(
     byok_credential: ByokCredential | None = None,
     description: str = "",
     timeout_seconds: int = 120,
+    tokenizer_path: str = "",
     input_per_million: Decimal | str = Decimal("0"),
     output_per_million: Decimal | str = Decimal("0"),
     currency: str = "USD",
@@ -219,6 +231,7 @@ def deployment_create(
         upstream_kind=upstream_kind,
         upstream_model=upstream_model.strip(),
         timeout_seconds=timeout_seconds,
+        tokenizer_path=_clean_tokenizer_path(tokenizer_path),
         status=DeploymentStatus.RUNNING,
         created_by=actor.user if getattr(actor.user, "pk", None) else None,
         fallback=_clean_fallback(workspace=workspace, fallback=fallback, own_pk=None),
@@ -277,6 +290,7 @@ UPDATABLE = (
     "fallback",
     "queue_timeout_seconds",
     "queue_max_waiting",
+    "tokenizer_path",
 )
 
 
@@ -296,6 +310,7 @@ def deployment_update(
     router_provider: RouterProvider | None = None,
     byok_credential: ByokCredential | None = None,
     timeout_seconds: int = 120,
+    tokenizer_path: str | None = None,
     upstream_api_key: str = "",
     clear_upstream_api_key: bool = False,
     fallback: Deployment | None = None,
@@ -304,7 +319,7 @@ def deployment_update(
     resolve: Resolver = system_resolver,
 ) -> Deployment:
     """Change settings. An empty upstream_api_key keeps the stored key; clear_upstream_api_key removes it.
-    kind / responses_passthrough None keep what is set."""
+    kind / responses_passthrough / tokenizer_path None keep what is set."""
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     name = name.strip()
     if not name:
@@ -327,6 +342,7 @@ def deployment_update(
         "fallback": _clean_fallback(workspace=deployment.workspace, fallback=fallback, own_pk=deployment.pk),
         "queue_timeout_seconds": _clean_queue(queue_timeout_seconds, "queue_timeout_seconds", 0, QUEUE_TIMEOUT_MAX),
         "queue_max_waiting": _clean_queue(queue_max_waiting, "queue_max_waiting", 1, QUEUE_WAITING_MAX),
+        "tokenizer_path": deployment.tokenizer_path if tokenizer_path is None else _clean_tokenizer_path(tokenizer_path),
         **_clean_upstream(
             workspace=deployment.workspace,
             kind=upstream_kind,

@@ -109,6 +109,7 @@ def _edit_context(access, deployment: Deployment, *, form=None, price_form=None)
             "fallback",
             "queue_timeout_seconds",
             "queue_max_waiting",
+            "tokenizer_path",
         )
     }
     current = price_in_force(deployment, timezone.now())

@@ -22,7 +22,7 @@ from datetime import datetime
 import orjson
 from django.conf import settings
 
-from gateway import errors, metrics
+from gateway import errors, metrics, tokenizer
 from gateway.auth import KeyCache, KeyEntry, Route, listen_for_changes, parse_bearer
 from gateway.balancer import Answer, Balancer, CapacityExceeded, Ticket, UpstreamFailed, UpstreamPool
 from gateway.capacity import CapacityUnavailable, RedisCapacity
@@ -64,6 +64,9 @@ SHAPES: dict[str, Shape] = {
     "/api/v1/services/aigc/text-generation/generation": dashscope.SHAPE,
 }
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+_NOT_COUNTED = object()
 
 
 class ClientGone(Exception):
@@ -175,6 +178,7 @@ class Gateway:
             )
             self.writer.start()
             self.upstream.capacity.start()
+            tokenizer.default_counter()  # load the BPE ranks now, not on the first request
             self.touched: dict[int, float] = {}
             self.ready = True
 
@@ -395,18 +399,21 @@ class Gateway:
         if shape.stream_header is not None and isinstance(payload, dict):
             payload["stream"] = headers.get(shape.stream_header, b"").lower() == b"enable"
         call = shape.parse(payload, deployment is None)
-        admission = Admission.of(call, exchange.entry)
+        counted_with = _NOT_COUNTED
 
         # A newer key generation seen at admission means the cached copy is stale: drop it,
         # release what was reserved and check again with the fresh key (once).
         for attempt in range(2):
             entry = exchange.entry if attempt == 0 else await self.checked_entry(scope, headers, key, exchange, reload=True)
-            if attempt:
-                admission = Admission.of(call, entry)
             route = self.resolve(entry, call.model, deployment)
             exchange.route = route
             if route.serves and route.serves != shape.model_kind:
                 raise wrong_kind(route.name, route.serves, shape.endpoint)
+            if shape.count is not None and route.counter is not counted_with:
+                # Counted with the route's tokenizer (the deployment's own, or tiktoken), once.
+                call.prompt_estimate = await shape.count(call, route.counter)
+                counted_with = route.counter
+            admission = Admission.of(call, entry)
             exchange.model = route.name
             exchange.metric_model = route.metric_name
             decision = await self.admit(entry, admission, route.deployment_id)

@@ -86,6 +86,9 @@ class Route:
     # The Prometheus label: a provider's open-ended names share one series, so callers cannot
     # mint unbounded label values.
     metric_name: str = ""
+    # Prompt token counter (gateway.tokenizer): the deployment's own tokenizer.json, loaded with the
+    # key; None counts with the default (tiktoken cl100k_base).
+    counter: object = None
     # chat_url without /chat/completions: the other API shapes append their own path to it.
     base_url: str = ""
     # The deployment's kind (chat / embedding / rerank); "" for provider routes, which may serve any.
@@ -332,6 +335,7 @@ def load_key(digest: str) -> KeyEntry | None:
     """Read one key and its scope from the database (sync; runs on the gateway's DB thread)."""
     from deployments.models import DeploymentPrice
     from deployments.selectors import callable_deployments
+    from gateway.tokenizer import counter_for
     from keys.models import ApiKeySecret, ByokCredential
     from keys.selectors import api_key_secret_lookup
 
@@ -394,6 +398,8 @@ def load_key(digest: str) -> KeyEntry | None:
             fallback=d.fallback.model_id if d.fallback_id else "",
             queue_timeout=float(d.queue_timeout_seconds),
             queue_max=d.queue_max_waiting,
+            # Loaded here, on the database thread, once per process and file: never per request.
+            counter=counter_for(d.tokenizer_path) if d.tokenizer_path else None,
         )
         route.capped = any(r.max_concurrent for r in route.replicas)
         if route.replicas and not problem:

@@ -344,21 +344,3 @@ class LocalLimiter:
                 buckets[reservation.second] += delta
         if reservation.has_yearly and reservation.yearly_key in self.yearly:
             self.yearly[reservation.yearly_key] += delta
-
-
-def estimate_prompt_tokens(messages: list) -> int:
-    """A cheap upper-leaning estimate: about one token per 3 characters plus per-message overhead."""
-    chars = 0
-    for message in messages:
-        if isinstance(message, dict):
-            content = message.get("content")
-            if isinstance(content, str):
-                chars += len(content)
-            elif isinstance(content, list):
-                for part in content:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        chars += len(part["text"])
-            tool_calls = message.get("tool_calls")
-            if tool_calls:
-                chars += len(str(tool_calls))
-    return chars // 3 + 4 * len(messages) + 1

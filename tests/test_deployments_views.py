@@ -154,6 +154,8 @@ def test_admin_creates_a_deployment_through_the_form(world, client_for):
         ("model_id", "", "This field is required"),
         ("input_per_million", "-1", "greater than or equal to 0"),
         ("currency", "DOLLARS", "three-letter"),
+        ("tokenizer_path", "/nonexistent/tokenizer.json", "No tokenizer file at /nonexistent/tokenizer.json"),
+        ("tokenizer_path", "models/tokenizer.json", "Give an absolute path"),
     ],
 )
 def test_create_form_errors_change_nothing(world, client_for, field, value, message):

@@ -33,9 +33,9 @@ def post(server, key: str, body: dict) -> httpx.Response:
 
 def prompt_tokens(body: dict) -> int:
     """What the gateway counts for this prompt (the same function it uses)."""
-    from gateway.limits import estimate_prompt_tokens
+    from gateway.tokenizer import count_chat
 
-    return estimate_prompt_tokens(body["messages"])
+    return count_chat(body)
 
 
 def yearly_counter(key) -> int:
@@ -123,3 +123,26 @@ def test_max_tokens_below_the_floor_is_admitted_when_exactly_that_fits(world, de
     key, plaintext = make_key(world.org, all_models=True, yearly_token_limit=1000)
     body = chat_body(deployment.model_id, max_tokens=5, metadata=LONG)
     assert post(gateway, plaintext, body).json()["usage"]["completion_tokens"] == 5
+
+
+def test_a_deployment_with_its_own_tokenizer_json_is_counted_with_it(world, demo, gateway, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from gateway.tokenizer import count_chat, counter_for
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["user hello"], trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    path = str(tmp_path / "tokenizer.json")
+    tok.save(path)
+    deployment = make_deployment(
+        world.org, base_url=demo.url + "/v1", upstream_api_key=UPSTREAM_KEY, upstream_model="gatehouse-demo", tokenizer_path=path
+    )
+    _, plaintext = make_key(world.org, all_models=True, yearly_token_limit=100)
+    body = chat_body(deployment.model_id, "東京は日本の首都です。", metadata=LONG)
+    own, default = count_chat(body, counter_for(path)), count_chat(body)
+    assert own < default  # one word run + one mark, where cl100k sees 11 tokens
+
+    response = post(gateway, plaintext, body)
+    assert response.status_code == 200
+    assert response.headers[CAPPED] == str(100 - own)

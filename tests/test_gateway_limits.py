@@ -22,10 +22,11 @@ from usage.models import UsageEvent
 pytestmark = pytest.mark.django_db(transaction=True)
 demo, gateways = gateway_support.demo, gateway_support.gateways  # live-process fixtures
 
-# "hi" is estimated at 5 prompt tokens; with max_tokens 95 every request reserves exactly 100.
-# The demo model answers 95 tokens after 2 s, so every request is still in flight (its tokens
-# reserved) when the last one is admitted.
-SLOW_100 = chat_body(None, "hi", max_tokens=95, metadata={"demo_latency_ms": "2000", "demo_reply_tokens": "95"})
+# "hi" counts 9 prompt tokens for the gateway (1 + the role and the chat template's markers; the
+# demo model counts 1); with max_tokens 91 every request reserves exactly 100. The demo model
+# answers 91 tokens after 2 s, so every request is still in flight (its tokens reserved) when the
+# last one is admitted.
+SLOW_100 = chat_body(None, "hi", max_tokens=91, metadata={"demo_latency_ms": "2000", "demo_reply_tokens": "91"})
 
 
 @pytest.fixture
@@ -63,9 +64,9 @@ def test_tpm_is_exact_across_two_gateway_processes_under_concurrency(world, depl
     events = UsageEvent.objects.filter(api_key=key, status_code=200)
     assert events.count() == 10
     assert UsageEvent.objects.filter(api_key=key, status_code=429, total_tokens=0).count() == 20  # the refusals, on record
-    assert sum(e.total_tokens for e in events) == 960 <= 1000
+    assert sum(e.total_tokens for e in events) == 920 <= 1000
     # Settled to the real usage (settlements are sent without waiting, so allow them a moment).
-    assert wait_for(lambda: sum(int(v) for v in redis_client().hgetall(f"gatehouse:tpm:{key.public_id}").values()) == 960)
+    assert wait_for(lambda: sum(int(v) for v in redis_client().hgetall(f"gatehouse:tpm:{key.public_id}").values()) == 920)
 
 
 def test_yearly_limit_reserves_so_that_20_concurrent_requests_with_budget_for_10_admit_10(world, deployment, gateways):
@@ -90,7 +91,7 @@ def test_yearly_limit_reserves_so_that_20_concurrent_requests_with_budget_for_10
     assert sorted(r.status_code for r in responses) == [200] * 10 + [429] * 10
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 429} == {"insufficient_quota"}
     year = datetime.now(UTC).year  # the org's time zone is UTC
-    assert wait_for(lambda: int(redis_client().get(f"gatehouse:yearly:{key.public_id}:{year}")) == 500 + 10 * 96)
+    assert wait_for(lambda: int(redis_client().get(f"gatehouse:yearly:{key.public_id}:{year}")) == 500 + 10 * 92)
     assert UsageEvent.objects.filter(api_key=key, total_tokens__gt=0).count() == 11
     assert UsageEvent.objects.filter(api_key=key, status_code=429, error_code="insufficient_quota", total_tokens=0).count() == 10
 

@@ -9,7 +9,8 @@ Each shape is a small module of pure functions (no I/O) that the flow in gateway
 - `usage(data)`: (prompt, completion) tokens from the upstream's answer, None when it has none;
 - `relay(call, route, request_id)`: a streaming translator (see gateway.proxy.SseRelay) that turns
   the upstream's SSE events into the client's, with `opening()` / `closing(error)`;
-- `error_body(error, request_id)` → (status, body): the API's own error shape.
+- `error_body(error, request_id)` → (status, body): the API's own error shape;
+- `count(call, counter)` (optional, async): the prompt's tokens with the route's tokenizer.
 
 The shape also names the usage event's `endpoint`, the upstream path, and the upstream body field
 that caps the completion (`cap_param`, None when the call generates nothing).
@@ -66,3 +67,6 @@ class Shape:
     passthrough: Shape | None = None  # used instead for a deployment whose upstream serves this API itself
     stream_header: bytes | None = None  # a request header that asks for a stream (DashScope's X-DashScope-SSE: enable)
     stream_headers: tuple = ()  # extra response headers on a stream
+    # async (call, counter) -> prompt tokens, counted with the route's tokenizer once the route is
+    # known (gateway.tokenizer; counter None = the default). Shapes without it estimate in parse.
+    count: Callable | None = None

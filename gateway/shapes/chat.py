@@ -7,9 +7,9 @@ import orjson
 
 from gateway.auth import parse_bearer
 from gateway.errors import GatewayError
-from gateway.limits import estimate_prompt_tokens
 from gateway.proxy import SseRelay
 from gateway.shapes import Call, Shape
+from gateway.tokenizer import count_chat_async
 from gateway.validation import validate_chat
 
 
@@ -27,7 +27,6 @@ def parse(payload: object, model_required: bool) -> Call:
         model=payload.get("model"),
         stream=stream,
         wants_usage=stream and bool((payload.get("stream_options") or {}).get("include_usage")),
-        prompt_estimate=estimate_prompt_tokens(payload["messages"]),
         # Both given: the smaller binds (the gateway may lower it, never raise it).
         completion_budget=min((payload[f] for f in ("max_tokens", "max_completion_tokens") if payload.get(f) is not None), default=None),
         choices=payload.get("n") or 1,
@@ -58,6 +57,10 @@ def relay(call: Call, route, request_id: str) -> SseRelay:
     return SseRelay(client_model=route.name, upstream_model=route.upstream_model, client_wants_usage=call.wants_usage)
 
 
+async def count(call: Call, counter) -> int:
+    return await count_chat_async(call.body, counter)
+
+
 def error_body(error: GatewayError, request_id: str) -> tuple[int, bytes]:
     return error.status, error.body()
 
@@ -72,4 +75,5 @@ SHAPE = Shape(
     estimate_completion=estimate_completion,
     relay=relay,
     error_body=error_body,
+    count=count,
 )

@@ -21,6 +21,7 @@ OPTION_FOR = {
     "input_per_million": "--input-price",
     "output_per_million": "--output-price",
     "currency": "--currency",
+    "tokenizer_path": "--tokenizer",
 }
 
 
@@ -57,6 +58,12 @@ class Command(BaseCommand):
             help="What the model does: chat (default), embedding (input price only) or rerank.",
         )
         parser.add_argument(
+            "--tokenizer",
+            default="",
+            metavar="PATH",
+            help="Absolute path to the model's tokenizer.json; the gateway counts prompt tokens with it (default: tiktoken cl100k_base).",
+        )
+        parser.add_argument(
             "--responses-passthrough",
             action="store_true",
             help="The upstream serves /v1/responses itself: pass Responses calls through (chat models).",
@@ -77,6 +84,7 @@ class Command(BaseCommand):
         description,
         kind="chat",
         responses_passthrough=False,
+        tokenizer="",
         **options,
     ):
         ws = Workspace.objects.filter(slug=workspace).first()
@@ -109,6 +117,7 @@ class Command(BaseCommand):
                     description,
                     kind,
                     responses_passthrough,
+                    tokenizer,
                 )
         except ValidationError as exc:
             messages = (
@@ -126,6 +135,8 @@ class Command(BaseCommand):
                 f"  upstream:  {replica.base_url} (weight {replica.weight})"
                 + (f" (key from ${upstream_key_env}, ending …{replica.api_key_last4})" if upstream_key else "")
             )
+        if deployment.tokenizer_path:
+            self.stdout.write(f"  tokenizer: {deployment.tokenizer_path}")
         self.stdout.write(f"  price:     {input_price} in / {output_price} out {currency.upper()} per 1M tokens")
         self.stdout.write(f"  base URL:  {target.base_url}")
         self.stdout.write(f"  V1 path:   {target.v1_url}")
@@ -147,6 +158,7 @@ class Command(BaseCommand):
         description,
         kind="chat",
         responses_passthrough=False,
+        tokenizer="",
     ):
         actor = Actor.system("manage.py create_deployment")
         deployment = deployment_create(
@@ -164,6 +176,7 @@ class Command(BaseCommand):
             description=description,
             kind=kind,
             responses_passthrough=responses_passthrough,
+            tokenizer_path=tokenizer,
         )
         for url, weight in more:
             replica_add(deployment=deployment, actor=actor, base_url=url, weight=weight, api_key=upstream_key)
