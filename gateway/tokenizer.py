@@ -170,3 +170,9 @@ async def count_chat_async(body: dict, counter: Counter | None = None) -> int:
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-tokenizer")
     return await asyncio.get_running_loop().run_in_executor(_pool, count_texts, counter, texts) + extra
+
+
+def estimate_prompt_tokens(messages: list) -> int:
+    """Prompt tokens of chat messages with the default tokenizer, synchronously (for shapes that
+    count while parsing)."""
+    return count_chat({"messages": messages})

@@ -23,11 +23,11 @@ import time
 import orjson
 
 from gateway.errors import GatewayError, bad_request
-from gateway.limits import estimate_prompt_tokens
 from gateway.proxy import SseRelay
 from gateway.shapes import Call, Shape, chat
 from gateway.shapes.checks import boolean, json_object, model, number, positive_int
 from gateway.shapes.streaming import TranslatingRelay
+from gateway.tokenizer import estimate_prompt_tokens
 from gateway.validation import TOOL_NAME
 
 STORED_ONLY = {
@@ -532,4 +532,5 @@ SHAPE = Shape(
     relay=relay,
     error_body=error_body,
     passthrough=PASSTHROUGH,
+    count=chat.count,  # the translated body is a chat body: counted like one, with the route's tokenizer
 )
