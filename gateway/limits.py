@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from deployments import changes as deployment_changes
+from gateway.tokenizer import estimate_prompt_tokens  # noqa: F401  (re-exported: shapes count while parsing)
 from keys.changes import GENERATION_KEY, local_generations
 from keys.counters import tpm_counter_key, yearly_counter_key
 

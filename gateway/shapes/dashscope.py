@@ -181,4 +181,5 @@ SHAPE = Shape(
     relay=relay,
     error_body=error_body,
     stream_header=b"x-dashscope-sse",
+    count=chat.count,  # the translated body is a chat body: counted like one, with the route's tokenizer
 )

@@ -374,4 +374,5 @@ SHAPE = Shape(
     estimate_completion=chat.estimate_completion,
     relay=relay,
     error_body=error_body,
+    count=chat.count,  # the translated body is a chat body: counted like one, with the route's tokenizer
 )
