@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('deployments', '0008_deployment_fallback'),
+        ('deployments', '0009_capacity_queue'),
     ]
 
     operations = [
