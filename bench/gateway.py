@@ -9,7 +9,9 @@ check on: the bench key has an IP allowlist, a TPM limit and a yearly limit, and
 writes its usage event. wrk drives 1 and 32 connections, chat completions non-streaming and
 streaming, embeddings (/v1/embeddings, an embedding deployment) and the Responses API
 (/v1/responses, translated by the gateway to a chat call; "direct" is the same chat call sent
-straight to the upstream), for a bounded time each; a Lua script posts the body and reports p50/p99 from wrk's own histogram.
+straight to the upstream) and non-streamed chat to a deployment of --replicas upstream processes
+(the "replicas" mode), for a bounded time each; then --streams slow streams held open at once
+(--hold seconds each) for the gateway's memory per open stream and the time to first token it adds; a Lua script posts the body and reports p50/p99 from wrk's own histogram.
 At the end it checks that the gateway wrote exactly one usage event per answered request.
 """
 
@@ -89,7 +91,7 @@ def ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def setup_data(env: dict, upstream: str) -> tuple[str, str, str, int]:
+def setup_data(env: dict, upstream: str, replica_urls: list[str]) -> tuple[str, str, str, int, str]:
     script = f"""
 import uuid
 from console.audit import Actor
@@ -100,12 +102,18 @@ ws = workspace_create(name="Benchmark", slug=slug, actor=Actor.system("bench"))
 d = make_deployment(ws, base_url="{upstream}/v1", upstream_api_key="{UPSTREAM_KEY}", upstream_model="gatehouse-demo")
 e = make_deployment(ws, base_url="{upstream}/v1", upstream_api_key="{UPSTREAM_KEY}", upstream_model="gatehouse-demo", kind="embedding", output_price="0")
 key, plaintext = make_key(ws, all_models=True, tpm_limit=2_000_000_000, yearly_token_limit=10**15, ip_allowlist=["127.0.0.0/8"])
-print(d.model_id, e.model_id, plaintext, key.id)
+from deployments.services import deployment_create, replica_add
+urls = {replica_urls!r}
+r = deployment_create(workspace=ws, actor=Actor.system("bench"), name="Replicas", model_id=slug + "-replicas",
+    upstream_base_url=urls[0] + "/v1", upstream_api_key="{UPSTREAM_KEY}", upstream_model="gatehouse-demo")
+for url in urls[1:]:
+    replica_add(deployment=r, actor=Actor.system("bench"), base_url=url + "/v1", api_key="{UPSTREAM_KEY}")
+print(d.model_id, e.model_id, plaintext, key.id, r.model_id)
 """
     subprocess.run([PYTHON, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True)
     out = subprocess.run([PYTHON, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    model, embedding_model, key, key_id = out.stdout.split()[-4:]
-    return model, embedding_model, key, int(key_id)
+    model, embedding_model, key, key_id, replicas_model = out.stdout.split()[-5:]
+    return model, embedding_model, key, int(key_id), replicas_model
 
 
 def count_events(env: dict, key_id: int) -> int:
@@ -191,6 +199,8 @@ MODE_PATHS = {
     "streaming": ("/v1/chat/completions", "/v1/chat/completions"),
     "embeddings": ("/v1/embeddings", "/v1/embeddings"),
     "responses": ("/v1/responses", "/v1/chat/completions"),
+    # Non-streamed chat to a deployment with --replicas replicas (direct: one of those upstreams).
+    "replicas": ("/v1/chat/completions", "/v1/chat/completions"),
 }
 
 
@@ -242,7 +252,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="measured runs per cell; the table shows each figure's median")
     parser.add_argument("--connections", default="1,32")
-    parser.add_argument("--modes", default="non-streaming,streaming,embeddings,responses")
+    parser.add_argument("--modes", default="non-streaming,streaming,embeddings,responses,replicas")
+    parser.add_argument("--replicas", type=int, default=3, help="upstream processes behind the 'replicas' mode's deployment")
+    parser.add_argument("--streams", type=int, default=2000, help="slow streams held open at once in the streams row (0: skip)")
+    parser.add_argument("--hold", type=int, default=30, help="seconds each of those streams lasts")
     parser.add_argument("--profile", action="store_true", help="py-spy one gateway worker during a 32-connection run of the first mode")
     parser.add_argument("--access-log", default="1", help="GATEWAY_ACCESS_LOG for the gateway (default on)")
     parser.add_argument(
@@ -293,7 +306,18 @@ def main() -> None:
         procs.append(demo)
         upstream = f"http://127.0.0.1:{demo_port}"
         wait_http(upstream + "/healthz", demo)
-        model, embedding_model, key, key_id = setup_data(env, upstream)
+        replica_urls = [upstream]
+        for _ in range(args.replicas - 1):
+            port = free_port()
+            extra = start(
+                [PYTHON, "-m", "deployments.demo_model", "--port", str(port), "--api-key", UPSTREAM_KEY],
+                env,
+                workdir / f"demo-{port}.log",
+            )
+            procs.append(extra)
+            replica_urls.append(f"http://127.0.0.1:{port}")
+            wait_http(replica_urls[-1] + "/healthz", extra)
+        model, embedding_model, key, key_id, replicas_model = setup_data(env, upstream, replica_urls)
         gateway = start(
             [
                 PYTHON,
@@ -330,7 +354,15 @@ def main() -> None:
             scripts = {}
             for target in ("direct", "gateway"):
                 token = UPSTREAM_KEY if target == "direct" else key
-                called = "gatehouse-demo" if target == "direct" else (embedding_model if mode == "embeddings" else model)
+                called = (
+                    "gatehouse-demo"
+                    if target == "direct"
+                    else embedding_model
+                    if mode == "embeddings"
+                    else replicas_model
+                    if mode == "replicas"
+                    else model
+                )
                 path = workdir / f"{mode}-{target}.lua"
                 path.write_text(
                     LUA
@@ -360,6 +392,11 @@ def main() -> None:
                     )
                 results.append(row)
 
+        streams_text = None
+        if args.streams:
+            streams_text = streams_phase(args, gw, upstream, gateway, model, key)
+            answered_through_gateway += args.streams
+
         if args.spool and "non-streaming" in scripts_by_mode:
             spooled_rows, spool_answered, spool_in_flight = spool_phase(args, env, workdir, procs, scripts_by_mode, results, model, key)
             answered_through_gateway += spool_answered
@@ -382,6 +419,9 @@ def main() -> None:
             f"gateway workers {args.workers}, upstream workers {args.upstream_workers}, {args.duration} s x {args.repeat} runs per cell"
         )
         print(table(results))
+        if streams_text:
+            print()
+            print(streams_text)
         print()
         for name, prompt in PROMPTS.items():
             tokens, micros = tokenizer_cost(prompt)
@@ -401,6 +441,125 @@ def main() -> None:
     finally:
         for proc in reversed(procs):
             stop(proc)
+
+
+def rss_bytes(root_pid: int) -> int:
+    """Resident memory of a process and its children (uvicorn's workers), from /proc."""
+    total = 0
+    pids = [root_pid]
+    try:
+        children = Path(f"/proc/{root_pid}/task/{root_pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def _has_token(event: bytes) -> bool:
+    if not event.startswith(b"data: {"):
+        return False
+    try:
+        choices = json.loads(event[6:]).get("choices") or []
+    except ValueError:
+        return False
+    return any((c.get("delta") or {}).get("content") for c in choices)
+
+
+async def _slow_stream(base: str, token: str, payload: bytes, ttfts: list, failures: list, opened: list) -> None:
+    import asyncio
+
+    host, port = base.removeprefix("http://").split(":")
+    started = time.perf_counter()
+    try:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: " + host.encode() + b"\r\ncontent-type: application/json\r\n"
+            b"authorization: Bearer " + token.encode() + b"\r\ncontent-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+        )
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise ConnectionError(status.decode(errors="replace").strip())
+        buffer, first = b"", False
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            buffer += chunk
+            *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+            if not first and any(_has_token(e.split(b"\n")[-1]) for e in events):
+                first = True
+                ttfts.append(time.perf_counter() - started)
+                opened.append(1)
+            if any(b"[DONE]" in e for e in events):
+                break
+        writer.close()
+        if not first:
+            raise ConnectionError("no token before the stream ended")
+    except Exception as exc:
+        failures.append(type(exc).__name__ + ": " + str(exc)[:80])
+
+
+def streams_phase(args, gw: str, upstream: str, gateway: subprocess.Popen, model: str, key: str) -> str:
+    """`args.streams` slow streams open at once (the upstream sends a token a second for
+    `args.hold` s), straight to the upstream and then through the gateway: the gateway's RSS per
+    open stream and the time to first token it adds."""
+    import asyncio
+    import statistics
+
+    per_token_ms = 1000
+    tokens = max(2, args.hold * 1000 // per_token_ms)
+
+    def payload(called: str) -> bytes:
+        return json.dumps(
+            {
+                "model": called,
+                "messages": [{"role": "user", "content": "Stream slowly."}],
+                "stream": True,
+                "max_tokens": tokens,
+                "metadata": {"demo_chunk_delay_ms": str(per_token_ms), "demo_reply_tokens": str(tokens)},
+            }
+        ).encode()
+
+    async def run(base: str, token: str, body: bytes, measure_rss: bool):
+        ttfts, failures, opened = [], [], []
+        rss_before = rss_bytes(gateway.pid) if measure_rss else 0
+        tasks = []
+        # Opened over ~5 s (a burst of 2,000 connects would measure the accept queue, not the gateway).
+        for i in range(args.streams):
+            tasks.append(asyncio.ensure_future(_slow_stream(base, token, body, ttfts, failures, opened)))
+            if i % 100 == 99:
+                await asyncio.sleep(0.25)
+        peak = 0
+        while not all(t.done() for t in tasks):
+            await asyncio.sleep(1)
+            if measure_rss and len(opened) >= args.streams - len(failures):
+                peak = max(peak, rss_bytes(gateway.pid))
+        await asyncio.gather(*tasks)
+        return ttfts, failures, rss_before, peak
+
+    direct = asyncio.run(run(upstream, UPSTREAM_KEY, payload("gatehouse-demo"), False))
+    through = asyncio.run(run(gw, key, payload(model), True))
+    d_ttft, g_ttft = direct[0], through[0]
+    if not d_ttft or not g_ttft:
+        return f"streams row: no stream got a first token (direct failures {direct[1][:3]}, gateway failures {through[1][:3]})"
+    q = lambda values, p: sorted(values)[min(len(values) - 1, int(len(values) * p))]  # noqa: E731
+    rss_per_stream = (through[3] - through[2]) / max(1, len(g_ttft))
+    return (
+        "| streams held | hold | direct TTFT p50 / p99 | gateway TTFT p50 / p99 | added TTFT p50 / p99 | gateway RSS before → with all open "
+        "| RSS per open stream | failed (direct / gateway) |\n|---|---|---|---|---|---|---|---|\n"
+        f"| {args.streams} | {args.hold} s | {statistics.median(d_ttft) * 1000:.1f} / {q(d_ttft, 0.99) * 1000:.1f} ms "
+        f"| {statistics.median(g_ttft) * 1000:.1f} / {q(g_ttft, 0.99) * 1000:.1f} ms "
+        f"| {(statistics.median(g_ttft) - statistics.median(d_ttft)) * 1000:+.1f} / {(q(g_ttft, 0.99) - q(d_ttft, 0.99)) * 1000:+.1f} ms "
+        f"| {through[2] / 2**20:.0f} → {through[3] / 2**20:.0f} MiB | {rss_per_stream / 1024:.1f} KiB "
+        f"| {len(direct[1])} / {len(through[1])} |"
+    )
 
 
 def spool_phase(args, env: dict, workdir: Path, procs: list, scripts_by_mode: dict, results: list, model: str, key: str):

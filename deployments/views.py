@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -18,6 +19,7 @@ from console.models import Role
 from deployments.access import access_deployment, access_replica
 from deployments.examples import API_KEY_ENV, render_examples, target_for
 from deployments.forms import DeploymentCreateForm, DeploymentForm, GrantsForm, PriceForm, ReplicaForm, TestCallForm
+from deployments.live import replica_figures
 from deployments.models import Deployment, DeploymentPrice, ModelGrant, TestCall
 from deployments.selectors import (
     callable_deployments,
@@ -285,6 +287,7 @@ def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpRes
         "can_manage": access.can_admin and access.workspace.id in (dep.workspace_id, dep.workspace.parent_id),
         "upstream_host": upstream_host(dep.upstream_base_url) if dep.upstream_base_url else "",
         "replicas": replicas_for_page(dep) if tab == "overview" else [],
+        "show_live": bool(settings.REDIS_URL),
         "replica_form": ReplicaForm(),
         "current_price": price_in_force(dep, timezone.now()),
         "target": target,
@@ -293,6 +296,10 @@ def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpRes
         "key_error": key_error,
         "lang": request.POST.get("lang") or request.GET.get("lang") or "python",
     }
+    if context["replicas"]:
+        figures = replica_figures(context["replicas"])
+        for replica in context["replicas"]:
+            replica.figures = figures[replica.id]
     if tab == "examples":
         context["examples"] = render_examples(target)
         if context["lang"] not in {e.id for e in context["examples"]}:

@@ -163,6 +163,7 @@ class Gateway:
                 # Per-replica caps count leases in the same Redis, so they hold across processes.
                 self.upstream.capacity = RedisCapacity(self.limiter.redis)
                 self.tasks.append(asyncio.get_running_loop().create_task(listen_for_changes(self.redis, self.cache, self.balancer)))
+                self.tasks.append(asyncio.get_running_loop().create_task(self.publish_replica_stats()))
             else:
                 self.redis = None
                 self.limiter = LocalLimiter()
@@ -195,6 +196,27 @@ class Gateway:
             await self.limiter.redis.aclose()
         self.db_executor.shutdown(wait=False)
         self.ready = False
+
+    async def publish_replica_stats(self) -> None:
+        """Every few seconds, this process's in-flight count and ejections per replica into Redis,
+        where the deployment's details page adds them up (deployments.live)."""
+        from deployments.live import LIVE_EVERY_SECONDS, live_key
+
+        process = f"{os.getpid()}-{id(self):x}"
+        while True:
+            await asyncio.sleep(LIVE_EVERY_SECONDS)
+            snapshot = self.balancer.snapshot()
+            if not snapshot:
+                continue
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                now = time.time()
+                for uid, (inflight, ejections, ejected) in snapshot.items():
+                    pipe.hset(live_key(uid), process, orjson.dumps([now, inflight, ejections, ejected]))
+                    pipe.expire(live_key(uid), 3600)
+                await pipe.execute()
+            except Exception as exc:
+                log.warning("publishing replica stats failed: %s", type(exc).__name__)
 
     async def publish_spool_status(self, name: str, value: str | None) -> None:
         """The admins' banner reads this (usage.spool_status): in Redis, or in process without it."""

@@ -165,6 +165,11 @@ class Balancer:
             state.ejected_until = 0.0
             state.failures = 0
 
+    def snapshot(self) -> dict[str, tuple[int, int, bool]]:
+        """uid -> (in flight, ejections so far, ejected now), for the console (deployments.live)."""
+        now = self.clock()
+        return {state.uid: (state.inflight, state.ejections, state.ejected_until > now) for state in self.states.values()}
+
     def forget_probes(self) -> None:
         """The fan-out was interrupted: fall back to the statuses loaded with the keys."""
         for state in self.states.values():

@@ -21,7 +21,7 @@ from deployments import health
 from deployments.services import deployment_create, deployment_update, replica_add
 from tests import gateway_support
 from tests.factories import make_key
-from tests.gateway_support import UPSTREAM_KEY, Server, demo_stats, metric, start_demo, start_gateway
+from tests.gateway_support import UPSTREAM_KEY, Server, demo_stats, metric, start_demo, start_gateway, wait_for
 from usage.models import UsageEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -231,6 +231,19 @@ def test_a_dead_replica_costs_a_retry_not_a_failed_request(world, upstreams, pai
     assert sum(metric(g, "gatehouse_gateway_replica_retries_total") for g in pair) - retries_before == 2
     assert set(UsageEvent.objects.filter(deployment=deployment).values_list("replica_id", flat=True)) == {replicas[1].id}
     assert all(metric(g, "gatehouse_gateway_replica_ejections_total", replica=replicas[0].__str__()) == 1 for g in pair)
+
+    # The details page's figures: the gateways' live reports (every 5 s) and the last hour's events.
+    from deployments.live import replica_figures
+
+    def reported():
+        found = replica_figures(replicas)
+        return found if found[replicas[0].id].processes == 2 else None
+
+    figures = wait_for(reported, timeout=15)
+    assert figures is not None
+    dead_figures, live_figures = figures[replicas[0].id], figures[replicas[1].id]
+    assert (dead_figures.ejections, dead_figures.ejected_on, dead_figures.inflight) == (2, 2, 0)
+    assert (live_figures.requests, live_figures.errors, live_figures.ejections) == (20, 0, 0) and live_figures.p95_ms is not None
 
 
 def test_the_fallback_deployment_answers_when_every_replica_is_down(world, upstreams, pair):

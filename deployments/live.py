@@ -1,0 +1,101 @@
+"""What the details page shows about each replica right now and over the last hour.
+
+Live figures come from the gateways: each process writes its in-flight count and ejections per
+replica to a Redis hash every LIVE_EVERY_SECONDS (gateway.app.publish_replica_stats); entries
+older than LIVE_STALE_SECONDS (a stopped process) are ignored. The last hour's requests, error
+rate and p95 latency are read from the usage events, which name the replica that answered.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+LIVE_EVERY_SECONDS = 5
+LIVE_STALE_SECONDS = 20
+
+
+def live_key(uid: str) -> str:
+    return f"gatehouse:replica:{uid}:live"
+
+
+@dataclass
+class ReplicaFigures:
+    requests: int = 0
+    errors: int = 0
+    p95_ms: float | None = None
+    inflight: int | None = None  # None: unknown (no Redis, or no gateway reported)
+    ejections: int | None = None
+    ejected_on: int = 0  # gateway processes that have it ejected right now
+    processes: int = 0
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+
+def replica_figures(replicas: list) -> dict[int, ReplicaFigures]:
+    figures = {r.id: ReplicaFigures() for r in replicas}
+    if not replicas:
+        return figures
+    _last_hour(figures)
+    if settings.REDIS_URL:
+        _live(replicas, figures)
+    return figures
+
+
+def _last_hour(figures: dict[int, ReplicaFigures]) -> None:
+    from usage.models import UsageEvent
+
+    since = timezone.now() - timedelta(hours=1)
+    events = UsageEvent.objects.filter(replica_id__in=list(figures), created_at__gte=since)
+    if connection.vendor == "postgresql":
+        table = UsageEvent._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT replica_id, count(*), count(*) FILTER (WHERE status_code >= 500), "
+                f"percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM {table} "
+                f"WHERE replica_id = ANY(%s) AND created_at >= %s GROUP BY replica_id",
+                [list(figures), since],
+            )
+            for replica_id, requests, errors, p95 in cursor.fetchall():
+                figures[replica_id].requests, figures[replica_id].errors, figures[replica_id].p95_ms = requests, errors, p95
+        return
+    latencies: dict[int, list[int]] = {}
+    for replica_id, latency, status in events.values_list("replica_id", "latency_ms", "status_code")[:100_000]:
+        f = figures[replica_id]
+        f.requests += 1
+        f.errors += status >= 500
+        latencies.setdefault(replica_id, []).append(latency)
+    for replica_id, values in latencies.items():
+        values.sort()
+        figures[replica_id].p95_ms = values[min(len(values) - 1, int(len(values) * 0.95))]
+
+
+def _live(replicas: list, figures: dict[int, ReplicaFigures]) -> None:
+    from lib.redis import redis_client
+
+    try:
+        pipe = redis_client().pipeline(transaction=False)
+        for r in replicas:
+            pipe.hgetall(live_key(str(r.public_id)))
+        answers = pipe.execute()
+    except Exception:
+        return  # the page still shows the last hour
+    now = time.time()
+    for replica, entries in zip(replicas, answers, strict=True):
+        f = figures[replica.id]
+        for raw in entries.values():
+            published, inflight, ejections, ejected = json.loads(raw)
+            if now - published > LIVE_STALE_SECONDS:
+                continue
+            f.processes += 1
+            f.inflight = (f.inflight or 0) + inflight
+            f.ejections = (f.ejections or 0) + ejections
+            f.ejected_on += bool(ejected)
