@@ -223,3 +223,19 @@ class TestCallForm(forms.Form):
     )
     max_tokens = forms.IntegerField(required=False, min_value=1, max_value=32000, help_text="Empty uses the model's default.")
     stream = forms.BooleanField(required=False, initial=True, label="Stream the answer", help_text="Show the answer as it is generated.")
+
+
+class ImportServerForm(forms.Form):
+    base_url = forms.CharField(
+        label="Server URL",
+        max_length=300,
+        widget=forms.TextInput(attrs={"placeholder": "http://10.0.0.7:8000/v1", "spellcheck": "false"}),
+        help_text="A vLLM, SGLang, llama.cpp or Ollama server; its OpenAI model list (/v1/models) is read.",
+    )
+    api_key = forms.CharField(
+        label="Server API key",
+        max_length=500,
+        required=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}, render_value=False),
+        help_text="If the server wants one. Stored encrypted with what you import.",
+    )

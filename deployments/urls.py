@@ -5,6 +5,7 @@ from deployments import views
 urlpatterns = [
     path("", views.deployments_page, name="deployments_page"),
     path("new/", views.deployment_create_view, name="deployment_create"),
+    path("import/", views.deployments_import_view, name="deployments_import"),
     path("overview-panel/", views.deployments_overview_panel, name="deployments_overview_panel"),
     path("grants/", views.grants_page, name="grants_page"),
     path("grants/<uuid:deployment>/", views.grants_save, name="grants_save"),

@@ -18,7 +18,7 @@ from console.audit import Actor
 from console.models import Role
 from deployments.access import access_deployment, access_replica
 from deployments.examples import API_KEY_ENV, render_examples, target_for
-from deployments.forms import DeploymentCreateForm, DeploymentForm, GrantsForm, PriceForm, ReplicaForm, TestCallForm
+from deployments.forms import DeploymentCreateForm, DeploymentForm, GrantsForm, ImportServerForm, PriceForm, ReplicaForm, TestCallForm
 from deployments.live import replica_figures
 from deployments.models import Deployment, DeploymentPrice, ModelGrant, TestCall
 from deployments.selectors import (
@@ -91,6 +91,55 @@ def deployment_create_view(request: HttpRequest, ws: str) -> HttpResponse:
             return redirect("deployment_detail", ws=ws, deployment=deployment.public_id)
     status = 400 if request.method == "POST" else 200
     return render(request, "deployments/deployment_form_page.html", {"access": access, "nav": "deployments", "form": form}, status=status)
+
+
+@login_required
+@sensitive_post_parameters("api_key", "sealed_key")
+@require_http_methods(["GET", "POST"])
+def deployments_import_view(request: HttpRequest, ws: str) -> HttpResponse:
+    """Import from server: POST without `models` reads the server's list and offers what to do
+    with each model; POST with `models` imports the ticked ones. The key travels between the two
+    steps encrypted (`sealed_key`), never in clear in the page."""
+    from deployments.imports import default_model_id, deployments_import, import_offers, server_models
+    from lib.crypto import decrypt, encrypt
+
+    access = access_workspace(request.user, ws, min_role=Role.ADMIN)
+    form = ImportServerForm(request.POST or None)
+    context = {"access": access, "nav": "deployments", "form": form}
+    if request.method == "POST" and form.is_valid():
+        api_key = form.cleaned_data["api_key"].strip()
+        if not api_key and request.POST.get("sealed_key"):
+            try:
+                api_key = decrypt(request.POST["sealed_key"])
+            except ValueError:
+                api_key = ""
+        try:
+            base_url, models = server_models(base_url=form.cleaned_data["base_url"], api_key=api_key)
+            chosen = request.POST.getlist("models")
+            if chosen:
+                unknown = [m for m in chosen if m not in models]
+                if unknown:
+                    raise ValidationError(f"The server no longer lists {', '.join(unknown)}.")
+                done = deployments_import(
+                    workspace=access.workspace, actor=Actor.from_request(request), base_url=base_url, api_key=api_key, models=chosen
+                )
+                messages.success(
+                    request, "Imported from " + upstream_host(base_url) + ": " + "; ".join(f"{m} ({what})" for m, _, what in done) + "."
+                )
+                return redirect("deployments_page", ws=ws)
+            context.update(
+                base_url=base_url,
+                offers=import_offers(workspace=access.workspace, base_url=base_url, models=models),
+                sealed_key=encrypt(api_key) if api_key else "",
+                default_ids={m: default_model_id(access.workspace, m) for m in models},
+            )
+            if api_key:
+                kept = "The key you entered is kept (encrypted) for the import: leave this empty."
+                form.fields["api_key"].help_text = form["api_key"].help_text = kept
+        except ValidationError as exc:
+            _add_service_errors(form, exc)
+    status = 400 if request.method == "POST" and form.errors else 200
+    return render(request, "deployments/import_page.html", context, status=status)
 
 
 def _edit_context(access, deployment: Deployment, *, form=None, price_form=None) -> dict:

@@ -241,3 +241,24 @@ def test_each_kind_shows_its_paths_and_examples(page, sign_in, screenshot):
     page.wait_for_selector("[data-testid=api-paths]")
     assert "/v1/embeddings" in page.inner_text("[data-testid=api-paths]") and "/v1/messages" not in page.inner_text("[data-testid=tab-api]")
     screenshot(page, "embedding-api-paths")
+
+
+def test_admin_imports_a_model_from_a_server(page, sign_in, screenshot, live_server):
+    world, _ = make_world()
+    server = gateway_support.start_demo()
+    try:
+        sign_in("adam")
+        page.goto("/w/acme/deployments/")
+        page.click("text=Import from server")
+        page.fill("#id_base_url", server.url)
+        page.fill("#id_api_key", UPSTREAM_KEY)
+        page.click("text=Read the model list")
+        page.wait_for_selector("[data-testid=import-offers]")
+        assert "New deployment @acme/gatehouse-demo" in page.locator("[data-testid=import-offers]").inner_text()
+        screenshot(page, "1-offers")
+        page.click("text=Import selected")
+        page.wait_for_selector("text=Imported from 127.0.0.1")
+        screenshot(page, "2-imported")
+    finally:
+        server.stop()
+    assert world.org.deployments.filter(model_id="@acme/gatehouse-demo").exists()

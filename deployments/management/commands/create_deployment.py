@@ -30,11 +30,18 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--workspace", required=True, metavar="SLUG", help="Workspace that owns the deployment.")
-        parser.add_argument("--name", required=True)
-        parser.add_argument("--model", required=True, metavar="MODEL_ID", help="The model id clients send.")
+        parser.add_argument("--name", help="Required unless --from-server.")
+        parser.add_argument("--model", metavar="MODEL_ID", help="The model id clients send. Required unless --from-server.")
+        parser.add_argument(
+            "--from-server",
+            metavar="URL",
+            help="Import from a model server (vLLM, SGLang, llama.cpp, Ollama): read its /v1/models and make a deployment "
+            "per model, or add the server as a replica of the deployment already serving that upstream model.",
+        )
+        parser.add_argument("--only", action="append", default=[], metavar="MODEL", help="With --from-server: import just these models.")
         parser.add_argument(
             "--upstream-url",
-            required=True,
+            required=False,
             action="append",
             metavar="URL[#weight=N]",
             help="OpenAI-compatible base URL, e.g. http://127.0.0.1:9000/v1. Give it once per replica; "
@@ -95,6 +102,11 @@ class Command(BaseCommand):
             upstream_key = os.environ.get(upstream_key_env, "")
             if not upstream_key:
                 raise CommandError(f"The environment variable {upstream_key_env} is not set or empty.")
+        if options.get("from_server"):
+            return self.import_from_server(ws, options["from_server"], upstream_key, options.get("only") or [])
+        missing = [flag for flag, value in (("--name", name), ("--model", model), ("--upstream-url", upstream_url)) if not value]
+        if missing:
+            raise CommandError(f"{', '.join(missing)} required (or --from-server URL).")
         try:
             replicas = [parse_replica_url(url) for url in upstream_url]
         except ValueError as exc:
@@ -141,6 +153,27 @@ class Command(BaseCommand):
         self.stdout.write(f"  base URL:  {target.base_url}")
         self.stdout.write(f"  V1 path:   {target.v1_url}")
         self.stdout.write(str(deployment.public_id))
+
+    def import_from_server(self, ws, url: str, api_key: str, only: list[str]) -> None:
+        from deployments.imports import deployments_import, server_models
+
+        try:
+            base_url, models = server_models(base_url=url, api_key=api_key)
+            if only:
+                unknown = [m for m in only if m not in models]
+                if unknown:
+                    raise CommandError(f"--only: the server does not list {', '.join(unknown)} (it lists {', '.join(models)}).")
+                models = only
+            done = deployments_import(
+                workspace=ws, actor=Actor.system("manage.py create_deployment"), base_url=base_url, api_key=api_key, models=models
+            )
+        except ValidationError as exc:
+            messages = [m for ms in exc.message_dict.values() for m in ms] if hasattr(exc, "error_dict") else exc.messages
+            raise CommandError("; ".join(messages)) from None
+        self.stdout.write(f"{base_url} lists {len(models)} model(s):")
+        for model, deployment, what in done:
+            self.stdout.write(f"  {model}: {what} -> {deployment.model_id} ({deployment.public_id})")
+        self.stdout.write(str(done[-1][1].public_id))
 
     @staticmethod
     def create(
