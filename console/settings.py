@@ -280,6 +280,9 @@ GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, mini
 GATEWAY_DEFAULT_MAX_TOKENS = env_int("GATEWAY_DEFAULT_MAX_TOKENS", 1024, minimum=1)
 # Below this many completion tokens left under a limit, a request is refused instead of capped.
 GATEWAY_MIN_COMPLETION_TOKENS = env_int("GATEWAY_MIN_COMPLETION_TOKENS", 16, minimum=1)
+# Credentials not in the key cache that a client IP may send per minute before lookups are refused
+# with 429 (each costs a database lookup; a key that is found is not counted).
+GATEWAY_AUTH_FAILURES_PER_MINUTE = env_int("GATEWAY_AUTH_FAILURES_PER_MINUTE", 30, minimum=1)
 GATEWAY_UPSTREAM_TIMEOUT = env_int("GATEWAY_UPSTREAM_TIMEOUT", 120, minimum=1)
 GATEWAY_UPSTREAM_CONNECTIONS = env_int("GATEWAY_UPSTREAM_CONNECTIONS", 200, minimum=1)
 # "native" (gateway/upstream.py, lean HTTP/1.1 on httptools) or "httpx"; see docs/BENCHMARKS.md.

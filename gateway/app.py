@@ -24,6 +24,7 @@ from django.conf import settings
 
 from gateway import errors, metrics, tokenizer
 from gateway.auth import KeyCache, KeyEntry, Route, listen_for_changes, parse_bearer
+from gateway.authlimit import AuthFailures
 from gateway.balancer import Answer, Balancer, CapacityExceeded, Ticket, UpstreamFailed, UpstreamPool
 from gateway.capacity import CapacityUnavailable, RedisCapacity
 from gateway.errors import GatewayError
@@ -171,6 +172,9 @@ class Gateway:
                 from deployments.changes import local_health_listeners
 
                 local_health_listeners.append(self.balancer.probed)
+            self.auth_failures = AuthFailures(
+                limit=settings.GATEWAY_AUTH_FAILURES_PER_MINUTE, redis=self.limiter.redis if settings.REDIS_URL else None
+            )
             self.writer = UsageWriter(
                 run_db=self.run_db,
                 on_query=lambda kind, n=1: metrics.DB_QUERIES.labels(kind).inc(n),
@@ -369,8 +373,20 @@ class Gateway:
 
     async def checked_entry(self, scope, headers: dict, key: str, exchange: Exchange, *, reload: bool = False) -> KeyEntry:
         digest = _digest(key)
+        if exchange.client_ip is None:
+            exchange.client_ip = resolve_client_ip(
+                _peer(scope), headers.get(b"x-forwarded-for", b"").decode("latin-1") or None, settings.TRUSTED_PROXY_NETWORKS
+            )
         if reload:
             self.cache.drop_digest(digest)
+        # A credential the cache does not know costs a database lookup: claimed against the
+        # client's failed-authentication budget first (gateway.authlimit).
+        lookup = not reload and not self.cache.holds(digest)
+        if lookup:
+            retry_after = await self.auth_failures.claim(exchange.client_ip)
+            if retry_after:
+                metrics.REFUSALS.labels("auth_failures").inc()
+                raise errors.too_many_auth_failures(retry_after)
         try:
             entry = await self.cache.get(digest)
         except Exception as exc:
@@ -383,11 +399,9 @@ class Gateway:
             ) from None
         if entry is None:
             raise errors.invalid_key()
+        if lookup:
+            self.auth_failures.release(exchange.client_ip)
         exchange.entry = entry
-        if exchange.client_ip is None:
-            exchange.client_ip = resolve_client_ip(
-                _peer(scope), headers.get(b"x-forwarded-for", b"").decode("latin-1") or None, settings.TRUSTED_PROXY_NETWORKS
-            )
         if not entry.usable_at(time.time()):
             # One public answer for every unusable key; the usage event says which it was.
             exchange.refusal_reason = entry.unusable_reason(time.time())

@@ -484,6 +484,13 @@ class KeyCache:
         self.missing: dict[str, float] = {}
         self.inflight: dict[str, asyncio.Future] = {}
 
+    def holds(self, digest: str) -> bool:
+        """Whether get() can answer without the database: a cached key, or a digest recently unknown."""
+        if digest in self.entries:
+            return True
+        expiry = self.missing.get(digest)
+        return expiry is not None and expiry > time.monotonic()
+
     async def get(self, digest: str) -> KeyEntry | None:
         entry = self.entries.get(digest)
         if entry is not None:

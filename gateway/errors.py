@@ -31,6 +31,16 @@ def invalid_key() -> GatewayError:
     return GatewayError(401, "Incorrect API key provided.", code="invalid_api_key")
 
 
+def too_many_auth_failures(retry_after: int) -> GatewayError:
+    return GatewayError(
+        429,
+        f"Too many requests with unknown API keys from this address; retry after {retry_after} s.",
+        code="too_many_auth_failures",
+        type="rate_limit_error",
+        headers=[(b"retry-after", str(retry_after).encode())],
+    )
+
+
 def missing_key(header: str) -> GatewayError:
     return GatewayError(401, f"No API key provided. Send it in the {header} header.", code="missing_api_key")
 

@@ -216,3 +216,17 @@ def test_the_cap_goes_upstream_in_the_field_the_client_used(sent, asked, granted
     assert admission.asked == asked
     assert admission.apply_cap(call.body, chat.SHAPE.cap_param, granted) == header
     assert {k: v for k, v in call.body.items() if k in ("max_tokens", "max_completion_tokens")} == upstream
+
+
+def test_local_failed_authentication_budget_counts_failures_only_and_resets_each_minute():
+    from gateway.authlimit import AuthFailures
+
+    guard = AuthFailures(limit=3)
+    with time_machine.travel(1_000_000, tick=False) as clock:
+        assert [run_async(guard.claim("10.0.0.1")) for _ in range(3)] == [0, 0, 0]
+        guard.release("10.0.0.1")  # that lookup found a key
+        assert run_async(guard.claim("10.0.0.1")) == 0
+        assert run_async(guard.claim("10.0.0.1")) == 60  # over the budget: retry when the window ends
+        assert run_async(guard.claim("10.0.0.2")) == 0  # per address
+        clock.shift(60)
+        assert run_async(guard.claim("10.0.0.1")) == 0
