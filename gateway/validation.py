@@ -29,6 +29,32 @@ REFUSED_FIELDS = frozenset(
     }
 )
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# OpenAI's own limits for function tools: 128 functions, 5,000 schema properties, nesting depth 10
+# (we allow more depth: the limit is there to stop pathological schemas, not to mirror one vendor).
+MAX_TOOLS = 128
+MAX_SCHEMA_PROPERTIES = 5_000
+MAX_SCHEMA_DEPTH = 32
+
+
+def _check_schema_size(schema: dict, param: str) -> None:
+    """Refuse a tool schema with more properties or nesting than any model can use (iterative:
+    a deeply nested body cannot exhaust the stack)."""
+    properties, stack = 0, [(schema, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise bad_request(f"The schema in {param} is nested deeper than {MAX_SCHEMA_DEPTH} levels.", param=param)
+        if isinstance(node, dict):
+            fields = node.get("properties")
+            if isinstance(fields, dict):
+                properties += len(fields)
+                if properties > MAX_SCHEMA_PROPERTIES:
+                    raise bad_request(
+                        f"The schema in {param} has more than {MAX_SCHEMA_PROPERTIES} properties; simplify the tool.", param=param
+                    )
+            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, dict | list))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
 
 
 def _number(value) -> bool:
@@ -97,6 +123,8 @@ def validate_chat(body: object, *, model_required: bool = True) -> dict:
     if value is not None:
         if not isinstance(value, list):
             raise bad_request("`tools` must be an array.", param="tools")
+        if len(value) > MAX_TOOLS:
+            raise bad_request(f"`tools` may list at most {MAX_TOOLS} functions; this request has {len(value)}.", param="tools")
         for i, tool in enumerate(value):
             function = tool.get("function") if isinstance(tool, dict) else None
             if not isinstance(function, dict) or tool.get("type") != "function":
@@ -107,4 +135,6 @@ def validate_chat(body: object, *, model_required: bool = True) -> dict:
                 )
             if "parameters" in function and not isinstance(function["parameters"], dict):
                 raise bad_request(f"tools[{i}].function.parameters must be a JSON Schema object.", param=f"tools.[{i}].function.parameters")
+            if "parameters" in function:
+                _check_schema_size(function["parameters"], f"tools.[{i}].function.parameters")
     return body
