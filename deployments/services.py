@@ -732,3 +732,32 @@ def replica_probe_on_commit(*, replica_id: int) -> None:
     from deployments.health import replica_probe_on_commit as probe
 
     probe(replica_id=replica_id)
+
+
+QUEUE_PRIORITY_MAX = 10
+
+
+@transaction.atomic
+def workspace_queue_priority_set(*, workspace: Workspace, actor: Actor, priority) -> Workspace:
+    """A sub-workspace's turns per round when a deployment is at capacity (gateway/capacity.py).
+    Set by the organisation, never by the sub-workspace itself; its keys are reloaded at once."""
+    from keys.changes import keys_changed
+    from keys.models import ApiKey
+
+    if workspace.parent_id is None:
+        raise ValidationError("Queue priority is set for sub-workspaces.")
+    try:
+        value = int(priority)
+    except (TypeError, ValueError):
+        raise ValidationError({"priority": "Enter a whole number."}) from None
+    if not 1 <= value <= QUEUE_PRIORITY_MAX:
+        raise ValidationError({"priority": f"Enter a number from 1 to {QUEUE_PRIORITY_MAX}."})
+    workspace = Workspace.objects.select_for_update().get(pk=workspace.pk)
+    if workspace.queue_priority == value:
+        return workspace
+    details = {"workspace": workspace.slug, "from": workspace.queue_priority, "to": value}
+    workspace.queue_priority = value
+    workspace.save(update_fields=["queue_priority"])
+    audit_record(workspace=workspace.parent, actor=actor, action="workspace.queue_priority_set", target=workspace, details=details)
+    keys_changed(list(ApiKey.objects.filter(workspace=workspace).values_list("id", flat=True)))
+    return workspace

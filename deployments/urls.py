@@ -9,6 +9,7 @@ urlpatterns = [
     path("overview-panel/", views.deployments_overview_panel, name="deployments_overview_panel"),
     path("grants/", views.grants_page, name="grants_page"),
     path("grants/<uuid:deployment>/", views.grants_save, name="grants_save"),
+    path("grants/queue-priority/", views.queue_priority_save, name="queue_priority_save"),
     path("<uuid:deployment>/", views.deployment_detail, name="deployment_detail"),
     path("<uuid:deployment>/edit/", views.deployment_edit, name="deployment_edit"),
     path("<uuid:deployment>/price/", views.deployment_price, name="deployment_price"),

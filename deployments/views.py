@@ -40,6 +40,7 @@ from deployments.services import (
     replica_add,
     replica_remove,
     replica_update,
+    workspace_queue_priority_set,
 )
 from deployments.test_calls import recent_test_calls, test_call_create, test_call_expire_if_unclaimed
 from keys.tokens import is_well_formed
@@ -419,6 +420,33 @@ def grants_save(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
         messages.success(request, f"{dep.model_id}: {'; '.join(parts)}.")
     else:
         messages.info(request, f"{dep.model_id}: no change.")
+    return redirect("grants_page", ws=ws)
+
+
+@login_required
+@require_POST
+def queue_priority_save(request: HttpRequest, ws: str) -> HttpResponse:
+    """The organisation sets each sub-workspace's queue priority (POST `priority-<slug>` fields)."""
+    access = access_workspace(request.user, ws, min_role=Role.ADMIN)
+    if not access.workspace.is_default:
+        raise PermissionDenied("Queue priorities are set in the default workspace.")
+    actor, changed, problems = Actor.from_request(request), [], []
+    for sub in sub_workspaces_for_grants(access.workspace):
+        raw = request.POST.get(f"priority-{sub.slug}")
+        if raw is None:
+            continue
+        try:
+            before = sub.queue_priority
+            if workspace_queue_priority_set(workspace=sub, actor=actor, priority=raw).queue_priority != before:
+                changed.append(f"{sub.name} {raw}")
+        except ValidationError as exc:
+            problems.append(f"{sub.name}: {' '.join(exc.messages)}")
+    if problems:
+        messages.error(request, "Not saved — " + "; ".join(problems))
+    elif changed:
+        messages.success(request, "Queue priority: " + ", ".join(changed) + ".")
+    else:
+        messages.info(request, "Queue priorities: no change.")
     return redirect("grants_page", ws=ws)
 
 

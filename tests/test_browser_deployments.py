@@ -262,3 +262,15 @@ def test_admin_imports_a_model_from_a_server(page, sign_in, screenshot, live_ser
     finally:
         server.stop()
     assert world.org.deployments.filter(model_id="@acme/gatehouse-demo").exists()
+
+
+def test_org_admin_sets_a_sub_workspaces_queue_priority(page, sign_in, screenshot, live_server):
+    world, _ = make_world()
+    sign_in("adam")
+    page.goto("/w/acme/deployments/grants/")
+    page.fill("#priority-acme-research", "3")
+    screenshot(page, "1-priority")
+    page.click("text=Save priorities")
+    page.wait_for_selector("text=Queue priority: Research 3.")
+    world.sub.refresh_from_db()
+    assert world.sub.queue_priority == 3

@@ -264,3 +264,36 @@ def test_a_replica_of_another_deployment_is_a_404(world, dep, actor, client_for)
     foreign = other.replicas.get()
     url = reverse("replica_edit", kwargs={"ws": "acme", "deployment": dep.public_id, "replica": foreign.public_id})
     assert client_for(world.admin).get(url).status_code == 404
+
+
+def test_the_organisation_sets_a_sub_workspaces_queue_priority(world, actor, client_for, django_capture_on_commit_callbacks):
+    from deployments.services import workspace_queue_priority_set
+    from keys import changes as key_changes
+    from tests.factories import make_key
+
+    key, _ = make_key(world.sub, all_models=True)
+    before = key_changes.local_generations[key.id]
+    with django_capture_on_commit_callbacks(execute=True):
+        workspace_queue_priority_set(workspace=world.sub, actor=actor, priority="3")
+    world.sub.refresh_from_db()
+    assert world.sub.queue_priority == 3 and key_changes.local_generations[key.id] == before + 1  # gateways reload its keys
+    event = AuditEvent.objects.get(action="workspace.queue_priority_set")
+    assert event.workspace_id == world.org.id and event.details == {"workspace": "acme-research", "from": 1, "to": 3}
+
+    for bad in ("0", "11", "x"):
+        with pytest.raises(ValidationError):
+            workspace_queue_priority_set(workspace=world.sub, actor=actor, priority=bad)
+    with pytest.raises(ValidationError, match="sub-workspaces"):
+        workspace_queue_priority_set(workspace=world.org, actor=actor, priority=2)
+
+    url = reverse("queue_priority_save", kwargs={"ws": "acme"})
+    page = client_for(world.admin).get(reverse("grants_page", kwargs={"ws": "acme"}))
+    assert b'name="priority-acme-research"' in page.content
+    assert client_for(world.admin).post(url, {"priority-acme-research": "5"}).status_code == 302
+    world.sub.refresh_from_db()
+    assert world.sub.queue_priority == 5
+    # The sub-workspace cannot raise its own priority: it has no door to the organisation's page.
+    assert client_for(world.sub_member).post(url, {"priority-acme-research": "10"}).status_code == 404
+    assert client_for(world.developer).post(url, {"priority-acme-research": "10"}).status_code == 403
+    world.sub.refresh_from_db()
+    assert world.sub.queue_priority == 5
