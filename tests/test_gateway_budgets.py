@@ -105,3 +105,19 @@ def test_warning_only_budget_lets_requests_through_and_ticking_block_stops_them(
     assert _post(b, plaintext, priced.model_id).status_code == 429
     _set(world, "0.50", block=False)  # unticking "block" unblocks
     assert _post(a, plaintext, priced.model_id).status_code == 200
+
+
+def test_a_blocking_budget_caps_completions_for_keys_without_token_limits(world, priced, gateways):
+    a, _ = gateways
+    _set(world, "1000.00", block=True)  # not used up: requests pass, but no answer may run away
+    _, plaintext = make_key(world.org, all_models=True)  # no TPM, no yearly limit
+    body = chat_body(priced.model_id, "hi", metadata={"demo_reply_tokens": "1500"})
+    response = httpx.post(a.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {plaintext}"}, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["x-gatehouse-max-tokens-capped"] == "1024"  # GATEWAY_DEFAULT_MAX_TOKENS
+    assert response.json()["usage"]["completion_tokens"] == 1024
+
+    _set(world, "1000.00", block=False)  # a budget that only alerts forces no cap
+    response = httpx.post(a.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {plaintext}"}, timeout=30)
+    assert "x-gatehouse-max-tokens-capped" not in response.headers
+    assert response.json()["usage"]["completion_tokens"] == 1500
