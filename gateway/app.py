@@ -671,11 +671,12 @@ class Gateway:
             )
         except CapacityExceeded as exc:
             metrics.REFUSALS.labels("capacity").inc()
-            why = (
-                "every replica is busy and the queue is full"
-                if exc.queue_full
-                else f"no replica freed up within {exc.route.queue_timeout:g} s"
-            )
+            if exc.queue_full:
+                why = "every replica is busy and the queue is full"
+            elif exc.route.queue_timeout:
+                why = f"no replica freed up within {exc.route.queue_timeout:g} s"
+            else:
+                why = "every replica is busy (this deployment does not queue)"
             raise GatewayError(
                 429,
                 f"The deployment {exc.route.name} is at capacity: {why}. Retry shortly.",

@@ -315,7 +315,8 @@ def test_capacity_caps_each_replica_and_queues_fairly_across_sub_workspaces(worl
             )
     reset(servers)
 
-    async def one(client, gateway, key, results, name):
+    async def one(client, gateway, key, results, name, delay=0.0):
+        await asyncio.sleep(delay)  # sent 3 ms apart: all 40 are in flight together, and arrive in the order sent
         response = await client.post(
             gateway.url + "/v1/chat/completions", json=body(deployment.model_id), headers={"authorization": f"Bearer {key}"}
         )
@@ -329,7 +330,7 @@ def test_capacity_caps_each_replica_and_queues_fairly_across_sub_workspaces(worl
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
             for name, key in plan:
                 seen[name] = seen.get(name, -1) + 1
-                jobs.append(one(client, pair[seen[name] % 2], key, results, name))
+                jobs.append(one(client, pair[seen[name] % 2], key, results, name, delay=len(jobs) * 0.003))
             await asyncio.gather(*jobs)
         return results
 
@@ -370,3 +371,22 @@ def test_capacity_caps_each_replica_and_queues_fairly_across_sub_workspaces(worl
         timeout=30,
     )
     assert response.status_code == 200  # nothing left behind: the slots were all given back
+
+    # A wait that runs out: with a 1 s queue wait and 0.4 s answers, the back of a 40-request
+    # burst over 8 slots (five rounds) is still waiting after a second and gets the same 429.
+    deployment_update(
+        deployment=deployment,
+        actor=actor,
+        name=deployment.name,
+        model_id=deployment.model_id,
+        upstream_base_url=deployment.upstream_base_url,
+        upstream_model=deployment.upstream_model,
+        queue_timeout_seconds=1,
+        queue_max_waiting=100,
+    )
+    time.sleep(0.3)
+    expired = gateway_support.run_async(burst([("big", big_key)] * 40))
+    statuses = [status for _, status, _ in expired]
+    assert statuses.count(200) >= 8 and statuses.count(429) >= 1 and set(statuses) == {200, 429}
+    last = UsageEvent.objects.filter(deployment=deployment, status_code=429).order_by("-created_at").first()
+    assert last.error_code == "capacity_exceeded"
