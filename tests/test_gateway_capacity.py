@@ -11,6 +11,7 @@ import pytest
 
 from gateway.balancer import Balancer, Replica
 from gateway.capacity import FairQueue, LocalCapacity, QueueFull, QueueTimeout
+from tests.gateway_support import run_async
 
 REPLICA = Replica(id=1, uid="uid-1", base_url="http://127.0.0.1:9/v1", auth=None, max_concurrent=1, label="r1")
 
@@ -46,7 +47,7 @@ def test_queued_workspaces_take_turns_by_priority():
         await asyncio.gather(*tasks)
         return order
 
-    order = asyncio.run(run())
+    order = run_async(run())
     # Priority 2 takes two turns for every one of priority 1 while both wait.
     first_nine = order[:9]
     assert sum(name.startswith("b") for name in first_nine) == 6 and sum(name.startswith("a") for name in first_nine) == 3
@@ -76,4 +77,4 @@ def test_a_full_queue_and_an_expired_wait_are_refused_and_leave_nothing_behind()
         got = await queue.wait(workspace_id=4, priority=1, limit=5, deadline=time.monotonic() + 5, candidates=candidates)
         assert got[0] is REPLICA
 
-    asyncio.run(run())
+    run_async(run())
