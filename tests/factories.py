@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -53,3 +54,15 @@ def make_deployment(
         output_per_million=Decimal(output_price),
     )
     return deployment
+
+
+_PER_REQUEST_TOKENS = re.compile(rb'(nonce="|"X-CSRFToken": "|name="csrfmiddlewaretoken" value=")[^"]*"')
+
+
+def page_without_per_request_tokens(content: bytes) -> bytes:
+    """A page's bytes with its CSP nonce and CSRF token blanked.
+
+    Both change on every request, so two answers can only be compared for
+    "says exactly the same thing" once they are taken out.
+    """
+    return _PER_REQUEST_TOKENS.sub(rb'\1"', content)
