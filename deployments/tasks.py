@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
+from redis.exceptions import RedisError
 
 from deployments import health, test_calls
+from deployments.changes import deployment_changes_announce
 
 TRANSIENT = (OperationalError, InterfaceError)
 # A probe older than this is superseded by the next round; never let a backlog pile up.
@@ -46,3 +48,10 @@ def run_test_call(test_call_id: int) -> str | None:
 @shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=3)
 def test_calls_sweep() -> int:
     return test_calls.test_calls_sweep()
+
+
+# Bounded like keys.tasks.keys_announce: ~15 s of retries; after that every gateway has reloaded the
+# deployment with its keys (GATEWAY_KEY_CACHE_TTL), so retrying longer buys nothing.
+@shared_task(acks_late=True, autoretry_for=(RedisError, OSError), retry_backoff=1, retry_backoff_max=8, retry_jitter=False, max_retries=4)
+def deployments_announce(deployment_ids: list[int]) -> None:
+    deployment_changes_announce(deployment_ids=deployment_ids)
