@@ -51,6 +51,8 @@ def effective_role(user, workspace: Workspace) -> Role | None:
         role = Role(role)
         if workspace_id != workspace.id and role not in (Role.OWNER, Role.ADMIN):
             continue  # developers and viewers of the default workspace do not see into sub-workspaces
+        if workspace_id == workspace.id and workspace.archived_at is not None:
+            continue  # an archived sub-workspace is kept for the default workspace's admins only
         if best is None or ROLE_RANK[role] > ROLE_RANK[best]:
             best = role
     return best
@@ -64,6 +66,11 @@ def access_workspace(user, slug: str, *, min_role: Role = Role.VIEWER) -> Worksp
     # The parent came with select_related: this costs a query only where MFA is required.
     if workspace.root.require_mfa and not user_has_mfa(user):
         raise MfaEnrolmentRequired(workspace.root.name)
+    if workspace.archived_at is not None:
+        # Read-only while archived: history and bills stay readable, nothing changes until unarchived.
+        if ROLE_RANK[min_role] > ROLE_RANK[Role.VIEWER]:
+            raise PermissionDenied(f"{workspace.name} is archived. Unarchive it from {workspace.root.name} to make changes.")
+        role = Role.VIEWER
     access = WorkspaceAccess(workspace=workspace, role=role, user=user)
     if not access.can(min_role):
         raise PermissionDenied(f"This needs the {min_role.label.lower()} role or higher.")

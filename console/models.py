@@ -33,7 +33,9 @@ class WorkspaceQuerySet(models.QuerySet):
     def visible_to(self, user) -> WorkspaceQuerySet:
         """Workspaces the user is a member of, plus the sub-workspaces of defaults they administer."""
         managed_parents = Membership.objects.filter(user=user, role__in=[Role.OWNER, Role.ADMIN]).values("workspace_id")
-        return self.filter(models.Q(memberships__user=user) | models.Q(parent_id__in=managed_parents)).distinct()
+        # An archived sub-workspace is seen by the default workspace's admins only (console.access.effective_role).
+        own = models.Q(memberships__user=user, archived_at__isnull=True)
+        return self.filter(own | models.Q(parent_id__in=managed_parents)).distinct()
 
 
 class Workspace(models.Model):
@@ -49,6 +51,9 @@ class Workspace(models.Model):
     queue_priority = models.PositiveSmallIntegerField(default=1)
     # Set on a default workspace: every member of it and of its sub-workspaces must use a second factor.
     require_mfa = models.BooleanField(default=False)
+    # Set on an archived sub-workspace: its keys are refused by the gateway and its console is
+    # read-only, visible to the default workspace's admins only; its history and bills stay.
+    archived_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = WorkspaceQuerySet.as_manager()
@@ -63,6 +68,10 @@ class Workspace(models.Model):
     @property
     def is_default(self) -> bool:
         return self.parent_id is None
+
+    @property
+    def is_archived(self) -> bool:
+        return self.archived_at is not None
 
     @property
     def root_id(self) -> int:

@@ -4,9 +4,14 @@ import secrets
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 
-from console.audit import Actor, audit_record
+from console.audit import Actor, audit_erasure, audit_record
 from console.models import ROLE_RANK, Membership, Role, User, Workspace
+from deployments.models import Deployment
+from keys.changes import keys_changed
+from keys.models import ApiKey
+from usage.models import UsageEvent
 
 
 @transaction.atomic
@@ -159,3 +164,85 @@ def member_create_with_one_time_password(
     user, password = user_create_with_one_time_password(username=username, email=email)
     membership = membership_add(workspace=workspace, user=user, role=role, actor=actor, actor_role=actor_role)
     return membership, password
+
+
+def _check_sub_workspace(workspace: Workspace) -> None:
+    if workspace.is_default:
+        raise ValidationError("A default workspace cannot be archived or deleted; only its sub-workspaces can.")
+
+
+def _locked(workspace: Workspace) -> Workspace:
+    # Two admins archiving and unarchiving at once: the second sees the first's result.
+    return Workspace.objects.select_for_update(of=("self",)).select_related("parent").get(pk=workspace.pk)
+
+
+def _announce_keys_of(workspace: Workspace) -> None:
+    """Every gateway process reloads the workspace's keys before their next request (keys.changes)."""
+    keys_changed(list(ApiKey.objects.filter(workspace=workspace).values_list("id", flat=True)))
+
+
+@transaction.atomic
+def workspace_archive(*, workspace: Workspace, actor: Actor) -> Workspace:
+    """Archive a sub-workspace: the gateway refuses its keys from the next request on, its console
+    turns read-only and only the default workspace's admins see it; usage, bills and the audit log
+    stay. Archiving an archived workspace changes nothing."""
+    _check_sub_workspace(workspace)
+    locked = _locked(workspace)
+    if locked.archived_at is None:
+        locked.archived_at = timezone.now()
+        locked.save(update_fields=["archived_at"])
+        _announce_keys_of(locked)
+        audit_record(workspace=locked, actor=actor, action="workspace.archived", target=locked)
+        audit_record(workspace=locked.parent, actor=actor, action="sub_workspace.archived", target=locked)
+    workspace.archived_at = locked.archived_at
+    return workspace
+
+
+@transaction.atomic
+def workspace_unarchive(*, workspace: Workspace, actor: Actor) -> Workspace:
+    """Undo workspace_archive: its keys work again (those not revoked or expired meanwhile)."""
+    _check_sub_workspace(workspace)
+    locked = _locked(workspace)
+    if locked.archived_at is not None:
+        archived_at = locked.archived_at
+        locked.archived_at = None
+        locked.save(update_fields=["archived_at"])
+        _announce_keys_of(locked)
+        details = {"archived_at": archived_at.isoformat()}
+        audit_record(workspace=locked, actor=actor, action="workspace.unarchived", target=locked, details=details)
+        audit_record(workspace=locked.parent, actor=actor, action="sub_workspace.unarchived", target=locked, details=details)
+    workspace.archived_at = None
+    return workspace
+
+
+def workspace_delete_blockers(workspace: Workspace) -> list[str]:
+    """Why this sub-workspace cannot be deleted (empty when it can): usage is history that bills
+    were made from, so a sub-workspace that has any is archived instead."""
+    blockers = []
+    if UsageEvent.objects.filter(workspace=workspace).exists():
+        blockers.append("it has usage (requests or test calls); archive it instead to keep its history and bills")
+    if Deployment.objects.filter(workspace=workspace).exists():
+        blockers.append("it owns deployments; delete them first")
+    return blockers
+
+
+@transaction.atomic
+def workspace_delete(*, workspace: Workspace, actor: Actor) -> None:
+    """Delete a sub-workspace that has no usage, with its members, keys and audit log; the
+    deletion itself is audited in the default workspace."""
+    _check_sub_workspace(workspace)
+    locked = _locked(workspace)
+    blockers = workspace_delete_blockers(locked)
+    if blockers:
+        raise ValidationError(f"{locked.name} cannot be deleted: {'; '.join(blockers)}.")
+    _announce_keys_of(locked)  # the gateways drop their cached copies of the keys deleted here
+    audit_record(
+        workspace=locked.parent,
+        actor=actor,
+        action="sub_workspace.deleted",
+        target=locked,
+        details={"slug": locked.slug, "members": locked.memberships.count(), "keys": ApiKey.objects.filter(workspace=locked).count()},
+    )
+    # The sub-workspace's own audit rows go with it: a deliberate erasure, recorded just above.
+    with audit_erasure():
+        locked.delete()

@@ -406,6 +406,8 @@ class Gateway:
             # One public answer for every unusable key; the usage event says which it was.
             exchange.refusal_reason = entry.unusable_reason(time.time())
             raise errors.invalid_key()
+        if entry.workspace_archived:
+            raise errors.workspace_archived()
         if entry.networks and not ip_allowed(exchange.client_ip, entry.networks):
             raise GatewayError(
                 403,

@@ -159,6 +159,9 @@ class KeyEntry:
     # A budget that blocks covers this key's workspace: completions are capped as for a token limit.
     budget_blocks: bool = False
     queue_priority: int = 1  # the workspace's turns per round in a full deployment's queue
+    # The key's sub-workspace is archived (console.services.workspace_archive bumps its keys'
+    # generations, so every process reloads the key and sees it before the next request).
+    workspace_archived: bool = False
 
     def usable_at(self, now: float) -> bool:
         if self.revoked:
@@ -466,6 +469,7 @@ def load_key(digest: str) -> KeyEntry | None:
         budget_blocked_until=_epoch(blocked_until),
         budget_blocks=budget_blocks,
         queue_priority=workspace.queue_priority,
+        workspace_archived=workspace.archived_at is not None,
     )
 
 

@@ -85,6 +85,16 @@ def quota_exceeded(limit: int, *, remaining: int, prompt: int, floor: int, choic
     )
 
 
+def workspace_archived() -> GatewayError:
+    # Only a caller holding a working key gets this far, so naming the reason reveals nothing.
+    return GatewayError(
+        403,
+        "This key belongs to an archived workspace; its keys are refused until an admin unarchives it.",
+        code="workspace_archived",
+        type="permission_error",
+    )
+
+
 def budget_exhausted() -> GatewayError:
     return GatewayError(
         429,

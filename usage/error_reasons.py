@@ -20,6 +20,7 @@ ERROR_REASONS = {
     "request_too_large": "Request body too large",
     "key_expired": "Key expired",
     "key_revoked": "Key revoked",
+    "workspace_archived": "Workspace archived",
     "secret_rotated": "Secret rotated away",
     "deployment_unavailable": "Deployment stopped or failed",
     "limiter_unavailable": "Limits could not be checked (Redis down)",
