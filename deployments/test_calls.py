@@ -27,6 +27,7 @@ from deployments.selectors import price_in_force
 from keys import tokens
 from keys.changes import key_changed
 from keys.models import ApiKey, ApiKeyKind, ApiKeySecret
+from usage.pricing import token_cost
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +222,7 @@ def _cost(call: TestCall) -> tuple[Decimal | None, str]:
     price = price_in_force(call.deployment, call.started_at or timezone.now())
     if price is None or call.prompt_tokens is None:
         return None, ""
-    cost = (
-        Decimal(call.prompt_tokens) * price.input_per_million + Decimal(call.completion_tokens or 0) * price.output_per_million
-    ) / Decimal(1_000_000)
-    return cost, price.currency
+    return token_cost(call.prompt_tokens, call.completion_tokens or 0, price), price.currency
 
 
 def test_call_run(test_call_id: int, *, timeout: float = 120) -> TestCall | None:

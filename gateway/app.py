@@ -18,6 +18,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import orjson
 from django.conf import settings
@@ -46,6 +47,7 @@ from gateway.shapes import chat as chat_shape
 from gateway.spool import Spool, database_identity
 from lib.logsafe import loggable_path
 from lib.net import ip_allowed, resolve_client_ip
+from usage.selectors import tokens_used_in_year
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -402,9 +404,10 @@ class Gateway:
         if lookup:
             self.auth_failures.release(exchange.client_ip)
         exchange.entry = entry
-        if not entry.usable_at(time.time()):
+        unusable = entry.unusable_reason(time.time())
+        if unusable is not None:
             # One public answer for every unusable key; the usage event says which it was.
-            exchange.refusal_reason = entry.unusable_reason(time.time())
+            exchange.refusal_reason = unusable
             raise errors.invalid_key()
         if entry.workspace_archived:
             raise errors.workspace_archived()
@@ -536,7 +539,7 @@ class Gateway:
             decision = await self.limiter.admit(**kwargs)
             if decision.outcome == NEEDS_SEED:
                 try:
-                    seed = await self.run_db(_yearly_usage, entry.api_key_id, entry.time_zone.key, year)
+                    seed = await self.run_db(_yearly_usage, entry.api_key_id, entry.time_zone, year)
                 except Exception as exc:
                     # The year's usage is unknown (first use this year, or Redis lost the counter,
                     # while the database is away): refuse rather than guess past the yearly limit.
@@ -1005,19 +1008,8 @@ def _log_touch_failure(task: asyncio.Future) -> None:
         log.warning("last-used update failed: %s", type(task.exception()).__name__)
 
 
-def _yearly_usage(api_key_id: int, time_zone: str, year: int) -> int:
-    from zoneinfo import ZoneInfo
-
-    from django.db.models import Sum
-
-    from usage.models import UsageEvent
-
-    tz = ZoneInfo(time_zone)
-    start, end = datetime(year, 1, 1, tzinfo=tz), datetime(year + 1, 1, 1, tzinfo=tz)
-    total = UsageEvent.objects.filter(api_key_id=api_key_id, created_at__gte=start, created_at__lt=end).aggregate(t=Sum("total_tokens"))[
-        "t"
-    ]
-    return int(total or 0)
+def _yearly_usage(api_key_id: int, time_zone: ZoneInfo, year: int) -> int:
+    return tokens_used_in_year({api_key_id: (time_zone, year)}).get(api_key_id, 0)
 
 
 gateway = Gateway()

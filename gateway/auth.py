@@ -29,6 +29,7 @@ from gateway import errors
 from gateway.balancer import Replica
 from keys import tokens
 from keys.changes import CHANNEL, GENERATION_KEY, local_generations
+from keys.selectors import api_key_secret_lookup, key_unusable_reason
 
 log = logging.getLogger("gateway")
 
@@ -163,20 +164,10 @@ class KeyEntry:
     # generations, so every process reloads the key and sees it before the next request).
     workspace_archived: bool = False
 
-    def usable_at(self, now: float) -> bool:
-        if self.revoked:
-            return False
-        if self.expires_at is not None and now >= self.expires_at:
-            return False
-        return self.secret_valid_until is None or now < self.secret_valid_until
-
-    def unusable_reason(self, now: float) -> str:
-        """Why usable_at is false, for the key's own usage record (clients get one answer for all)."""
-        if self.revoked:
-            return "key_revoked"
-        if self.expires_at is not None and now >= self.expires_at:
-            return "key_expired"
-        return "secret_rotated"
+    def unusable_reason(self, now: float) -> str | None:
+        """Why this key may not be used at `now` (None when it may), for the key's own usage
+        record; clients get one answer for all reasons."""
+        return key_unusable_reason(revoked=self.revoked, expires_at=self.expires_at, secret_valid_until=self.secret_valid_until, now=now)
 
     def route_for(self, model: str) -> Route | None:
         route = self.routes.get(model)
@@ -340,7 +331,6 @@ def load_key(digest: str) -> KeyEntry | None:
     from deployments.selectors import callable_deployments
     from gateway.tokenizer import counter_for
     from keys.models import ApiKeySecret, ByokCredential
-    from keys.selectors import api_key_secret_lookup
 
     api_key_id = ApiKeySecret.objects.filter(digest=digest).values_list("api_key_id", flat=True).first()
     if api_key_id is None:

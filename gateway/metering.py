@@ -26,13 +26,13 @@ from django.conf import settings
 
 from gateway import metrics
 from gateway.spool import Spool, row_decoder
+from usage.pricing import token_cost
 from usage.seal import event_seal
 
 log = logging.getLogger("gateway")
 
 MAX_BATCH = 500
 APPLICATION_NAME = "gatehouse-gateway-usage"  # visible in pg_stat_activity
-MILLION = Decimal(1_000_000)
 REPLAY_RETRY = 1.0  # seconds between replay attempts while events wait in the spool
 SCAN_INTERVAL = 15.0  # seconds between looks for spool files left by stopped processes
 
@@ -41,13 +41,6 @@ def usage_columns() -> list[str]:
     from usage.models import UsageEvent
 
     return [f.column for f in UsageEvent._meta.concrete_fields if not f.primary_key]
-
-
-def cost_of(prompt_tokens: int, completion_tokens: int, price) -> Decimal:
-    if price is None:
-        return Decimal(0)
-    cost = (Decimal(prompt_tokens) * price.input_per_million + Decimal(completion_tokens) * price.output_per_million) / MILLION
-    return cost.quantize(Decimal("0.000000001"))
 
 
 class UsageWriter:
@@ -422,7 +415,7 @@ def event_row(
         "input_price_per_million": price.input_per_million if price else Decimal(0),
         "output_price_per_million": price.output_per_million if price else Decimal(0),
         "currency": price.currency if price else "USD",
-        "cost": cost_of(prompt_tokens, completion_tokens, price),
+        "cost": token_cost(prompt_tokens, completion_tokens, price),
     }
     row["seal"] = event_seal(row)
     return row

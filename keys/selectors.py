@@ -1,10 +1,8 @@
 """Reads of keys: the gateway's lookup path and the console's lists. No writes here.
 
-Contracts the gateway relies on:
-- `api_key_secret_for_presented(key)`: format + checksum first (zero queries for a malformed key),
-  then one query by digest; returns the ApiKeySecret with api_key and api_key.workspace loaded.
-- `api_key_secret_lookup(digest)`: the same lookup by a digest the caller computed (for caches).
-- `secret_is_valid(secret, now)`: not revoked, not expired, and the secret not rotated away.
+The gateway relies on two of them: `api_key_secret_lookup(digest)` (one query, with api_key and
+api_key.workspace loaded) to build its cached entry, and `key_unusable_reason`, the one rule for
+whether a key may be used now, which it applies to that entry on every request.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet
 
 from console.models import Workspace
 from keys import tokens
@@ -41,12 +39,28 @@ def api_key_status(api_key: ApiKey, now: dt.datetime) -> KeyStatus:
     return KeyStatus.ACTIVE
 
 
+def key_unusable_reason(
+    *, revoked: bool, expires_at: dt.datetime | float | None, secret_valid_until: dt.datetime | float | None, now: dt.datetime | float
+) -> str | None:
+    """Why a key's secret may not be used at `now` ("key_revoked", "key_expired" or
+    "secret_rotated": past its rotation grace period), or None when it may. Datetimes in the
+    console; epoch seconds in the gateway's cached entries, so its hot path builds no datetime."""
+    if revoked:
+        return "key_revoked"
+    if expires_at is not None and expires_at <= now:
+        return "key_expired"
+    if secret_valid_until is not None and secret_valid_until <= now:
+        return "secret_rotated"
+    return None
+
+
 def secret_is_valid(secret: ApiKeySecret, now: dt.datetime) -> bool:
-    """Whether a presented secret may be used at `now`: the key is neither revoked nor expired,
-    and the secret is current or still inside its rotation grace period."""
-    if secret.valid_until is not None and secret.valid_until <= now:
-        return False
-    return api_key_status(secret.api_key, now) in (KeyStatus.ACTIVE, KeyStatus.EXPIRING)
+    """Whether a presented secret may be used at `now`."""
+    key = secret.api_key
+    return (
+        key_unusable_reason(revoked=key.revoked_at is not None, expires_at=key.expires_at, secret_valid_until=secret.valid_until, now=now)
+        is None
+    )
 
 
 def api_key_secret_lookup(digest: str) -> ApiKeySecret | None:
@@ -93,27 +107,6 @@ def status_counts(workspace: Workspace, now: dt.datetime) -> dict[str, int]:
     )
 
 
-def year_bounds(workspace: Workspace, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-    """The current calendar year in the workspace's time zone, as aware datetimes [start, end)."""
-    year = now.astimezone(workspace.tz).year
-    return dt.datetime(year, 1, 1, tzinfo=workspace.tz), dt.datetime(year + 1, 1, 1, tzinfo=workspace.tz)
-
-
-def tokens_used_this_year(workspace: Workspace, api_key_ids: list[int], now: dt.datetime) -> dict[int, int]:
-    """Total tokens per key in the workspace's current calendar year (one query; rollups replace this later)."""
-    if not api_key_ids:
-        return {}
-    from usage.models import UsageEvent
-
-    start, end = year_bounds(workspace, now)
-    rows = (
-        UsageEvent.objects.filter(workspace=workspace, api_key_id__in=api_key_ids, created_at__gte=start, created_at__lt=end)
-        .values("api_key_id")
-        .annotate(total=Sum("total_tokens"))
-    )
-    return {row["api_key_id"]: row["total"] or 0 for row in rows}
-
-
 def expiring_api_keys(workspace: Workspace, now: dt.datetime, limit: int = 5) -> list[ApiKey]:
     """Live keys that expire within EXPIRY_WARNING, soonest first (for warnings on the overview)."""
     return list(visible_api_keys(workspace).filter(status_filter(KeyStatus.EXPIRING, now)).order_by("expires_at")[:limit])
@@ -153,8 +146,9 @@ class KeyRow:
         return limit * 4 // 5 if limit else None
 
 
-def key_rows(workspace: Workspace, api_keys: list[ApiKey], now: dt.datetime) -> list[KeyRow]:
-    used = tokens_used_this_year(workspace, [k.id for k in api_keys], now)
+def key_rows(workspace: Workspace, api_keys: list[ApiKey], now: dt.datetime, *, used_this_year: dict[int, int]) -> list[KeyRow]:
+    """The list's rows; `used_this_year` is usage.selectors.tokens_used_in_year of these keys."""
+    used = used_this_year
     for api_key in api_keys:
         api_key.workspace = workspace  # saves a query per row in scope_summary
     return [KeyRow(api_key=k, status=api_key_status(k, now), scope=scope_summary(k), used_this_year=used.get(k.id, 0)) for k in api_keys]
@@ -172,36 +166,3 @@ def keys_expiring_within(
         .filter(revoked_at__isnull=True, expires_at__gt=now, expires_at__lte=now + window)
         .order_by("expires_at", "pk")[:limit]
     )
-
-
-@dataclass
-class Refusals:
-    """A key's latest refused (or failed) request and its errors of the last day, by reason."""
-
-    last: object | None  # usage.models.UsageEvent
-    recent: list[dict]  # {"status_code", "error_code", "text", "n"}, most first
-    since: dt.datetime
-
-    @property
-    def last_text(self) -> str:
-        from usage.error_reasons import error_reason_text
-
-        return error_reason_text(self.last.error_code, self.last.status_code) if self.last else ""
-
-
-def api_key_refusals(api_key: ApiKey, now: dt.datetime, *, window: dt.timedelta = dt.timedelta(hours=24)) -> Refusals:
-    """Two index probes on the key's error events (a partial index holds only them)."""
-    from usage.error_reasons import error_reason_text
-    from usage.models import UsageEvent
-
-    errors = UsageEvent.objects.filter(api_key=api_key, status_code__gte=400)
-    last = errors.order_by("-created_at").only("created_at", "status_code", "error_code", "client_ip", "model").first()
-    since = now - window
-    recent = [
-        {**r, "text": error_reason_text(r["error_code"], r["status_code"])}
-        for r in errors.filter(created_at__gte=since)
-        .values("status_code", "error_code")
-        .annotate(n=Count("id"))
-        .order_by("-n", "status_code")
-    ]
-    return Refusals(last=last, recent=recent, since=since)

@@ -7,6 +7,8 @@ cached: `never_cache` sets Cache-Control: no-store), so the key exists nowhere e
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -22,7 +24,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from console.access import WorkspaceAccess, access_workspace, require_recent_authentication
 from console.audit import Actor
-from console.models import AuditEvent, Role
+from console.models import AuditEvent, Role, Workspace
 from deployments.selectors import callable_deployments
 from keys import selectors, services
 from keys.access import access_api_key, access_byok_credential
@@ -36,8 +38,17 @@ from keys.forms import (
 )
 from keys.models import ApiKey
 from keys.router_providers import router_providers_granted_to
+from usage.selectors import api_key_refusals, tokens_used_in_year, year_window
 
 PAGE_SIZE = 50
+
+
+def _key_rows(workspace: Workspace, api_keys: list[ApiKey], now: datetime) -> list[selectors.KeyRow]:
+    year = now.astimezone(workspace.tz).year
+    used = tokens_used_in_year({k.id: (workspace.tz, year) for k in api_keys})
+    return selectors.key_rows(workspace, api_keys, now, used_this_year=used)
+
+
 EXAMPLE_LINKS = 4
 
 
@@ -74,7 +85,7 @@ def secrets_page(request: HttpRequest, ws: str) -> HttpResponse:
         "status": status,
         "search": search,
         "page": page,
-        "rows": selectors.key_rows(workspace, list(page.object_list), now),
+        "rows": _key_rows(workspace, list(page.object_list), now),
         "counts": selectors.status_counts(workspace, now),
         "statuses": selectors.KeyStatus,
         "tab": "keys",
@@ -170,15 +181,15 @@ def api_key_validate(request: HttpRequest, ws: str) -> HttpResponse:
 def api_key_detail(request: HttpRequest, ws: str, key: str) -> HttpResponse:
     access, api_key = access_api_key(request.user, ws, key)
     now = timezone.now()
-    row = selectors.key_rows(access.workspace, [api_key], now)[0]
+    row = _key_rows(access.workspace, [api_key], now)[0]
     context = {
         "row": row,
         "api_key": api_key,
         "secrets": [(s, selectors.secret_is_valid(s, now)) for s in api_key.secrets.select_related("api_key").all()[:10]],
         "events": AuditEvent.objects.filter(workspace=access.workspace, target_type="apikey", target_id=str(api_key.public_id))[:20],
         "rotate_form": ApiKeyRotateForm(initial={"expected_hint": api_key.hint}),
-        "year_start": selectors.year_bounds(access.workspace, now)[0],
-        "refusals": selectors.api_key_refusals(api_key, now),
+        "year_start": year_window(access.workspace.tz, now.astimezone(access.workspace.tz).year)[0],
+        "refusals": api_key_refusals(api_key, now),
     }
     with timezone.override(access.workspace.tz):
         return _page(request, access, "keys/api_key_detail_page.html", context)

@@ -25,10 +25,9 @@ from keys.models import ApiKey
 from keys.services import api_key_create
 from usage.budgets import budget_spend, local_month
 from usage.models import UsageEvent
+from usage.pricing import token_cost
 from usage.services import budget_set, usage_backfill
 
-NANO = Decimal("0.000000001")
-MILLION = Decimal(1_000_000)
 # Where the demo traffic "came from": an address of TEST-NET-3, reserved for documentation.
 DEMO_CLIENT_IP = "203.0.113.10"
 
@@ -123,7 +122,7 @@ def _events_for_day(
                 input_price_per_million=input_price,
                 output_price_per_million=output_price,
                 currency=price.currency if price else "USD",
-                cost=((prompt * input_price + completion * output_price) / MILLION).quantize(NANO),
+                cost=token_cost(prompt, completion, price),
             )
         )
     return events

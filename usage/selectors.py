@@ -1,6 +1,10 @@
-"""Read side of the usage and billing dashboards. Everything here reads rollups (UsageHourly,
-UsageDaily and the coarser UsageDailyTotal and UsageMonthly), never events; the per-key limits
-also read the gateway's live TPM counters.
+"""Reads of the usage tables, for every app: the dashboards and bills, a key's yearly usage and
+refusals, a deployment's requests today.
+
+The dashboards and bills read rollups (UsageHourly, UsageDaily and the coarser UsageDailyTotal
+and UsageMonthly), never events; the per-key limits also read the gateway's live TPM counters.
+The few reads that must be exact up to the last request (a key's yearly usage, its latest
+refusals, today's requests) read the events, each through an index.
 
 A year of a busy organisation is ~200k daily rows, and summing them is what a page costs, so
 whole months are read from UsageMonthly and the per-day series, unless filtered by key or
@@ -22,7 +26,7 @@ from typing import ClassVar
 from zoneinfo import ZoneInfo
 
 from django.db import connection
-from django.db.models import Max, Q, QuerySet, Sum
+from django.db.models import Count, Max, Q, QuerySet, Sum
 from redis.exceptions import RedisError
 
 from console.models import Workspace
@@ -31,7 +35,16 @@ from keys.counters import tpm_used_this_minute
 from keys.models import ApiKey, display_name
 from usage.error_reasons import error_reason_text
 from usage.latency import HistogramSum, p95
-from usage.models import ENDPOINTS, UsageDaily, UsageDailyTotal, UsageErrorDaily, UsageErrorHourly, UsageHourly, UsageMonthly
+from usage.models import (
+    ENDPOINTS,
+    UsageDaily,
+    UsageDailyTotal,
+    UsageErrorDaily,
+    UsageErrorHourly,
+    UsageEvent,
+    UsageHourly,
+    UsageMonthly,
+)
 from usage.rollup import hour_floor, local_day_start, month_end
 
 CENT = Decimal("0.01")
@@ -414,10 +427,69 @@ def _grouped(parts: list[QuerySet], ids: list[str]) -> list[dict] | QuerySet:
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+def year_window(tz: ZoneInfo, year: int) -> tuple[datetime, datetime]:
+    """A calendar year in a time zone, as aware datetimes [start, end): the yearly limit's window."""
+    return datetime(year, 1, 1, tzinfo=tz), datetime(year + 1, 1, 1, tzinfo=tz)
+
+
+def tokens_used_in_year(years: dict[int, tuple[ZoneInfo, int]]) -> dict[int, int]:
+    """Total tokens per key in a calendar year of a time zone (`years`: key id → (zone, year)), in
+    one query; keys with no usage are left out.
+
+    The one count of a key's yearly usage: the gateway seeds its yearly-limit counter with it and
+    the console shows it, so they never disagree. It reads the events, not the rollups, because the
+    rollups miss whatever came since the last rollup run (the gateway would let a key past its
+    limit by that much); the current year's events are never pruned (usage_events_prune refuses).
+    """
+    if not years:
+        return {}
+    by_window: dict[tuple[ZoneInfo, int], list[int]] = {}
+    for key_id, window in years.items():
+        by_window.setdefault(window, []).append(key_id)
+    scope = reduce(
+        or_,
+        (
+            Q(api_key_id__in=ids, created_at__gte=start, created_at__lt=end)
+            for (tz, year), ids in by_window.items()
+            for start, end in [year_window(tz, year)]
+        ),
+    )
+    rows = UsageEvent.objects.filter(scope).values("api_key_id").annotate(t=Sum("total_tokens")).values_list("api_key_id", "t").order_by()
+    return {key_id: int(total or 0) for key_id, total in rows}
+
+
+@dataclass
+class Refusals:
+    """A key's latest refused (or failed) request and its errors of the last day, by reason."""
+
+    last: UsageEvent | None
+    recent: list[dict]  # {"status_code", "error_code", "text", "n"}, most first
+    since: datetime
+
+    @property
+    def last_text(self) -> str:
+        return error_reason_text(self.last.error_code, self.last.status_code) if self.last else ""
+
+
+def api_key_refusals(api_key: ApiKey, now: datetime, *, window: timedelta = timedelta(hours=24)) -> Refusals:
+    """Two index probes on the key's error events (a partial index holds only them)."""
+    errors = UsageEvent.objects.filter(api_key=api_key, status_code__gte=400)
+    last = errors.order_by("-created_at").only("created_at", "status_code", "error_code", "client_ip", "model").first()
+    since = now - window
+    recent = [
+        {**r, "text": error_reason_text(r["error_code"], r["status_code"])}
+        for r in errors.filter(created_at__gte=since)
+        .values("status_code", "error_code")
+        .annotate(n=Count("id"))
+        .order_by("-n", "status_code")
+    ]
+    return Refusals(last=last, recent=recent, since=since)
+
+
 @dataclass
 class KeyLimit:
     """A key's limits against what it has used: this minute (the gateway's live TPM window, or None
-    when there is no shared counter to read) and this year (from the daily rollups)."""
+    when there is no shared counter to read) and this year (tokens_used_in_year)."""
 
     key: ApiKey
     year: int
@@ -453,11 +525,10 @@ class KeyLimit:
 
 
 def key_limits(keys: list[ApiKey], zones: dict[int, ZoneInfo], *, now: datetime, redis) -> list[KeyLimit]:
-    """Limits of the keys that have any, with their usage. One rollup query and one Redis round trip.
+    """Limits of the keys that have any, with their usage. One query and one Redis round trip.
 
     The yearly window is the gateway's: the calendar year in the key's workspace time zone, counted
-    in total tokens (gateway.app seeds its counter from the events the same way). Rollup days are in
-    that same zone, so the year's rollup rows are exactly the year's events, up to the last rollup run.
+    in total tokens by tokens_used_in_year, the count the gateway seeds its counter with.
     `redis` is None without REDIS_URL: the embedded gateway keeps TPM in its own process memory,
     which no other process can read.
     """
@@ -465,13 +536,7 @@ def key_limits(keys: list[ApiKey], zones: dict[int, ZoneInfo], *, now: datetime,
     if not limited:
         return []
     years = {k.id: now.astimezone(zones[k.workspace_id]).year for k in limited}
-    by_year: dict[int, list[int]] = {}
-    for key_id, year in years.items():
-        by_year.setdefault(year, []).append(key_id)
-    window = reduce(or_, (Q(api_key_id__in=ids, month__gte=date(y, 1, 1), month__lte=date(y, 12, 1)) for y, ids in by_year.items()))
-    used = dict(
-        UsageMonthly.objects.filter(window).values("api_key_id").annotate(t=Sum("total_tokens")).values_list("api_key_id", "t").order_by()
-    )
+    used = tokens_used_in_year({k.id: (zones[k.workspace_id], years[k.id]) for k in limited})
 
     with_tpm = [str(k.public_id) for k in limited if k.tpm_limit]
     minute: dict[str, int] | None = None
@@ -488,7 +553,7 @@ def key_limits(keys: list[ApiKey], zones: dict[int, ZoneInfo], *, now: datetime,
         KeyLimit(
             key=k,
             year=years[k.id],
-            yearly_used=int(used.get(k.id) or 0),
+            yearly_used=used.get(k.id, 0),
             tpm_used=minute.get(str(k.public_id), 0) if minute is not None and k.tpm_limit else None,
             tpm_note=note,
         )
