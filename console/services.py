@@ -4,6 +4,7 @@ import secrets
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from console.audit import Actor, audit_erasure, audit_record
@@ -213,6 +214,19 @@ def workspace_unarchive(*, workspace: Workspace, actor: Actor) -> Workspace:
         audit_record(workspace=locked.parent, actor=actor, action="sub_workspace.unarchived", target=locked, details=details)
     workspace.archived_at = None
     return workspace
+
+
+def sub_workspaces_of(workspace: Workspace) -> list[Workspace]:
+    """A default workspace's sub-workspaces, active first, each with `deletable` (see
+    workspace_delete_blockers), in one query."""
+    has_usage = Exists(UsageEvent.objects.filter(workspace=OuterRef("pk")))
+    has_deployments = Exists(Deployment.objects.filter(workspace=OuterRef("pk")))
+    children = list(
+        workspace.children.annotate(blocked=has_usage | has_deployments).order_by(F("archived_at").asc(nulls_first=True), "name")
+    )
+    for child in children:
+        child.deletable = not child.blocked
+    return children
 
 
 def workspace_delete_blockers(workspace: Workspace) -> list[str]:

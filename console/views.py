@@ -14,7 +14,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from console import invitations
-from console.access import access_membership, access_workspace, require_recent_authentication, user_has_mfa
+from console.access import WorkspaceAccess, access_membership, access_workspace, require_recent_authentication, user_has_mfa
 from console.audit import Actor
 from console.forms import (
     InvitationForm,
@@ -31,8 +31,12 @@ from console.services import (
     member_create_with_one_time_password,
     membership_change_role,
     membership_remove,
+    sub_workspaces_of,
+    workspace_archive,
     workspace_create,
+    workspace_delete,
     workspace_set_require_mfa,
+    workspace_unarchive,
     workspace_update,
 )
 from console.sso import sso_mapping_create, sso_mapping_delete
@@ -76,7 +80,7 @@ def workspace_overview(request: HttpRequest, ws: str) -> HttpResponse:
     context = {
         "access": access,
         "member_count": workspace.memberships.count(),
-        "children": list(workspace.children.all()) if workspace.is_default else [],
+        "children": sub_workspaces_of(workspace) if workspace.is_default else [],
         "recent_events": list(workspace.audit_events.all()[:5]),
         "nav": "overview",
     }
@@ -99,6 +103,47 @@ def sub_workspace_create(request: HttpRequest, ws: str) -> HttpResponse:
             messages.success(request, f"Sub-workspace “{child.name}” created. Add its members next.")
             return redirect("members_page", ws=child.slug)
     return render(request, "console/sub_workspace_create_page.html", {"access": access, "form": form, "nav": "overview"})
+
+
+def _access_sub_workspace(request: HttpRequest, ws: str, sub: str) -> tuple[WorkspaceAccess, Workspace]:
+    """A sub-workspace, managed from its default workspace by that workspace's admins."""
+    access = access_workspace(request.user, ws, min_role=Role.ADMIN)
+    child = access.workspace.children.filter(slug=sub).first() if access.workspace.is_default else None
+    if child is None:
+        raise Http404("No such sub-workspace.")
+    require_recent_authentication(request)
+    return access, child
+
+
+@login_required
+@require_POST
+def sub_workspace_archive(request: HttpRequest, ws: str, sub: str) -> HttpResponse:
+    _, child = _access_sub_workspace(request, ws, sub)
+    workspace_archive(workspace=child, actor=Actor.from_request(request))
+    messages.success(request, f"{child.name} is archived: its keys are refused from now on, and its usage, bills and audit log stay here.")
+    return redirect("workspace_overview", ws=ws)
+
+
+@login_required
+@require_POST
+def sub_workspace_unarchive(request: HttpRequest, ws: str, sub: str) -> HttpResponse:
+    _, child = _access_sub_workspace(request, ws, sub)
+    workspace_unarchive(workspace=child, actor=Actor.from_request(request))
+    messages.success(request, f"{child.name} is active again: its keys work and its members see it.")
+    return redirect("workspace_overview", ws=ws)
+
+
+@login_required
+@require_POST
+def sub_workspace_delete(request: HttpRequest, ws: str, sub: str) -> HttpResponse:
+    _, child = _access_sub_workspace(request, ws, sub)
+    try:
+        workspace_delete(workspace=child, actor=Actor.from_request(request))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"{child.name} was deleted with its members and keys.")
+    return redirect("workspace_overview", ws=ws)
 
 
 @login_required

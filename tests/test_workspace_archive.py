@@ -150,3 +150,63 @@ def test_delete_removes_an_unused_sub_workspace_and_records_it_in_the_default_wo
     deleted = AuditEvent.objects.get(workspace=world.org, action="sub_workspace.deleted")
     assert deleted.details == {"slug": "acme-research", "members": 1, "keys": 1}
     assert post(gateways[0], plaintext, chat_body(deployment.model_id, max_tokens=5)).status_code == 401
+
+
+# --- the console's buttons -------------------------------------------------------------------
+
+
+def _url(name: str, sub: str = "acme-research", ws: str = "acme") -> str:
+    return reverse(name, kwargs={"ws": ws, "sub": sub})
+
+
+def test_default_admin_archives_unarchives_and_deletes_from_the_console(world, client_for):
+    client = client_for(world.admin)
+    overview = client.get(reverse("workspace_overview", kwargs={"ws": "acme"})).content.decode()
+    assert _url("sub_workspace_archive") in overview and _url("sub_workspace_delete") in overview
+
+    response = client.post(_url("sub_workspace_archive"))
+    assert response.status_code == 302
+    world.sub.refresh_from_db()
+    assert world.sub.archived_at is not None
+    archived_page = client.get(reverse("workspace_overview", kwargs={"ws": "acme-research"})).content.decode()
+    assert 'data-testid="archived-banner"' in archived_page
+
+    assert client.post(_url("sub_workspace_unarchive")).status_code == 302
+    world.sub.refresh_from_db()
+    assert world.sub.archived_at is None
+
+    assert client.post(_url("sub_workspace_delete")).status_code == 302
+    assert not Workspace.objects.filter(slug="acme-research").exists()
+
+
+@pytest.mark.parametrize("role", ["developer", "viewer", "sub_member", "outsider"])
+def test_only_default_workspace_admins_may_archive_or_delete(world, client_for, role):
+    client = client_for(world.user(role))
+    expected = 403 if role in ("developer", "viewer") else 404  # members see the workspace; others must not learn it exists
+    for name in ("sub_workspace_archive", "sub_workspace_unarchive", "sub_workspace_delete"):
+        assert client.post(_url(name)).status_code == expected
+    # Nor from the sub-workspace's own address, where its members are.
+    assert client.post(_url("sub_workspace_archive", ws="acme-research")).status_code in (403, 404)
+    world.sub.refresh_from_db()
+    assert world.sub.archived_at is None
+    assert not AuditEvent.objects.filter(action__startswith="sub_workspace.", action__endswith="archived").exists()
+
+
+def test_a_sub_workspace_of_another_organisation_is_404(world, client_for):
+    assert client_for(world.outsider).post(_url("sub_workspace_archive", ws="globex")).status_code == 404
+    world.sub.refresh_from_db()
+    assert world.sub.archived_at is None
+
+
+def test_the_console_refuses_deleting_a_sub_workspace_with_usage(world, client_for):
+    from django.utils import timezone
+
+    from tests.usage_factory import event
+
+    event(world.sub, timezone.now())
+    client = client_for(world.owner)
+    overview = client.get(reverse("workspace_overview", kwargs={"ws": "acme"})).content.decode()
+    assert _url("sub_workspace_delete") not in overview  # no Delete button for it
+    response = client.post(_url("sub_workspace_delete"), follow=True)
+    assert "cannot be deleted: it has usage" in response.content.decode()
+    assert Workspace.objects.filter(slug="acme-research").exists()
