@@ -46,8 +46,9 @@ def effective_role(user, workspace: Workspace) -> Role | None:
     if not user.is_authenticated:
         return None
     best: Role | None = None
-    ids = [workspace.id] if workspace.parent_id is None else [workspace.id, workspace.parent_id]
-    for workspace_id, role in Membership.objects.filter(user=user, workspace_id__in=ids).values_list("workspace_id", "role"):
+    for workspace_id, role in Membership.objects.filter(user=user, workspace_id__in=workspace.lineage_ids).values_list(
+        "workspace_id", "role"
+    ):
         role = Role(role)
         if workspace_id != workspace.id and role not in (Role.OWNER, Role.ADMIN):
             continue  # developers and viewers of the default workspace do not see into sub-workspaces

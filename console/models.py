@@ -82,6 +82,25 @@ class Workspace(models.Model):
         return self.parent if self.parent_id else self
 
     @property
+    def lineage_ids(self) -> list[int]:
+        """This workspace and, for a sub-workspace, its default one: whose memberships and budgets reach it."""
+        return [self.id] if self.parent_id is None else [self.id, self.parent_id]
+
+    def tree_q(self, field: str = "workspace") -> models.Q:
+        """Rows whose `field` (a foreign key to Workspace) is this workspace or, for a default
+        workspace, one of its sub-workspaces: what a workspace sees of its own tree. An id list
+        from a subquery rather than an OR over a join, so each id is an index range."""
+        if not self.is_default:
+            return models.Q(**{f"{field}_id": self.id})
+        return models.Q(**{f"{field}_id__in": Workspace.objects.filter(models.Q(id=self.id) | models.Q(parent_id=self.id)).values("id")})
+
+    def organisation_q(self, field: str = "workspace") -> models.Q:
+        """Rows of this workspace's whole organisation (its default workspace and every
+        sub-workspace), whichever workspace of it this is."""
+        root_id = self.root_id
+        return models.Q(**{f"{field}_id__in": Workspace.objects.filter(models.Q(id=root_id) | models.Q(parent_id=root_id)).values("id")})
+
+    @property
     def tz(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.time_zone)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django import forms
-from django.db.models import Q
 
 from console.models import Workspace
 from deployments.models import Deployment, DeploymentKind, UpstreamKind
@@ -102,10 +101,7 @@ class DeploymentForm(forms.Form):
         self.fields[
             "model_id"
         ].help_text = f"What clients send as “model”, unique in this organisation, e.g. @{org_slug}/Qwen/Qwen3-0.6B or qwen-plus."
-        root = workspace.parent or workspace
-        self.fields["fallback"].queryset = (
-            Deployment.objects.filter(Q(workspace=root) | Q(workspace__parent=root)).exclude(pk=own_pk).order_by("name")
-        )
+        self.fields["fallback"].queryset = Deployment.objects.filter(workspace.organisation_q()).exclude(pk=own_pk).order_by("name")
         self.fields["fallback"].label_from_instance = lambda d: f"{d.name} ({d.model_id})"
         self.fields["router_provider"].queryset = RouterProvider.objects.filter(is_active=True, grants__workspace=workspace)
         self.fields["router_provider"].help_text = (

@@ -96,12 +96,7 @@ def server_models(*, base_url: str, api_key: str = "", resolve: Resolver | None 
 
 
 def import_offers(*, workspace: Workspace, base_url: str, models: list[str]) -> list[Offer]:
-    root_id = workspace.root_id
-    deployments = list(
-        Deployment.objects.filter(workspace__in=Workspace.objects.filter(id=root_id) | Workspace.objects.filter(parent_id=root_id))
-        .filter(upstream_kind=UpstreamKind.ENDPOINT)
-        .order_by("id")
-    )
+    deployments = list(Deployment.objects.filter(workspace.organisation_q()).filter(upstream_kind=UpstreamKind.ENDPOINT).order_by("id"))
     replica_urls = {
         (deployment_id, url)
         for deployment_id, url in DeploymentReplica.objects.filter(deployment__in=deployments).values_list("deployment_id", "base_url")

@@ -13,8 +13,8 @@ from deployments.models import Deployment, DeploymentPrice, DeploymentReplica, U
 def callable_deployments(workspace: Workspace) -> QuerySet[Deployment]:
     """Deployments this workspace may call: a default workspace every deployment of its
     organisation; a sub-workspace its own deployments and those granted to it."""
-    if workspace.parent_id is None:
-        return Deployment.objects.filter(Q(workspace=workspace) | Q(workspace__parent=workspace))
+    if workspace.is_default:
+        return Deployment.objects.filter(workspace.tree_q())
     return Deployment.objects.filter(Q(workspace=workspace) | Q(grants__workspace=workspace)).distinct()
 
 
@@ -40,10 +40,7 @@ def deployments_for_list(workspace: Workspace, *, now: datetime | None = None) -
     now = now or timezone.now()
     current = DeploymentPrice.objects.filter(deployment=OuterRef("pk"), effective_from__lte=now).order_by("-effective_from")
     events = UsageEvent.objects.filter(deployment=OuterRef("pk"), created_at__gte=start_of_today(workspace, now), created_at__lte=now)
-    if workspace.parent_id is None:
-        events = events.filter(Q(workspace=workspace) | Q(workspace__parent=workspace))
-    else:
-        events = events.filter(workspace=workspace)
+    events = events.filter(workspace.tree_q())
     requests_today = events.order_by().values("deployment").annotate(n=Count("pk")).values("n")
     return (
         callable_deployments(workspace)

@@ -8,7 +8,6 @@ from decimal import Decimal, InvalidOperation
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from console.audit import Actor, audit_record
@@ -37,10 +36,6 @@ PRICE_MAX = Decimal("999999.999999")
 BACKDATE_TOLERANCE = timedelta(minutes=2)
 
 
-def _organisation_deployments(root_id: int):
-    return Deployment.objects.filter(Q(workspace_id=root_id) | Q(workspace__parent_id=root_id))
-
-
 def _clean_model_id(model_id: str, *, workspace: Workspace, exclude_pk: int | None = None) -> str:
     """A model id is unique within its organisation (the default workspace and its sub-workspaces),
     not installation-wide: clients only ever reach their own organisation's deployments, and a
@@ -67,7 +62,7 @@ def _clean_model_id(model_id: str, *, workspace: Workspace, exclude_pk: int | No
     first = model_id.split("/", 1)[0]
     if "/" in model_id and (first == "byok" or RouterProvider.objects.filter(slug=first).exists()):
         raise ValidationError({"model_id": f"Model ids starting with “{first}/” are reserved for a router provider or BYOK."})
-    clash = _organisation_deployments(root.id).filter(model_id__iexact=model_id)
+    clash = Deployment.objects.filter(root.organisation_q()).filter(model_id__iexact=model_id)
     if exclude_pk is not None:
         clash = clash.exclude(pk=exclude_pk)
     if clash.exists():

@@ -20,7 +20,7 @@ from django.utils import timezone
 from console.models import Workspace
 from usage.models import Budget, UsageMonthly
 from usage.rollup import local_day_start
-from usage.selectors import ZERO, cents, tree_q
+from usage.selectors import ZERO, cents
 
 THRESHOLDS = (80, 100)
 
@@ -36,13 +36,13 @@ def next_month(month: date) -> date:
 
 def covered(workspace: Workspace) -> Q:
     """Rows (keys, usage) a workspace's budget counts: the organisation for a default workspace."""
-    return Q(workspace=workspace) | Q(workspace__parent=workspace) if workspace.is_default else Q(workspace=workspace)
+    return workspace.tree_q()
 
 
 def budget_spend(workspace: Workspace, month: date, currency: str) -> Decimal:
     """Exact spend (9 places) in `month` from the monthly rollups (the sums of its daily ones), in
-    one query; a default workspace's budget counts its organisation (tree_q)."""
-    total = UsageMonthly.objects.filter(tree_q(workspace), month=month.replace(day=1), currency=currency).aggregate(s=Sum("cost"))["s"]
+    one query; a default workspace's budget counts its organisation (Workspace.tree_q)."""
+    total = UsageMonthly.objects.filter(workspace.tree_q(), month=month.replace(day=1), currency=currency).aggregate(s=Sum("cost"))["s"]
     return total or ZERO
 
 
@@ -111,7 +111,7 @@ def budget_statuses(
 ) -> tuple[BudgetStatus | None, list[BudgetStatus]]:
     """The workspace's own budget status and, with_subs on a default workspace, its sub-workspaces'
     (one query for the budgets, then one per own budget and one for all sub-workspace budgets)."""
-    scope = Q(workspace=workspace) | Q(workspace__parent=workspace) if with_subs and workspace.is_default else Q(workspace=workspace)
+    scope = workspace.tree_q() if with_subs else Q(workspace=workspace)
     budgets = list(Budget.objects.filter(scope).select_related("workspace").order_by("workspace__name"))
     now = now or timezone.now()
     own = next((b for b in budgets if b.workspace_id == workspace.id), None)
@@ -189,9 +189,8 @@ def budget_guard(workspace: Workspace, *, now: datetime | None = None) -> tuple[
     workspace with a blocking budget, so a runaway answer cannot run far past it.
     """
     now = now or timezone.now()
-    ids = [workspace.id] if workspace.parent_id is None else [workspace.id, workspace.parent_id]
     blocks, until = False, None
-    for budget in Budget.objects.filter(workspace_id__in=ids, block_requests=True).select_related("workspace"):
+    for budget in Budget.objects.filter(workspace_id__in=workspace.lineage_ids, block_requests=True).select_related("workspace"):
         blocks = True
         if budget.spent_month is None or budget.spent < budget.amount:
             continue

@@ -78,14 +78,6 @@ def allocate_cents(exact: list[Decimal]) -> list[Decimal]:
     return [Decimal(f) * CENT for f in floors]
 
 
-def tree_q(workspace: Workspace) -> Q:
-    """Rollup rows of a workspace, and of its sub-workspaces if it is a default one. An id list from a
-    subquery rather than an OR over a join: each id is an index range on (workspace, day)."""
-    if not workspace.is_default:
-        return Q(workspace_id=workspace.id)
-    return Q(workspace_id__in=Workspace.objects.filter(Q(id=workspace.id) | Q(parent_id=workspace.id)).values("id"))
-
-
 def _sums() -> dict:
     return {name: Sum(name) for name in SUMMED}
 
@@ -163,7 +155,7 @@ class UsageScope:
             # A literal id list: PostgreSQL then knows how many rows it gets (from a subquery it
             # guesses 2 workspaces of 7, and sorts a year's rows instead of hashing them).
             return Q(workspace_id__in=self.tree_ids)
-        return tree_q(self.workspace)
+        return self.workspace.tree_q()
 
     def _filtered(self, qs: QuerySet) -> QuerySet:
         if self.key_id is not None:
@@ -609,7 +601,7 @@ def billing_statement(workspace: Workspace, month: date) -> Statement:
     """
     first, last = month_bounds(month)
     rows = list(
-        UsageMonthly.objects.filter(tree_q(workspace), month=first)
+        UsageMonthly.objects.filter(workspace.tree_q(), month=first)
         .values(
             "workspace_id",
             "workspace__name",

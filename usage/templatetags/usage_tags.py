@@ -3,7 +3,6 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from django import template
-from django.db.models import Q
 
 from usage.amounts import amount_text
 from usage.models import DriftCheck, UsageDrift
@@ -17,9 +16,10 @@ def usage_drift_banner(access) -> dict:
     if access is None or not access.can_admin:
         return {"drifts": []}
     workspace = access.workspace
-    scope = Q(workspace=workspace) | Q(workspace__parent=workspace) if workspace.is_default else Q(workspace=workspace)
     drifts = list(
-        UsageDrift.objects.filter(scope, resolved_at__isnull=True).select_related("workspace").order_by("day", "workspace__name")[:6]
+        UsageDrift.objects.filter(workspace.tree_q(), resolved_at__isnull=True)
+        .select_related("workspace")
+        .order_by("day", "workspace__name")[:6]
     )
     shown = drifts[:5]
     return {"drifts": shown, "plain": [d for d in shown if d.kind != DriftCheck.EDITED], "more": len(drifts) > 5}
