@@ -308,7 +308,7 @@ def _tab(request: HttpRequest) -> str:
 @login_required
 @sensitive_post_parameters("api_key")  # error reports and debug pages never show the key
 @require_http_methods(["GET", "POST"])
-@vary_on_headers("HX-Request")
+@vary_on_headers("HX-Request", "HX-History-Restore-Request")
 def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
     """The details page. GET ?tab=... picks a tab (htmx swaps just the panel).
 
@@ -360,9 +360,9 @@ def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpRes
         context["test_form"] = TestCallForm(initial={"stream": True})
         context["can_test"] = access.can(Role.DEVELOPER)
         context["test_calls"] = recent_test_calls(dep, access.workspace)
-    template = (
-        "deployments/deployment_page.html#tab_panel" if request.htmx and request.method == "GET" else "deployments/deployment_page.html"
-    )
+    # A history restore (Back after htmx's snapshot cache was emptied) wants the whole page.
+    panel_only = request.htmx and not request.htmx.history_restore_request and request.method == "GET"
+    template = "deployments/deployment_page.html#tab_panel" if panel_only else "deployments/deployment_page.html"
     response = render(request, template, context, status=200 if not key_error else 400)
     if request.method == "POST":
         add_never_cache_headers(response)  # adds Cache-Control: no-store: the page may hold a key

@@ -70,7 +70,7 @@ def _page(request: HttpRequest, access: WorkspaceAccess, template: str, context:
 
 @login_required
 @require_GET
-@vary_on_headers("HX-Request")
+@vary_on_headers("HX-Request", "HX-History-Restore-Request")
 def secrets_page(request: HttpRequest, ws: str) -> HttpResponse:
     access = access_workspace(request.user, ws)
     workspace, now = access.workspace, timezone.now()
@@ -90,7 +90,9 @@ def secrets_page(request: HttpRequest, ws: str) -> HttpResponse:
         "statuses": selectors.KeyStatus,
         "tab": "keys",
     }
-    template = "keys/secrets_page.html#key_list" if request.htmx and not request.htmx.boosted else "keys/secrets_page.html"
+    # Back after htmx's snapshot cache was emptied asks for the whole page (history restore).
+    list_only = request.htmx and not request.htmx.boosted and not request.htmx.history_restore_request
+    template = "keys/secrets_page.html#key_list" if list_only else "keys/secrets_page.html"
     with timezone.override(workspace.tz):
         return _page(request, access, template, context, status=200 if valid else 400)
 
