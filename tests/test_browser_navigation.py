@@ -54,3 +54,81 @@ def test_deployment_tab_urls_follow_clicks_reload_and_back(sized_page, sign_in, 
         assert page.locator(".sidebar").count() == 1 and page.locator("h1").inner_text().startswith("Qwen3")
         assert page.locator("[data-testid=detail-tabs] [aria-current=page]").get_attribute("data-tab") == tab
     screenshot(page, "back-to-overview")
+
+
+def focused(page) -> dict:
+    return page.evaluate(
+        """() => { const e = document.activeElement;
+        return {tag: e.tagName, text: (e.getAttribute('aria-label') || e.innerText || '').trim(), id: e.id,
+                inSidebar: !!e.closest('#sidebar'), visible: !!(e.offsetWidth || e.offsetHeight) && getComputedStyle(e).visibility !== 'hidden'}; }"""
+    )
+
+
+def test_phone_menu_opens_from_the_keyboard_and_hidden_links_take_no_focus(page, sign_in, screenshot):
+    World()
+    page.set_viewport_size(VIEWPORTS["phone"])
+    sign_in("olivia")
+    page.goto("/w/acme/")
+    assert not page.locator("#sidebar").is_visible()
+
+    # The first Tab reaches the skip link; it moves focus past the menu to the page's content.
+    page.keyboard.press("Tab")
+    assert focused(page)["text"] == "Skip to content" and focused(page)["visible"]
+    screenshot(page, "1-skip-link")
+    page.keyboard.press("Enter")
+    assert focused(page)["id"] == "main"
+
+    # Walking the whole page with Tab never lands in the closed sidebar.
+    page.goto("/w/acme/")
+    seen = []
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        seen.append(focused(page))
+    assert not [f for f in seen if f["inSidebar"]], [f["text"] for f in seen if f["inSidebar"]]
+    assert all(f["visible"] for f in seen if f["tag"] != "BODY")
+
+    # The menu is a real button: Tab to it, Enter opens it, focus goes into it.
+    page.goto("/w/acme/")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    assert focused(page)["text"] == "Menu"
+    button = page.locator("[data-nav-toggle]")
+    assert button.get_attribute("aria-expanded") == "false" and button.get_attribute("aria-controls") == "sidebar"
+    page.keyboard.press("Enter")
+    assert button.get_attribute("aria-expanded") == "true"
+    page.wait_for_selector("#sidebar a:has-text('Deployments')", state="visible")
+    assert focused(page)["inSidebar"]
+    screenshot(page, "2-menu-open")
+    while focused(page)["text"] != "Deployments":
+        page.keyboard.press("Tab")
+        assert focused(page)["inSidebar"]
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/w/acme/deployments/")
+
+    # Escape closes it again and gives focus back to the button.
+    page.locator("[data-nav-toggle]").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#sidebar a:has-text('Usage')", state="visible")
+    page.keyboard.press("Escape")
+    assert page.locator("[data-nav-toggle]").get_attribute("aria-expanded") == "false"
+    assert focused(page)["text"] == "Menu"
+    page.wait_for_selector("#sidebar", state="hidden")
+    screenshot(page, "3-menu-closed")
+
+
+@pytest.mark.parametrize(
+    "path", ["/w/acme/", "/w/acme/secrets/", "/accounts/password/change/", "/w/nope/", "/installation/router-providers/"]
+)
+def test_every_page_starts_with_a_skip_link_at_desktop_width(page, sign_in, path):
+    world = World()
+    world.owner.is_staff = True
+    world.owner.save(update_fields=["is_staff"])
+    page.set_viewport_size(VIEWPORTS["desktop"])
+    sign_in("olivia")
+    page.goto(path)
+    page.keyboard.press("Tab")
+    assert focused(page)["text"] == "Skip to content"
+    page.keyboard.press("Enter")
+    assert focused(page)["id"] == "main"
+    # At desktop width the sidebar is always there and reachable.
+    assert not page.locator("[data-nav-toggle]").is_visible()

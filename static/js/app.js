@@ -42,3 +42,38 @@ document.addEventListener("submit", (event) => {
   const message = event.target.dataset.confirm;
   if (message && !window.confirm(message)) event.preventDefault();
 });
+
+// The menu button of narrow screens: the sidebar slides in over the page. While it is closed
+// there it is also inert, so Tab never walks into links nobody can see (CSS hides it as well,
+// for the moment before this script runs).
+const narrowScreen = window.matchMedia("(max-width: 860px)");
+
+function setNavigation(open) {
+  const shell = document.querySelector(".shell");
+  const button = document.querySelector("[data-nav-toggle]");
+  const sidebar = document.getElementById("sidebar");
+  if (!shell || !button || !sidebar) return;
+  shell.classList.toggle("nav-open", open);
+  button.setAttribute("aria-expanded", open ? "true" : "false");
+  sidebar.inert = narrowScreen.matches && !open;
+}
+
+document.addEventListener("click", (event) => {
+  const toggle = event.target.closest("[data-nav-toggle]");
+  if (toggle) {
+    const open = toggle.getAttribute("aria-expanded") !== "true";
+    setNavigation(open);
+    if (open) document.querySelector("#sidebar a, #sidebar summary")?.focus();
+  } else if (event.target.closest("[data-nav-close]")) {
+    setNavigation(false);
+  }
+});
+
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape" || !document.querySelector(".shell.nav-open")) return;
+  setNavigation(false);
+  document.querySelector("[data-nav-toggle]")?.focus();
+});
+
+narrowScreen.addEventListener("change", () => setNavigation(false));
+setNavigation(false);
