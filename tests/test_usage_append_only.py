@@ -100,6 +100,48 @@ def test_reconciliation_reports_an_edited_event_and_keeps_the_billed_values(bill
     assert UsageDrift.objects.filter(resolved_at__isnull=True, kind=DriftCheck.EDITED).count() == 1
 
 
+def test_an_edit_that_keeps_the_day_sums_is_still_reported(billed):
+    # Tokens moved from one event to another and a refusal turned into a success: every sum of the
+    # day is what the rollup says, only the seals show the change.
+    a, b = billed.events[0], billed.events[1]
+    untriggered(lambda: UsageEvent.objects.filter(pk=a.pk).update(prompt_tokens=a.prompt_tokens + 7, model="other-model"))
+    untriggered(lambda: UsageEvent.objects.filter(pk=b.pk).update(prompt_tokens=b.prompt_tokens - 7))
+    daily = list(UsageDaily.objects.order_by("day").values_list("day", "requests", "prompt_tokens", "cost"))
+
+    report = usage_reconcile(days=7, now=NOW + timedelta(minutes=1))
+
+    [drift] = UsageDrift.objects.filter(resolved_at__isnull=True)
+    assert (drift.kind, drift.day) == (DriftCheck.EDITED, NOW.date())
+    assert drift.details == {"edited_events": {"count": 2, "request_ids": [a.request_id, b.request_id]}}
+    assert [(d[2], d[1]) for d in report.drifts] == [(DriftCheck.EDITED, NOW.date())]
+    assert not report.ok
+    usage_rollup(now=NOW + timedelta(minutes=2))
+    assert list(UsageDaily.objects.order_by("day").values_list("day", "requests", "prompt_tokens", "cost")) == daily  # nothing recomputed
+
+
+def test_an_edit_a_later_recompute_adopted_is_still_reported(billed):
+    target = billed.events[2]
+    untriggered(lambda: UsageEvent.objects.filter(pk=target.pk).update(completion_tokens=0, total_tokens=target.prompt_tokens, cost=0))
+    # A late event makes the rollup recompute the day from the events as they now are.
+    sealed_event(billed.org, NOW - timedelta(minutes=30), key=billed.key, deployment=billed.chat)
+    usage_rollup(now=NOW + timedelta(minutes=1))
+    assert (
+        UsageDaily.objects.get(day=NOW.date()).total_tokens
+        == UsageEvent.objects.filter(created_at__date=NOW.date()).aggregate(t=Sum("total_tokens"))["t"]
+    )
+
+    report = usage_reconcile(days=7, now=NOW + timedelta(minutes=2))
+
+    assert [(d[2], d[1], d[3]) for d in report.drifts] == [
+        (DriftCheck.EDITED, NOW.date(), {"edited_events": {"count": 1, "request_ids": [target.request_id]}})
+    ]
+
+
+def test_intact_sealed_events_reconcile_clean(billed):
+    assert usage_reconcile(days=7, now=NOW + timedelta(minutes=1)).ok
+    assert reconcile(since=None, now=NOW + timedelta(minutes=1)).ok
+
+
 def test_a_tampered_rollup_is_still_recomputed_from_intact_events(billed):
     UsageDaily.objects.filter(day=NOW.date()).update(requests=99)
     usage_reconcile(days=7, now=NOW + timedelta(minutes=1))

@@ -15,14 +15,15 @@ flight and skipped; anything else that differs is drift: logged, stored as an op
 (the admins' banner), and its buckets are marked dirty so the next rollup recomputes them. A
 later check that finds the numbers equal resolves the drift.
 
-Except when the events changed: events are append-only, so before adopting what the events now
-say, the seals of that day's events are checked (usage.seal). Events whose seal fails were
-edited after they were written; the drift is stored as EDITED with their request ids and the day
-is NOT recomputed, so the bill keeps the recorded values. (Seals are only checked where the sums
-differ: a day recomputed for another reason, e.g. a late event, after an edit adopts it without a
-report. The PostgreSQL trigger is what prevents edits; the seal names the ones that got around
-it.) Days before the retention horizon
-(UsageCursor.pruned_before) are not checked: their events were pruned on purpose.
+Except when the events changed: events are append-only and sealed where they are written
+(usage.seal), and every check re-computes the seal of every sealed event in its window, whether
+or not the sums differ (an edit can keep a day's sums: tokens moved between two events, a model or
+status changed, or a day recomputed for a late event after the edit). Events whose seal fails were
+edited after they were written: the day is stored as an EDITED drift with their count and request
+ids and is NOT recomputed, so the bill keeps the recorded values. The PostgreSQL trigger is what
+prevents edits; the seal names the ones that got around it. A deleted event leaves no seal to
+fail: only the sums show it. Days before the retention horizon (UsageCursor.pruned_before) are
+not checked: their events were pruned on purpose.
 """
 
 from __future__ import annotations
@@ -164,13 +165,19 @@ def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileRe
         .order_by()
     }
     events: dict[tuple[int, date], Totals] = {}
+    edited: dict[tuple[int, date], list[str]] = defaultdict(list)
     for zone, ids in by_zone.items():
         tz = ZoneInfo(zone)
         qs = UsageEvent.objects.filter(workspace_id__in=ids)
         if since is not None:
             qs = qs.filter(created_at__gte=local_day_start(since, tz))
-        for r in qs.annotate(d=TruncDate("created_at", tzinfo=tz)).values("workspace_id", "d").annotate(**EVENT_SUMS).order_by():
+        by_day = qs.annotate(d=TruncDate("created_at", tzinfo=tz))
+        for r in by_day.values("workspace_id", "d").annotate(**EVENT_SUMS).order_by():
             events[(r["workspace_id"], r["d"])] = _totals(r)
+        sealed = by_day.exclude(seal="").values(*SEALED, "seal", "d").order_by("id").iterator(chunk_size=5000)
+        for row in sealed:
+            if not seal_matches(row, row["seal"]):
+                edited[(row["workspace_id"], row["d"])].append(row["request_id"])
 
     def in_flight(ws: int, day: date) -> bool:
         if (ws, day) in dirty_days:
@@ -187,17 +194,19 @@ def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileRe
     for key in sorted(set(rollups) | set(events)):
         report.checked += 1
         expected, actual = events.get(key, ZERO), rollups.get(key, ZERO)
+        details = {}
         if expected != actual:
             if in_flight(*key):
                 skipped.add(key)
-                continue
-            details = _details(expected, actual)
-            tampered = _tampered(*key, ZoneInfo(workspaces[key[0]].time_zone))
-            if tampered:
-                # The events changed after the rollup was built from them: report, keep the bill.
-                found[(*key, DriftCheck.EDITED)] = {**tampered, **details}
             else:
-                found[(*key, DriftCheck.ROLLUP)] = details
+                details = _details(expected, actual)
+        if key in edited:
+            # Events changed after they were written: report them, never adopt them (even where
+            # the sums agree, or the day is still in flight).
+            ids = edited[key]
+            found[(*key, DriftCheck.EDITED)] = {"edited_events": {"count": len(ids), "request_ids": ids[:EDITED_SHOWN]}, **details}
+        elif details:
+            found[(*key, DriftCheck.ROLLUP)] = details
 
     tree_members: dict[int, list[int]] = defaultdict(list)
     for w in workspaces.values():
@@ -223,7 +232,9 @@ def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileRe
 
     # Coarse rows are compared with the daily rows as they are; where those already drift from
     # the events, that one drift is reported (and its recompute rewrites both).
-    rollup_drift = {(ws, day) for ws, day, kind in found if kind in (DriftCheck.ROLLUP, DriftCheck.EDITED)}
+    rollup_drift = {
+        (ws, day) for (ws, day, kind), details in found.items() if kind == DriftCheck.ROLLUP or set(details) - {"edited_events"}
+    }
     coarse, coarse_heal = _coarse_drift(rollup_qs, since, exclude=rollup_drift)
     found.update(coarse)
 
@@ -240,17 +251,6 @@ def reconcile(*, since: date | None, now: datetime | None = None) -> ReconcileRe
         extra_heal=coarse_heal,
     )
     return report
-
-
-def _tampered(ws: int, day: date, tz: ZoneInfo) -> dict:
-    """Events of the day whose seal no longer matches what they bill: changed after they were
-    written. (A deleted event leaves no such trace; the trigger is what prevents deletions.)"""
-    window = UsageEvent.objects.filter(
-        workspace_id=ws, created_at__gte=local_day_start(day, tz), created_at__lt=local_day_start(day + ONE_DAY, tz)
-    ).exclude(seal="")
-    rows = window.values(*SEALED, "seal").order_by("id").iterator(chunk_size=2000)
-    edited = [row["request_id"] for row in rows if not seal_matches(row, row["seal"])]
-    return {"edited_events": {"count": len(edited), "request_ids": edited[:EDITED_SHOWN]}} if edited else {}
 
 
 def _coarse_drift(daily_qs, since: date | None, exclude: set[tuple[int, date]]) -> tuple[dict, set[tuple[int, date]]]:
