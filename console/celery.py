@@ -35,7 +35,7 @@ app.conf.beat_schedule = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
-    # Fails test calls no worker picked up within two minutes (deployments.test_calls.QUEUED_TOO_LONG).
+    # Fails test calls no worker picked up within two minutes (deployments.console_calls.QUEUED_TOO_LONG).
     "test-calls-sweep": {
         "task": "deployments.tasks.test_calls_sweep",
         "schedule": 60.0,

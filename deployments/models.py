@@ -182,7 +182,7 @@ TEST_CALL_ACTIVE = (TestCallStatus.QUEUED, TestCallStatus.RUNNING, TestCallStatu
 
 
 class TestCall(models.Model):
-    """A prompt sent from the console through the real gateway by the worker (deployments.test_calls)."""
+    """A prompt sent from the console through the real gateway by the worker (deployments.console_calls)."""
 
     __test__ = False  # not a pytest class
 

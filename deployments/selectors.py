@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import datetime
 
-from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce
-from django.utils import timezone
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 
 from console.models import Workspace
 from deployments.models import Deployment, DeploymentPrice, DeploymentReplica, UpstreamKind
@@ -23,25 +21,10 @@ def price_in_force(deployment: Deployment, at: datetime) -> DeploymentPrice | No
     return DeploymentPrice.objects.filter(deployment=deployment, effective_from__lte=at).order_by("-effective_from").first()
 
 
-def start_of_today(workspace: Workspace, now: datetime | None = None) -> datetime:
-    """Midnight of the current day in the workspace's time zone (days are counted there)."""
-    local = timezone.localtime(now or timezone.now(), workspace.tz)
-    return datetime.combine(local.date(), time.min, tzinfo=workspace.tz)
-
-
-def deployments_for_list(workspace: Workspace, *, now: datetime | None = None) -> QuerySet[Deployment]:
-    """The list page in one query: each callable deployment with its current price and today's requests.
-
-    A default workspace counts requests from its whole organisation; a sub-workspace only its own,
-    so one team never sees another team's traffic.
-    """
-    from usage.models import UsageEvent
-
-    now = now or timezone.now()
+def deployments_for_list(workspace: Workspace, *, now: datetime) -> QuerySet[Deployment]:
+    """Each callable deployment with its current price, in one query (the list page adds today's
+    requests from usage.selectors.requests_today to the same query)."""
     current = DeploymentPrice.objects.filter(deployment=OuterRef("pk"), effective_from__lte=now).order_by("-effective_from")
-    events = UsageEvent.objects.filter(deployment=OuterRef("pk"), created_at__gte=start_of_today(workspace, now), created_at__lte=now)
-    events = events.filter(workspace.tree_q())
-    requests_today = events.order_by().values("deployment").annotate(n=Count("pk")).values("n")
     return (
         callable_deployments(workspace)
         .select_related("workspace")
@@ -49,7 +32,6 @@ def deployments_for_list(workspace: Workspace, *, now: datetime | None = None) -
             price_input=Subquery(current.values("input_per_million")[:1]),
             price_output=Subquery(current.values("output_per_million")[:1]),
             price_currency=Subquery(current.values("currency")[:1]),
-            requests_today=Coalesce(Subquery(requests_today, output_field=IntegerField()), Value(0)),
         )
         .order_by("name", "pk")
     )

@@ -6,7 +6,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 from redis.exceptions import RedisError
 
-from deployments import health, test_calls
+from deployments import console_calls, health
 from deployments.changes import deployment_changes_announce
 
 TRANSIENT = (OperationalError, InterfaceError)
@@ -41,13 +41,13 @@ def deployment_probe(deployment_id: int) -> str | None:
 @shared_task(acks_late=True)
 def run_test_call(test_call_id: int) -> str | None:
     """Not retried: a redelivery finds the call already claimed; the sweep fails it if the worker died."""
-    call = test_calls.test_call_run(test_call_id)
+    call = console_calls.execute_test_call(test_call_id)
     return None if call is None else call.status
 
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=3)
 def test_calls_sweep() -> int:
-    return test_calls.test_calls_sweep()
+    return console_calls.sweep_test_calls()
 
 
 # Bounded like keys.tasks.keys_announce: ~15 s of retries; after that every gateway has reloaded the

@@ -17,6 +17,7 @@ from console.access import WorkspaceAccess, access_workspace
 from console.audit import Actor
 from console.models import Role
 from deployments.access import access_deployment, access_replica
+from deployments.console_calls import create_test_call, expire_test_call_if_unclaimed, recent_test_calls
 from deployments.examples import API_KEY_ENV, render_examples, target_for
 from deployments.forms import DeploymentCreateForm, DeploymentForm, GrantsForm, ImportServerForm, PriceForm, ReplicaForm, TestCallForm
 from deployments.live import replica_figures
@@ -42,9 +43,9 @@ from deployments.services import (
     replica_update,
     workspace_queue_priority_set,
 )
-from deployments.test_calls import recent_test_calls, test_call_create, test_call_expire_if_unclaimed
 from keys.tokens import is_well_formed
 from lib.upstream import upstream_host
+from usage.selectors import requests_today
 
 TABS = (("overview", "Overview"), ("api", "API call"), ("examples", "Code Examples"), ("test", "Test call"), ("usage", "Usage"))
 TAB_IDS = {t for t, _ in TABS}
@@ -62,7 +63,8 @@ def _add_service_errors(form, exc: ValidationError) -> None:
 @require_GET
 def deployments_page(request: HttpRequest, ws: str) -> HttpResponse:
     access = access_workspace(request.user, ws)
-    deployments = list(deployments_for_list(access.workspace))
+    now = timezone.now()
+    deployments = list(deployments_for_list(access.workspace, now=now).annotate(requests_today=requests_today(access.workspace, now)))
     return render(
         request,
         "deployments/deployments_page.html",
@@ -474,7 +476,7 @@ def test_call_run_view(request: HttpRequest, ws: str, deployment: str) -> HttpRe
     if form.is_valid():
         d = form.cleaned_data
         try:
-            call = test_call_create(
+            call = create_test_call(
                 deployment=dep,
                 workspace=access.workspace,
                 actor=Actor.from_request(request),
@@ -500,7 +502,7 @@ def test_call_run_view(request: HttpRequest, ws: str, deployment: str) -> HttpRe
 @require_GET
 def test_call_poll(request: HttpRequest, ws: str, deployment: str, call: str) -> HttpResponse:
     access, dep = access_deployment(request.user, ws, deployment)
-    test_call = test_call_expire_if_unclaimed(_test_call_or_404(dep, access.workspace, call))
+    test_call = expire_test_call_if_unclaimed(_test_call_or_404(dep, access.workspace, call))
     response = render(request, "deployments/test_call_result.html", _result_context(request, access, dep, test_call))
     if test_call.finished and request.htmx:
         response.status_code = HttpResponseStopPolling.status_code

@@ -172,10 +172,15 @@ def _snapshot(api_key: ApiKey) -> dict:
     )
 
 
+TEST_CALL_KEY_NAME = "console-test-call"
+
+
 @sensitive_variables("key")
-def _new_secret(api_key: ApiKey) -> tuple[ApiKeySecret, str]:
+def _new_secret(api_key: ApiKey, *, valid_until: dt.datetime | None = None) -> tuple[ApiKeySecret, str]:
     key = tokens.generate()
-    secret = ApiKeySecret.objects.create(api_key=api_key, digest=tokens.digest(key, settings.API_KEY_PEPPER), hint=tokens.display_hint(key))
+    secret = ApiKeySecret.objects.create(
+        api_key=api_key, digest=tokens.digest(key, settings.API_KEY_PEPPER), hint=tokens.display_hint(key), valid_until=valid_until
+    )
     return secret, key
 
 
@@ -412,6 +417,40 @@ def api_key_touch(*, api_key_id: int, ip: str | None, now: dt.datetime | None = 
     ApiKey.objects.filter(id=api_key_id).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - dt.timedelta(minutes=1))).update(
         last_used_at=now, last_used_ip=ip
     )
+
+
+# ---- The hidden key of console test calls -------------------------------------------------------
+
+
+def api_key_for_test_calls(*, workspace: Workspace) -> ApiKey:
+    """The workspace's hidden key for console test calls (all models), created on first use. It
+    holds no lasting secret: each call mints its own (api_key_secret_mint) and discards it."""
+    api_key = ApiKey.objects.filter(workspace=workspace, kind=ApiKeyKind.TEST_CALL, revoked_at__isnull=True).first()
+    if api_key is None:
+        api_key = ApiKey.objects.create(
+            workspace=workspace,
+            kind=ApiKeyKind.TEST_CALL,
+            name=TEST_CALL_KEY_NAME,
+            all_models=True,
+            hint="hidden",
+            created_by_label="console test calls",
+        )
+    return api_key
+
+
+@sensitive_variables("key")
+def api_key_secret_mint(*, api_key: ApiKey, valid_for: dt.timedelta, now: dt.datetime | None = None) -> tuple[ApiKeySecret, str]:
+    """A secret for one test call of the hidden key, valid for `valid_for` at most. Not audited:
+    the test call itself is (deployment.test_call), and the secret is discarded after it."""
+    if api_key.kind != ApiKeyKind.TEST_CALL:
+        raise ValueError("only the hidden test-call key gets secrets minted this way")
+    return _new_secret(api_key, valid_until=(now or timezone.now()) + valid_for)
+
+
+def api_key_secret_discard(*, secret: ApiKeySecret) -> None:
+    """Delete a minted secret now, and have gateways drop their cached copy rather than wait for it to expire."""
+    ApiKeySecret.objects.filter(id=secret.id).delete()
+    key_changed(secret.api_key_id)
 
 
 # ---- BYOK credentials --------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from console.audit import Actor
+from deployments import console_calls as svc
 from deployments import tasks
-from deployments import test_calls as svc
 from deployments.models import TestCall, TestCallStatus
 from keys.models import ApiKey, ApiKeyKind, ApiKeySecret
 from tests import gateway_support
@@ -50,7 +50,7 @@ def dead_deployment(world):
 
 
 def create(world, deployment, **kwargs) -> TestCall:
-    return svc.test_call_create(deployment=deployment, workspace=world.org, actor=SYSTEM, prompt=QUESTION, **kwargs)
+    return svc.create_test_call(deployment=deployment, workspace=world.org, actor=SYSTEM, prompt=QUESTION, **kwargs)
 
 
 @pytest.mark.django_db
@@ -71,18 +71,18 @@ def test_blank_prompt_is_refused_and_nothing_is_enqueued(world, enqueued, django
     from django.core.exceptions import ValidationError
 
     with django_capture_on_commit_callbacks(execute=True), pytest.raises(ValidationError):
-        svc.test_call_create(deployment=dead_deployment(world), workspace=world.org, actor=SYSTEM, prompt="   ")
+        svc.create_test_call(deployment=dead_deployment(world), workspace=world.org, actor=SYSTEM, prompt="   ")
     assert enqueued == [] and not TestCall.objects.exists()
 
 
 @pytest.mark.django_db
 def test_claim_is_idempotent_and_a_second_delivery_changes_nothing(world, enqueued):
     call = create(world, dead_deployment(world))
-    assert svc.test_call_claim(call.id) is True
-    assert svc.test_call_claim(call.id) is False
+    assert svc.claim_test_call(call.id) is True
+    assert svc.claim_test_call(call.id) is False
     call.refresh_from_db()
     assert call.status == TestCallStatus.RUNNING and call.started_at is not None
-    assert svc.test_call_run(call.id) is None  # already claimed: the redelivered task returns without calling anything
+    assert svc.execute_test_call(call.id) is None  # already claimed: the redelivered task returns without calling anything
     call.refresh_from_db()
     assert call.status == TestCallStatus.RUNNING and call.error == ""
     assert not ApiKey.objects.filter(kind=ApiKeyKind.TEST_CALL).exists()
@@ -92,7 +92,7 @@ def test_claim_is_idempotent_and_a_second_delivery_changes_nothing(world, enqueu
 def test_gateway_unreachable_fails_the_call_with_a_clear_error(world, enqueued, settings):
     settings.GATEWAY_INTERNAL_URL = "http://127.0.0.1:9"  # nothing listens on the discard port
     call = create(world, dead_deployment(world))
-    svc.test_call_run(call.id)
+    svc.execute_test_call(call.id)
     call.refresh_from_db()
     assert call.status == TestCallStatus.FAILED and call.finished_at is not None
     assert call.error == "Could not connect to the gateway at http://127.0.0.1:9/v1/chat/completions."
@@ -126,7 +126,7 @@ def test_error_status_fails_with_the_openai_error_message_and_an_ephemeral_secre
         settings.GATEWAY_INTERNAL_URL = f"http://127.0.0.1:{server.server_address[1]}"
         deployment = dead_deployment(world)
         call = create(world, deployment, temperature="0.5")
-        svc.test_call_run(call.id)
+        svc.execute_test_call(call.id)
     finally:
         server.shutdown()
     call.refresh_from_db()
@@ -154,11 +154,11 @@ def test_sweep_fails_calls_stuck_in_running_or_streaming_only(world, enqueued):
     TestCall.objects.filter(id=fresh.id).update(status=TestCallStatus.RUNNING, started_at=timezone.now())
     queued = create(world, deployment)
 
-    assert svc.test_calls_sweep() == 2
+    assert svc.sweep_test_calls() == 2
     statuses = dict(TestCall.objects.values_list("id", "status"))
     assert statuses == {stuck[0].id: "failed", stuck[1].id: "failed", fresh.id: "running", queued.id: "queued"}
     assert "worker stopped" in TestCall.objects.get(id=stuck[0].id).error
-    assert svc.test_calls_sweep() == 0
+    assert svc.sweep_test_calls() == 0
 
 
 @pytest.mark.django_db
@@ -168,22 +168,22 @@ def test_sweep_fails_calls_no_worker_picked_up_and_a_late_worker_runs_nothing(wo
     with time_machine.travel(start, tick=False):
         waiting = create(world, deployment)
         running = create(world, deployment)
-        assert svc.test_call_claim(running.id)
+        assert svc.claim_test_call(running.id)
 
     with time_machine.travel(start + svc.QUEUED_TOO_LONG - timedelta(seconds=1), tick=False):
-        assert svc.test_calls_sweep() == 0
+        assert svc.sweep_test_calls() == 0
     assert TestCall.objects.get(id=waiting.id).status == TestCallStatus.QUEUED
 
     with time_machine.travel(start + svc.QUEUED_TOO_LONG + timedelta(seconds=1), tick=False):
-        assert svc.test_calls_sweep() == 1
+        assert svc.sweep_test_calls() == 1
     waiting.refresh_from_db()
     assert waiting.status == TestCallStatus.FAILED and waiting.finished_at is not None
     assert waiting.error.startswith("No worker picked this up within 2 minutes — is the Celery worker running?")
     assert TestCall.objects.get(id=running.id).status == TestCallStatus.RUNNING  # running calls get STUCK_AFTER
-    assert svc.test_call_run(waiting.id) is None  # the worker comes back: the claim refuses a failed call
+    assert svc.execute_test_call(waiting.id) is None  # the worker comes back: the claim refuses a failed call
 
     with time_machine.travel(start + svc.STUCK_AFTER + timedelta(seconds=1), tick=False):
-        assert svc.test_calls_sweep() == 1
+        assert svc.sweep_test_calls() == 1
     assert TestCall.objects.get(id=running.id).error == "The worker stopped before this test call finished. Run it again."
 
 

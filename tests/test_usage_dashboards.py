@@ -478,9 +478,9 @@ def test_deployment_usage_tab_loads_this_deployments_usage(usage, client_for, fr
 
 
 def test_console_test_calls_are_counted_and_named_not_linked(usage, client_for, frozen):
-    from deployments.test_calls import test_key_for
+    from keys.services import api_key_for_test_calls
 
-    hidden = test_key_for(usage.sub)
+    hidden = api_key_for_test_calls(workspace=usage.sub)
     event(usage.sub, NOW - timedelta(minutes=7), key=hidden, deployment=usage.chat, prompt=10, completion=5)
     usage_rollup(now=NOW)
     client = client_for(usage.owner)

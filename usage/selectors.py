@@ -18,7 +18,7 @@ on the figures a person reads. Where several rounded figures must add up to a ro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from functools import reduce
 from operator import or_
@@ -26,7 +26,8 @@ from typing import ClassVar
 from zoneinfo import ZoneInfo
 
 from django.db import connection
-from django.db.models import Count, Max, Q, QuerySet, Sum
+from django.db.models import Count, IntegerField, Max, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 from redis.exceptions import RedisError
 
 from console.models import Workspace
@@ -417,6 +418,21 @@ def _grouped(parts: list[QuerySet], ids: list[str]) -> list[dict] | QuerySet:
         cursor.execute(outer, params)
         names = [c.name for c in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def requests_today(workspace: Workspace, now: datetime) -> Coalesce:
+    """For an annotation on a Deployment queryset: each deployment's requests since midnight in the
+    workspace's time zone. A default workspace counts its whole organisation's; a sub-workspace only
+    its own, so one team never sees another team's traffic."""
+    midnight = datetime.combine(now.astimezone(workspace.tz).date(), time.min, tzinfo=workspace.tz)
+    events = UsageEvent.objects.filter(workspace.tree_q(), deployment=OuterRef("pk"), created_at__gte=midnight, created_at__lte=now)
+    counted = events.order_by().values("deployment").annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+
+
+def event_cost(request_id: str) -> tuple[Decimal, str] | None:
+    """The cost and currency stamped on a request's usage event, or None while it has none."""
+    return UsageEvent.objects.filter(request_id=request_id).values_list("cost", "currency").first()
 
 
 def year_window(tz: ZoneInfo, year: int) -> tuple[datetime, datetime]:

@@ -1,8 +1,12 @@
 """Console test calls: a prompt the worker sends through the real gateway, like an SDK would.
 
 The worker authenticates with the workspace's hidden `test_call` ApiKey and a secret minted for
-this one call: the plaintext exists only in the worker's memory, only its digest is stored, and
-the secret row is deleted after the call (it also expires by itself a few minutes later).
+this one call (keys.services): the plaintext exists only in the worker's memory, only its digest
+is stored, and the secret row is deleted after the call (it also expires by itself a few minutes
+later).
+
+The functions are named verb first (create_test_call, not test_call_create): pytest collects
+every function whose name starts with "test" that a test module imports.
 """
 
 from __future__ import annotations
@@ -24,10 +28,9 @@ from console.audit import Actor, audit_record
 from console.models import Workspace
 from deployments.models import Deployment, DeploymentKind, TestCall, TestCallStatus
 from deployments.selectors import price_in_force
-from keys import tokens
-from keys.changes import key_changed
-from keys.models import ApiKey, ApiKeyKind, ApiKeySecret
+from keys.services import api_key_for_test_calls, api_key_secret_discard, api_key_secret_mint
 from usage.pricing import token_cost
+from usage.selectors import event_cost
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,6 @@ QUEUED_TOO_LONG = timedelta(minutes=2)
 NOT_PICKED_UP = (
     f"No worker picked this up within {QUEUED_TOO_LONG.seconds // 60} minutes — is the Celery worker running? Run it again once it is."
 )
-TEST_KEY_NAME = "console-test-call"
 MAX_PROMPT_CHARS = 20000
 
 
@@ -64,7 +66,7 @@ def describe_embedding(body: dict) -> str:
     return f"{len(first)} dimensions\n[{head}]"
 
 
-def test_call_create(
+def create_test_call(
     *,
     deployment: Deployment,
     workspace: Workspace,
@@ -75,7 +77,7 @@ def test_call_create(
     max_tokens: int | None = None,
     stream: bool = True,
 ) -> TestCall:
-    from deployments.tasks import run_test_call
+    from deployments.tasks import run_test_call  # here, not at the top: deployments.tasks imports this module
 
     if not prompt.strip():
         raise ValidationError({"prompt": "Write a prompt."})
@@ -107,38 +109,12 @@ def test_call_create(
     return call
 
 
-def test_call_claim(test_call_id: int) -> bool:
+def claim_test_call(test_call_id: int) -> bool:
     """queued → running, exactly once however often the task is delivered."""
     updated = TestCall.objects.filter(id=test_call_id, status=TestCallStatus.QUEUED).update(
         status=TestCallStatus.RUNNING, started_at=timezone.now()
     )
     return updated == 1
-
-
-def test_key_for(workspace: Workspace) -> ApiKey:
-    """The workspace's hidden test-call key (all models), created on first use."""
-    key = ApiKey.objects.filter(workspace=workspace, kind=ApiKeyKind.TEST_CALL, revoked_at__isnull=True).first()
-    if key is None:
-        key = ApiKey.objects.create(
-            workspace=workspace,
-            kind=ApiKeyKind.TEST_CALL,
-            name=TEST_KEY_NAME,
-            all_models=True,
-            hint="hidden",
-            created_by_label="console test calls",
-        )
-    return key
-
-
-def mint_secret(api_key: ApiKey) -> tuple[str, ApiKeySecret]:
-    plaintext = tokens.generate()
-    secret = ApiKeySecret.objects.create(
-        api_key=api_key,
-        digest=tokens.digest(plaintext, settings.API_KEY_PEPPER),
-        hint=tokens.display_hint(plaintext),
-        valid_until=timezone.now() + SECRET_LIFETIME,
-    )
-    return plaintext, secret
 
 
 def _save(call: TestCall, *fields: str) -> None:
@@ -214,22 +190,22 @@ def _read_stream(call: TestCall, response: httpx.Response, started: float, usage
 
 
 def _cost(call: TestCall) -> tuple[Decimal | None, str]:
-    from usage.models import UsageEvent
-
-    event = UsageEvent.objects.filter(request_id=call.request_id).first() if call.request_id else None
-    if event is not None:
-        return event.cost, event.currency
+    """The cost on the gateway's usage event; priced here only when that event is not in the
+    database (yet): the gateway spooled it while PostgreSQL was away."""
+    recorded = event_cost(call.request_id) if call.request_id else None
+    if recorded is not None:
+        return recorded
     price = price_in_force(call.deployment, call.started_at or timezone.now())
     if price is None or call.prompt_tokens is None:
         return None, ""
     return token_cost(call.prompt_tokens, call.completion_tokens or 0, price), price.currency
 
 
-def test_call_run(test_call_id: int, *, timeout: float = 120) -> TestCall | None:
-    if not test_call_claim(test_call_id):
+def execute_test_call(test_call_id: int, *, timeout: float = 120) -> TestCall | None:
+    if not claim_test_call(test_call_id):
         return None
     call = TestCall.objects.select_related("deployment", "workspace").get(id=test_call_id)
-    plaintext, secret = mint_secret(test_key_for(call.workspace))
+    secret, plaintext = api_key_secret_mint(api_key=api_key_for_test_calls(workspace=call.workspace), valid_for=SECRET_LIFETIME)
     started = time.monotonic()
     usage = _Usage()
     try:
@@ -266,8 +242,7 @@ def test_call_run(test_call_id: int, *, timeout: float = 120) -> TestCall | None
         return call
     finally:
         del plaintext
-        ApiKeySecret.objects.filter(id=secret.id).delete()
-        key_changed(secret.api_key_id)  # gateways drop the cached secret now, not when it expires
+        api_key_secret_discard(secret=secret)
     call.latency_ms = int((time.monotonic() - started) * 1000)
     call.prompt_tokens, call.completion_tokens = usage.prompt_tokens, usage.completion_tokens
     call.cost, call.currency = _cost(call)
@@ -288,7 +263,7 @@ def test_call_run(test_call_id: int, *, timeout: float = 120) -> TestCall | None
     return call
 
 
-def test_calls_sweep(*, older_than: timedelta = STUCK_AFTER, queued_for: timedelta = QUEUED_TOO_LONG) -> int:
+def sweep_test_calls(*, older_than: timedelta = STUCK_AFTER, queued_for: timedelta = QUEUED_TOO_LONG) -> int:
     """Fail test calls no worker will finish: running/streaming for longer than `older_than` (the
     worker died), or still queued after `queued_for` (no worker picked them up)."""
     now = timezone.now()
@@ -305,7 +280,7 @@ def _fail_unclaimed(calls, *, now: datetime, queued_for: timedelta = QUEUED_TOO_
     )
 
 
-def test_call_expire_if_unclaimed(call: TestCall) -> TestCall:
+def expire_test_call_if_unclaimed(call: TestCall) -> TestCall:
     """For the console's poll: the periodic sweep runs on a worker too, so when no worker is up
     only the person watching the call can notice that nobody picked it up."""
     if call.status == TestCallStatus.QUEUED and _fail_unclaimed(TestCall.objects.filter(id=call.id), now=timezone.now()):
