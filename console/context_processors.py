@@ -3,14 +3,20 @@ from __future__ import annotations
 from django.conf import settings
 from django.utils.functional import SimpleLazyObject
 
-from console.models import Workspace
+from console.models import Theme, Workspace
 
 
 def shell(request) -> dict:
-    """The workspaces for the switcher; evaluated only by templates that draw the shell."""
+    """The workspaces for the switcher (evaluated only by templates that draw the shell) and the theme."""
     if not request.user.is_authenticated:
-        return {"email_enabled": settings.EMAIL_ENABLED}
-    return {"switcher_workspaces": SimpleLazyObject(lambda: _switcher(request.user)), "email_enabled": settings.EMAIL_ENABLED}
+        return {"email_enabled": settings.EMAIL_ENABLED, "theme": Theme.SYSTEM}
+    return {
+        "switcher_workspaces": SimpleLazyObject(lambda: _switcher(request.user)),
+        "email_enabled": settings.EMAIL_ENABLED,
+        # Rendered on <html data-theme>: the stored choice applies before first paint, with no script.
+        "theme": request.user.theme,
+        "theme_choices": Theme.choices,
+    }
 
 
 def _switcher(user) -> list[Workspace]:

@@ -6,7 +6,7 @@ from django import forms
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.utils.text import slugify
 
-from console.models import Role, User, Workspace
+from console.models import Role, Theme, User, Workspace
 
 TIME_ZONE_CHOICES = [(tz, tz) for tz in sorted(zoneinfo.available_timezones()) if "/" in tz or tz == "UTC"]
 
@@ -94,3 +94,7 @@ class MemberRoleForm(forms.Form):
     def __init__(self, *args, roles: list[Role], **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["role"] = RoleField(roles)
+
+
+class ThemeForm(forms.Form):
+    theme = forms.ChoiceField(choices=Theme.choices)

@@ -8,9 +8,17 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 
+class Theme(models.TextChoices):
+    SYSTEM = "system", "System"
+    LIGHT = "light", "Light"
+    DARK = "dark", "Dark"
+
+
 class User(AbstractUser):
     # Set when an admin creates the account with a one-time password; cleared by a password change.
     must_change_password = models.BooleanField(default=False)
+    # The console's colours: "system" follows the browser's prefers-color-scheme.
+    theme = models.CharField(max_length=8, choices=Theme.choices, default=Theme.SYSTEM)
 
 
 def validate_time_zone(value: str) -> None:

@@ -8,7 +8,7 @@ from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from console.audit import Actor, audit_erasure, audit_record
-from console.models import ROLE_RANK, Membership, Role, User, Workspace
+from console.models import ROLE_RANK, Membership, Role, Theme, User, Workspace
 from deployments.models import Deployment
 from keys.changes import keys_changed
 from keys.models import ApiKey
@@ -260,3 +260,12 @@ def workspace_delete(*, workspace: Workspace, actor: Actor) -> None:
     # The sub-workspace's own audit rows go with it: a deliberate erasure, recorded just above.
     with audit_erasure():
         locked.delete()
+
+
+def user_set_theme(*, user: User, theme: str) -> User:
+    """Remember the console's colours for this person: light, dark, or the browser's ("system")."""
+    if theme not in Theme.values:
+        raise ValidationError({"theme": "Choose light, dark or system."})
+    user.theme = theme
+    user.save(update_fields=["theme"])
+    return user

@@ -36,6 +36,7 @@ urlpatterns = [
     # allauth's own change view, extended to end the one-time-password state; the old address redirects.
     path("accounts/password/change/", views.PasswordChangeView.as_view(), name="password_change"),
     path("accounts/password/", RedirectView.as_view(pattern_name="password_change"), name="password_change_old"),
+    path("accounts/theme/", views.theme_set, name="theme_set"),
     path("accounts/", include("allauth.urls")),
     path("invitations/accept/", views.invitation_accept, name="invitation_accept"),
     path("invitations/<str:token>/", views.invitation_open, name="invitation_open"),

@@ -10,6 +10,7 @@ from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -22,6 +23,7 @@ from console.forms import (
     MemberRoleForm,
     RequireMfaForm,
     SsoMappingForm,
+    ThemeForm,
     WorkspaceForm,
     WorkspaceSettingsForm,
 )
@@ -32,6 +34,7 @@ from console.services import (
     membership_change_role,
     membership_remove,
     sub_workspaces_of,
+    user_set_theme,
     workspace_archive,
     workspace_create,
     workspace_delete,
@@ -403,6 +406,23 @@ def audit_page(request: HttpRequest, ws: str) -> HttpResponse:
     events = AuditEvent.objects.filter(workspace=access.workspace).select_related("actor")
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     return render(request, "console/audit_page.html", {"access": access, "nav": "audit", "page": page})
+
+
+@login_required
+@require_POST
+def theme_set(request: HttpRequest) -> HttpResponse:
+    """The theme toggle: htmx gets 204 (the page already switched its colours), a plain form goes back."""
+    form = ThemeForm(request.POST)
+    if not form.is_valid():
+        return HttpResponse("Choose light, dark or system.", status=400, content_type="text/plain")
+    user_set_theme(user=request.user, theme=form.cleaned_data["theme"])
+    if request.htmx:
+        return HttpResponse(status=204)
+    # Back to the page the toggle was on (no address in the form: error pages must not echo theirs).
+    back = request.headers.get("Referer", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        back = reverse("home")
+    return redirect(back)
 
 
 class PasswordChangeView(AllauthPasswordChangeView):

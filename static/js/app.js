@@ -77,3 +77,33 @@ document.addEventListener("keydown", (event) => {
 
 narrowScreen.addEventListener("change", () => setNavigation(false));
 setNavigation(false);
+
+// The theme toggle: switch the colours at once; htmx saves the choice (templates/includes/theme_toggle.html).
+document.addEventListener("click", (event) => {
+  const choice = event.target.closest("[data-theme-choice]");
+  if (!choice) return;
+  document.documentElement.dataset.theme = choice.dataset.themeChoice;
+  choice.closest("[data-theme-form]").querySelectorAll("[data-theme-choice]").forEach((button) => {
+    button.setAttribute("aria-pressed", button === choice ? "true" : "false");
+  });
+});
+
+// Tables and code that scroll sideways get a tab stop, so the keyboard can scroll them too
+// (WCAG 2.1.1). Only while they overflow: a table that fits is not worth a stop of its own.
+const scrollStops = new ResizeObserver((entries) => {
+  entries.forEach(({ target }) => {
+    const scrolls = target.scrollWidth > target.clientWidth + 1 || target.scrollHeight > target.clientHeight + 1;
+    if (scrolls && !target.hasAttribute("tabindex")) {
+      target.tabIndex = 0;
+      target.dataset.scrollStop = "";
+    } else if (!scrolls && "scrollStop" in target.dataset) {
+      target.removeAttribute("tabindex");
+      delete target.dataset.scrollStop;
+    }
+  });
+});
+function observeScrollables(root) {
+  root.querySelectorAll(".table-wrap, pre.code").forEach((el) => scrollStops.observe(el));
+}
+observeScrollables(document);
+document.addEventListener("htmx:afterSettle", (event) => observeScrollables(event.target));
