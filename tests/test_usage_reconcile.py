@@ -11,6 +11,7 @@ from django.db.models import F
 
 from usage.models import DriftCheck, UsageDaily, UsageDayBucket, UsageDrift
 from usage.services import usage_reconcile, usage_rollup
+from usage.tasks import usage_reconcile as reconcile_task
 
 from .usage_factory import event, make_deployment, make_key
 
@@ -75,9 +76,9 @@ def test_tampered_rollup_is_stored_logged_enqueued_and_healed(rolled_up, caplog,
     assert "usage drift: workspace acme-research, day 2026-03-09" in caplog.text
     # Reported once, for the sub-workspace; the organisation's tree total is not a second drift.
     assert not UsageDrift.objects.filter(kind=DriftCheck.TREE).exists()
-    # Self-healing: the day is dirty again and a rollup was enqueued after commit.
+    # Self-healing: the day is dirty again, and the task enqueues a rollup for it.
     assert UsageDayBucket.objects.get(workspace=rolled_up.sub, day=day).dirty
-    assert len(no_enqueue) == 1
+    assert report.healing and no_enqueue == []  # the service marks; the task enqueues (below)
 
     usage_rollup(now=NOW + timedelta(minutes=2))
     report = usage_reconcile(days=7, now=NOW + timedelta(minutes=3))
@@ -85,6 +86,16 @@ def test_tampered_rollup_is_stored_logged_enqueued_and_healed(rolled_up, caplog,
     assert report.ok and report.resolved == 1
     drift.refresh_from_db()
     assert drift.resolved_at == NOW + timedelta(minutes=3)
+
+
+def test_the_reconcile_task_enqueues_a_rollup_only_when_it_marked_days_to_heal(rolled_up, no_enqueue):
+    assert reconcile_task(days=0)["healing"] is False
+    assert no_enqueue == []
+
+    UsageDaily.objects.filter(workspace=rolled_up.org, day=date(2026, 3, 10)).delete()
+
+    assert reconcile_task(days=0)["healing"] is True
+    assert len(no_enqueue) == 1
 
 
 def test_a_missing_rollup_row_is_drift(rolled_up, no_enqueue):
@@ -150,7 +161,7 @@ def test_tampered_monthly_and_day_total_rows_are_coarse_drift_and_healed(rolled_
     }
     assert drifts[(rolled_up.org.slug, date(2026, 3, 1), DriftCheck.COARSE)]["month"]["requests"]["actual"] == str(8 + 5)
     assert drifts[(rolled_up.sub.slug, date(2026, 3, 9), DriftCheck.COARSE)]["day_totals"]["requests"] == {"expected": "4", "actual": "0"}
-    assert not report.ok and len(no_enqueue) == 1
+    assert not report.ok and report.healing
 
     usage_rollup(now=NOW + timedelta(minutes=2))  # the marked days are recomputed, their month and totals rewritten
     report = usage_reconcile(days=0, now=NOW + timedelta(minutes=3))

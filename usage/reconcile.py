@@ -126,6 +126,9 @@ class ReconcileReport:
     in_flight: int = 0
     drifts: list[tuple[str, date, str, dict]] = field(default_factory=list)
     resolved: int = 0
+    # Drifting days were marked dirty for the rollup to recompute; usage.tasks then runs one now
+    # instead of waiting for the schedule (this module does not enqueue tasks: they call it).
+    healing: bool = False
 
     @property
     def ok(self) -> bool:
@@ -332,9 +335,7 @@ def _record(
                 if kind not in (DriftCheck.COARSE, DriftCheck.EDITED):
                     heal.update((member, day) for member in (tree_members[ws] if kind == DriftCheck.TREE else [ws]))
             mark_dirty(day_keys=heal, hour_keys=[], now=now)
-            from usage.tasks import usage_rollup
-
-            transaction.on_commit(usage_rollup.delay)
+            report.healing = True
 
 
 def default_window(now: datetime, days: int) -> date:

@@ -32,6 +32,8 @@ def usage_rollup() -> dict:
 @shared_task(acks_late=True, **RETRY)
 def usage_reconcile(days: int | None = None) -> dict:
     report = services.usage_reconcile(days=days)
+    if report.healing:
+        usage_rollup.delay()  # the drifting days are dirty again: recompute them now, not on the next schedule
     logger.info(
         "usage reconcile since %s: %d checked, %d in flight, %d drifts, %d resolved",
         report.since,
@@ -40,7 +42,7 @@ def usage_reconcile(days: int | None = None) -> dict:
         len(report.drifts),
         report.resolved,
     )
-    return {"checked": report.checked, "drifts": len(report.drifts), "resolved": report.resolved}
+    return {"checked": report.checked, "drifts": len(report.drifts), "resolved": report.resolved, "healing": report.healing}
 
 
 @shared_task(acks_late=True, **RETRY)
