@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from console import views
+from console import audit_views, views
 
 # The admin signs in through the console's sign-in (throttling, MFA), not through its own form.
 admin.site.login = secure_admin_login(admin.site.login)
@@ -24,7 +24,8 @@ workspace_patterns = [
     path("members/create/", views.member_create, name="member_create"),
     path("members/<uuid:member>/role/", views.member_role, name="member_role"),
     path("members/<uuid:member>/remove/", views.member_remove, name="member_remove"),
-    path("audit/", views.audit_page, name="audit_page"),
+    path("audit/", audit_views.audit_log_page, name="audit_page"),
+    path("audit/export.csv", audit_views.audit_log_export, name="audit_export"),
     path("secrets/", include("keys.urls")),
     path("deployments/", include("deployments.urls")),
     path("", include("usage.urls")),

@@ -5,7 +5,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.paginator import Paginator
 from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -27,7 +26,7 @@ from console.forms import (
     WorkspaceForm,
     WorkspaceSettingsForm,
 )
-from console.models import AuditEvent, Invitation, Role, SsoGroupMapping, Workspace
+from console.models import Invitation, Role, SsoGroupMapping, Workspace
 from console.services import (
     assignable_roles,
     member_create_with_one_time_password,
@@ -397,15 +396,6 @@ def member_remove(request: HttpRequest, ws: str, member: str) -> HttpResponse:
     else:
         messages.success(request, f"{membership.user.get_username()} removed from {access.workspace.name}.")
     return redirect("members_page", ws=ws)
-
-
-@login_required
-@require_GET
-def audit_page(request: HttpRequest, ws: str) -> HttpResponse:
-    access = access_workspace(request.user, ws)
-    events = AuditEvent.objects.filter(workspace=access.workspace).select_related("actor")
-    page = Paginator(events, 50).get_page(request.GET.get("page"))
-    return render(request, "console/audit_page.html", {"access": access, "nav": "audit", "page": page})
 
 
 @login_required

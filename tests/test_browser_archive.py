@@ -62,3 +62,54 @@ def test_admin_archives_unarchives_and_deletes_a_sub_workspace(page, sign_in, sc
     assert not Workspace.objects.filter(slug="acme-research").exists()
     assert AuditEvent.objects.filter(workspace=world.org, action="sub_workspace.deleted", actor=world.admin).exists()
     screenshot(page, f"{viewport}-4-deleted")
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_audit_log_filters_pages_exports_and_is_reached_from_the_overview(page, sign_in, screenshot, viewport, monkeypatch):
+    import csv
+    import io
+
+    import console.audit_log as audit_log
+    from console.audit import Actor, audit_record
+
+    monkeypatch.setattr(audit_log, "PAGE_SIZE", 4)
+    world = World()
+    for i in range(6):
+        audit_record(
+            workspace=world.org,
+            actor=Actor(user=None, label="deploy-bot"),
+            action="deployment.updated",
+            target=world.sub,
+            details={"step": i},
+        )
+    page.set_viewport_size(VIEWPORTS[viewport])
+    sign_in("olivia")
+
+    # The newest entry on the overview opens the log filtered to its target, with the entry marked.
+    newest = AuditEvent.objects.filter(workspace=world.org).order_by("-created_at", "-id").first()
+    page.locator("[data-testid=recent-activity] a").first.click()
+    page.wait_for_url(f"**/w/acme/audit/?target={newest.target_id}&event={newest.id}#event-{newest.id}")
+    assert page.locator(f"#event-{newest.id}.highlight").is_visible()
+    screenshot(page, f"{viewport}-audit-from-overview")
+
+    page.goto("/w/acme/")
+    page.click("[data-testid=activity-all]")
+    page.wait_for_url("**/w/acme/audit/")
+    page.select_option("#id_actor", "deploy-bot")
+    page.fill("#id_q", "step")
+    page.click("[data-testid=audit-filters] button:has-text('Apply')")
+    page.wait_for_url("**/audit/?q=step&actor=deploy-bot**")
+    assert page.locator("[data-testid=audit-table] tbody tr").count() == 4
+    screenshot(page, f"{viewport}-audit-filtered")
+
+    page.click("[data-testid=audit-older]")
+    page.wait_for_url("**after=**")
+    assert "actor=deploy-bot" in page.url  # the filters follow the pages
+    assert page.locator("[data-testid=audit-table] tbody tr").count() == 2
+    screenshot(page, f"{viewport}-audit-older")
+
+    with page.expect_download() as info:
+        page.click("[data-testid=audit-csv]")
+    rows = list(csv.reader(io.StringIO(open(info.value.path(), encoding="utf-8").read())))
+    assert info.value.suggested_filename.startswith("audit-acme-filtered-")
+    assert [r[1] for r in rows[1:]] == ["deploy-bot"] * 6

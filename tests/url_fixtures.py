@@ -44,4 +44,5 @@ def extra_values(world) -> dict:
         "invitation": invitation.public_id,
         "mapping": mapping.public_id,
         "token": "not-a-real-invitation-token",
+        "sub": world.sub.slug,
     }
