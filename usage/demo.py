@@ -1,26 +1,32 @@
-"""Demo traffic for the embedded default (`make run`): a month of plausible usage so the dashboards,
-bills and key limits have something to show on first start.
+"""Demo data for the embedded default (`make run`): an admin, a default workspace with a
+sub-workspace and deployments behind the demo model server (`seed_demo`), then a month of
+plausible usage so the dashboards, bills and key limits have something to show on first start
+(`seed_demo_usage`).
 
-The events are written exactly as the gateway writes them (price in force copied, cost stamped)
-by two clearly named demo keys, then rolled up by the real rollup code. Nothing here runs outside
-`seed_demo_usage`, and it only ever seeds a database that has no usage yet.
+It lives in usage, the app that may import all the others it fills. The events are written
+exactly as the gateway writes them (price in force copied, cost stamped) by two clearly named demo
+keys, then rolled up by the real rollup code. Nothing here runs outside those two commands, and
+the traffic is only ever seeded into a database that has no usage yet.
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from console.audit import Actor
-from console.models import Workspace
+from console.models import Membership, Role, User, Workspace
+from console.services import membership_add, workspace_create
 from deployments.models import Deployment, DeploymentPrice, ModelGrant
-from deployments.services import model_grant_add
+from deployments.services import deployment_create, deployment_update, model_grant_add
 from keys.models import ApiKey
 from keys.services import api_key_create
 from usage.budgets import budget_spend, local_month
@@ -30,6 +36,95 @@ from usage.services import budget_set, usage_backfill
 
 # Where the demo traffic "came from": an address of TEST-NET-3, reserved for documentation.
 DEMO_CLIENT_IP = "203.0.113.10"
+DEMO_ADMIN = "admin"
+DEMO_MODEL_ID = "@acme/gatehouse-demo"
+DEMO_EMBEDDING_ID = "@acme/gatehouse-demo-embed"
+
+
+@dataclass(frozen=True)
+class DemoWorld:
+    admin: User
+    workspace: Workspace
+    chat: Deployment
+    embedding: Deployment
+    password: str | None  # set only when this run created the admin or was given a password
+
+
+def _demo_deployment(
+    workspace: Workspace, actor: Actor, *, model_id: str, name: str, kind: str, description: str, prices: tuple[str, str]
+) -> Deployment:
+    """A deployment behind the demo model server (Procfile `demo:` on DEMO_MODEL_PORT), so the
+    gateway can be called right after `make run`. Kept pointing at the current port."""
+    base_url = f"http://127.0.0.1:{settings.DEMO_MODEL_PORT}/v1"
+    existing = Deployment.objects.filter(workspace=workspace, model_id=model_id).first()
+    if existing is None:
+        return deployment_create(
+            workspace=workspace,
+            actor=actor,
+            name=name,
+            model_id=model_id,
+            kind=kind,
+            upstream_base_url=base_url,
+            upstream_model="gatehouse-demo",
+            description=description,
+            input_per_million=prices[0],
+            output_per_million=prices[1],
+        )
+    if existing.upstream_base_url != base_url:
+        return deployment_update(
+            deployment=existing,
+            actor=actor,
+            name=existing.name,
+            model_id=existing.model_id,
+            description=existing.description,
+            upstream_base_url=base_url,
+            upstream_model=existing.upstream_model,
+            timeout_seconds=existing.timeout_seconds,
+        )
+    return existing
+
+
+@transaction.atomic
+def demo_world_seed(*, password: str | None = None) -> DemoWorld:
+    """The admin (created with `password`, or a new random one, when missing; given
+    `password` when it exists), workspace `acme` with sub-workspace `acme-research`, and the chat
+    and embedding demo deployments. Safe to rerun: what exists is kept."""
+    actor = Actor.system("manage.py seed_demo")
+    admin = User.objects.filter(username=DEMO_ADMIN).first()
+    new_password = None
+    if admin is None:
+        new_password = password or secrets.token_urlsafe(9)
+        admin = User.objects.create_superuser(DEMO_ADMIN, "admin@example.com", new_password)
+    elif password:
+        admin.set_password(password)
+        admin.save(update_fields=["password"])
+        new_password = password
+
+    default = Workspace.objects.filter(slug="acme").first() or workspace_create(name="Acme", slug="acme", time_zone="UTC", actor=actor)
+    if not Membership.objects.filter(workspace=default, user=admin).exists():
+        membership_add(workspace=default, user=admin, role=Role.OWNER, actor=actor)
+    if not Workspace.objects.filter(slug="acme-research").exists():
+        workspace_create(name="Research", slug="acme-research", parent=default, time_zone="Europe/Berlin", actor=actor)
+
+    chat = _demo_deployment(
+        default,
+        actor,
+        model_id=DEMO_MODEL_ID,
+        name="Demo model",
+        kind="chat",
+        description="Gatehouse's built-in demo model: deterministic answers, honest token counts.",
+        prices=("2.50", "10.00"),
+    )
+    embedding = _demo_deployment(
+        default,
+        actor,
+        model_id=DEMO_EMBEDDING_ID,
+        name="Embedding demo",
+        kind="embedding",
+        description="The demo model's deterministic embeddings (16 dimensions), for /v1/embeddings.",
+        prices=("0.10", "0"),
+    )
+    return DemoWorld(admin=admin, workspace=default, chat=chat, embedding=embedding, password=new_password)
 
 
 @dataclass(frozen=True)

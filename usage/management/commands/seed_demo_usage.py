@@ -3,14 +3,14 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from deployments.models import Deployment
-from usage.demo import demo_traffic_seed
+from usage.demo import DEMO_MODEL_ID, demo_traffic_seed
 
 
 class Command(BaseCommand):
     help = "Seed a month of demo traffic on the demo deployment (make run), once: nothing happens when usage exists."
 
     def add_arguments(self, parser):
-        parser.add_argument("--model", default="@acme/gatehouse-demo", help="Model id of the deployment to seed traffic on.")
+        parser.add_argument("--model", default=DEMO_MODEL_ID, help="Model id of the deployment to seed traffic on.")
         parser.add_argument("--days", type=int, default=30)
 
     def handle(self, *args, model: str, days: int, **options):
