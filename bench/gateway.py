@@ -68,8 +68,8 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+def start(args: list[str], env: dict, log: Path, cwd: Path = ROOT) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=cwd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -259,6 +259,20 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="py-spy one gateway worker during a 32-connection run of the first mode")
     parser.add_argument("--access-log", default="1", help="GATEWAY_ACCESS_LOG for the gateway (default on)")
     parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
+        help="also measure a gateway started with this environment, in the same cells as the default one "
+        "(e.g. commit-first:GATEWAY_USAGE_COMMIT_BEFORE_ANSWER=1 or httpx:GATEWAY_UPSTREAM_CLIENT=httpx); "
+        "LABEL@/path runs that checkout's code instead (e.g. main@/work/main: for before/after in one run); repeatable",
+    )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="GATEWAY_STAGE_TIMING on: print the median wall and CPU time of each gateway stage at 1 connection (from the access log)",
+    )
+    parser.add_argument(
         "--no-spool",
         dest="spool",
         action="store_false",
@@ -282,6 +296,10 @@ def main() -> None:
         LOG_LEVEL="INFO",
         GATEWAY_ACCESS_LOG=args.access_log,
     )
+    if args.stages:
+        env["GATEWAY_STAGE_TIMING"] = "1"
+        if args.access_log != "1":
+            raise SystemExit("--stages reads the access log: keep --access-log 1")
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     ensure_database(env["DATABASE_URL"])
     workdir = Path(tempfile.mkdtemp(prefix="gatehouse-bench-"))
@@ -318,32 +336,22 @@ def main() -> None:
             replica_urls.append(f"http://127.0.0.1:{port}")
             wait_http(replica_urls[-1] + "/healthz", extra)
         model, embedding_model, key, key_id, replicas_model = setup_data(env, upstream, replica_urls)
-        gateway = start(
-            [
-                PYTHON,
-                "-m",
-                "uvicorn",
-                "console.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(gw_port),
-                "--workers",
-                str(args.workers),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                "--no-proxy-headers",
-                "--no-server-header",
-            ],
-            env,
-            workdir / "gateway.log",
-        )
+        gateway = start_gateway(gw_port, args.workers, env, workdir / "gateway.log")
         procs.append(gateway)
         gw = f"http://127.0.0.1:{gw_port}"
         wait_http(gw + "/v1/models", gateway)
+        # target -> (base URL, log file); "direct" has no log
+        targets: dict[str, tuple[str, Path | None]] = {"direct": (upstream, None), "gateway": (gw, workdir / "gateway.log")}
+        for variant in args.variant:
+            label, _, assignments = variant.partition(":")
+            label, _, tree = label.partition("@")  # label@/path: that checkout's code (e.g. main, for before/after)
+            extra = dict(item.split("=", 1) for item in assignments.split(",") if item)
+            port, log = free_port(), workdir / f"gateway-{label}.log"
+            proc = start_gateway(port, args.workers, {**env, **extra}, log, cwd=Path(tree) if tree else ROOT)
+            procs.append(proc)
+            wait_http(f"http://127.0.0.1:{port}/v1/models", proc)
+            targets[label] = (f"http://127.0.0.1:{port}", log)
+        stage_rows: list[tuple[str, str, dict]] = []
 
         results = []
         scripts_by_mode: dict[str, dict[str, Path]] = {}
@@ -375,11 +383,15 @@ def main() -> None:
             scripts_by_mode[mode] = scripts
             for connections in [int(c) for c in args.connections.split(",")]:
                 row = {"mode": mode, "connections": connections}
-                for target, base in (("direct", upstream), ("gateway", gw)):
+                for target, (base, log) in targets.items():
+                    script = scripts["direct" if target == "direct" else "gateway"]
                     url = base + MODE_PATHS[mode][target == "direct"]
-                    runs = [wrk(url, scripts[target], connections, args.warmup)]
-                    runs += [wrk(url, scripts[target], connections, args.duration) for _ in range(args.repeat)]
-                    if target == "gateway":
+                    runs = [wrk(url, script, connections, args.warmup)]
+                    log_from = log.stat().st_size if log is not None else 0
+                    runs += [wrk(url, script, connections, args.duration) for _ in range(args.repeat)]
+                    if args.stages and log is not None and connections == 1:
+                        stage_rows.append((mode, target, stage_medians(log, log_from)))
+                    if target != "direct":
                         answered_through_gateway += sum(r["requests"] - r["non2xx"] for r in runs)
                         in_flight_bound += len(runs) * connections
                     measured = median_of(runs[1:])
@@ -419,6 +431,9 @@ def main() -> None:
             f"gateway workers {args.workers}, upstream workers {args.upstream_workers}, {args.duration} s x {args.repeat} runs per cell"
         )
         print(table(results))
+        if stage_rows:
+            print()
+            print(stage_table(stage_rows))
         if streams_text:
             print()
             print(streams_text)
@@ -583,12 +598,7 @@ def spool_phase(args, env: dict, workdir: Path, procs: list, scripts_by_mode: di
     spool_dir = workdir / "spool"
     spool_env = dict(env, DATABASE_URL=f"postgres://{auth}@127.0.0.1:{proxy_port}/{info['dbname']}", GATEWAY_SPOOL_DIR=str(spool_dir))
     port = free_port()
-    gateway = start(
-        [PYTHON, "-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)]
-        + ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-proxy-headers", "--no-server-header"],
-        spool_env,
-        workdir / "gateway-spool.log",
-    )
+    gateway = start_gateway(port, args.workers, spool_env, workdir / "gateway-spool.log")
     procs.append(gateway)
     gw = f"http://127.0.0.1:{port}"
     wait_http(gw + "/v1/models", gateway)
@@ -681,19 +691,82 @@ def run_profile(gw: str, script: Path, gateway: subprocess.Popen, args, stream: 
     return f"where the time goes (py-spy, one gateway worker, {mode}, 32 connections)\n" + profile_summary(raw)
 
 
+def start_gateway(port: int, workers: int, env: dict, log: Path, cwd: Path = ROOT) -> subprocess.Popen:
+    return start(
+        [PYTHON, "-m", "uvicorn", "console.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+        + ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-proxy-headers", "--no-server-header"],
+        env,
+        log,
+        cwd,
+    )
+
+
+STAGES = ("auth", "parse", "admission", "upstream_head", "upstream_body", "answer", "metering", "send")
+
+
+def stage_medians(log: Path, offset: int) -> dict:
+    """Median per stage (wall and CPU µs) over the access log lines written since `offset`."""
+    import statistics
+
+    walls: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        for raw in handle:
+            line = raw.decode(errors="replace")
+            start = line.find("{")
+            if " gateway.access " not in line or start < 0:
+                continue
+            entry = json.loads(line[start:])
+            if entry.get("status") != 200 or "stages" not in entry:
+                continue
+            for name in (*STAGES, "gateway", "upstream"):
+                wall = entry["stages"].get(name, 0.0) if name in STAGES else entry[f"{name}_ms"]
+                walls.setdefault(name, []).append(wall * 1000)
+                if name in STAGES:
+                    cpus.setdefault(name, []).append((entry.get("cpu") or {}).get(name, 0.0) * 1000)
+    return {
+        "requests": len(walls.get("gateway", [])),
+        "wall": {name: statistics.median(values) for name, values in walls.items()},
+        "cpu": {name: statistics.median(values) for name, values in cpus.items()},
+    }
+
+
+def stage_table(rows: list[tuple[str, str, dict]]) -> str:
+    """Where the gateway's time goes at 1 connection: median µs per stage, wall (CPU)."""
+    head = "| mode | gateway | requests | " + " | ".join(STAGES) + " | gateway total | upstream |"
+    lines = [
+        "median µs per request and stage at 1 connection, wall (this thread's CPU) — from the access log (GATEWAY_STAGE_TIMING)",
+        head,
+        "|" + "---|" * (len(STAGES) + 5),
+    ]
+    for mode, target, medians in rows:
+        wall, cpu = medians["wall"], medians["cpu"]
+        if not medians["requests"]:
+            continue
+        cells = [f"{wall.get(s, 0):.0f} ({cpu.get(s, 0):.0f})" for s in STAGES]
+        lines.append(
+            f"| {mode} | {target} | {medians['requests']} | " + " | ".join(cells) + f" | {wall['gateway']:.0f} | {wall['upstream']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def table(results: list[dict]) -> str:
     head = (
-        "| mode | conns | direct req/s | direct p50 | direct p99 | gateway req/s | gateway p50 | gateway p99 "
+        "| mode | conns | direct req/s | direct p50 | direct p99 | gateway | gateway req/s | gateway p50 | gateway p99 "
         "| added p50 | added p99 | req/s ratio |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for row in results:
-        d, g = row["direct"], row["gateway"]
-        lines.append(
-            f"| {row['mode']} | {row['connections']} | {d['rps']:.0f} | {d['p50'] / 1000:.2f} ms | {d['p99'] / 1000:.2f} ms "
-            f"| {g['rps']:.0f} | {g['p50'] / 1000:.2f} ms | {g['p99'] / 1000:.2f} ms "
-            f"| {(g['p50'] - d['p50']) / 1000:+.2f} ms | {(g['p99'] - d['p99']) / 1000:+.2f} ms | {g['rps'] / d['rps']:.2f} |"
-        )
+        d = row["direct"]
+        for target, g in row.items():
+            if target in ("mode", "connections", "direct"):
+                continue
+            lines.append(
+                f"| {row['mode']} | {row['connections']} | {d['rps']:.0f} | {d['p50'] / 1000:.2f} ms | {d['p99'] / 1000:.2f} ms "
+                f"| {target} | {g['rps']:.0f} | {g['p50'] / 1000:.2f} ms | {g['p99'] / 1000:.2f} ms "
+                f"| {(g['p50'] - d['p50']) / 1000:+.2f} ms | {(g['p99'] - d['p99']) / 1000:+.2f} ms | {g['rps'] / d['rps']:.2f} |"
+            )
     return "\n".join(lines)
 
 

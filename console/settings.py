@@ -296,6 +296,11 @@ GATEWAY_KEY_CACHE_TTL = env_int("GATEWAY_KEY_CACHE_TTL", 10, minimum=1)
 GATEWAY_EJECT_SECONDS = env_int("GATEWAY_EJECT_SECONDS", 5, minimum=1)
 GATEWAY_EJECT_MAX_SECONDS = env_int("GATEWAY_EJECT_MAX_SECONDS", 120, minimum=1)
 GATEWAY_ACCESS_LOG = env_bool("GATEWAY_ACCESS_LOG", True)
+# A usage event is queued before the answer goes out and its group commit awaited after it (the
+# commit is off the client's latency; docs/GATEWAY.md "Metering"). 1: await the commit first.
+GATEWAY_USAGE_COMMIT_BEFORE_ANSWER = env_bool("GATEWAY_USAGE_COMMIT_BEFORE_ANSWER", False)
+# Per-stage wall and CPU time in each access log line (gateway/timing.py; bench/gateway.py --stages).
+GATEWAY_STAGE_TIMING = env_bool("GATEWAY_STAGE_TIMING", False)
 # Usage events are committed with PostgreSQL's synchronous commit (a WAL flush per batch) unless
 # this is 0; see docs/BENCHMARKS.md for what that costs on a slow disk and what 0 risks.
 GATEWAY_USAGE_SYNCHRONOUS_COMMIT = env_bool("GATEWAY_USAGE_SYNCHRONOUS_COMMIT", True)

@@ -3,8 +3,8 @@
 console.asgi sends /v1/, /api/v2/ and /metrics here and everything else to Django. Per request:
 parse the key (format + checksum, no I/O) → key from the in-process cache → expiry, IP allowlist
 → read and validate the body → resolve the model in the key's scope → reserve tokens (one Redis
-Lua call, which also carries the key's generation) → proxy → settle the reservation and write
-the usage event (concurrently) → finish the response.
+Lua call, which also carries the key's generation) → proxy → settle the reservation and queue
+the usage event → answer (with Server-Timing, gateway/timing.py) → await the event's commit.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from gateway.proxy import SseRelay, make_client, status_error, transport_error, 
 from gateway.shapes import Call, Shape, completions, dashscope, embeddings, messages, rerank, responses, wrong_kind
 from gateway.shapes import chat as chat_shape
 from gateway.spool import Spool, database_identity
+from gateway.timing import Timing
 from lib.logsafe import loggable_path
 from lib.net import ip_allowed, resolve_client_ip
 from usage.selectors import tokens_used_in_year
@@ -97,9 +98,12 @@ class Exchange:
         "endpoint",
         "refusal_reason",
         "metered",
+        "timing",
+        "pending_usage",
     )
 
-    def __init__(self, send, request_id: str):
+    def __init__(self, send, request_id: str, timing: Timing):
+        self.timing = timing
         self.send = send
         self.request_id = request_id
         self.status = 0
@@ -118,6 +122,7 @@ class Exchange:
         self.endpoint = ""  # when not the shape's (the models list)
         self.refusal_reason = ""  # recorded instead of the public error code (e.g. why a 401)
         self.metered = False  # a usage event was written (or attempted) for this request
+        self.pending_usage: asyncio.Future | None = None  # its commit, when awaited after the answer
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
@@ -126,13 +131,14 @@ class Exchange:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [*headers, *self.headers, (b"x-request-id", self.request_id.encode())],
+                "headers": [*headers, *self.headers, (b"x-request-id", self.request_id.encode()), self.timing.header()],
             }
         )
 
     async def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS) -> None:
         await self.start(status, [*headers, (b"content-length", str(len(body)).encode())])
         await self.send({"type": "http.response.body", "body": body})
+        self.timing.finished = self.timing.mark("send")
 
 
 class Gateway:
@@ -187,6 +193,8 @@ class Gateway:
             self.upstream.capacity.start()
             tokenizer.default_counter()  # load the BPE ranks now, not on the first request
             self.touched: dict[int, float] = {}
+            self.stage_cpu = settings.GATEWAY_STAGE_TIMING
+            self.commit_before_answer = settings.GATEWAY_USAGE_COMMIT_BEFORE_ANSWER
             self.ready = True
 
     async def shutdown(self) -> None:
@@ -246,7 +254,7 @@ class Gateway:
             return
         if not self.ready:
             await self.startup()
-        exchange = Exchange(send, "req_" + os.urandom(12).hex())
+        exchange = Exchange(send, "req_" + os.urandom(12).hex(), Timing(cpu=self.stage_cpu))
         try:
             await self.dispatch(scope, receive, exchange)
         except GatewayError as exc:
@@ -271,6 +279,8 @@ class Gateway:
                 error = GatewayError(500, "The gateway failed to handle this request.", code="internal_error", type="server_error")
                 await exchange.respond(*exchange.shape.error_body(error, exchange.request_id))
         finally:
+            if exchange.pending_usage is not None:
+                await self.await_deferred_usage(exchange)
             self.finish(scope, exchange)
 
     async def lifespan(self, receive, send) -> None:
@@ -295,7 +305,13 @@ class Gateway:
         metrics.REQUESTS.labels(str(status), exchange.metric_model if model else "").inc()
         if model:
             metrics.LATENCY.labels(exchange.metric_model).observe(elapsed)
-        if settings.GATEWAY_ACCESS_LOG and scope["path"] != "/metrics":
+        if scope["path"] == "/metrics":
+            return
+        timing = exchange.timing
+        gateway_seconds = timing.gateway_seconds()
+        if exchange.response_started:
+            metrics.OVERHEAD.labels(exchange.endpoint or exchange.shape.endpoint).observe(gateway_seconds)
+        if settings.GATEWAY_ACCESS_LOG:
             entry = exchange.entry
             # No query string, no headers, no bodies: nothing here can carry a secret.
             access_log.info(
@@ -311,6 +327,9 @@ class Gateway:
                         "workspace": entry.workspace_public_id if entry else None,
                         "client_ip": exchange.client_ip,
                         "tokens": exchange.tokens,
+                        "gateway_ms": round(gateway_seconds * 1000, 3),
+                        "upstream_ms": round(timing.upstream * 1000, 3),
+                        **({"stages": timing.stage_ms(), "cpu": timing.cpu_ms()} if timing.cpu is not None else {}),
                     }
                 ).decode()
             )
@@ -427,6 +446,7 @@ class Gateway:
         # The key first, so an oversized body from a known key is on its record too (the body
         # itself is not read either way).
         await self.checked_entry(scope, headers, key, exchange)
+        exchange.timing.mark("auth")
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.GATEWAY_MAX_BODY_BYTES):
             raise _too_large()
@@ -441,6 +461,7 @@ class Gateway:
             payload["stream"] = headers.get(shape.stream_header, b"").lower() == b"enable"
         call = shape.parse(payload, deployment is None)
         counted_with = _NOT_COUNTED
+        exchange.timing.mark("parse")
 
         # A newer key generation seen at admission means the cached copy is stale: drop it,
         # release what was reserved and check again with the fresh key (once).
@@ -490,6 +511,7 @@ class Gateway:
                 exchange.headers.append((CAPPED_HEADER, capped))
         self.touch(entry, exchange.client_ip)
         reservation = decision.reservation
+        exchange.timing.mark("admission")
         try:
             if call.stream:
                 await self.proxy_stream(receive, exchange, entry, route, shape, call, reservation)
@@ -579,9 +601,17 @@ class Gateway:
         completion: int,
         status: int,
         error_code: str = "",
+        defer: bool = False,
         **flags,
     ) -> None:
-        """Settle the reservation and write the usage event, concurrently; raise if the event was not written."""
+        """Settle the reservation and write the usage event; raise if the event was not written.
+
+        With `defer` and a healthy writer (its last batch went into the database) the commit is
+        awaited after the answer went out (Gateway.__call__ → await_deferred_usage): the row is
+        queued now, so it is in the next group commit either way, and a batch the database does not
+        take still goes to the spool. While the writer is degraded (spooling, or the last batch
+        stored nowhere) the answer waits for the row, so a row that cannot be stored anywhere is
+        still a 503 instead of an unmetered answer."""
         exchange.metered = True
         row = event_row(
             request_id=exchange.request_id,
@@ -598,15 +628,30 @@ class Gateway:
             **flags,
         )
         exchange.tokens = prompt + completion
-        jobs = [self.writer.write(row)]
+        written = self.writer.submit(row)
         if reservation is not None:
-            jobs.append(self._settle_quietly(reservation, prompt + completion))
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+            # Sent without waiting for Redis (it rides the next pipelined write).
+            await self._settle_quietly(reservation, prompt + completion)
         if prompt + completion:
             metrics.TOKENS.labels(route.metric_name, "prompt").inc(prompt)
             metrics.TOKENS.labels(route.metric_name, "completion").inc(completion)
-        if isinstance(results[0], BaseException):
-            raise errors.usage_unrecorded()
+        if defer and not self.commit_before_answer and self.writer.healthy:
+            exchange.pending_usage = written
+            return
+        try:
+            await written
+        except Exception:
+            raise errors.usage_unrecorded() from None
+
+    async def await_deferred_usage(self, exchange: Exchange) -> None:
+        """The commit of a usage event whose answer already went out (see meter)."""
+        pending, exchange.pending_usage = exchange.pending_usage, None
+        try:
+            await pending
+        except Exception as exc:
+            # Neither the database nor the spool took it (the writer counted it in
+            # gatehouse_gateway_usage_unrecorded); the answer is out, so say so loudly.
+            log.error("the usage event of answered request %s could not be stored: %s", exchange.request_id, type(exc).__name__)
 
     async def record_refusal(self, exchange: Exchange, status: int, code: str) -> None:
         """The usage event of a request refused for a known key: its status and reason, zero tokens
@@ -717,9 +762,11 @@ class Gateway:
             )
             raise
         except UpstreamFailed as failed:
+            exchange.timing.mark("upstream_head")
             return await self.upstream_failed(
                 exchange, entry, failed.route, reservation, transport_error(failed.error), replica_id=_replica_id(failed.replica)
             )
+        _mark_upstream(exchange.timing, answer.response, streamed=False)
         route, replica_id, body = answer.route, answer.replica_id, answer.body
         if answer.response.status != 200:
             error = status_error(answer.response.status, body)
@@ -739,6 +786,7 @@ class Gateway:
         else:
             prompt, completion = usage
         body = shape.respond(data, call, route.name, exchange.request_id)
+        exchange.timing.mark("answer")
         await self.meter(
             exchange,
             entry,
@@ -749,7 +797,9 @@ class Gateway:
             status=200,
             estimated=estimated,
             replica_id=replica_id,
+            defer=True,
         )
+        exchange.timing.mark("metering")
         await exchange.respond(200, body, _answer_headers(answer, JSON_HEADERS))
 
     async def proxy_stream(self, receive, exchange: Exchange, entry: KeyEntry, route: Route, shape: Shape, call: Call, reservation) -> None:
@@ -758,10 +808,12 @@ class Gateway:
                 route, entry, shape, call, stream=True, started=exchange.started, request_id=exchange.request_id
             )
         except UpstreamFailed as failed:
+            exchange.timing.mark("upstream_head")
             error = transport_error(failed.error)
             return await self.upstream_failed(
                 exchange, entry, failed.route, reservation, error, streamed=True, replica_id=_replica_id(failed.replica)
             )
+        _mark_upstream(exchange.timing, answer.response, streamed=True)
         route, replica_id, response = answer.route, answer.replica_id, answer.response
         if response.status != 200:
             error = status_error(response.status, answer.body)
@@ -779,6 +831,7 @@ class Gateway:
             # A stream that broke (reset, timeout, cut short) counts against the replica; a client
             # that left says nothing about it.
             answer.done(True if outcome == "done" else None if outcome in ("client_gone", None) else False)
+            exchange.timing.mark("upstream_body")
 
         state = relay.state
         prompt_estimate = call.prompt_estimate
@@ -819,12 +872,14 @@ class Gateway:
             )
             metrics.UPSTREAM_ERRORS.labels(route.metric_name, error.code).inc()
         try:
-            await metered(status=error.status if error else 200, error_code=error.code if error else "")
+            await metered(status=error.status if error else 200, error_code=error.code if error else "", defer=error is None)
         except GatewayError as unrecorded:
             error = error or unrecorded  # the stream's own failure is what the client most needs to hear
         if error is not None:
             exchange.status = error.status
+        exchange.timing.mark("metering")
         await exchange.send({"type": "http.response.body", "body": relay.closing(error, (prompt, completion)), "more_body": False})
+        exchange.timing.finished = exchange.timing.mark("send")
 
     async def _pump(self, receive, exchange: Exchange, response, relay: SseRelay):
         """Forward the stream until it ends ("done"/"eof"), fails (the exception) or the client leaves ("client_gone")."""
@@ -889,6 +944,17 @@ async def _unless_client_leaves(receive, work):
     finally:
         watcher.remove_done_callback(on_message)
         watcher.cancel()
+
+
+def _mark_upstream(timing: Timing, response, *, streamed: bool) -> None:
+    """Split the upstream's time at the arrival of its response head (clients stamp `head_at`)."""
+    head_at = getattr(response, "head_at", None)
+    if head_at is not None and head_at >= timing.last:
+        timing.mark("upstream_head", head_at)
+        if not streamed:
+            timing.mark("upstream_body")
+    else:
+        timing.mark("upstream_head")
 
 
 def _replica_id(replica) -> int | None:

@@ -267,6 +267,7 @@ class RedisLimiter:
             SETTLE_LUA,
             [reservation.tpm_key, reservation.yearly_key],
             [reservation.second, delta, int(reservation.has_tpm), int(reservation.has_yearly)],
+            lazy=True,  # rides the next admission's write (or goes out within resp.LAZY_FLUSH)
         )
 
 

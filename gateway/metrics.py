@@ -14,6 +14,14 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 REQUESTS = Counter("gatehouse_gateway_requests", "Gateway requests by status and deployment", ["status", "model"])
 LATENCY = Histogram("gatehouse_gateway_request_seconds", "Time to the end of the response", ["model"], buckets=LATENCY_BUCKETS)
+# The gateway's own time per request (wall time minus the upstream's, gateway/timing.py), per API endpoint.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+OVERHEAD = Histogram(
+    "gatehouse_gateway_overhead_seconds",
+    "The gateway's own time per request: to the end of the response, minus the time spent waiting on the upstream",
+    ["endpoint"],
+    buckets=OVERHEAD_BUCKETS,
+)
 TTFT = Histogram("gatehouse_gateway_ttft_seconds", "Time to the first streamed chunk", ["model"], buckets=LATENCY_BUCKETS)
 UPSTREAM_ERRORS = Counter("gatehouse_gateway_upstream_errors", "Upstream failures by kind", ["model", "kind"])
 REFUSALS = Counter("gatehouse_gateway_limiter_refusals", "Requests refused by the limiter", ["reason"])

@@ -5,6 +5,9 @@ Why not redis-py's asyncio client here: in the benchmark profile its per-command
 This client keeps ONE connection, queues every command issued during an event-loop turn and
 writes them with one send; Redis answers in order, so replies resolve the waiting futures FIFO.
 Under concurrency many requests' admissions share a syscall; a lone request pays one round trip.
+Commands nobody waits for (settlements, `fire(..., lazy=True)`) are not flushed on their own:
+they ride the next write, or go out after LAZY_FLUSH seconds, saving a lone request a send()
+and a Redis wake-up.
 Everything else (pub/sub, the console) keeps using redis-py.
 """
 
@@ -16,6 +19,8 @@ import ssl
 import time
 from collections import deque
 from urllib.parse import unquote, urlparse
+
+LAZY_FLUSH = 0.005  # seconds a lazy command may wait for another write to ride with
 
 
 class RedisError(Exception):
@@ -136,6 +141,7 @@ class PipelinedRedis:
         self.waiters: deque = deque()
         self.outbox: list[bytes] = []
         self.flush_scheduled = False
+        self.lazy_timer: asyncio.TimerHandle | None = None
         self.watchdog: asyncio.TimerHandle | None = None
         self.scripts: dict[str, bytes] = {}
 
@@ -170,12 +176,15 @@ class PipelinedRedis:
             if self.connecting is connecting and connecting.done():
                 self.connecting = None
 
-    def _send(self, command: tuple) -> asyncio.Future:
+    def _send(self, command: tuple, lazy: bool = False) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.waiters.append((future, time.monotonic()))
         self.outbox.append(encode(command))
-        if not self.flush_scheduled:
+        if lazy:
+            if not self.flush_scheduled and self.lazy_timer is None:
+                self.lazy_timer = loop.call_later(LAZY_FLUSH, self._flush)
+        elif not self.flush_scheduled:
             self.flush_scheduled = True
             loop.call_soon(self._flush)
         if self.watchdog is None:
@@ -184,6 +193,9 @@ class PipelinedRedis:
 
     def _flush(self) -> None:
         self.flush_scheduled = False
+        if self.lazy_timer is not None:
+            self.lazy_timer.cancel()
+            self.lazy_timer = None
         if not self.outbox:
             return
         data, self.outbox = b"".join(self.outbox), []
@@ -214,27 +226,29 @@ class PipelinedRedis:
             if not future.done():
                 future.set_exception(error)
 
-    async def execute(self, *command):
+    async def execute(self, *command, lazy: bool = False):
         await self._ensure()
-        return await self._send(command)
+        return await self._send(command, lazy)
 
-    async def evalsha(self, script: str, keys: list, args: list):
+    async def evalsha(self, script: str, keys: list, args: list, *, lazy: bool = False):
         sha = self.scripts.get(script)
         if sha is None:
             sha = self.scripts[script] = hashlib.sha1(script.encode()).hexdigest().encode()
         try:
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args, lazy=lazy)
         except ReplyError as exc:
             if "NOSCRIPT" not in str(exc):
                 raise
             return await self.execute("EVAL", script, len(keys), *keys, *args)
 
-    def fire(self, script: str, keys: list, args: list) -> None:
-        """Run a script without waiting for it (its failure is logged by the caller's callback)."""
-        task = asyncio.ensure_future(self.evalsha(script, keys, args))
+    def fire(self, script: str, keys: list, args: list, *, lazy: bool = False) -> None:
+        """Run a script without waiting for it (its failure is logged by the caller's callback).
+        `lazy`: no write of its own; it goes out with the next command (within LAZY_FLUSH)."""
+        task = asyncio.ensure_future(self.evalsha(script, keys, args, lazy=lazy))
         task.add_done_callback(_retrieve)
 
     async def aclose(self) -> None:
+        self._flush()  # lazy commands still waiting go out before the connection closes
         if self.protocol is not None and self.protocol.transport is not None:
             self.protocol.transport.close()
         self.protocol = None

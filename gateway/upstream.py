@@ -121,6 +121,7 @@ class NativeResponse:
         self.client, self.conn, self.timeout = client, conn, timeout
         self.status = conn.status
         self.finished = False
+        self.head_at = time.perf_counter()  # for the gateway's Server-Timing split (gateway/timing.py)
 
     async def read(self) -> bytes:
         parts = []
@@ -257,6 +258,7 @@ class HttpxResponse:
     def __init__(self, response):
         self.response = response
         self.status = response.status_code
+        self.head_at = time.perf_counter()
 
     async def read(self) -> bytes:
         try:

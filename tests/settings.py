@@ -19,6 +19,10 @@ os.environ.setdefault("GATEHOUSE_VAR_DIR", os.path.join(os.path.dirname(os.path.
 # Playwright's sync API runs an event loop in the test thread; the ORM calls made by the test
 # itself (not by the server under test) are safe there.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+# Gateways started by tests (they inherit this environment) commit a request's usage event before
+# answering, so a test can read the event right after the answer; production commits it just
+# after (console/settings.py). tests/test_gateway_timing.py runs a gateway in production's mode.
+os.environ.setdefault("GATEWAY_USAGE_COMMIT_BEFORE_ANSWER", "1")
 
 from console.settings import *  # noqa: E402,F403
 
