@@ -42,9 +42,15 @@ class WorkspaceAccess:
 
 
 def effective_role(user, workspace: Workspace) -> Role | None:
-    """The user's role in the workspace: their own membership, or owner/admin of its default workspace."""
+    """The user's role in the workspace: their own membership, or owner/admin of its default workspace.
+
+    An admin key (adminapi.services.AdminKeyPrincipal) stands in for a user in the admin API: it
+    has its own role in its workspace and, for a default workspace, in its sub-workspaces.
+    """
     if not user.is_authenticated:
         return None
+    if getattr(user, "is_admin_key", False):
+        return user.role_in(workspace)
     best: Role | None = None
     for workspace_id, role in Membership.objects.filter(user=user, workspace_id__in=workspace.lineage_ids).values_list(
         "workspace_id", "role"
@@ -65,7 +71,8 @@ def access_workspace(user, slug: str, *, min_role: Role = Role.VIEWER) -> Worksp
     if role is None:
         raise Http404("No such workspace.")
     # The parent came with select_related: this costs a query only where MFA is required.
-    if workspace.root.require_mfa and not user_has_mfa(user):
+    # An admin key is a machine credential: the second factor guards people's sign-ins.
+    if workspace.root.require_mfa and not getattr(user, "is_admin_key", False) and not user_has_mfa(user):
         raise MfaEnrolmentRequired(workspace.root.name)
     if workspace.archived_at is not None:
         # Read-only while archived: history and bills stay readable, nothing changes until unarchived.

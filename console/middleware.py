@@ -19,7 +19,8 @@ class PasswordChangeRequiredMiddleware:
 
     def __call__(self, request):
         user = request.user
-        if user.is_authenticated and user.must_change_password:
+        # The admin API (adminapi/) never reads the session: its callers are admin keys, not people.
+        if user.is_authenticated and user.must_change_password and not request.path.startswith("/api/admin/"):
             allowed = {reverse("password_change"), reverse("account_logout")}
             if request.path not in allowed and not request.path.startswith("/static/"):
                 return redirect("password_change")

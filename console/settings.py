@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "deployments",
     "gateway",
     "usage",
+    "adminapi",
 ]
 
 MIDDLEWARE = [
@@ -426,3 +427,6 @@ if EMAIL_ENABLED:
     MAILERS = _mailers()
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Gatehouse <gatehouse@localhost>")
 INVITATION_DAYS = env_int("INVITATION_DAYS", 7, minimum=1)
+
+# The admin API (/api/admin/v1/, adminapi/): requests per minute per admin key.
+ADMIN_API_REQUESTS_PER_MINUTE = env_int("ADMIN_API_REQUESTS_PER_MINUTE", 600, minimum=1)

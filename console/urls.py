@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from adminapi.api import api as admin_api
 from console import audit_views, views
 
 # The admin signs in through the console's sign-in (throttling, MFA), not through its own form.
@@ -26,6 +27,7 @@ workspace_patterns = [
     path("members/<uuid:member>/remove/", views.member_remove, name="member_remove"),
     path("audit/", audit_views.audit_log_page, name="audit_page"),
     path("audit/export.csv", audit_views.audit_log_export, name="audit_export"),
+    path("settings/admin-api/", include("adminapi.console_urls")),
     path("secrets/", include("keys.urls")),
     path("deployments/", include("deployments.urls")),
     path("", include("usage.urls")),
@@ -42,6 +44,8 @@ urlpatterns = [
     path("invitations/accept/", views.invitation_accept, name="invitation_accept"),
     path("invitations/<str:token>/", views.invitation_open, name="invitation_open"),
     path("w/<slug:ws>/", include(workspace_patterns)),
+    # The admin REST API (adminapi/): admin keys only, no cookies, no CSRF.
+    path("api/admin/v1/", admin_api.urls),
     path("installation/router-providers/", include("keys.router_provider_urls")),
     path("admin/", admin.site.urls),
 ]

@@ -6,6 +6,10 @@
 - 40 base62 characters carry 238 bits from `secrets`;
 - the CRC32 suffix lets the gateway reject a mistyped or made-up key without any lookup.
 
+Admin keys (adminapi/) use the same format and digest with their own prefix, `gh_admin_`, so a
+scanner tells them apart and neither kind passes the other's format check (the gateway refuses an
+admin key before any lookup; the admin API refuses an application key the same way).
+
 Only HMAC-SHA256(API_KEY_PEPPER, key) is stored; compare digests with hmac.compare_digest.
 """
 
@@ -18,11 +22,12 @@ import zlib
 from hashlib import sha256
 
 PREFIX = "gh_live_"
+ADMIN_PREFIX = "gh_admin_"
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BODY_LENGTH = 40
 CHECKSUM_LENGTH = 6
 KEY_LENGTH = len(PREFIX) + BODY_LENGTH + CHECKSUM_LENGTH
-KEY_REGEX = re.compile(rf"^{PREFIX}[0-9A-Za-z]{{{BODY_LENGTH}}}[0-9A-Za-z]{{{CHECKSUM_LENGTH}}}$")
+_BODY_REGEX = re.compile(rf"^[0-9A-Za-z]{{{BODY_LENGTH + CHECKSUM_LENGTH}}}$")
 
 
 def _base62(number: int, width: int) -> str:
@@ -33,26 +38,29 @@ def _base62(number: int, width: int) -> str:
     return "".join(reversed(chars))
 
 
-def _checksum(body: str) -> str:
-    return _base62(zlib.crc32((PREFIX + body).encode()), CHECKSUM_LENGTH)
+def _checksum(body: str, prefix: str = PREFIX) -> str:
+    return _base62(zlib.crc32((prefix + body).encode()), CHECKSUM_LENGTH)
 
 
-def generate() -> str:
+def generate(prefix: str = PREFIX) -> str:
     body = "".join(secrets.choice(ALPHABET) for _ in range(BODY_LENGTH))
-    return PREFIX + body + _checksum(body)
+    return prefix + body + _checksum(body, prefix)
 
 
-def is_well_formed(key: str) -> bool:
+def is_well_formed(key: str, prefix: str = PREFIX) -> bool:
     """Format and checksum only: cheap, constant-ish time, no lookup."""
-    if len(key) != KEY_LENGTH or not KEY_REGEX.match(key):
+    if len(key) != len(prefix) + BODY_LENGTH + CHECKSUM_LENGTH or not key.startswith(prefix):
         return False
-    body, checksum = key[len(PREFIX) : -CHECKSUM_LENGTH], key[-CHECKSUM_LENGTH:]
-    return hmac.compare_digest(checksum, _checksum(body))
+    rest = key[len(prefix) :]
+    if not _BODY_REGEX.match(rest):
+        return False
+    body, checksum = rest[:-CHECKSUM_LENGTH], rest[-CHECKSUM_LENGTH:]
+    return hmac.compare_digest(checksum, _checksum(body, prefix))
 
 
 def digest(key: str, pepper: str) -> str:
     return hmac.new(pepper.encode(), key.encode(), sha256).hexdigest()
 
 
-def display_hint(key: str) -> str:
-    return f"{PREFIX}…{key[-4:]}"
+def display_hint(key: str, prefix: str = PREFIX) -> str:
+    return f"{prefix}…{key[-4:]}"

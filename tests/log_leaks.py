@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-KEY = re.compile(rb"gh_live_[0-9A-Za-z]{46}")
+KEY = re.compile(rb"gh_(?:live|admin)_[0-9A-Za-z]{46}")  # application and admin keys
 created: set[str] = set()
 STARTED = time.time()
 
@@ -26,8 +26,8 @@ def record_created_keys() -> None:
     if getattr(original, "records_keys", False):
         return
 
-    def generate() -> str:
-        key = original()
+    def generate(*args) -> str:
+        key = original(*args)
         created.add(key)
         return key
 
