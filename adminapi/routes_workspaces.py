@@ -17,7 +17,14 @@ from adminapi.core import DEFAULT_LIMIT, ApiError, ErrorOut, idempotent, page_by
 from console import invitations
 from console.access import access_membership, access_workspace
 from console.models import AuditEvent, Invitation, Membership, Role, Workspace
-from console.services import membership_change_role, membership_remove, workspace_create, workspace_update
+from console.services import (
+    membership_change_role,
+    membership_remove,
+    workspace_archive,
+    workspace_create,
+    workspace_unarchive,
+    workspace_update,
+)
 
 router = Router(tags=["workspaces"])
 
@@ -28,6 +35,7 @@ class WorkspaceOut(Schema):
     name: str
     parent: str | None
     time_zone: str
+    archived_at: datetime | None
     created_at: datetime
 
 
@@ -38,6 +46,7 @@ def workspace_out(w: Workspace) -> dict:
         name=w.name,
         parent=w.parent.slug if w.parent_id else None,
         time_zone=w.time_zone,
+        archived_at=w.archived_at,
         created_at=w.created_at,
     ).model_dump(mode="json")
 
@@ -105,6 +114,33 @@ def create_sub_workspace(request, ws: str, payload: SubWorkspaceIn):
         return 201, workspace_out(child)
 
     return idempotent(request, create)
+
+
+def _sub_workspace(request, ws: str, sub: str) -> Workspace:
+    """A sub-workspace, managed from its default workspace (as the console's archive buttons are)."""
+    access = access_workspace(principal(request), ws, min_role=Role.ADMIN)
+    child = access.workspace.children.filter(slug=sub).first() if access.workspace.is_default else None
+    if child is None:
+        raise Http404("No such sub-workspace.")
+    return child
+
+
+@router.post(
+    "/workspaces/{ws}/sub-workspaces/{sub}/archive",
+    response={200: WorkspaceOut, codes_4xx: ErrorOut},
+    summary="Archive a sub-workspace (its keys are refused; usage, bills and audit stay)",
+)
+def archive_sub_workspace(request, ws: str, sub: str):
+    return workspace_out(workspace_archive(workspace=_sub_workspace(request, ws, sub), actor=principal(request).actor))
+
+
+@router.post(
+    "/workspaces/{ws}/sub-workspaces/{sub}/unarchive",
+    response={200: WorkspaceOut, codes_4xx: ErrorOut},
+    summary="Unarchive a sub-workspace",
+)
+def unarchive_sub_workspace(request, ws: str, sub: str):
+    return workspace_out(workspace_unarchive(workspace=_sub_workspace(request, ws, sub), actor=principal(request).actor))
 
 
 # ---- members and invitations -------------------------------------------------------------------

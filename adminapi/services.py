@@ -172,7 +172,10 @@ class AdminKeyPrincipal:
 
     def role_in(self, workspace: Workspace) -> Role | None:
         own = self.admin_key.workspace
-        if workspace.id == own.id or (own.parent_id is None and workspace.parent_id == own.id):
+        if workspace.id == own.id:
+            # An archived sub-workspace is kept for its default workspace's admins only, as for members.
+            return None if workspace.archived_at is not None else Role(self.admin_key.role)
+        if own.parent_id is None and workspace.parent_id == own.id:
             return Role(self.admin_key.role)
         return None
 

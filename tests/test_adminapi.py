@@ -201,6 +201,21 @@ def test_rate_limit_per_admin_key(world, api_client, settings):
     assert call(api_client, "get", "/workspaces", other).status_code == 200
 
 
+def test_archiving_through_the_api_refuses_the_sub_workspace_key_and_its_gateway_keys(world, api_client):
+    _, org_key = make_admin_key(world.org)
+    _, sub_key = make_admin_key(world.sub)
+    assert call(api_client, "get", "/workspaces/acme-research", sub_key).status_code == 200
+    archived = call(api_client, "post", "/workspaces/acme/sub-workspaces/acme-research/archive", org_key)
+    assert archived.status_code == 200 and archived.json()["archived_at"]
+    assert AuditEvent.objects.filter(action__contains="archived").exists()
+    # Kept for the default workspace's admins only, read-only.
+    assert call(api_client, "get", "/workspaces/acme-research", sub_key).status_code == 404
+    assert call(api_client, "get", "/workspaces/acme-research/usage", org_key).status_code == 200
+    assert call(api_client, "patch", "/workspaces/acme-research", org_key, {"name": "No"}).status_code == 403
+    assert call(api_client, "post", "/workspaces/acme/sub-workspaces/acme-research/unarchive", org_key).json()["archived_at"] is None
+    assert call(api_client, "get", "/workspaces/acme-research", sub_key).status_code == 200
+
+
 def test_sub_workspace_admin_key_reaches_only_its_sub_workspace(world, api_client):
     _, key = make_admin_key(world.sub)
     assert [w["slug"] for w in call(api_client, "get", "/workspaces", key).json()["data"]] == ["acme-research"]
@@ -216,6 +231,8 @@ MIN_ROLE = {
     ("GET", "/workspaces/{ws}"): "viewer",
     ("PATCH", "/workspaces/{ws}"): "admin",
     ("POST", "/workspaces/{ws}/sub-workspaces"): "admin",
+    ("POST", "/workspaces/{ws}/sub-workspaces/{sub}/archive"): "admin",
+    ("POST", "/workspaces/{ws}/sub-workspaces/{sub}/unarchive"): "admin",
     ("GET", "/workspaces/{ws}/members"): "viewer",
     ("PATCH", "/workspaces/{ws}/members/{member_id}"): "admin",
     ("DELETE", "/workspaces/{ws}/members/{member_id}"): "admin",
