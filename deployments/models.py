@@ -178,9 +178,6 @@ class TestCallStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
-TEST_CALL_ACTIVE = (TestCallStatus.QUEUED, TestCallStatus.RUNNING, TestCallStatus.STREAMING)
-
-
 class TestCall(models.Model):
     """A prompt sent from the console through the real gateway by the worker (deployments.console_calls)."""
 

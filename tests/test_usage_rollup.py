@@ -26,7 +26,7 @@ from usage.models import (
     UsageMonthly,
     UsageRollupZone,
 )
-from usage.services import usage_backfill, usage_reconcile, usage_rollup, usage_workspace_rebuild
+from usage.services import usage_backfill, usage_reconcile, usage_rollup
 
 from .usage_factory import coarse_from_daily, event, event_totals, make_deployment, make_key, rollup_totals, snapshot, snapshots
 
@@ -382,7 +382,7 @@ def test_time_zone_change_rebuild_moves_rows_to_the_new_local_days(acme):
 
     acme.sub.time_zone = "Europe/Berlin"
     acme.sub.save(update_fields=["time_zone"])
-    usage_workspace_rebuild(workspace_id=acme.sub.id, now=NOW + timedelta(minutes=1))
+    usage_backfill(workspace=acme.sub, now=NOW + timedelta(minutes=1))  # what aggregate_usage --workspace runs
 
     assert list(UsageDaily.objects.filter(workspace=acme.sub).values_list("day", flat=True)) == [date(2026, 3, 10)]
 

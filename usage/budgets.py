@@ -73,10 +73,6 @@ class BudgetStatus:
         return min(self.spent_cents, self.budget.amount)
 
     @property
-    def warn_at(self) -> Decimal:
-        return self.budget.amount * THRESHOLDS[0] / 100
-
-    @property
     def level(self) -> int:
         return level_of(self.spent, self.budget.amount)
 

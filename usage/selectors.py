@@ -294,7 +294,7 @@ def _with_cents(rows: list[dict]) -> list[dict]:
 
 
 def _sorted(rows: list[dict], sort: str, label: str, tie: str) -> list[dict]:
-    """The order main's SQL gave: by the sort field (nulls last either way), then by id (nulls last)."""
+    """By the sort field (nulls last either way), then by id (nulls last)."""
     target = SORT_FIELDS[sort.lstrip("-")] or label
     rows.sort(key=lambda r: (r[tie] is None, r[tie] or 0))
     present = sorted((r for r in rows if r[target] is not None), key=lambda r: r[target], reverse=sort.startswith("-"))

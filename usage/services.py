@@ -42,14 +42,6 @@ def usage_backfill(*, since: date | None = None, workspace: Workspace | None = N
     return rollup.run(now=now)
 
 
-def usage_workspace_rebuild(*, workspace_id: int, now: datetime | None = None) -> RollupReport:
-    """Recompute all of a workspace's rollups now (the rollup pass does this by itself after a time-zone change)."""
-    workspace = Workspace.objects.filter(id=workspace_id).first()
-    if workspace is None:
-        return RollupReport()  # deleted since the task was enqueued: nothing to rebuild
-    return usage_backfill(workspace=workspace, now=now)
-
-
 def usage_reconcile(*, days: int | None = None, now: datetime | None = None) -> ReconcileReport:
     """Check the last `days` days (default USAGE_RECONCILE_DAYS); days=0 checks all history."""
     now = now or timezone.now()

@@ -43,8 +43,3 @@ def usage_reconcile(days: int | None = None) -> dict:
         report.resolved,
     )
     return {"checked": report.checked, "drifts": len(report.drifts), "resolved": report.resolved, "healing": report.healing}
-
-
-@shared_task(acks_late=True, **RETRY)
-def usage_rebuild_workspace(workspace_id: int) -> dict:
-    return asdict(services.usage_workspace_rebuild(workspace_id=workspace_id))
