@@ -303,7 +303,17 @@ class UpstreamPool:
         queue = self.queues.get(target_route.deployment_id)
         if attempt > 0 or queue is None or not queue.size:  # never ahead of requests already waiting
             ordered = candidates(replica)
-            got = await self.capacity.acquire(ordered, lease_id) if ordered else None
+            got = (
+                await self.capacity.acquire(
+                    ordered,
+                    lease_id,
+                    deployment_key=target_route.deployment_public_id or "",
+                    workspace_id=ticket.workspace_id,
+                    priority=ticket.priority,
+                )
+                if ordered
+                else None
+            )
             if got is not None:
                 self.balancer.acquire(got)
                 return target_route, Lease(got, lease_id, target_route.deployment_id)

@@ -14,7 +14,9 @@ queue asks for slots (at once when a request of this process ends, and every POL
 slots freed elsewhere); the same Lua call that takes a slot gives it to the workspace whose
 virtual clock is earliest (weighted fair queueing on admissions: each admission costs
 ADMISSION_COST_MS ÷ the workspace's priority), with the clocks in Redis, so sub-workspaces take
-turns across every gateway process and one team's burst cannot starve another.
+turns across every gateway process and one team's burst cannot starve another. Admissions that
+found a free slot are charged too (up to UNQUEUED_LEAD_MS ahead of now): a burst that filled the
+deployment has used turns already, so the other sub-workspace goes first once it queues.
 """
 
 from __future__ import annotations
@@ -33,14 +35,25 @@ POLL_SECONDS = 0.025
 UNCAPPED = 1 << 30
 
 ACQUIRE_LUA = """
--- KEYS: a lease set per candidate replica, most preferred first
--- ARGV: now_ms, expiry_ms, lease id, then one cap per key
+-- KEYS: a lease set per candidate replica, most preferred first, then the deployment's fair-share
+--       clocks (hash: workspace -> virtual finish time)
+-- ARGV: now_ms, expiry_ms, lease id, n candidates, their caps, then the workspace, its admission
+--       cost and the most its clock may run ahead of now through admissions that did not queue
 local now = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
+local n = tonumber(ARGV[4])
+for i = 1, n do
+  local key = KEYS[i]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  if redis.call('ZCARD', key) < tonumber(ARGV[3 + i]) then
+  if redis.call('ZCARD', key) < tonumber(ARGV[4 + i]) then
     redis.call('ZADD', key, ARGV[2], ARGV[3])
     redis.call('PEXPIRE', key, 2 * (tonumber(ARGV[2]) - now))
+    local clocks, workspace = KEYS[n + 1], ARGV[5 + n]
+    local clock = math.max(tonumber(redis.call('HGET', clocks, workspace) or '0'), now)
+    local charged = math.max(clock, math.min(clock + tonumber(ARGV[6 + n]), now + tonumber(ARGV[7 + n])))
+    if charged > clock then
+      redis.call('HSET', clocks, workspace, charged)
+      redis.call('PEXPIRE', clocks, 3600000)
+    end
     return i
   end
 end
@@ -49,8 +62,13 @@ return 0
 
 RELEASE_LUA = "return redis.call('ZREM', KEYS[1], ARGV[1])"
 
-# Every admission from a queue moves the winning workspace's virtual clock this far (÷ priority).
+# Every admission moves the workspace's virtual clock this far (÷ priority).
 ADMISSION_COST_MS = 1000
+# An admission that did not queue (a slot was free) charges the clock too, so the requests a
+# burst already has in flight count against its turns once the deployment fills up; but only up
+# to this far ahead of now, so a sub-workspace that had the deployment to itself for an hour is
+# not made to wait behind every newcomer for as long.
+UNQUEUED_LEAD_MS = 10 * ADMISSION_COST_MS
 
 ACQUIRE_FAIR_LUA = """
 -- KEYS: a lease set per candidate replica (most preferred first), the deployment's fair-share
@@ -147,15 +165,25 @@ class RedisCapacity:
         if self.task is not None:
             self.task.cancel()
 
-    async def acquire(self, candidates: list, lease_id: str):
-        """The first candidate (replica, cap) with room, leased; None when all are full."""
+    async def acquire(self, candidates: list, lease_id: str, *, deployment_key: str, workspace_id: int, priority: int):
+        """The first candidate (replica, cap) with room, leased and charged to the workspace's
+        fair-share clock; None when all are full."""
         now = int(time.time() * 1000)
         keys = [lease_key(replica) for replica, _ in candidates]
         try:
             index = await self.redis.evalsha(
                 ACQUIRE_LUA,
-                keys,
-                [now, now + LEASE_TTL_SECONDS * 1000, lease_id, *[cap or UNCAPPED for _, cap in candidates]],
+                [*keys, f"gatehouse:fair:{deployment_key}"],
+                [
+                    now,
+                    now + LEASE_TTL_SECONDS * 1000,
+                    lease_id,
+                    len(candidates),
+                    *[cap or UNCAPPED for _, cap in candidates],
+                    workspace_id,
+                    ADMISSION_COST_MS // max(1, priority),
+                    UNQUEUED_LEAD_MS,
+                ],
             )
         except Exception as exc:
             raise CapacityUnavailable(type(exc).__name__) from exc
@@ -212,11 +240,16 @@ class RedisCapacity:
 
 
 class LocalCapacity:
-    """One process: the balancer's in-flight counts are the caps."""
+    """One process: a lease per request, counted in memory.
+
+    The leases, not the balancer's in-flight counts, are the caps: the queue's dispatcher may
+    grant several slots before the first waiter it woke has run (and counted itself in flight)."""
 
     def __init__(self, balancer):
         self.balancer = balancer
         self.clocks: dict[str, dict[int, float]] = {}
+        self.leases: dict[str, int] = {}  # lease id -> replica id
+        self.held: dict[int, int] = {}  # replica id -> leases
 
     def start(self) -> None:
         pass
@@ -224,14 +257,25 @@ class LocalCapacity:
     async def stop(self) -> None:
         pass
 
-    async def acquire(self, candidates: list, lease_id: str):
+    async def acquire(self, candidates: list, lease_id: str, *, deployment_key: str, workspace_id: int, priority: int):
+        replica = self._take(candidates, lease_id)
+        if replica is not None:
+            now = time.monotonic() * 1000
+            clocks = self.clocks.setdefault(deployment_key, {})
+            clock = max(clocks.get(workspace_id, 0.0), now)
+            clocks[workspace_id] = max(clock, min(clock + ADMISSION_COST_MS / max(1, priority), now + UNQUEUED_LEAD_MS))
+        return replica
+
+    def _take(self, candidates: list, lease_id: str):
         for replica, cap in candidates:
-            if cap is None or self.balancer.state(replica).inflight < cap:
+            if cap is None or self.held.get(replica.id, 0) < cap:
+                self.leases[lease_id] = replica.id
+                self.held[replica.id] = self.held.get(replica.id, 0) + 1
                 return replica
         return None
 
     async def acquire_fair(self, candidates: list, lease_id: str, contenders: list, deployment_key: str):
-        replica = await self.acquire(candidates, lease_id)
+        replica = self._take(candidates, lease_id)
         if replica is None:
             return None
         now = time.monotonic() * 1000
@@ -244,6 +288,9 @@ class LocalCapacity:
         pass
 
     def release(self, lease_id: str, then=None) -> None:
+        replica_id = self.leases.pop(lease_id, None)
+        if replica_id is not None:
+            self.held[replica_id] -= 1
         if then is not None:
             then()
 

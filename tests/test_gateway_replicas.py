@@ -58,9 +58,10 @@ def restart_demo(port: int) -> Server:
     return Server("demo", args, dict(os.environ), port, "/healthz")
 
 
-def pool_deployment(world, urls: list[str], weights: list[int], *, upstream_model: str = "gatehouse-demo", name: str = "Pool"):
+def pool_deployment(world, urls: list[str], weights: list[int], *, upstream_model: str = "gatehouse-demo", name: str = "Pool", **fields):
     actor = Actor.system("tests")
     deployment = deployment_create(
+        **fields,
         workspace=world.org,
         actor=actor,
         name=name,
@@ -246,6 +247,69 @@ def test_a_dead_replica_costs_a_retry_not_a_failed_request(world, upstreams, pai
     assert (live_figures.requests, live_figures.errors, live_figures.ejections) == (20, 0, 0) and live_figures.p95_ms is not None
 
 
+def served(servers) -> int:
+    return sum(demo_stats(s).get("requests", 0) for s in servers)
+
+
+def test_a_retry_happens_once_only_before_any_byte_never_for_a_4xx_and_only_within_the_timeout(world, upstreams, pair):
+    urls = [u.url for u in upstreams]
+    refusing, _ = pool_deployment(world, urls, [1, 1, 1], upstream_model="gatehouse-demo+fail=400", name="Refusing")
+    failing, failing_replicas = pool_deployment(world, urls, [1, 1, 1], upstream_model="gatehouse-demo+fail=503", name="Failing")
+    slow, _ = pool_deployment(
+        world, urls, [1, 1, 1], upstream_model="gatehouse-demo+latency_ms=700+fail=503", name="Slow", timeout_seconds=1
+    )
+    dead = f"http://127.0.0.1:{gateway_support.free_port()}"
+    halfdead, halfdead_replicas = pool_deployment(world, [dead, upstreams[0].url], [1, 1], name="Halfdead-stream")
+    _, plaintext = make_key(world.org, all_models=True)  # made last: its routes include every deployment above
+    headers = {"authorization": f"Bearer {plaintext}"}
+    gateway = pair[0]
+
+    def retries() -> float:
+        return metric(gateway, "gatehouse_gateway_replica_retries_total")
+
+    def call(deployment, **extra) -> httpx.Response:
+        return httpx.post(gateway.url + "/v1/chat/completions", json=body(deployment.model_id, **extra), headers=headers, timeout=30)
+
+    # A 4xx is the caller's answer: passed on at once, no second replica asked.
+    reset(upstreams)
+    before = retries()
+    response = call(refusing)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "upstream_rejected"
+    assert served(upstreams) == 1 and retries() == before
+
+    # A 503 is retried once on another replica, and only once though a third one is there; the
+    # request is metered once, with the replica that gave the answer the client got.
+    reset(upstreams)
+    before = retries()
+    response = call(failing)
+    assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_error", response.text
+    assert served(upstreams) == 2 and retries() == before + 1
+    event = UsageEvent.objects.get(deployment=failing)
+    assert event.request_id == response.headers["x-request-id"] and event.status_code == 502
+    asked = [i for i, u in enumerate(upstreams) if demo_stats(u).get("requests", 0)]
+    assert len(asked) == 2 and event.replica_id in {failing_replicas[i].id for i in asked}
+
+    # The retry has to fit in the request's timeout: a 503 that took 0.7 s of a 1 s timeout is
+    # not sent anywhere else (less than MIN_RETRY_SECONDS would be left).
+    reset(upstreams)
+    before = retries()
+    response = call(slow)
+    assert response.status_code in (502, 504), response.text
+    assert served(upstreams) == 1 and retries() == before
+    assert UsageEvent.objects.filter(deployment=slow).count() == 1
+
+    # A stream whose replica refuses the connection is retried too (nothing was sent yet), and
+    # the client gets one whole stream from the live replica.
+    before = retries()
+    with httpx.stream(
+        "POST", gateway.url + "/v1/chat/completions", json=body(halfdead.model_id, stream=True), headers=headers, timeout=30
+    ) as response:
+        text = response.read().decode()
+    assert response.status_code == 200 and text.rstrip().endswith("data: [DONE]") and retries() == before + 1
+    event = UsageEvent.objects.get(deployment=halfdead)
+    assert event.replica_id == halfdead_replicas[1].id and event.streamed and event.status_code == 200
+
+
 def test_the_fallback_deployment_answers_when_every_replica_is_down(world, upstreams, pair):
     dead = [f"http://127.0.0.1:{gateway_support.free_port()}" for _ in range(2)]
     primary, _ = pool_deployment(world, dead, [1, 1], name="Primary")
@@ -287,6 +351,48 @@ def test_the_fallback_deployment_answers_when_every_replica_is_down(world, upstr
     assert UsageEvent.objects.get(request_id=refused.headers["x-request-id"]).deployment_id == primary.id
 
 
+def warm(pair, model_id: str, keys: list[str]) -> None:
+    """One call per key on each gateway, so the keys are cached and a burst arrives in the order it is sent."""
+    for gateway in pair:
+        for key in keys:
+            response = httpx.post(
+                gateway.url + "/v1/chat/completions", json=body(model_id), headers={"authorization": f"Bearer {key}"}, timeout=30
+            )
+            assert response.status_code == 200
+
+
+async def burst(pair, model_id: str, plan: list[tuple[str, str]], refusals: list) -> list[tuple[str, int, int]]:
+    """Every (name, key) of the plan at once, sent 3 ms apart (all in flight together, arriving in
+    the order sent); each name's requests alternate between the gateways, as a load balancer in
+    front would spread them. (name, status, queued ms) per request; (Retry-After, code) per 429."""
+    results: list = []
+
+    async def one(client, gateway, key, name, delay):
+        await asyncio.sleep(delay)
+        response = await client.post(gateway.url + "/v1/chat/completions", json=body(model_id), headers={"authorization": f"Bearer {key}"})
+        results.append((name, response.status_code, int(response.headers.get("x-gatehouse-queued-ms", "0"))))
+        if response.status_code == 429:
+            refusals.append((response.headers.get("retry-after"), response.json()["error"]["code"]))
+
+    seen: dict[str, int] = {}
+    jobs = []
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
+        for name, key in plan:
+            seen[name] = seen.get(name, -1) + 1
+            jobs.append(one(client, pair[seen[name] % 2], key, name, len(jobs) * 0.003))
+        await asyncio.gather(*jobs)
+    return results
+
+
+def median_waits(results) -> tuple[dict[str, list[int]], dict[str, float]]:
+    waits: dict[str, list[int]] = {}
+    for name, _, waited in results:
+        waits.setdefault(name, []).append(waited)
+    for w in waits.values():
+        w.sort()
+    return waits, {name: (w[len(w) // 2 - 1] + w[len(w) // 2]) / 2 for name, w in waits.items()}
+
+
 def test_capacity_caps_each_replica_and_queues_fairly_across_sub_workspaces(world, upstreams, pair):
     from console.services import workspace_create
     from deployments.services import model_grant_add, replica_update
@@ -302,48 +408,19 @@ def test_capacity_caps_each_replica_and_queues_fairly_across_sub_workspaces(worl
         model_grant_add(deployment=deployment, workspace=workspace, actor=actor)
     _, big_key = make_key(big, all_models=True)
     _, small_key = make_key(small, all_models=True)
-    for gateway in pair:  # keys cached on both gateways, so the burst arrives in the order it is sent
-        for key in (big_key, small_key):
-            assert (
-                httpx.post(
-                    gateway.url + "/v1/chat/completions",
-                    json=body(deployment.model_id),
-                    headers={"authorization": f"Bearer {key}"},
-                    timeout=30,
-                ).status_code
-                == 200
-            )
+    warm(pair, deployment.model_id, [big_key, small_key])
     reset(servers)
 
-    async def one(client, gateway, key, results, name, delay=0.0):
-        await asyncio.sleep(delay)  # sent 3 ms apart: all 40 are in flight together, and arrive in the order sent
-        response = await client.post(
-            gateway.url + "/v1/chat/completions", json=body(deployment.model_id), headers={"authorization": f"Bearer {key}"}
-        )
-        results.append((name, response.status_code, int(response.headers.get("x-gatehouse-queued-ms", "0"))))
-
-    async def burst(plan):
-        # Each workspace's requests alternate between the gateways, as a load balancer in front would spread them.
-        results: list = []
-        seen: dict[str, int] = {}
-        jobs = []
-        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
-            for name, key in plan:
-                seen[name] = seen.get(name, -1) + 1
-                jobs.append(one(client, pair[seen[name] % 2], key, results, name, delay=len(jobs) * 0.003))
-            await asyncio.gather(*jobs)
-        return results
-
     # 40 at once: 30 from the big sub-workspace, 10 from the small one, arriving interleaved 3:1.
+    refusals: list = []  # (Retry-After, error code) of every 429
     plan = [("big", big_key) if i % 4 != 3 else ("small", small_key) for i in range(40)]
-    results = gateway_support.run_async(burst(plan))
+    results = gateway_support.run_async(burst(pair, deployment.model_id, plan, refusals))
 
     assert [status for _, status, _ in results] == [200] * 40
     stats = [demo_stats(s) for s in servers]
     assert all(s["max_inflight"] <= 4 for s in stats), stats  # the upstreams counted their own concurrency
     assert sum(s["requests"] for s in stats) == 40
-    waits = {name: sorted(w for n, _, w in results if n == name) for name in ("big", "small")}
-    median = {name: (w[len(w) // 2 - 1] + w[len(w) // 2]) / 2 for name, w in waits.items()}
+    waits, median = median_waits(results)
     assert median["big"] > 0 and median["small"] <= median["big"] / 2, waits
 
     # Queue full: a short queue sends the overflow back at once with 429 and Retry-After.
@@ -358,9 +435,10 @@ def test_capacity_caps_each_replica_and_queues_fairly_across_sub_workspaces(worl
     )
     time.sleep(0.3)
     reset(servers)
-    overflow = gateway_support.run_async(burst([("big", big_key)] * 24))
+    overflow = gateway_support.run_async(burst(pair, deployment.model_id, [("big", big_key)] * 24, refusals))
     statuses = [status for _, status, _ in overflow]
     assert statuses.count(200) >= 8 and statuses.count(429) >= 1 and set(statuses) == {200, 429}
+    assert refusals == [("1", "capacity_exceeded")] * statuses.count(429)
     assert all(s["max_inflight"] <= 4 for s in (demo_stats(s) for s in servers))
     refused = UsageEvent.objects.filter(deployment=deployment, status_code=429)
     assert refused.count() == statuses.count(429) and set(refused.values_list("error_code", flat=True)) == {"capacity_exceeded"}
@@ -385,8 +463,46 @@ def test_capacity_caps_each_replica_and_queues_fairly_across_sub_workspaces(worl
         queue_max_waiting=100,
     )
     time.sleep(0.3)
-    expired = gateway_support.run_async(burst([("big", big_key)] * 40))
+    refusals.clear()
+    expired = gateway_support.run_async(burst(pair, deployment.model_id, [("big", big_key)] * 40, refusals))
     statuses = [status for _, status, _ in expired]
     assert statuses.count(200) >= 8 and statuses.count(429) >= 1 and set(statuses) == {200, 429}
+    assert refusals == [("1", "capacity_exceeded")] * statuses.count(429)
     last = UsageEvent.objects.filter(deployment=deployment, status_code=429).order_by("-created_at").first()
     assert last.error_code == "capacity_exceeded"
+
+
+def test_a_sub_workspace_with_a_higher_queue_priority_waits_less_across_two_gateways(world, upstreams, pair):
+    """The priority set by the organisation weighs the fair queue's turns in Redis (one clock per
+    sub-workspace shared by both gateways): with equal bursts, priority 4 against 1 gets about
+    four admissions for each one of the other while both wait."""
+    from django.db import transaction
+
+    from console.services import workspace_create
+    from deployments.services import model_grant_add, replica_update, workspace_queue_priority_set
+
+    actor = Actor.system("tests")
+    servers = [upstreams[0], upstreams[2]]
+    deployment, replicas = pool_deployment(world, [s.url for s in servers], [1, 1], upstream_model="gatehouse-demo+latency_ms=400")
+    for replica in replicas:
+        replica_update(replica=replica, actor=actor, base_url=replica.base_url, weight=1, max_concurrent=4)
+    urgent = world.sub
+    batch = workspace_create(name="Batch", slug="acme-batch", parent=world.org, actor=actor)
+    with transaction.atomic():
+        workspace_queue_priority_set(workspace=urgent, actor=actor, priority=4)
+    for workspace in (urgent, batch):
+        model_grant_add(deployment=deployment, workspace=workspace, actor=actor)
+    _, urgent_key = make_key(urgent, all_models=True)
+    _, batch_key = make_key(batch, all_models=True)
+    warm(pair, deployment.model_id, [urgent_key, batch_key])
+    reset(servers)
+
+    # 40 at once, 20 from each, arriving interleaved 1:1.
+    plan = [("urgent", urgent_key) if i % 2 == 0 else ("batch", batch_key) for i in range(40)]
+    refusals: list = []
+    results = gateway_support.run_async(burst(pair, deployment.model_id, plan, refusals))
+
+    assert [status for _, status, _ in results] == [200] * 40 and not refusals
+    assert all(s["max_inflight"] <= 4 for s in (demo_stats(s) for s in servers))
+    waits, median = median_waits(results)
+    assert median["batch"] > 0 and median["urgent"] <= median["batch"] / 2, waits
