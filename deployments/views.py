@@ -514,4 +514,10 @@ def test_call_poll(request: HttpRequest, ws: str, deployment: str, call: str) ->
 def deployments_overview_panel(request: HttpRequest, ws: str) -> HttpResponse:
     """The overview page's health panel (loaded with htmx): deployments unreachable or failed."""
     access = access_workspace(request.user, ws)
-    return render(request, "deployments/overview_panel.html", {"access": access, "unhealthy": unhealthy_deployments(access.workspace)})
+    unhealthy = unhealthy_deployments(access.workspace)
+    context = {
+        "access": access,
+        "unhealthy": unhealthy,
+        "any_deployment": bool(unhealthy) or callable_deployments(access.workspace).exists(),
+    }
+    return render(request, "deployments/overview_panel.html", context)

@@ -116,7 +116,13 @@ def test_deployments_panel_of_a_sub_workspace_shows_only_what_it_may_call(busy, 
     busy.chat.save(update_fields=["status"])
     # Research has no grant on chat: it does not learn that chat exists, let alone its health.
     body = client_for(busy.sub_member).get("/w/acme-research/deployments/overview-panel/").content.decode()
-    assert "chat" not in body and 'data-testid="deployments-all-healthy"' in body
+    assert "chat" not in body and 'data-testid="deployments-all-healthy"' not in body
+    # With nothing to call, it does not claim that everything answered its health check.
+    assert 'data-testid="deployments-none"' in body and "No deployment is available to this workspace yet" in body
+    busy.chat.status = DeploymentStatus.RUNNING
+    busy.chat.save(update_fields=["status"])
+    body = client_for(busy.sub_member).get("/w/acme-research/deployments/overview-panel/").content.decode()
+    assert 'data-testid="deployments-none"' in body
 
 
 def test_keys_panel_lists_keys_expiring_within_14_days(busy, client_for, django_assert_num_queries):
