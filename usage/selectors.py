@@ -550,13 +550,13 @@ def key_limits(keys: list[ApiKey], zones: dict[int, ZoneInfo], *, now: datetime,
     minute: dict[str, int] | None = None
     note = ""
     if redis is None:
-        note = "Not available: without Redis each gateway process counts TPM in its own memory."
+        note = "Enforced inside the gateway process: without Redis it counts TPM in its own memory, which the console cannot read."
     elif with_tpm:
         try:
             # The gateway's clock (time.time()) decides which seconds are in the window, not `now`.
             minute = tpm_used_this_minute(redis, with_tpm)
         except RedisError:
-            note = "Not available: the limit counters (Redis) cannot be reached."
+            note = "Still enforced by the gateway, but its live counters (Redis) cannot be reached just now."
     return [
         KeyLimit(
             key=k,
