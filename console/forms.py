@@ -4,17 +4,19 @@ import zoneinfo
 
 from django import forms
 from django.contrib.auth.validators import UnicodeUsernameValidator
-from django.utils.text import slugify
 
-from console.models import Role, Theme, User, Workspace
+from console.models import WORKSPACE_SLUG_HELP, Role, Theme, User, Workspace, slug_from_name, validate_workspace_slug
 
 TIME_ZONE_CHOICES = [(tz, tz) for tz in sorted(zoneinfo.available_timezones()) if "/" in tz or tz == "UTC"]
 
 
 class WorkspaceForm(forms.Form):
     name = forms.CharField(max_length=80, strip=True)
-    slug = forms.SlugField(
-        max_length=50, required=False, help_text="Lowercase letters, digits and hyphens. Left empty, it is made from the name."
+    slug = forms.CharField(
+        max_length=50,
+        required=False,
+        validators=[validate_workspace_slug],
+        help_text=f"{WORKSPACE_SLUG_HELP}. Left empty, it is made from the name.",
     )
     time_zone = forms.ChoiceField(
         choices=TIME_ZONE_CHOICES, initial="UTC", help_text="Days and years of usage and billing are counted in this time zone."
@@ -23,7 +25,7 @@ class WorkspaceForm(forms.Form):
     def clean(self):
         data = super().clean()
         if "name" in data and not data.get("slug"):
-            data["slug"] = slugify(data["name"])[:50]
+            data["slug"] = slug_from_name(data["name"])
             if not data["slug"]:
                 self.add_error("slug", "Could not make a slug from this name; please enter one.")
         if data.get("slug") and Workspace.objects.filter(slug=data["slug"]).exists():

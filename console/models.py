@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
 import uuid
 import zoneinfo
 
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils.text import slugify
 
 
 class Theme(models.TextChoices):
@@ -19,6 +21,20 @@ class User(AbstractUser):
     must_change_password = models.BooleanField(default=False)
     # The console's colours: "system" follows the browser's prefers-color-scheme.
     theme = models.CharField(max_length=8, choices=Theme.choices, default=Theme.SYSTEM)
+
+
+WORKSPACE_SLUG_HELP = "Lowercase letters, digits and hyphens"
+
+
+def validate_workspace_slug(value: str) -> None:
+    """What the form's help text promises, checked by the form and by workspace_create alike."""
+    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", value or ""):
+        raise ValidationError(f"Use only {WORKSPACE_SLUG_HELP.lower()} (no hyphen at either end), e.g. “marketing-team”.")
+
+
+def slug_from_name(name: str) -> str:
+    """A workspace slug from its name ("Marketing_Team 2" -> "marketing-team-2"); empty if nothing is left."""
+    return re.sub(r"[^a-z0-9]+", "-", slugify(name))[:50].strip("-")
 
 
 def validate_time_zone(value: str) -> None:

@@ -8,7 +8,7 @@ from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from console.audit import Actor, audit_erasure, audit_record
-from console.models import ROLE_RANK, Membership, Role, Theme, User, Workspace
+from console.models import ROLE_RANK, Membership, Role, Theme, User, Workspace, validate_workspace_slug
 from deployments.models import Deployment
 from keys.changes import keys_changed
 from keys.models import ApiKey
@@ -21,6 +21,10 @@ def workspace_create(
 ) -> Workspace:
     if parent is not None and parent.parent_id is not None:
         raise ValidationError("Sub-workspaces live directly under a default workspace; they cannot be nested further.")
+    try:
+        validate_workspace_slug(slug)
+    except ValidationError as exc:
+        raise ValidationError({"slug": exc.messages}) from None
     if Workspace.objects.filter(slug=slug).exists():
         raise ValidationError({"slug": f"The slug “{slug}” is already taken."})
     workspace = Workspace(name=name.strip(), slug=slug, parent=parent, time_zone=time_zone)

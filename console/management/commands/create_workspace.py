@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
-from django.utils.text import slugify
 
 from console.audit import Actor
-from console.models import User, Workspace
+from console.models import User, Workspace, slug_from_name
 from console.services import workspace_create
 
 
@@ -30,7 +29,7 @@ class Command(BaseCommand):
             owner_user = User.objects.filter(username=owner).first()
             if owner_user is None:
                 raise CommandError(f"No user {owner!r}. Create it first (manage.py createsuperuser or the Members page).")
-        slug = slug or slugify(name)[:50]
+        slug = slug or slug_from_name(name)
         if not slug:
             raise CommandError("Give a --slug: none can be made from this name.")
         try:
