@@ -1,13 +1,32 @@
 from __future__ import annotations
 
+import re
+
 from django import template
 from django.utils import timezone
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 
 from keys.selectors import KeyStatus, expiring_api_keys
 
 register = template.Library()
 
 BADGES = {KeyStatus.ACTIVE: "badge-ok", KeyStatus.EXPIRING: "badge-warn", KeyStatus.EXPIRED: "badge-bad", KeyStatus.REVOKED: "badge-muted"}
+
+
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+
+
+@register.filter
+def inline_code(text: str) -> SafeString:
+    """Markdown's `code` spans in a free-text description (the only markup people type there) as <code>."""
+    return mark_safe(_CODE_SPAN.sub(r"<code>\1</code>", escape(text)))  # escaped first: only <code> is ours
+
+
+@register.filter
+def without_backticks(text: str) -> str:
+    """The same text for places that cannot hold markup (a title attribute)."""
+    return _CODE_SPAN.sub(r"\1", text)
 
 
 @register.filter

@@ -1,0 +1,56 @@
+"""Words on the console's pages say what the product does (issue 16's confusing wording)."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from console.audit import Actor
+from console.forms import WorkspaceForm
+from console.models import Workspace
+from console.services import workspace_create
+from tests.factories import make_key
+
+pytestmark = pytest.mark.django_db
+
+
+def test_key_form_says_out_of_scope_calls_get_404_as_the_gateway_answers(client_for, world):
+    body = client_for(world.owner).get("/w/acme/secrets/new/").content.decode()
+    assert "refused with 403" not in body
+    assert "answered 404 <code>model_not_found</code>" in body
+
+
+def test_slug_help_error_and_validator_agree(client_for, world):
+    help_text = WorkspaceForm().fields["slug"].help_text
+    assert help_text.startswith("Lowercase letters, digits and hyphens.")
+    client = client_for(world.owner)
+    for bad in ["Sales", "sales_team", "-sales", "sales-"]:
+        response = client.post("/w/acme/sub-workspaces/new/", {"name": "Sales", "slug": bad, "time_zone": "UTC"})
+        assert response.status_code == 200, bad
+        errors = response.context["form"].errors["slug"]
+        assert errors == ["Use only lowercase letters, digits and hyphens (no hyphen at either end), e.g. “marketing-team”."], bad
+        assert not Workspace.objects.filter(name="Sales").exists()
+    # A slug made from the name obeys the same rule, underscores included.
+    response = client.post("/w/acme/sub-workspaces/new/", {"name": "Marketing_Team 2", "slug": "", "time_zone": "UTC"})
+    assert response.status_code == 302
+    assert Workspace.objects.get(name="Marketing_Team 2").slug == "marketing-team-2"
+    # The service holds the rule for every other caller (commands, the admin API).
+    with pytest.raises(ValidationError) as refused:
+        workspace_create(name="X", slug="Bad_Slug", parent=world.org, actor=Actor.system("tests"))
+    assert "lowercase letters, digits and hyphens" in str(refused.value)
+
+
+def test_key_description_shows_code_spans_not_backticks(client_for, world):
+    key, _ = make_key(world.org, name="demo", description="Labels traffic seeded by `make run` <b>not bold</b>.")
+    client = client_for(world.owner)
+    detail = client.get(f"/w/acme/secrets/{key.public_id}/").content.decode()
+    assert "Labels traffic seeded by <code>make run</code> &lt;b&gt;not bold&lt;/b&gt;." in detail
+    listing = client.get("/w/acme/secrets/").content.decode()
+    assert "<code>make run</code>" in listing and "`make run`" not in listing
+    assert 'title="Labels traffic seeded by make run &lt;b&gt;not bold&lt;/b&gt;."' in listing
+
+
+def test_estimated_tokens_do_not_read_as_no_usage(client_for, world):
+    body = client_for(world.owner).get("/w/acme/usage/").content.decode()
+    assert "upstream reported no usage" not in body
+    assert "counted by Gatehouse where the upstream sent no token counts" in body
