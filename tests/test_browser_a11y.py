@@ -7,6 +7,7 @@ Each page is saved as a screenshot per theme and width (artifacts/screenshots/) 
 
 from __future__ import annotations
 
+import re
 import subprocess
 from datetime import timedelta
 from decimal import Decimal
@@ -103,6 +104,11 @@ def _a_busy_workspace() -> tuple[World, dict[str, str]]:
         "key": k,
         "key-form": "/w/acme/secrets/new/",
         "key-edit": f"{k}edit/",
+        "byok": "/w/acme/secrets/byok/",
+        "byok-form": "/w/acme/secrets/byok/new/",
+        "deployment-form": "/w/acme/deployments/new/",
+        "sub-workspace": "/w/acme-research/",
+        "sub-workspace-form": "/w/acme/sub-workspaces/new/",
         "usage": "/w/acme/usage/",
         "billing": "/w/acme/billing/",
         "budget": "/w/acme/billing/budget/",
@@ -112,6 +118,7 @@ def _a_busy_workspace() -> tuple[World, dict[str, str]]:
         "router-providers": "/installation/router-providers/",
         "router-provider": "/installation/router-providers/openrouter/",
         "password": "/accounts/password/change/",
+        "two-factor": "/accounts/2fa/",
         "404": "/w/acme/secrets/00000000-0000-4000-8000-000000000000/",
     }
     return world, pages
@@ -150,6 +157,15 @@ def test_every_page_passes_axe_in_both_themes(page, sign_in, axe_script, scheme,
             page.locator(".nav-button").click()
             expect(page.locator(".sidebar")).to_be_in_viewport()
             check("menu")
+        if label == "key-form":  # the key, shown once
+            page.fill("#id_name", "frontend")
+            page.get_by_test_id("submit").click()  # no scope yet: the form answers with its errors
+            expect(page.get_by_role("alert")).to_contain_text("Choose what this key may call")
+            check("key-form-errors")
+            page.get_by_role("checkbox", name=re.compile("Support bot")).check()
+            page.get_by_test_id("submit").click()
+            expect(page.get_by_test_id("new-key")).to_be_visible()
+            check("key-created")
 
     # The 500 page is rendered without a request (tests/test_browser_error_pages.py does the same).
     html = defaults.server_error(RequestFactory().get("/")).content.decode()
