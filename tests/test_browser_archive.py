@@ -113,3 +113,35 @@ def test_audit_log_filters_pages_exports_and_is_reached_from_the_overview(page, 
     rows = list(csv.reader(io.StringIO(open(info.value.path(), encoding="utf-8").read())))
     assert info.value.suggested_filename.startswith("audit-acme-filtered-")
     assert [r[1] for r in rows[1:]] == ["deploy-bot"] * 6
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_usage_own_usage_filter_and_flat_csv_download(page, sign_in, screenshot, viewport):
+    import csv
+    import io
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.usage_factory import event, make_deployment, make_key
+    from usage.services import usage_rollup
+
+    world = World()
+    now = timezone.now()
+    chat = make_deployment(world.org, "chat", at=now - timedelta(days=30))
+    for ws, key in ((world.org, make_key(world.org, "backend")), (world.sub, make_key(world.sub, "research"))):
+        event(ws, now - timedelta(hours=1), key=key, deployment=chat)
+    usage_rollup(now=now)
+    page.set_viewport_size(VIEWPORTS[viewport])
+    sign_in("olivia")
+    page.goto("/w/acme/usage/")
+    page.select_option("#id_workspace", "acme")
+    page.wait_for_url("**workspace=acme**")
+    page.wait_for_selector("[data-testid=active-filters]:has-text('Acme (own usage)')")
+    screenshot(page, f"{viewport}-usage-own")
+
+    with page.expect_download() as info:
+        page.click("[data-testid=usage-flat-csv]")
+    assert info.value.suggested_filename.startswith("usage-flat-acme-own-")
+    rows = list(csv.DictReader(io.StringIO(open(info.value.path(), encoding="utf-8").read())))
+    assert [(r["workspace"], r["key_name"], r["requests"]) for r in rows] == [("acme", "backend", "1")]

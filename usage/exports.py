@@ -119,3 +119,45 @@ def write_statement_csv(writer, st: Statement) -> None:
 
 def _blank_if_none(value) -> object:
     return "" if value is None else value
+
+
+FLAT_COLUMNS = (
+    "workspace",
+    "workspace_name",
+    "key_id",
+    "key_name",
+    "deployment_id",
+    "deployment_name",
+    "model",
+    "endpoint",
+    *METRICS,
+    "cost",
+    "cost_exact",
+    "currency",
+)
+
+
+def write_flat_usage_csv(writer, rows: list[dict], *, hourly: bool) -> None:
+    """One header row, then one row per day (or hour) × workspace × key × deployment × API, with
+    no sections or totals, so spreadsheets and BI tools read it as a table. `cost` is in cents,
+    allocated so the column adds up to the page's total; `cost_exact` is the unrounded sum."""
+    writer.writerow(["hour" if hourly else "day", *FLAT_COLUMNS])
+    for r in rows:
+        label = r["local"].isoformat(timespec="minutes") if hourly else r["local"].isoformat()
+        writer.writerow(
+            [
+                label,
+                r["workspace_slug"],
+                r["workspace_name"],
+                r["key_ref"] or "",
+                r["key_name"],
+                r["deployment_ref"] or "",
+                r["deployment_name"],
+                r["model_label"],
+                r["endpoint"],
+                *_metrics(r),
+                f"{r['cost_cents']:.2f}",
+                f"{r['cost']:f}",
+                r["currency"],
+            ]
+        )

@@ -22,10 +22,12 @@ class UsageFilterForm(forms.Form):
     endpoint = forms.ChoiceField(required=False, label="API", choices=[("", "All APIs"), *ENDPOINTS.items()])
     sort = forms.CharField(required=False)
 
-    def __init__(self, data, *, today: date, workspaces, keys, deployments):
+    def __init__(self, data, *, today: date, workspaces, keys, deployments, own=None):
         super().__init__(data)
         self.today = today
-        self.fields["workspace"].choices = [("", "All workspaces")] + [(w.slug, w.name) for w in workspaces]
+        # `own`: the default workspace, whose slug stands for its own usage without its sub-workspaces'.
+        mine = [(own.slug, f"{own.name} (own usage)")] if own is not None else []
+        self.fields["workspace"].choices = [("", "All workspaces"), *mine] + [(w.slug, w.name) for w in workspaces]
         subs = {w.id: w.name for w in workspaces}
         self.fields["key"].choices = [("", "All keys")] + [(str(k.public_id), _key_label(k, subs)) for k in keys]
         self.fields["deployment"].choices = [("", "All deployments")] + [(str(d.public_id), d.name) for d in deployments]

@@ -389,6 +389,39 @@ def usage_report(scope: UsageScope, *, with_workspaces: bool, sort: str = DEFAUL
     return report
 
 
+# The flat export's groups: one row per period × workspace × key × deployment × API × currency.
+FLAT_GROUP = ("workspace_id", "api_key_id", "deployment_id", "endpoint", "currency")
+
+
+def usage_flat_rows(scope: UsageScope) -> list[dict]:
+    """The scope's rollup rows summed per day (or hour) × workspace × key × deployment × API ×
+    currency, for the flat CSV: the same rollups and filters as usage_report, so its rows add up
+    to the page's totals. Each row carries the names of its workspace, key and deployment, and
+    `cost_cents`, allocated per currency so a column's sum is the page's total to the cent.
+    One grouped query plus one small name lookup per kind."""
+    period = "hour" if scope.hourly else "day"
+    rows = list(scope.rows().values(period, *FLAT_GROUP).annotate(**_sums(), model_label=Max("model")).order_by())
+    names = {
+        kind: _names(kind, sorted({r[column] for r in rows if r[column] is not None}))
+        for kind, column in (("workspace", "workspace_id"), ("key", "api_key_id"), ("deployment", "deployment_id"))
+    }
+    zones: dict[int, ZoneInfo] = {}
+    if scope.hourly:
+        zones = {pk: ZoneInfo(tz) for pk, tz in Workspace.objects.filter(id__in=names["workspace"]).values_list("id", "time_zone")}
+    for r in rows:
+        _clean(r)
+        r["workspace_slug"], r["workspace_name"] = names["workspace"].get(r["workspace_id"], ("", ""))
+        r["key_ref"], r["key_name"] = names["key"].get(r["api_key_id"], ("", "No key / deleted"))
+        r["deployment_ref"], r["deployment_name"] = names["deployment"].get(r["deployment_id"], ("", "No deployment / deleted"))
+        r["endpoint_label"] = ENDPOINTS.get(r["endpoint"], r["endpoint"])
+        # Hours in the workspace's own time zone with the offset, as the stacked CSV writes them.
+        r["local"] = r["hour"].astimezone(zones.get(r["workspace_id"], scope.workspace.tz)) if scope.hourly else r["day"]
+    rows.sort(key=lambda r: (r["local"], r["workspace_slug"], r["key_name"].lower(), r["deployment_name"].lower(), r["endpoint"]))
+    for currency in {r["currency"] for r in rows}:
+        _with_cents([r for r in rows if r["currency"] == currency])
+    return rows
+
+
 def _grouped(parts: list[QuerySet], ids: list[str]) -> list[dict] | QuerySet:
     """The parts' rows summed per id group. On PostgreSQL the parts' plain rows are unioned and
     summed once, in one hash aggregate (a year is ~13k month and edge-day rows, ~800 groups);

@@ -5,6 +5,7 @@ from usage import budget_views, views
 urlpatterns = [
     path("usage/", views.usage_page, name="usage_page"),
     path("usage/export.csv", views.usage_export, name="usage_export"),
+    path("usage/events.csv", views.usage_flat_export, name="usage_flat_export"),
     path("billing/", views.billing_page, name="billing_page"),
     path("billing/export.csv", views.billing_export, name="billing_export"),
 ]

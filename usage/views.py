@@ -20,9 +20,9 @@ from deployments.models import Deployment
 from keys.models import ApiKey, ApiKeyKind
 from lib.redis import redis_client
 from usage.charts import usage_charts
-from usage.exports import write_statement_csv, write_usage_csv
+from usage.exports import write_flat_usage_csv, write_statement_csv, write_usage_csv
 from usage.forms import MonthForm, UsageFilterForm
-from usage.selectors import KeyLimit, UsageReport, UsageScope, billing_statement, key_limits, usage_report
+from usage.selectors import KeyLimit, UsageReport, UsageScope, billing_statement, key_limits, usage_flat_rows, usage_report
 
 FILTER_FIELDS = ("range", "start", "end", "workspace", "key", "deployment", "endpoint", "sort")
 # The htmx target a request swaps decides how much of the page it gets back.
@@ -45,13 +45,16 @@ def _filters(request: HttpRequest, access: WorkspaceAccess, now: datetime) -> Fi
     tree = [ws.id] + [s.id for s in subs]
     keys = list(ApiKey.objects.filter(workspace_id__in=tree).order_by("name"))
     deployments = list(Deployment.objects.filter(workspace_id=ws.root_id).order_by("name"))
-    form = UsageFilterForm(request.GET, today=now.astimezone(ws.tz).date(), workspaces=subs, keys=keys, deployments=deployments)
+    form = UsageFilterForm(
+        request.GET, today=now.astimezone(ws.tz).date(), workspaces=subs, keys=keys, deployments=deployments, own=ws if subs else None
+    )
     zones = {w.id: w.tz for w in [ws, *subs]}
     params = {name: request.GET[name] for name in FILTER_FIELDS if request.GET.get(name)}
     if not form.is_valid():
         return Filters(form, None, keys, zones, params)
     data = form.cleaned_data
-    by_slug = {s.slug: s for s in subs}
+    # The default workspace's own slug picks its own usage, without its sub-workspaces'.
+    by_slug = {s.slug: s for s in subs} | ({ws.slug: ws} if subs else {})
     by_key = {str(k.public_id): k.id for k in keys}
     by_dep = {str(d.public_id): d.id for d in deployments}
     filters = {
@@ -145,11 +148,37 @@ def usage_export(request: HttpRequest, ws: str) -> HttpResponse:
         form = filters.form
         return HttpResponse("; ".join(e for errs in form.errors.values() for e in errs), status=400, content_type="text/plain")
     report = _report(access, filters)
-    name = "last-48-hours" if scope.hourly else f"{scope.start}-{scope.end}"
     response = HttpResponse(content_type="text/csv")
-    response["Content-Disposition"] = f'attachment; filename="usage-{access.workspace.slug}-{name}.csv"'
+    response["Content-Disposition"] = f'attachment; filename="{_file_name("usage", access, scope)}"'
     write_usage_csv(csv.writer(response), report, access.workspace, _limits(filters, now))
     return response
+
+
+@login_required
+@require_GET
+def usage_flat_export(request: HttpRequest, ws: str) -> HttpResponse:
+    """The page's usage as one flat table (day × workspace × key × deployment × API), same filters."""
+    access = access_workspace(request.user, ws)
+    filters = _filters(request, access, timezone.now())
+    scope = filters.scope
+    if scope is None:
+        form = filters.form
+        return HttpResponse("; ".join(e for errs in form.errors.values() for e in errs), status=400, content_type="text/plain")
+    response = HttpResponse(content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{_file_name("usage-flat", access, scope)}"'
+    write_flat_usage_csv(csv.writer(response), usage_flat_rows(scope), hourly=scope.hourly)
+    return response
+
+
+def _file_name(kind: str, access: WorkspaceAccess, scope: UsageScope) -> str:
+    """Names the workspace the file holds (a sub-workspace filter, or the default's own usage) and the range."""
+    ws = access.workspace
+    if scope.sub is None:
+        who = ws.slug
+    else:
+        who = f"{ws.slug}-own" if scope.sub.id == ws.id else scope.sub.slug
+    span = "last-48-hours" if scope.hourly else f"{scope.start}-to-{scope.end}"
+    return f"{kind}-{who}-{span}.csv"
 
 
 def _month(request: HttpRequest, access: WorkspaceAccess) -> tuple[MonthForm, object]:
