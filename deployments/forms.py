@@ -212,10 +212,13 @@ class TestCallForm(forms.Form):
     temperature = forms.DecimalField(
         required=False,
         min_value=Decimal("0"),
-        max_value=Decimal("2"),
+        # The gateway takes [0, 2): 2 itself is refused there, so the form stops at 1.99 (the
+        # browser too, from the max and step this renders).
+        max_value=Decimal("1.99"),
         max_digits=3,
         decimal_places=2,
-        help_text="0–2; empty uses the model's default.",
+        error_messages={"max_value": "Must be below 2: the gateway takes temperatures from 0 up to, not including, 2."},
+        help_text="From 0 to 1.99; empty uses the model's default.",
     )
     max_tokens = forms.IntegerField(required=False, min_value=1, max_value=32000, help_text="Empty uses the model's default.")
     stream = forms.BooleanField(required=False, initial=True, label="Stream the answer", help_text="Show the answer as it is generated.")

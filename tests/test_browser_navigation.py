@@ -132,3 +132,23 @@ def test_every_page_starts_with_a_skip_link_at_desktop_width(page, sign_in, path
     assert focused(page)["id"] == "main"
     # At desktop width the sidebar is always there and reachable.
     assert not page.locator("[data-nav-toggle]").is_visible()
+
+
+def test_test_call_form_refuses_temperature_2_like_the_gateway(sized_page, sign_in, screenshot):
+    from deployments.models import TestCall
+
+    page = sized_page
+    world = World()
+    deployment = make_deployment(world.org, base_url="http://10.0.0.5:8000/v1", name="Qwen3")
+    sign_in("dev")
+    page.goto(f"/w/acme/deployments/{deployment.public_id}/?tab=test")
+    page.fill("[data-testid=test-call-form] [name=prompt]", "Hello")
+    page.fill("[data-testid=test-call-form] [name=temperature]", "2")
+    page.click("[data-testid=test-call-run]")
+    field = page.locator("[data-testid=test-call-form] [name=temperature]")
+    assert field.evaluate("e => e.validity.rangeOverflow")
+    assert "1.99" in field.evaluate("e => e.validationMessage")
+    screenshot(page, "temperature-2-refused")
+    assert not TestCall.objects.exists()
+    field.fill("1.99")
+    assert field.evaluate("e => e.checkValidity()")

@@ -54,3 +54,13 @@ def test_estimated_tokens_do_not_read_as_no_usage(client_for, world):
     body = client_for(world.owner).get("/w/acme/usage/").content.decode()
     assert "upstream reported no usage" not in body
     assert "counted by Gatehouse where the upstream sent no token counts" in body
+
+
+@pytest.mark.parametrize(("temperature", "valid"), [("0", True), ("1.99", True), ("2", False), ("2.5", False), ("-0.1", False)])
+def test_test_call_form_takes_the_gateways_temperature_range(temperature, valid):
+    from deployments.forms import TestCallForm
+
+    form = TestCallForm({"prompt": "Hello", "temperature": temperature})
+    assert form.is_valid() is valid
+    if temperature == "2":
+        assert form.errors["temperature"] == ["Must be below 2: the gateway takes temperatures from 0 up to, not including, 2."]
