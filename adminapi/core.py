@@ -8,13 +8,13 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.http import Http404, HttpRequest
-from ninja import NinjaAPI, Schema
+from ninja import Header, NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as SchemaValidationError
 from ninja.responses import Status
@@ -73,7 +73,13 @@ class AdminKeyAuth(HttpBearer):
         return principal
 
 
-api = NinjaAPI(
+class AdminNinjaAPI(NinjaAPI):
+    def get_openapi_operation_id(self, operation) -> str:
+        # The handler's own name (list_workspaces, create_api_key): what generated clients call it.
+        return operation.view_func.__name__
+
+
+api = AdminNinjaAPI(
     title="Gatehouse admin API",
     version="1",
     description=(
@@ -195,6 +201,14 @@ def page_list(items: list, *, cursor: str | None, limit: int) -> tuple[list, str
 # ---- idempotent creates ------------------------------------------------------------------------
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Declared on every create, so the schema (and clients generated from it) carry the header.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        description="Any unique string (1–200 characters): a retry with the same key and body gets the first response back.",
+    ),
+]
 
 
 def idempotent(request: HttpRequest, create: Callable[[], tuple[int, dict]], *, secret_fields: tuple[str, ...] = ()):

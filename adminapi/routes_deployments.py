@@ -12,7 +12,7 @@ from django.utils import timezone
 from ninja import Router, Schema
 from ninja.responses import Status, codes_4xx
 
-from adminapi.core import DEFAULT_LIMIT, ErrorOut, idempotent, page_by_id, principal
+from adminapi.core import DEFAULT_LIMIT, ErrorOut, IdempotencyKey, idempotent, page_by_id, principal
 from console.access import access_workspace
 from console.models import Role
 from deployments.access import access_deployment, access_replica
@@ -112,7 +112,7 @@ def list_deployments(request, ws: str, limit: int = DEFAULT_LIMIT, cursor: str |
 @router.post(
     "/workspaces/{ws}/deployments", response={201: DeploymentOut, codes_4xx: ErrorOut}, summary="Create a deployment with its first price"
 )
-def create_deployment(request, ws: str, payload: DeploymentIn):
+def create_deployment(request, ws: str, payload: DeploymentIn, idempotency_key: IdempotencyKey = None):
     access = access_workspace(principal(request), ws, min_role=Role.ADMIN)
 
     def create():
@@ -174,7 +174,7 @@ def list_prices(request, ws: str, deployment_id: UUID, limit: int = DEFAULT_LIMI
     response={201: PriceOut, codes_4xx: ErrorOut},
     summary="Add a price version (from now, or from a future moment)",
 )
-def create_price(request, ws: str, deployment_id: UUID, payload: PriceIn):
+def create_price(request, ws: str, deployment_id: UUID, payload: PriceIn, idempotency_key: IdempotencyKey = None):
     _, deployment = access_deployment(principal(request), ws, deployment_id, min_role=Role.ADMIN)
 
     def create():
@@ -243,7 +243,7 @@ def list_replicas(request, ws: str, deployment_id: UUID, limit: int = DEFAULT_LI
 @router.post(
     "/workspaces/{ws}/deployments/{deployment_id}/replicas", response={201: ReplicaOut, codes_4xx: ErrorOut}, summary="Add a replica"
 )
-def create_replica(request, ws: str, deployment_id: UUID, payload: ReplicaIn):
+def create_replica(request, ws: str, deployment_id: UUID, payload: ReplicaIn, idempotency_key: IdempotencyKey = None):
     _, deployment = access_deployment(principal(request), ws, deployment_id, min_role=Role.ADMIN)
 
     def create():

@@ -13,7 +13,7 @@ from django.utils import timezone
 from ninja import Router, Schema
 from ninja.responses import Status, codes_4xx
 
-from adminapi.core import DEFAULT_LIMIT, ErrorOut, idempotent, page_by_id, principal
+from adminapi.core import DEFAULT_LIMIT, ErrorOut, IdempotencyKey, idempotent, page_by_id, principal
 from console.access import access_workspace
 from console.models import Role
 from deployments.selectors import callable_deployments
@@ -133,7 +133,7 @@ def list_api_keys(request, ws: str, limit: int = DEFAULT_LIMIT, cursor: str | No
     response={201: ApiKeySecretOut, codes_4xx: ErrorOut},
     summary="Create an API key; the secret is in this response only",
 )
-def create_api_key(request, ws: str, payload: ApiKeyIn):
+def create_api_key(request, ws: str, payload: ApiKeyIn, idempotency_key: IdempotencyKey = None):
     access = access_workspace(principal(request), ws, min_role=Role.DEVELOPER)
 
     def create():

@@ -13,7 +13,7 @@ from django.urls import reverse
 from ninja import Query, Router, Schema
 from ninja.responses import Status, codes_4xx
 
-from adminapi.core import DEFAULT_LIMIT, ApiError, ErrorOut, idempotent, page_by_id, principal
+from adminapi.core import DEFAULT_LIMIT, ApiError, ErrorOut, IdempotencyKey, idempotent, page_by_id, principal
 from console import invitations
 from console.access import access_membership, access_workspace
 from console.models import AuditEvent, Invitation, Membership, Role, Workspace
@@ -98,7 +98,7 @@ def patch_workspace(request, ws: str, payload: WorkspacePatch):
     response={201: WorkspaceOut, codes_4xx: ErrorOut},
     summary="Create a sub-workspace of a default workspace",
 )
-def create_sub_workspace(request, ws: str, payload: SubWorkspaceIn):
+def create_sub_workspace(request, ws: str, payload: SubWorkspaceIn, idempotency_key: IdempotencyKey = None):
     access = access_workspace(principal(request), ws, min_role=Role.ADMIN)
     if not access.workspace.is_default:
         raise PermissionDenied("Sub-workspaces are created from the default workspace.")
@@ -245,7 +245,7 @@ def list_invitations(request, ws: str, limit: int = DEFAULT_LIMIT, cursor: str |
     summary="Invite someone by email (the link is emailed, never returned)",
     tags=["members"],
 )
-def create_invitation(request, ws: str, payload: InvitationIn):
+def create_invitation(request, ws: str, payload: InvitationIn, idempotency_key: IdempotencyKey = None):
     access = access_workspace(principal(request), ws, min_role=Role.ADMIN)
     if not settings.EMAIL_ENABLED:
         raise ApiError(409, "email_not_configured", "Email is not configured on this installation, so invitations cannot be sent.")
