@@ -389,8 +389,9 @@ class Gateway:
         exchange.endpoint = "messages.count_tokens"
         entry = await self.checked_entry(scope, headers, key, exchange)
         payload = _json(await _read_body(receive, settings.GATEWAY_MAX_BODY_BYTES))
-        exchange.model = self.resolve(entry, messages.count_model(payload), None).name
-        await exchange.respond(200, orjson.dumps({"input_tokens": messages.count_tokens(payload)}))
+        route = self.resolve(entry, messages.count_model(payload), None)
+        exchange.model = route.name
+        await exchange.respond(200, orjson.dumps({"input_tokens": messages.count_tokens(payload, route.counter)}))
 
     async def checked_entry(self, scope, headers: dict, key: str, exchange: Exchange, *, reload: bool = False) -> KeyEntry:
         digest = _digest(key)

@@ -150,8 +150,33 @@ def chat_texts(body: dict) -> tuple[list[str], int]:
     return texts, extra
 
 
+def input_texts(value) -> tuple[list[str], int]:
+    """The texts of an OpenAI `input` / `prompt` value (a string, strings, token ids or token-id
+    arrays, already validated by the shape) and the tokens given as ids."""
+    if isinstance(value, str):
+        return [value], 0
+    if isinstance(value, list) and value:
+        if isinstance(value[0], str):
+            return value, 0
+        if isinstance(value[0], list):
+            return [], sum(len(ids) for ids in value)
+        return [], len(value)
+    return [], 0
+
+
 def count_texts(counter: Counter, texts: list[str]) -> int:
     return sum(counter.count(text) for text in texts)
+
+
+async def count_texts_async(texts: list[str], extra: int, counter: Counter | None = None) -> int:
+    """Tokens of `texts` plus `extra`, encoding a large input off the event loop."""
+    global _pool
+    counter = counter or default_counter()
+    if sum(len(text) for text in texts) <= OFFLOAD_CHARS:
+        return count_texts(counter, texts) + extra
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-tokenizer")
+    return await asyncio.get_running_loop().run_in_executor(_pool, count_texts, counter, texts) + extra
 
 
 def count_chat(body: dict, counter: Counter | None = None) -> int:
@@ -162,14 +187,8 @@ def count_chat(body: dict, counter: Counter | None = None) -> int:
 
 async def count_chat_async(body: dict, counter: Counter | None = None) -> int:
     """Prompt tokens of a chat-completions body, encoding a large prompt off the event loop."""
-    global _pool
-    counter = counter or default_counter()
     texts, extra = chat_texts(body)
-    if sum(len(text) for text in texts) <= OFFLOAD_CHARS:
-        return count_texts(counter, texts) + extra
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-tokenizer")
-    return await asyncio.get_running_loop().run_in_executor(_pool, count_texts, counter, texts) + extra
+    return await count_texts_async(texts, extra, counter)
 
 
 def estimate_prompt_tokens(messages: list) -> int:

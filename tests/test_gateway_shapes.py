@@ -151,10 +151,11 @@ def test_rerank_passes_through_and_meters_input_tokens(world, rerank_model, gate
 def test_embedding_tpm_limit_refuses_with_the_openai_rate_limit_error(world, embedding_model, gateway):
     key, plaintext = make_key(world.org, deployments=[embedding_model], tpm_limit=40)
     client = sdk(gateway, plaintext)
-    client.embeddings.create(model=embedding_model.model_id, input="x" * 60)  # estimated 21 tokens, settles to 1
+    client.embeddings.create(model=embedding_model.model_id, input="x" * 60)  # 8 tokens by cl100k
     client.embeddings.create(model=embedding_model.model_id, input="x" * 60)
     with pytest.raises(openai.RateLimitError):
-        client.embeddings.create(model=embedding_model.model_id, input="y" * 150)  # 51 > 40: never fits
+        # 51 tokens by cl100k, more than the 40 a minute: never fits
+        client.embeddings.create(model=embedding_model.model_id, input="The quick brown fox jumps over the lazy dog. " * 5)
     assert UsageEvent.objects.filter(api_key=key, status_code=200, endpoint="embeddings").count() == 2
 
 

@@ -7,6 +7,7 @@ from gateway.errors import bad_request
 from gateway.proxy import SseRelay
 from gateway.shapes import Call, Shape, chat
 from gateway.shapes.checks import boolean, integer, json_object, model, number, positive_int, text_or_tokens
+from gateway.tokenizer import count_texts_async, input_texts
 
 
 def parse(payload: object, model_required: bool) -> Call:
@@ -49,6 +50,11 @@ def relay(call: Call, route, request_id: str) -> SseRelay:
     return SseRelay(client_model=route.name, upstream_model=route.upstream_model, client_wants_usage=call.wants_usage)
 
 
+async def count(call: Call, counter) -> int:
+    """The `prompt`'s tokens with the route's tokenizer (token ids count as themselves)."""
+    return await count_texts_async(*input_texts(call.body.get("prompt")), counter)
+
+
 SHAPE = Shape(
     endpoint="completions",
     upstream_path="/completions",
@@ -59,4 +65,5 @@ SHAPE = Shape(
     estimate_completion=estimate_completion,
     relay=relay,
     error_body=chat.error_body,
+    count=count,
 )

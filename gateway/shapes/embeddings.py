@@ -10,6 +10,7 @@ from __future__ import annotations
 from gateway.errors import bad_request
 from gateway.shapes import Call, Shape, chat
 from gateway.shapes.checks import json_object, model, positive_int, text_or_tokens
+from gateway.tokenizer import count_texts_async, input_texts
 
 MAX_INPUTS = 2048  # the OpenAI limit on inputs per request
 
@@ -49,6 +50,11 @@ def relay(call: Call, route, request_id: str):
     raise AssertionError("embeddings are never streamed")  # parse refuses stream=true
 
 
+async def count(call: Call, counter) -> int:
+    """The `input`'s tokens with the route's tokenizer (token ids count as themselves)."""
+    return await count_texts_async(*input_texts(call.body.get("input")), counter)
+
+
 SHAPE = Shape(
     endpoint="embeddings",
     upstream_path="/embeddings",
@@ -59,6 +65,7 @@ SHAPE = Shape(
     estimate_completion=estimate_completion,
     relay=relay,
     error_body=chat.error_body,
+    count=count,
     cap_param=None,
     model_kind="embedding",
 )

@@ -26,6 +26,7 @@ from gateway.limits import estimate_prompt_tokens
 from gateway.shapes import Call, Shape, chat
 from gateway.shapes.checks import boolean, integer, json_object, model, number, positive_int
 from gateway.shapes.streaming import TranslatingRelay
+from gateway.tokenizer import count_chat
 from gateway.validation import TOOL_NAME
 
 ERROR_TYPES = {
@@ -224,12 +225,13 @@ def count_model(payload: object) -> str:
     return model(json_object(payload))
 
 
-def count_tokens(payload: dict) -> int:
-    """/v1/messages/count_tokens: the admission estimate of what the request would send (its tools too)."""
-    count = estimate_prompt_tokens(chat_messages(payload.get("messages"), payload.get("system")))
+def count_tokens(payload: dict, counter=None) -> int:
+    """/v1/messages/count_tokens: what admission counts for the request, tools included, with the
+    route's tokenizer (None: the default)."""
+    body = {"messages": chat_messages(payload.get("messages"), payload.get("system"))}
     if payload.get("tools"):
-        count += len(orjson.dumps(chat_tools(payload["tools"]))) // 3
-    return count
+        body["tools"] = chat_tools(payload["tools"])
+    return count_chat(body, counter)
 
 
 def message_id(request_id: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from gateway.errors import bad_request
 from gateway.shapes import Call, Shape, chat
 from gateway.shapes.checks import boolean, json_object, model, positive_int
+from gateway.tokenizer import count_texts_async
 
 MAX_DOCUMENTS = 1000
 
@@ -56,6 +57,15 @@ def relay(call: Call, route, request_id: str):
     raise AssertionError("rerank is never streamed")
 
 
+async def count(call: Call, counter) -> int:
+    """With the route's tokenizer: a reranker reads the query beside each document (vLLM scores
+    query-document pairs), plus a separator per pair."""
+    documents = call.body["documents"]
+    texts = [document.get("text") if isinstance(document, dict) else document for document in documents]
+    query = await count_texts_async([call.body["query"]], 0, counter)
+    return query * len(texts) + await count_texts_async(texts, len(texts), counter)
+
+
 SHAPE = Shape(
     endpoint="rerank",
     upstream_path="/rerank",
@@ -66,6 +76,7 @@ SHAPE = Shape(
     estimate_completion=estimate_completion,
     relay=relay,
     error_body=chat.error_body,
+    count=count,
     cap_param=None,
     model_kind="rerank",
 )

@@ -27,7 +27,7 @@ from gateway.proxy import SseRelay
 from gateway.shapes import Call, Shape, chat
 from gateway.shapes.checks import boolean, json_object, model, number, positive_int
 from gateway.shapes.streaming import TranslatingRelay
-from gateway.tokenizer import estimate_prompt_tokens
+from gateway.tokenizer import count_chat_async, estimate_prompt_tokens
 from gateway.validation import TOOL_NAME
 
 STORED_ONLY = {
@@ -443,8 +443,13 @@ def passthrough_parse(payload: object, model_required: bool) -> Call:
         stream=bool(body.get("stream")),
         prompt_estimate=estimate_prompt_tokens(messages),
         completion_budget=body.get("max_output_tokens"),
-        extra={"request": body},
+        extra={"request": body, "messages": messages},
     )
+
+
+async def passthrough_count(call: Call, counter) -> int:
+    """Counted like the chat body it would translate to: the input items and the tool definitions."""
+    return await count_chat_async({"messages": call.extra["messages"], "tools": call.body.get("tools")}, counter)
 
 
 def passthrough_usage(data: dict) -> tuple[int, int] | None:
@@ -519,6 +524,7 @@ PASSTHROUGH = Shape(
     error_body=error_body,
     cap_param="max_output_tokens",
     stream_usage_option=False,
+    count=passthrough_count,
 )
 
 SHAPE = Shape(
