@@ -1,4 +1,8 @@
-"""Upstream calls: one shared httpx.AsyncClient per process, SSE passed through as it arrives."""
+"""Upstream calls: request building, error mapping and the SSE relay.
+
+The client is gateway/upstream.py's: its own HTTP/1.1 client by default, httpx with
+GATEWAY_UPSTREAM_CLIENT=httpx (make_client); one per process, pooled keep-alive connections.
+SSE is passed through as it arrives."""
 
 from __future__ import annotations
 

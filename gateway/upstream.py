@@ -26,6 +26,7 @@ import httptools
 from lib.upstream import forbidden_address_reason, pinned_url
 
 IDLE_EXPIRY = 4.0  # below uvicorn's default 5 s keep-alive, so we never reuse a connection the server is closing
+MAX_HEAD_BYTES = 64 * 1024  # a response head (status line + headers) larger than this is refused
 
 
 class UpstreamTimeout(Exception):
@@ -54,17 +55,26 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future | None = None
         self.idle_since = 0.0
         self.keep_alive = True
+        self.head_bytes = 0
 
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if not self.headers_done:
+            # httptools does not bound the head: an upstream sending headers forever must not
+            # grow this process's memory.
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.error = UpstreamUnreachable(f"invalid HTTP from upstream: {exc}")
             self.transport.abort()
+        else:
+            if not self.headers_done and self.head_bytes > MAX_HEAD_BYTES:
+                self.error = UpstreamUnreachable(f"the upstream's response head is larger than {MAX_HEAD_BYTES} bytes")
+                self.transport.abort()
         self._wake()
 
     def connection_lost(self, exc) -> None:
@@ -113,6 +123,7 @@ class _Connection(asyncio.Protocol):
     def reset(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.status, self.headers_done, self.complete = 0, False, False
+        self.head_bytes = 0
         self.chunks.clear()
 
 
@@ -167,7 +178,9 @@ class NativeClient:
                 raise UpstreamUnreachable(f"unsupported upstream URL scheme {parts.scheme!r}")
             tls = parts.scheme == "https"
             port = parts.port or (443 if tls else 80)
-            host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+            # An IPv6 literal keeps its brackets in the Host header (RFC 9110 7.2): "[::1]:9000".
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            host_header = host if parts.port is None else f"{host}:{parts.port}"
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             cached = ((parts.hostname, port, tls), host_header.encode(), path.encode())
             if len(self.split_cache) < 4096:
