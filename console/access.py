@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from allauth.account.internal.flows.login import get_authentication_records
 from allauth.core.exceptions import ReauthenticationRequired
+from allauth.mfa.models import Authenticator
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
@@ -94,8 +95,6 @@ def access_membership(user, slug: str, public_id, *, min_role: Role = Role.ADMIN
 
 
 def user_has_mfa(user) -> bool:
-    from allauth.mfa.models import Authenticator
-
     return Authenticator.objects.filter(user=user, type__in=[Authenticator.Type.TOTP, Authenticator.Type.WEBAUTHN]).exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -386,8 +387,6 @@ SOCIALACCOUNT_PROVIDERS = _oidc_providers()
 if SOCIALACCOUNT_PROVIDERS:
     # Starting SSO is a form POST that redirects to the identity provider; CSP's form-action
     # applies to that redirect too, so the provider's origin must be allowed.
-    from urllib.parse import urlsplit
-
     _issuer = urlsplit(env_str("OIDC_ISSUER_URL", ""))
     SECURE_CSP["form-action"] = [
         *SECURE_CSP["form-action"],

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from allauth.account.views import PasswordChangeView as AllauthPasswordChangeView
+from allauth.socialaccount.adapter import get_adapter
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -341,8 +342,6 @@ def invitation_accept(request: HttpRequest) -> HttpResponse:
 
 
 def _sso_providers(request: HttpRequest) -> list:
-    from allauth.socialaccount.adapter import get_adapter
-
     return get_adapter().list_providers(request)
 
 

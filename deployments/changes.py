@@ -16,6 +16,8 @@ from collections import defaultdict
 from django.conf import settings
 from django.db import transaction
 
+from lib.redis import redis_client
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "gatehouse:deployments:changed"
@@ -41,7 +43,7 @@ def _announce_after_commit(deployment_id: int) -> None:
 
 
 def _retry_on_worker(deployment_ids: list[int]) -> None:
-    from deployments.tasks import deployments_announce
+    from deployments.tasks import deployments_announce  # here, not at the top: deployments.tasks imports this module
 
     try:
         # The broker is usually the same Redis: one quick attempt, no long publish retries.
@@ -60,8 +62,6 @@ def deployment_changes_announce(*, deployment_ids: list[int]) -> None:
     unreachable. Safe to repeat: an extra bump only makes gateways reload once more."""
     if not settings.REDIS_URL:
         return
-    from lib.redis import redis_client
-
     pipe = redis_client().pipeline()
     for deployment_id in deployment_ids:
         pipe.hincrby(GENERATION_KEY, str(deployment_id), 1)
@@ -85,8 +85,6 @@ def _publish_health(replica_id: int, public_id: str, up: bool) -> None:
         listener(replica_id, public_id, up)
     if not settings.REDIS_URL:
         return
-    from lib.redis import redis_client
-
     try:
         redis_client().publish(HEALTH_CHANNEL, f"{replica_id}:{int(up)}:{public_id}")
     except Exception:

@@ -36,10 +36,13 @@ import base64
 import hashlib
 import json
 import math
+import os
 import re
 import struct
 import time
 from collections import Counter
+
+import uvicorn
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 SERVED_MODELS = ["gatehouse-demo"]
@@ -470,10 +473,6 @@ class DemoModel:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import os
-
-    import uvicorn
-
     parser = argparse.ArgumentParser(description="Gatehouse demo model: a deterministic OpenAI-compatible upstream.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("DEMO_MODEL_PORT", "8001")))
@@ -506,8 +505,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def app_from_env() -> DemoModel:
-    import os
-
     return DemoModel(
         api_key=os.environ.get("DEMO_MODEL_API_KEY") or None,
         latency_ms=int(os.environ.get("DEMO_MODEL_LATENCY_MS", "0")),

@@ -263,13 +263,13 @@ def deployment_probe_on_commit(*, deployment_id: int) -> None:
 
     Expires like the periodic probes: after a worker outage the next round checks it anyway.
     """
-    from deployments.tasks import PROBE_EXPIRES_SECONDS, deployment_probe
+    from deployments.tasks import PROBE_EXPIRES_SECONDS, deployment_probe  # not at the top: deployments.tasks imports this module
 
     transaction.on_commit(lambda: deployment_probe.apply_async(args=(deployment_id,), expires=PROBE_EXPIRES_SECONDS))
 
 
 def replica_probe_on_commit(*, replica_id: int) -> None:
     """For request code (a replica added, edited or enabled): probe it once the change is committed."""
-    from deployments.tasks import PROBE_EXPIRES_SECONDS, replica_probe
+    from deployments.tasks import PROBE_EXPIRES_SECONDS, replica_probe  # not at the top: deployments.tasks imports this module
 
     transaction.on_commit(lambda: replica_probe.apply_async(args=(replica_id,), expires=PROBE_EXPIRES_SECONDS))

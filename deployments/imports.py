@@ -19,6 +19,7 @@ from django.db import transaction
 from console.audit import Actor
 from console.models import Workspace
 from deployments.models import Deployment, DeploymentReplica, UpstreamKind
+from deployments.services import deployment_create, replica_add
 from lib.upstream import Resolver, UpstreamRefused, pinned_url, resolve_checked, system_resolver, validate_upstream_url
 
 FETCH_TIMEOUT_SECONDS = 5.0
@@ -128,8 +129,6 @@ def deployments_import(
     """Import the chosen models of a server: a new deployment each, or a new replica of the
     deployment already serving that upstream model. Returns (model, deployment, "created" /
     "replica added" / "already a replica"). All or nothing."""
-    from deployments.services import deployment_create, replica_add
-
     offers = {o.upstream_model: o for o in import_offers(workspace=workspace, base_url=base_url, models=models)}
     done = []
     for model in models:

@@ -5,6 +5,8 @@ from decimal import Decimal
 
 from django.db import models
 
+from lib.upstream import upstream_host
+
 
 class UpstreamKind(models.TextChoices):
     ENDPOINT = "endpoint", "OpenAI-compatible endpoint"
@@ -129,8 +131,6 @@ class DeploymentReplica(models.Model):
         constraints = [models.UniqueConstraint(fields=["deployment", "base_url"], name="replica_unique_url")]
 
     def __str__(self) -> str:
-        from lib.upstream import upstream_host
-
         return upstream_host(self.base_url)
 
 

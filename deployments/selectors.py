@@ -5,7 +5,7 @@ from datetime import datetime
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 
 from console.models import Workspace
-from deployments.models import Deployment, DeploymentPrice, DeploymentReplica, UpstreamKind
+from deployments.models import Deployment, DeploymentPrice, DeploymentReplica, DeploymentStatus, UpstreamKind
 
 
 def callable_deployments(workspace: Workspace) -> QuerySet[Deployment]:
@@ -43,8 +43,6 @@ def sub_workspaces_for_grants(root: Workspace) -> list[Workspace]:
 
 def unhealthy_deployments(workspace: Workspace, limit: int = 10) -> list[Deployment]:
     """Deployments this workspace may call that the health probe found unreachable or failed."""
-    from deployments.models import DeploymentStatus
-
     return list(
         callable_deployments(workspace)
         .filter(status__in=[DeploymentStatus.UNREACHABLE, DeploymentStatus.FAILED])

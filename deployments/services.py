@@ -13,7 +13,7 @@ from django.utils import timezone
 from console.audit import Actor, audit_record
 from console.models import Workspace
 from deployments.changes import deployment_changed
-from deployments.health import deployment_probe_on_commit
+from deployments.health import deployment_probe_on_commit, replica_probe_on_commit
 from deployments.models import (
     Deployment,
     DeploymentKind,
@@ -25,8 +25,10 @@ from deployments.models import (
     UpstreamKind,
 )
 from deployments.selectors import price_in_force
-from keys.models import ByokCredential, RouterProvider, RouterProviderGrant
+from keys.changes import keys_changed
+from keys.models import ApiKey, ByokCredential, RouterProvider, RouterProviderGrant
 from lib.crypto import encrypt
+from lib.tokenizer_file import clean_tokenizer_path
 from lib.upstream import Resolver, system_resolver, upstream_host, validate_upstream_url
 
 MODEL_ID_MAX = 200
@@ -148,8 +150,6 @@ def _clean_fallback(*, workspace: Workspace, fallback: Deployment | None, own_pk
 def _clean_tokenizer_path(value: str) -> str:
     """Checked where it is set (the console and the gateways share the file system layout, as one
     image): a path that does not load as a tokenizer.json is refused here, not at request time."""
-    from lib.tokenizer_file import clean_tokenizer_path
-
     try:
         return clean_tokenizer_path(value)
     except ValueError as exc:
@@ -723,12 +723,6 @@ def replica_remove(*, replica: DeploymentReplica, actor: Actor) -> None:
     deployment_changed(deployment.id)
 
 
-def replica_probe_on_commit(*, replica_id: int) -> None:
-    from deployments.health import replica_probe_on_commit as probe
-
-    probe(replica_id=replica_id)
-
-
 QUEUE_PRIORITY_MAX = 10
 
 
@@ -736,9 +730,6 @@ QUEUE_PRIORITY_MAX = 10
 def workspace_queue_priority_set(*, workspace: Workspace, actor: Actor, priority) -> Workspace:
     """A sub-workspace's turns per round when a deployment is at capacity (gateway/capacity.py).
     Set by the organisation, never by the sub-workspace itself; its keys are reloaded at once."""
-    from keys.changes import keys_changed
-    from keys.models import ApiKey
-
     if workspace.parent_id is None:
         raise ValidationError("Queue priority is set for sub-workspaces.")
     try:

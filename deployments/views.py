@@ -20,6 +20,7 @@ from deployments.access import access_deployment, access_replica
 from deployments.console_calls import create_test_call, expire_test_call_if_unclaimed, recent_test_calls
 from deployments.examples import API_KEY_ENV, render_examples, target_for
 from deployments.forms import DeploymentCreateForm, DeploymentForm, GrantsForm, ImportServerForm, PriceForm, ReplicaForm, TestCallForm
+from deployments.imports import default_model_id, deployments_import, import_offers, server_models
 from deployments.live import replica_figures
 from deployments.models import Deployment, DeploymentPrice, ModelGrant, TestCall
 from deployments.selectors import (
@@ -44,6 +45,7 @@ from deployments.services import (
     workspace_queue_priority_set,
 )
 from keys.tokens import is_well_formed
+from lib.crypto import decrypt, encrypt
 from lib.upstream import upstream_host
 from usage.selectors import requests_today
 
@@ -103,9 +105,6 @@ def deployments_import_view(request: HttpRequest, ws: str) -> HttpResponse:
     """Import from server: POST without `models` reads the server's list and offers what to do
     with each model; POST with `models` imports the ticked ones. The key travels between the two
     steps encrypted (`sealed_key`), never in clear in the page."""
-    from deployments.imports import default_model_id, deployments_import, import_offers, server_models
-    from lib.crypto import decrypt, encrypt
-
     access = access_workspace(request.user, ws, min_role=Role.ADMIN)
     form = ImportServerForm(request.POST or None)
     context = {"access": access, "nav": "deployments", "form": form}

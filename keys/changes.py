@@ -15,6 +15,8 @@ from collections import defaultdict
 from django.conf import settings
 from django.db import transaction
 
+from lib.redis import redis_client
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "gatehouse:keys:changed"
@@ -50,7 +52,7 @@ def _announce_after_commit(api_key_ids: list[int]) -> None:
 
 
 def _retry_on_worker(api_key_ids: list[int]) -> None:
-    from keys.tasks import keys_announce
+    from keys.tasks import keys_announce  # here, not at the top: keys.tasks imports this module
 
     try:
         # The broker is usually the same Redis: one quick attempt, no long publish retries.
@@ -69,8 +71,6 @@ def key_changes_announce(*, api_key_ids: list[int]) -> None:
     unreachable. Safe to repeat: an extra bump only makes gateways reload a key once more."""
     if not settings.REDIS_URL:
         return
-    from lib.redis import redis_client
-
     pipe = redis_client().pipeline()
     for api_key_id in api_key_ids:
         pipe.hincrby(GENERATION_KEY, str(api_key_id), 1)

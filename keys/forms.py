@@ -10,9 +10,10 @@ from console.models import Workspace
 from deployments.selectors import callable_deployments
 from keys.models import ApiKey, ApiKeyKind
 from keys.names import MAX_NAME_LENGTH, NAME_HELP, validate_key_name
+from keys.provider_fields import parse_model_names
 from keys.router_providers import router_providers_granted_to
 from keys.selectors import KeyStatus
-from keys.services import GRACE_CHOICES, MAX_TPM, MAX_YEARLY_TOKENS, check_expiry, parse_model_names
+from keys.services import GRACE_CHOICES, MAX_TPM, MAX_YEARLY_TOKENS, check_expiry
 from lib.net import MAX_ALLOWLIST_ENTRIES, parse_allowlist
 
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 from django import forms
 
 from console.models import Workspace
+from keys.provider_fields import check_base_url
 
 
 class RouterProviderForm(forms.Form):
@@ -48,9 +49,7 @@ class RouterProviderForm(forms.Form):
 
     def clean_base_url(self) -> str:
         # The service checks again; checking here too shows the problem next to every other one.
-        from keys.services import _check_base_url
-
-        return _check_base_url(self.cleaned_data["base_url"])
+        return check_base_url(self.cleaned_data["base_url"])
 
 
 class RouterProviderCreateForm(RouterProviderForm):

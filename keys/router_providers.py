@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from django.contrib.admin.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
@@ -33,6 +35,7 @@ from deployments.models import Deployment, UpstreamKind
 from deployments.services import BACKDATE_TOLERANCE, CURRENCY_RE, _clean_price
 from keys.changes import keys_changed
 from keys.models import ApiKey, RouterProvider, RouterProviderGrant, RouterProviderPrice
+from keys.provider_fields import check_base_url, check_provider_key, parse_model_names
 from lib.crypto import encrypt
 
 RESERVED_SLUGS = frozenset({"byok"})
@@ -106,9 +109,6 @@ def _announce(provider: RouterProvider) -> None:
 
 
 def _log(actor: Actor, provider: RouterProvider, flag: int, message: dict) -> None:
-    from django.contrib.admin.models import LogEntry
-    from django.contrib.contenttypes.models import ContentType
-
     if getattr(actor.user, "pk", None) is None:
         return  # LogEntry needs a user; system changes (migrations, commands) print what they did
     LogEntry.objects.create(
@@ -140,14 +140,12 @@ def _clean_slug(slug: str, *, exclude_pk: int | None) -> str:
 
 
 def _clean_fields(*, name: str, base_url: str, model_names) -> dict:
-    from keys.services import _check_base_url, parse_model_names
-
     errors: dict[str, list[str]] = {}
     name = (name or "").strip()
     if not 1 <= len(name) <= 80:
         errors["name"] = ["Name the provider (at most 80 characters), e.g. OpenRouter."]
     try:
-        base_url = _check_base_url(base_url)
+        base_url = check_base_url(base_url)
     except ValidationError as exc:
         errors["base_url"] = exc.messages
     try:
@@ -161,10 +159,8 @@ def _clean_fields(*, name: str, base_url: str, model_names) -> dict:
 
 @sensitive_variables("api_key")
 def _clean_api_key(api_key: str) -> str:
-    from keys.services import _check_provider_key
-
     try:
-        return _check_provider_key(api_key)
+        return check_provider_key(api_key)
     except ValidationError as exc:
         raise ValidationError({"api_key": exc.messages}) from None
 

@@ -26,10 +26,10 @@ from keys import tokens
 from keys.changes import key_changed
 from keys.models import ApiKey, ApiKeyKind, ApiKeySecret, ByokCredential, RouterProvider
 from keys.names import validate_key_name
+from keys.provider_fields import check_base_url, check_provider_key, parse_model_names
 from keys.router_providers import router_providers_granted_to
 from lib.crypto import encrypt
 from lib.net import parse_allowlist
-from lib.upstream import validate_upstream_url
 
 MAX_TPM = 2_147_483_647  # PositiveIntegerField
 MAX_YEARLY_TOKENS = 9_223_372_036_854_775_807  # PositiveBigIntegerField
@@ -455,36 +455,6 @@ def api_key_secret_discard(*, secret: ApiKeySecret) -> None:
 
 # ---- BYOK credentials --------------------------------------------------------------------------
 
-MAX_MODEL_NAMES = 200
-
-
-def parse_model_names(value: str | Iterable[str], *, required: bool = True) -> list[str]:
-    """Model names separated by commas or new lines; each without spaces, at most 200 characters."""
-    raw = value.replace(",", "\n").splitlines() if isinstance(value, str) else list(value)
-    names = list(dict.fromkeys(name.strip() for name in raw if name.strip()))
-    for name in names:
-        if len(name) > 200 or any(ch.isspace() or not ch.isprintable() for ch in name):
-            raise ValidationError(f"“{name[:60]}” is not a model name (no spaces, at most 200 characters).")
-    if required and not names:
-        raise ValidationError("List at least one model this provider serves.")
-    if len(names) > MAX_MODEL_NAMES:
-        raise ValidationError(f"At most {MAX_MODEL_NAMES} models.")
-    return names
-
-
-def _check_base_url(value: str) -> str:
-    # The same server-side-request policy as deployment upstreams: link-local and cloud
-    # metadata addresses are refused, including via DNS.
-    return validate_upstream_url(value, allow_unresolved=True)
-
-
-@sensitive_variables("value")
-def _check_provider_key(value: str) -> str:
-    value = (value or "").strip()
-    if not 8 <= len(value) <= 500 or any(ch.isspace() for ch in value):
-        raise ValidationError("Paste the provider's API key: 8–500 characters, no spaces.")
-    return value
-
 
 def _check_provider(value: str) -> str:
     value = (value or "").strip()
@@ -517,8 +487,8 @@ def byok_credential_create(
     if errors.check("name", _check_byok_name, name) is not None and workspace.byok_credentials.filter(name=name).exists():
         errors.add("name", f"A BYOK credential named “{name}” already exists in this workspace.")
     provider = errors.check("provider", _check_provider, provider)
-    base_url = errors.check("base_url", _check_base_url, base_url)
-    api_key = errors.check("api_key", _check_provider_key, api_key)
+    base_url = errors.check("base_url", check_base_url, base_url)
+    api_key = errors.check("api_key", check_provider_key, api_key)
     model_names = errors.check("model_names", parse_model_names, model_names)
     errors.raise_if_any()
     with transaction.atomic():
@@ -551,10 +521,10 @@ def byok_credential_update(
     """Change a credential; an empty api_key keeps the stored one (it is never shown back)."""
     errors = _Errors()
     provider = errors.check("provider", _check_provider, provider)
-    base_url = errors.check("base_url", _check_base_url, base_url)
+    base_url = errors.check("base_url", check_base_url, base_url)
     model_names = errors.check("model_names", parse_model_names, model_names)
     if api_key:
-        api_key = errors.check("api_key", _check_provider_key, api_key)
+        api_key = errors.check("api_key", check_provider_key, api_key)
     errors.raise_if_any()
     changes = {}
     for field, value in (("provider", provider), ("base_url", base_url), ("model_names", model_names)):

@@ -7,6 +7,9 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -63,8 +66,6 @@ def _in_any(ip: IPAddress, networks: Sequence[IPNetwork]) -> bool:
 
 def client_ip(request) -> str | None:
     """The client address of a Django request, honouring settings.TRUSTED_PROXIES."""
-    from django.conf import settings
-
     return resolve_client_ip(
         request.META.get("REMOTE_ADDR"),
         request.META.get("HTTP_X_FORWARDED_FOR"),
@@ -86,8 +87,6 @@ def parse_allowlist(text: str | Iterable[str]) -> list[str]:
     and anything that is not an address. IPv4-mapped IPv6 (::ffff:10.0.0.0/104) becomes the
     IPv4 network, because the gateway matches a mapped client address as IPv4.
     """
-    from django.core.exceptions import ValidationError
-
     raw = _ENTRY_SEPARATORS.split(text) if isinstance(text, str) else list(text)
     if sum(len(entry) + 1 for entry in raw) > _MAX_ALLOWLIST_TEXT:
         raise ValidationError(f"The allowlist is too long (at most {MAX_ALLOWLIST_ENTRIES} entries).", code="too_long")

@@ -10,7 +10,7 @@ MAX_PATH = 500
 
 def load_tokenizer_file(path: str):
     """A `tokenizers.Tokenizer` from a local tokenizer.json; ValueError with a message for an operator."""
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer  # here: a native library most processes never need (few deployments set a file)
 
     if not os.path.isabs(path):
         raise ValueError("Give an absolute path to the tokenizer.json file.")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -116,8 +117,6 @@ _policy_cache: dict[tuple[str, ...], NetworkPolicy] = {}
 
 def current_policy() -> NetworkPolicy:
     """The policy settings.UPSTREAM_ALLOWED_NETWORKS describes (parsed once per distinct value)."""
-    from django.conf import settings
-
     entries = tuple(settings.UPSTREAM_ALLOWED_NETWORKS)
     policy = _policy_cache.get(entries)
     if policy is None:

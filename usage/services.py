@@ -10,14 +10,16 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from console.audit import Actor, audit_record
 from console.models import Workspace
+from keys.changes import keys_changed
+from keys.models import ApiKey
 from usage import reconcile, rollup
 from usage.budgets import THRESHOLDS, budget_spend, covered, local_month
-from usage.models import Budget, BudgetAlert
+from usage.models import Budget, BudgetAlert, UsageCursor, UsageDayBucket, UsageEvent
 from usage.reconcile import ReconcileReport
 from usage.rollup import RollupReport
 
@@ -58,9 +60,6 @@ BUDGET_FIELDS = ("amount", "currency", "block_requests")
 def _budget_keys_changed(workspace: Workspace) -> None:
     """Make every gateway process reload the keys a budget covers (after commit), so a block or an
     unblock takes effect on their next request: the keys' generations are bumped like on an edit."""
-    from keys.changes import keys_changed
-    from keys.models import ApiKey
-
     keys_changed(list(ApiKey.objects.filter(covered(workspace)).values_list("id", flat=True)))
 
 
@@ -196,9 +195,6 @@ def usage_events_prune(*, before: date, actor: Actor, now: datetime | None = Non
     yearly limits, and while any of those days still waits for its rollup. Returns the number of
     events deleted per workspace slug (or that would be, with dry_run).
     """
-    from django.db import connection
-
-    from usage.models import UsageCursor, UsageDayBucket, UsageEvent
 
     now = now or timezone.now()
     first_of_year = date(now.year, 1, 1)

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 
+from lib.redis import redis_client
+
 STATUS_KEY = "gatehouse:usage-spool"
 _local: dict[str, str] = {}
 
@@ -57,8 +59,6 @@ def spool_alerts(*, now: float | None = None) -> list[SpoolAlert]:
     """Spool files with events older than GATEWAY_SPOOL_ALERT_SECONDS, or with rows the database refused."""
     now = now or time.time()
     if settings.REDIS_URL:
-        from lib.redis import redis_client
-
         try:
             raw = redis_client().hgetall(STATUS_KEY)
         except Exception:

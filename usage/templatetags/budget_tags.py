@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from django import template
 
+from console.access import effective_role
+from console.models import Role
 from usage.budgets import budget_banners, budget_statuses
+from usage.spool_status import spool_alerts
 
 register = template.Library()
 
@@ -31,8 +34,6 @@ def usage_spool_banner(access) -> dict:
     database), for the installation's admins: superusers and admins of a default workspace."""
     if access is None or not _installation_admin(access):
         return {"spools": []}
-    from usage.spool_status import spool_alerts
-
     return {"spools": spool_alerts()}
 
 
@@ -43,8 +44,5 @@ def _installation_admin(access) -> bool:
         return False
     if access.workspace.parent_id is None:
         return True
-    from console.access import effective_role
-    from console.models import Role
-
     # In a sub-workspace: only an owner/admin of its organisation (the default workspace).
     return effective_role(access.user, access.workspace.parent) in (Role.OWNER, Role.ADMIN)

@@ -9,6 +9,7 @@ from django.db import transaction
 from console.audit import Actor
 from console.models import Workspace
 from deployments.examples import target_for
+from deployments.imports import deployments_import, server_models
 from deployments.services import deployment_create, replica_add
 
 OPTION_FOR = {
@@ -155,8 +156,6 @@ class Command(BaseCommand):
         self.stdout.write(str(deployment.public_id))
 
     def import_from_server(self, ws, url: str, api_key: str, only: list[str]) -> None:
-        from deployments.imports import deployments_import, server_models
-
         try:
             base_url, models = server_models(base_url=url, api_key=api_key)
             if only:
