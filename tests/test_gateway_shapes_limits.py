@@ -1,6 +1,7 @@
-"""Limits and metering hold on every API shape, streamed and not: a key's yearly limit refuses each
-shape in its own error format once it is used up, and the usage CSV adds up to exactly what the
-clients were told in each API's own usage fields (live gateway, demo model, PostgreSQL, Redis)."""
+"""Limits and metering hold on every API shape, streamed and not: a key's yearly limit and its TPM
+limit each refuse every shape in its own error format, the key's counters (the yearly counter and
+the TPM window in Redis) hold exactly what the clients were told, and the usage CSV adds up to the
+same (live gateway, demo model, PostgreSQL, Redis)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import httpx
 import pytest
 from django.utils import timezone
 
+from keys.counters import tpm_counter_key, yearly_counter_key
+from lib.redis import redis_client
 from tests import gateway_support
 from tests.factories import make_deployment, make_key
-from tests.gateway_support import UPSTREAM_KEY
+from tests.gateway_support import UPSTREAM_KEY, wait_for
 from usage.models import UsageEvent
 from usage.services import usage_backfill
 
@@ -93,7 +96,11 @@ def refused_as(shape: str, response: httpx.Response) -> str:
     return body["error"]["code"]
 
 
-REFUSAL = {"messages": "rate_limit_error", "dashscope": "Throttling.AllocationQuota"}
+REFUSAL = {
+    "yearly": {"messages": "rate_limit_error", "dashscope": "Throttling.AllocationQuota"},
+    "tpm": {"messages": "rate_limit_error", "dashscope": "Throttling.RateQuota"},
+}
+DEFAULT_REFUSAL = {"yearly": "insufficient_quota", "tpm": "rate_limit_exceeded"}
 CASES = [
     ("chat", False),
     ("chat", True),
@@ -110,13 +117,22 @@ CASES = [
 ]
 
 
+def counters(key) -> tuple[int, int]:
+    """(TPM window, yearly counter) of a key in Redis, as admission reads them."""
+    tpm = sum(int(v) for v in redis_client().hgetall(tpm_counter_key(key.public_id)).values())
+    yearly = int(redis_client().get(yearly_counter_key(key.public_id, timezone.now().astimezone(key.workspace.tz).year)) or 0)
+    return tpm, yearly
+
+
+@pytest.mark.parametrize("limit", ["yearly", "tpm"])
 @pytest.mark.parametrize("shape, stream", CASES, ids=[f"{s}-{'stream' if t else 'once'}" for s, t in CASES])
-def test_yearly_limit_and_metering_hold_per_shape(world, demo, gateway, client_for, shape, stream):
+def test_limits_and_metering_hold_per_shape(world, demo, gateway, client_for, shape, stream, limit):
     kind = {"embeddings": "embedding", "rerank": "rerank"}.get(shape, "chat")
     deployment = make_deployment(
         world.org, base_url=demo.url + "/v1", upstream_api_key=UPSTREAM_KEY, upstream_model="gatehouse-demo", kind=kind
     )
-    key, plaintext = make_key(world.org, deployments=[deployment], yearly_token_limit=5_000)
+    limits = {"yearly_token_limit": 5_000} if limit == "yearly" else {"tpm_limit": 5_000}
+    key, plaintext = make_key(world.org, deployments=[deployment], **limits)
     auth = {"x-api-key": plaintext} if shape == "messages" else {"authorization": f"Bearer {plaintext}"}
 
     seen = 0
@@ -128,7 +144,9 @@ def test_yearly_limit_and_metering_hold_per_shape(world, demo, gateway, client_f
 
     path, body, headers = request(shape, deployment.model_id, HUGE, stream)
     refused = httpx.post(gateway.url + path, json=body, headers={**auth, **headers}, timeout=30)
-    assert refused.status_code == 429 and refused_as(shape, refused) == REFUSAL.get(shape, "insufficient_quota")
+    assert refused.status_code == 429 and refused_as(shape, refused) == REFUSAL[limit].get(shape, DEFAULT_REFUSAL[limit])
+    # Settled to what the clients saw: the reservation (prompt + cap) is gone, the refusal added nothing.
+    assert wait_for(lambda: counters(key)[0 if limit == "tpm" else 1] == seen), counters(key)
 
     events = list(UsageEvent.objects.filter(api_key=key).order_by("created_at"))
     endpoint = {"chat": "chat.completions", "dashscope": "dashscope.generation"}.get(shape, shape)
