@@ -4,7 +4,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from adminapi.api import api as admin_api
-from console import audit_views, views
+from console import api_reference, audit_views, views
 
 # The admin signs in through the console's sign-in (throttling, MFA), not through its own form.
 admin.site.login = secure_admin_login(admin.site.login)
@@ -27,6 +27,7 @@ workspace_patterns = [
     path("members/<uuid:member>/remove/", views.member_remove, name="member_remove"),
     path("audit/", audit_views.audit_log_page, name="audit_page"),
     path("audit/export.csv", audit_views.audit_log_export, name="audit_export"),
+    path("api-reference/", api_reference.api_reference_page, name="api_reference"),
     path("settings/admin-api/", include("adminapi.console_urls")),
     path("secrets/", include("keys.urls")),
     path("deployments/", include("deployments.urls")),

@@ -145,3 +145,28 @@ def test_usage_own_usage_filter_and_flat_csv_download(page, sign_in, screenshot,
     assert info.value.suggested_filename.startswith("usage-flat-acme-own-")
     rows = list(csv.DictReader(io.StringIO(open(info.value.path(), encoding="utf-8").read())))
     assert [(r["workspace"], r["key_name"], r["requests"]) for r in rows] == [("acme", "backend", "1")]
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_api_reference_is_reached_from_a_deployments_api_tab(page, sign_in, screenshot, viewport, settings):
+    from tests.factories import make_deployment
+
+    world = World()
+    deployment = make_deployment(world.org, base_url="http://127.0.0.1:9/v1", name="Chat")
+    page.set_viewport_size(VIEWPORTS[viewport])
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    sign_in("dev")
+    page.goto(f"/w/acme/deployments/{deployment.public_id}/?tab=api")
+    page.click("[data-testid=api-reference-link]")
+    page.wait_for_url("**/w/acme/api-reference/")
+    assert page.locator("[data-testid=reference-base-url]").inner_text() == settings.PUBLIC_BASE_URL + "/v1"
+    assert page.locator("[data-testid=api-reference] h2#request-flow-and-errors").is_visible()
+    screenshot(page, f"{viewport}-api-reference")
+    page.click("[data-testid=reference-toc] a[href='#limits']")
+    assert page.evaluate("location.hash") == "#limits"
+    # What a reader sees after following the link (the viewport, not the whole long page).
+    from tests.conftest import ARTIFACTS
+
+    page.screenshot(path=str(ARTIFACTS / "screenshots" / f"api-reference-{viewport}-limits-viewport.png"))
+    assert not [e for e in errors if "Content Security Policy" in e or "Refused" in e]  # nothing the CSP blocked
