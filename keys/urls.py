@@ -8,6 +8,7 @@ urlpatterns = [
     path("new/", views.api_key_create, name="api_key_create"),
     path("new/validate/", views.api_key_validate, name="api_key_validate"),
     path("<uuid:key>/", views.api_key_detail, name="api_key_detail"),
+    path("<uuid:key>/secret/", views.api_key_secret, name="api_key_secret"),
     path("<uuid:key>/edit/", views.api_key_edit, name="api_key_edit"),
     path("<uuid:key>/edit/validate/", views.api_key_edit_validate, name="api_key_edit_validate"),
     path("<uuid:key>/rotate/", views.api_key_rotate, name="api_key_rotate"),

@@ -1,12 +1,15 @@
 """Secrets pages: application access keys and BYOK credentials.
 
-Every view: access check → form → service → render or redirect. Responses that carry a
-plaintext key are rendered straight from the POST that produced it (never redirected to, never
-cached: `never_cache` sets Cache-Control: no-store), so the key exists nowhere else.
+Every view: access check → form → service → render or redirect. A new secret is shown by
+Post/Redirect/Get, so reloading the page never creates or rotates again: the POST keeps the secret,
+encrypted (lib.crypto), in the creator's session and redirects to api_key_secret, which removes
+it from the session as it renders it (never cached: `never_cache` sets Cache-Control: no-store).
+The secret is never in a URL and never in the database in plaintext; a reload finds it gone.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 from django.contrib import messages
@@ -38,6 +41,7 @@ from keys.forms import (
 )
 from keys.models import ApiKey
 from keys.router_providers import router_providers_granted_to
+from lib.crypto import decrypt, encrypt
 from usage.selectors import api_key_refusals, tokens_used_in_year, year_window
 
 PAGE_SIZE = 50
@@ -131,6 +135,39 @@ def _secret_page(request: HttpRequest, access: WorkspaceAccess, api_key: ApiKey,
         return _page(request, access, "keys/api_key_secret_page.html", context)
 
 
+ONE_TIME_SECRET = "keys.one_time_secret"
+ONE_TIME_SECRET_SECONDS = 600  # a secret nobody came to read is dropped, not shown hours later
+
+
+@sensitive_variables("key")
+def _show_once(request: HttpRequest, access: WorkspaceAccess, api_key: ApiKey, key: str, *, rotated: bool) -> HttpResponse:
+    """Hand a new secret to the GET that shows it (Post/Redirect/Get); one pending secret per session."""
+    request.session[ONE_TIME_SECRET] = {"key": str(api_key.public_id), "secret": encrypt(key), "rotated": rotated, "at": time.time()}
+    return redirect("api_key_secret", ws=access.workspace.slug, key=api_key.public_id)
+
+
+@sensitive_variables("pending")
+@login_required
+@require_GET
+@never_cache
+def api_key_secret(request: HttpRequest, ws: str, key: str) -> HttpResponse:
+    """The one-time view of a new secret: taken out of the session as it is shown, so a reload finds it gone."""
+    access, api_key = access_api_key(request.user, ws, key)
+    pending = request.session.get(ONE_TIME_SECRET)
+    if pending is None or pending.get("key") != str(api_key.public_id):
+        messages.info(
+            request, f"The secret of “{api_key.name}” was shown once and cannot be shown again. If you did not copy it, rotate the key."
+        )
+        return redirect("api_key_detail", ws=ws, key=api_key.public_id)
+    del request.session[ONE_TIME_SECRET]
+    if time.time() - pending["at"] > ONE_TIME_SECRET_SECONDS:
+        messages.info(
+            request, f"The secret of “{api_key.name}” was not opened within 10 minutes and is gone. Rotate the key for a new one."
+        )
+        return redirect("api_key_detail", ws=ws, key=api_key.public_id)
+    return _secret_page(request, access, api_key, decrypt(pending["secret"]), rotated=pending["rotated"])
+
+
 @sensitive_variables("key")
 @login_required
 @require_http_methods(["GET", "POST"])
@@ -150,7 +187,7 @@ def api_key_create(request: HttpRequest, ws: str) -> HttpResponse:
             except ValidationError as exc:
                 _add_service_errors(form, exc)
             else:
-                return _secret_page(request, access, api_key, key, rotated=False)
+                return _show_once(request, access, api_key, key, rotated=False)
         return _page(
             request,
             access,
@@ -255,7 +292,7 @@ def api_key_rotate(request: HttpRequest, ws: str, key: str) -> HttpResponse:
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
         return redirect("api_key_detail", ws=ws, key=api_key.public_id)
-    return _secret_page(request, access, api_key, plaintext, rotated=True)
+    return _show_once(request, access, api_key, plaintext, rotated=True)
 
 
 @login_required

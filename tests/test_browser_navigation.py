@@ -152,3 +152,31 @@ def test_test_call_form_refuses_temperature_2_like_the_gateway(sized_page, sign_
     assert not TestCall.objects.exists()
     field.fill("1.99")
     assert field.evaluate("e => e.checkValidity()")
+
+
+def test_reloading_the_new_key_page_creates_nothing_and_shows_the_secret_no_more(sized_page, sign_in, screenshot):
+    from keys import tokens
+    from keys.models import ApiKey
+
+    page = sized_page
+    World()
+    sign_in("dev")
+    page.goto("/w/acme/secrets/new/")
+    page.wait_for_load_state("load")
+    page.fill("#id_name", "reload-me")
+    page.check("#id_all_models")
+    page.click("[data-testid=submit]")
+    page.wait_for_selector("[data-testid=new-key]")
+    key = page.locator("[data-testid=new-key]").inner_text().strip()
+    assert tokens.is_well_formed(key) and key not in page.url
+    assert page.url.endswith("/secret/")
+    screenshot(page, "1-shown-once")
+
+    page.reload()  # a GET now, not the form's POST again
+    assert "already exists" not in page.content()
+    assert key not in page.content()
+    assert "was shown once and cannot be shown again" in page.locator(".flash").inner_text()
+    assert ApiKey.objects.filter(name="reload-me").count() == 1
+    screenshot(page, "2-after-reload")
+    page.go_back()
+    assert key not in page.content()

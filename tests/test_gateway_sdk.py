@@ -82,6 +82,7 @@ def test_a_key_made_in_the_console_works_with_the_sdk_and_its_limits_apply(world
             "tpm_limit": "100",
             "ip_allowlist": "127.0.0.0/8",
         },
+        follow=True,
     )
     assert page.status_code == 200
     plaintext = re.search(r'data-testid="new-key">(gh_live_\w+)<', page.content.decode()).group(1)

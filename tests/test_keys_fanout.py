@@ -68,7 +68,9 @@ def generation(api_key_id: int) -> int:
 def test_rotation_without_grace_during_a_redis_outage_shows_the_new_secret(world, redis_down, enqueued):
     key, old = make_key(world.org, name="billing", all_models=True)
 
-    response = console(world.developer).post(url("api_key_rotate", key=key.public_id), {"grace": "none", "expected_hint": key.hint})
+    response = console(world.developer).post(
+        url("api_key_rotate", key=key.public_id), {"grace": "none", "expected_hint": key.hint}, follow=True
+    )
 
     assert response.status_code == 200
     new = KEY_RE.search(response.content.decode()).group(1)
@@ -80,7 +82,7 @@ def test_rotation_without_grace_during_a_redis_outage_shows_the_new_secret(world
 def test_create_and_revoke_during_a_redis_outage_succeed_and_queue_the_fanout(world, redis_down, enqueued):
     client = console(world.developer)
 
-    created = client.post(url("api_key_create"), {"name": "ci", "all_models": "on"})
+    created = client.post(url("api_key_create"), {"name": "ci", "all_models": "on"}, follow=True)
     assert created.status_code == 200
     assert KEY_RE.search(created.content.decode())
     key = ApiKey.objects.get(name="ci")
@@ -118,7 +120,9 @@ def test_the_worker_retry_reaches_the_gateways_that_cached_the_old_secret(world,
     original = tasks.keys_announce.apply_async
     tasks.keys_announce.apply_async = lambda args, **options: sent.append(args)
     try:
-        response = console(world.developer).post(url("api_key_rotate", key=key.public_id), {"grace": "none", "expected_hint": key.hint})
+        response = console(world.developer).post(
+            url("api_key_rotate", key=key.public_id), {"grace": "none", "expected_hint": key.hint}, follow=True
+        )
         assert response.status_code == 200
         new = KEY_RE.search(response.content.decode()).group(1)
     finally:

@@ -14,6 +14,7 @@ from django.urls import reverse
 from keys import tokens
 from keys.models import ApiKey
 from keys.selectors import api_key_secret_for_presented, api_key_secret_lookup
+from keys.views import ONE_TIME_SECRET
 from lib.redis import redis_client
 from tests.keys_helpers import make_key, make_scope
 
@@ -105,12 +106,15 @@ def test_no_plaintext_anywhere_after_create_and_rotate_in_the_console(world, cli
             "tpm_limit": "100",
             "ip_allowlist": "10.0.0.0/8",
         },
+        follow=True,
     )
     assert response.status_code == 200
     key = re.search(README_REGEX, response.content.decode()).group(0)
     api_key = ApiKey.objects.get(name="leak-check")
     rotated = client.post(
-        reverse("api_key_rotate", kwargs={"ws": "acme", "key": api_key.public_id}), {"grace": "1h", "expected_hint": api_key.hint}
+        reverse("api_key_rotate", kwargs={"ws": "acme", "key": api_key.public_id}),
+        {"grace": "1h", "expected_hint": api_key.hint},
+        follow=True,
     )
     new_key = re.search(README_REGEX, rotated.content.decode()).group(0)
     assert new_key != key
@@ -123,24 +127,40 @@ def test_no_plaintext_anywhere_after_create_and_rotate_in_the_console(world, cli
         for fragment in (secret, secret[len("gh_live_") :], secret[8:30]):
             assert fragment not in dump
             assert fragment not in caplog.text
-        assert secret not in response.get("Location", "") and secret not in str(response.headers)
+        for hop, _status in response.redirect_chain + rotated.redirect_chain:
+            assert secret not in hop
+        assert secret not in str(response.headers)
 
 
 def test_show_once_detail_list_and_reload_never_contain_the_secret(world, client_for):
     client = client_for(world.developer)
     url = reverse("api_key_create", kwargs={"ws": "acme"})
     response = client.post(url, {"name": "once", "all_models": "on"})
-    html = response.content.decode()
-    key = re.search(README_REGEX, html).group(0)
-    assert response.status_code == 200 and "only time the key is shown" in html
-    assert "no-store" in response["Cache-Control"]
     api_key = ApiKey.objects.get(name="once")
+    # Post/Redirect/Get: the POST answers with a redirect that carries no secret.
+    secret_url = reverse("api_key_secret", kwargs={"ws": "acme", "key": api_key.public_id})
+    assert response.status_code == 302 and response["Location"] == secret_url
+    assert not re.search(README_REGEX, response.content.decode())
+    # In the session until shown, and only encrypted: the database never holds it in plaintext.
+    assert ONE_TIME_SECRET in client.session
+    shown = client.get(secret_url)
+    html = shown.content.decode()
+    key = re.search(README_REGEX, html).group(0)
+    assert shown.status_code == 200 and "only time the key is shown" in html
+    assert "no-store" in shown["Cache-Control"]
+    # Shown once: gone from the session (and so from the session table) as soon as it was displayed.
+    assert ONE_TIME_SECRET not in client.session
+    assert key not in dump_everything() and key[8:30] not in dump_everything()
+    reload = client.get(secret_url, follow=True)
+    assert reload.redirect_chain[-1][0] == reverse("api_key_detail", kwargs={"ws": "acme", "key": api_key.public_id})
+    assert "was shown once and cannot be shown again" in reload.content.decode()
     pages = [
+        reload,
         client.get(reverse("secrets_page", kwargs={"ws": "acme"})),
         client.get(reverse("api_key_detail", kwargs={"ws": "acme", "key": api_key.public_id})),
         client.get(reverse("api_key_edit", kwargs={"ws": "acme", "key": api_key.public_id})),
         client.get(url),  # the form again
-        client.post(url, {"name": "once", "all_models": "on"}),  # the browser's "reload" resubmits the POST
+        client.post(url, {"name": "once", "all_models": "on"}),  # a second submit of the same form
     ]
     for page in pages:
         assert key not in page.content.decode()
@@ -155,7 +175,7 @@ def test_reloading_the_rotation_result_does_not_rotate_again(world, client_for):
     client = client_for(world.developer)
     url = reverse("api_key_rotate", kwargs={"ws": "acme", "key": api_key.public_id})
     form = {"grace": "24h", "expected_hint": api_key.hint}
-    first = client.post(url, form)
+    first = client.post(url, form, follow=True)
     assert first.status_code == 200 and "no-store" in first["Cache-Control"]
     key = re.search(README_REGEX, first.content.decode()).group(0)
     again = client.post(url, form, follow=True)

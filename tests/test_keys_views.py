@@ -115,7 +115,7 @@ def create_form(scope, **overrides) -> dict:
 
 def test_developer_creates_a_key_with_every_field(world, client_for):
     scope = make_scope(world)
-    response = client_for(world.developer).post(url("api_key_create"), create_form(scope))
+    response = client_for(world.developer).post(url("api_key_create"), create_form(scope), follow=True)
     assert response.status_code == 200, response.content.decode()[:2000]
     html = response.content.decode()
     key = KEY_RE.search(html).group(0)
@@ -138,7 +138,7 @@ def test_expiry_is_read_in_the_workspace_time_zone(world, client_for):
 def test_the_examples_hand_off_posts_the_key_and_never_puts_it_in_a_url(world, client_for):
     """Contract with the deployments page: POST field `api_key` to /w/<ws>/deployments/<public_id>/?tab=examples."""
     scope = make_scope(world)
-    response = client_for(world.developer).post(url("api_key_create"), create_form(scope))
+    response = client_for(world.developer).post(url("api_key_create"), create_form(scope), follow=True)
     html = response.content.decode()
     key = KEY_RE.search(html).group(0)
     forms = re.findall(
@@ -154,7 +154,7 @@ def test_the_examples_hand_off_posts_the_key_and_never_puts_it_in_a_url(world, c
 def test_following_the_examples_hand_off_renders_the_examples_with_the_key(world, client_for):
     scope = make_scope(world)
     client = client_for(world.developer)
-    html = client.post(url("api_key_create"), create_form(scope, deployments=[scope.qwen.public_id])).content.decode()
+    html = client.post(url("api_key_create"), create_form(scope, deployments=[scope.qwen.public_id]), follow=True).content.decode()
     key = KEY_RE.search(html).group(0)
     action, token = re.search(
         r'<form method="post" action="([^"]+)"[^>]*>\s*<input type="hidden" name="csrfmiddlewaretoken" value="([^"]+)">'
@@ -225,7 +225,7 @@ def test_sub_workspace_member_creates_keys_from_granted_models(world, client_for
     page = client.get(url("api_key_create", ws="acme-research")).content.decode()
     assert "Llama 3.1 8B" in page and "Research model" in page and "Qwen3 0.6B" not in page
     assert "All models granted to this sub-workspace" in page
-    response = client.post(url("api_key_create", ws="acme-research"), {"name": "r", "deployments": [scope.llama.public_id]})
+    response = client.post(url("api_key_create", ws="acme-research"), {"name": "r", "deployments": [scope.llama.public_id]}, follow=True)
     assert response.status_code == 200 and ApiKey.objects.get(name="r").workspace == world.sub
 
 
