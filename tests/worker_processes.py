@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -63,8 +64,17 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 class Worker:
     """`celery -A console worker` on the Redis broker and the pytest database, on its own queue."""
 
-    def __init__(self, tmp_path: Path, extra_env: dict[str, str] | None = None):
+    def __init__(self, tmp_path: Path, extra_env: dict[str, str] | None = None, *, default_queue: bool = False):
+        """default_queue: also consume Celery's default queue, where tasks enqueue their follow-ups
+        (deployments_probe_all → one replica_probe per replica). It is emptied first: what earlier
+        tests enqueued there on commit (probes of rows long gone) is not this worker's business."""
+        from console.celery import app
+
         self.queue = f"test-{uuid.uuid4().hex[:8]}"
+        default = app.conf.task_default_queue
+        if default_queue:
+            with app.connection_for_write() as connection:
+                connection.default_channel.queue_purge(default)
         self.log_path = tmp_path / f"worker-{self.queue}.log"
         db = settings.DATABASES["default"]
         env = {
@@ -91,7 +101,7 @@ class Worker:
                 "--without-gossip",
                 "--without-mingle",
                 "-Q",
-                self.queue,
+                f"{self.queue},{default}" if default_queue else self.queue,
                 "--loglevel",
                 "INFO",
                 "-n",
@@ -116,6 +126,10 @@ class Worker:
 
     def succeeded(self, task, task_id: str) -> int:
         return self.output().count(f"Task {task.name}[{task_id}] succeeded")
+
+    def succeeded_count(self, task) -> int:
+        """How many runs of `task` (any id) the worker has logged as succeeded."""
+        return len(re.findall(rf"Task {re.escape(task.name)}\[[^\]]+\] succeeded", self.output()))
 
     def run(self, task, *args, task_id: str | None = None, timeout: float = 120) -> str:
         """Send a task and wait until the worker logs its success (results are not stored)."""
