@@ -204,6 +204,9 @@ def api_key_create(
     now: dt.datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and its first secret. Returns the key and its plaintext, which exists only here."""
+    if workspace.archived_at is not None:
+        # The gateway would refuse it anyway (403 workspace_archived); say so before it exists.
+        raise ValidationError(f"{workspace.name} is archived: unarchive it before creating keys in it.")
     now = now or timezone.now()
     errors = _Errors()
     errors.check("name", validate_key_name, name)

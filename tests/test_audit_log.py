@@ -184,3 +184,25 @@ def test_overview_activity_links_each_entry_to_the_log_filtered_to_it(world, cli
     assert event.id in shown(followed)
     assert f'id="event-{event.id}" data-event="{event.id}" class="highlight"' in followed.content.decode()
     assert all(e.target_id == event.target_id for e in AuditEvent.objects.filter(id__in=shown(followed)))
+
+
+def test_every_page_costs_the_same_queries(world, client_for, monkeypatch):
+    import console.audit_log as audit_log
+
+    monkeypatch.setattr(audit_log, "PAGE_SIZE", 2)
+    for i in range(9):
+        _record(world, action=f"q.{i}", actor=f"actor-{i}")
+    client = client_for(world.owner)
+    client.get(url())  # warm the session
+
+    def queries_for(params) -> tuple[int, str]:
+        with CaptureQueriesContext(connection) as captured:
+            body = client.get(url(), params).content.decode()
+        return len(captured.captured_queries), body
+
+    first, body = queries_for({})
+    older = re.search(r'href="\?after=([\w-]+)"', body).group(1)
+    later, _ = queries_for({"after": older})
+    assert first == later
+    filtered, _ = queries_for({"actor": "actor-3", "q": "q."})
+    assert filtered == first

@@ -4,6 +4,8 @@ workspace's admins, unarchiving restores it, and only a sub-workspace without us
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 from django.core.exceptions import ValidationError
@@ -210,3 +212,18 @@ def test_the_console_refuses_deleting_a_sub_workspace_with_usage(world, client_f
     response = client.post(_url("sub_workspace_delete"), follow=True)
     assert "cannot be deleted: it has usage" in response.content.decode()
     assert Workspace.objects.filter(slug="acme-research").exists()
+
+
+def test_no_key_can_be_created_in_an_archived_sub_workspace(world):
+    from keys.services import api_key_create
+
+    workspace_archive(workspace=world.sub, actor=ACTOR)
+    with pytest.raises(ValidationError, match="archived"):
+        api_key_create(workspace=world.sub, actor=ACTOR, name="late", all_models=True)
+    assert not ApiKey.objects.filter(workspace=world.sub).exists()
+
+
+def test_the_switcher_marks_an_archived_sub_workspace_for_default_admins(world, client_for):
+    workspace_archive(workspace=world.sub, actor=ACTOR)
+    body = client_for(world.owner).get(reverse("workspace_overview", kwargs={"ws": "acme"})).content.decode()
+    assert re.search(r'href="/w/acme-research/" class="child">Research <small>archived</small></a>', body)
