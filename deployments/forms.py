@@ -7,6 +7,7 @@ from django import forms
 from console.models import Workspace
 from deployments.models import Deployment, DeploymentKind, UpstreamKind
 from keys.models import ByokCredential, RouterProvider
+from keys.provider_fields import upstream_key_field, upstream_url_field
 
 
 class DeploymentForm(forms.Form):
@@ -31,24 +32,17 @@ class DeploymentForm(forms.Form):
         help_text="Pass Responses API calls through unchanged instead of translating them to chat completions (chat models only).",
     )
     upstream_kind = forms.ChoiceField(label="Routes to", choices=UpstreamKind.choices, initial=UpstreamKind.ENDPOINT)
-    upstream_base_url = forms.CharField(
+    upstream_base_url = upstream_url_field(
         label="Upstream base URL",
-        max_length=300,
         required=False,
-        widget=forms.TextInput(attrs={"placeholder": "http://10.0.0.5:8000/v1", "spellcheck": "false"}),
+        placeholder="http://10.0.0.5:8000/v1",
         help_text="OpenAI-compatible base URL (http or https). Private addresses are fine; link-local and cloud "
         "metadata addresses are refused, and so is this server's own loopback unless the operator allows it.",
     )
     upstream_model = forms.CharField(
         label="Upstream model name", max_length=200, required=False, help_text="The model name sent upstream. Empty: the model id above."
     )
-    upstream_api_key = forms.CharField(
-        label="Upstream API key",
-        max_length=500,
-        required=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}, render_value=False),
-        help_text="Encrypted at rest and never shown again.",
-    )
+    upstream_api_key = upstream_key_field(help_text="Encrypted at rest and never shown again.")
     router_provider = forms.ModelChoiceField(queryset=RouterProvider.objects.none(), required=False)
     byok_credential = forms.ModelChoiceField(label="BYOK credential", queryset=ByokCredential.objects.none(), required=False)
     timeout_seconds = forms.IntegerField(label="Timeout (seconds)", min_value=1, max_value=3600, initial=120)
@@ -131,23 +125,14 @@ class DeploymentForm(forms.Form):
 class ReplicaForm(forms.Form):
     """Add or edit one replica of an endpoint deployment. URL rules live in the services."""
 
-    base_url = forms.CharField(
-        label="Base URL",
-        max_length=300,
-        widget=forms.TextInput(attrs={"placeholder": "http://10.0.0.6:8000/v1", "spellcheck": "false"}),
-        help_text="Another server running the same model (OpenAI-compatible).",
+    base_url = upstream_url_field(
+        placeholder="http://10.0.0.6:8000/v1", help_text="Another server running the same model (OpenAI-compatible)."
     )
     weight = forms.IntegerField(min_value=1, max_value=100, initial=1, help_text="Share of traffic relative to the other replicas.")
     max_concurrent = forms.IntegerField(
         label="Max concurrent requests", min_value=1, max_value=100_000, required=False, help_text="Empty: no cap."
     )
-    api_key = forms.CharField(
-        label="Upstream API key",
-        max_length=500,
-        required=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}, render_value=False),
-        help_text="Encrypted at rest and never shown again.",
-    )
+    api_key = upstream_key_field(help_text="Encrypted at rest and never shown again.")
     enabled = forms.BooleanField(required=False, initial=True, help_text="Disabled replicas get no traffic and are not probed.")
 
     def __init__(self, *args, editing: bool = False, key_last4: str = "", **kwargs):
@@ -161,20 +146,30 @@ class ReplicaForm(forms.Form):
             self.fields["clear_api_key"] = forms.BooleanField(label="Remove the stored upstream key", required=False)
 
 
-class PriceForm(forms.Form):
-    input_per_million = forms.DecimalField(
-        label="Input price / 1M tokens", min_value=Decimal("0"), max_digits=12, decimal_places=6, initial=Decimal("0")
-    )
-    output_per_million = forms.DecimalField(
-        label="Output price / 1M tokens", min_value=Decimal("0"), max_digits=12, decimal_places=6, initial=Decimal("0")
-    )
-    currency = forms.RegexField(
+def price_field(label: str, **kwargs) -> forms.DecimalField:
+    """A per-million price as deployments.prices.clean_price takes it (the service checks again)."""
+    return forms.DecimalField(label=label, min_value=Decimal("0"), max_digits=12, decimal_places=6, **kwargs)
+
+
+def currency_field(**kwargs) -> forms.RegexField:
+    return forms.RegexField(
         regex=r"^[A-Za-z]{3}$",
         max_length=3,
         initial="USD",
-        help_text="Three-letter code, e.g. USD.",
         error_messages={"invalid": "Use a three-letter currency code such as USD."},
+        **kwargs,
     )
+
+
+class PriceFields(forms.Form):
+    """A price's three fields, for the forms that set a first price (deployments, router providers)."""
+
+    input_per_million = price_field("Input price / 1M tokens", initial=Decimal("0"))
+    output_per_million = price_field("Output price / 1M tokens", initial=Decimal("0"))
+    currency = currency_field(help_text="Three-letter code, e.g. USD.")
+
+
+class PriceForm(PriceFields):
     effective_from = forms.DateTimeField(
         label="Effective from (workspace time zone)",
         required=False,
@@ -225,16 +220,9 @@ class TestCallForm(forms.Form):
 
 
 class ImportServerForm(forms.Form):
-    base_url = forms.CharField(
+    base_url = upstream_url_field(
         label="Server URL",
-        max_length=300,
-        widget=forms.TextInput(attrs={"placeholder": "http://10.0.0.7:8000/v1", "spellcheck": "false"}),
+        placeholder="http://10.0.0.7:8000/v1",
         help_text="A vLLM, SGLang, llama.cpp or Ollama server; its OpenAI model list (/v1/models) is read.",
     )
-    api_key = forms.CharField(
-        label="Server API key",
-        max_length=500,
-        required=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}, render_value=False),
-        help_text="If the server wants one. Stored encrypted with what you import.",
-    )
+    api_key = upstream_key_field(label="Server API key", help_text="If the server wants one. Stored encrypted with what you import.")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
+from decimal import Decimal
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from console.audit import Actor, audit_record
@@ -24,6 +23,7 @@ from deployments.models import (
     ReplicaStatus,
     UpstreamKind,
 )
+from deployments.prices import clean_currency, clean_effective_from, clean_price, price_version_add
 from deployments.selectors import price_in_force
 from keys.changes import keys_changed
 from keys.models import ApiKey, ByokCredential, RouterProvider, RouterProviderGrant
@@ -32,10 +32,6 @@ from lib.tokenizer_file import clean_tokenizer_path
 from lib.upstream import Resolver, system_resolver, upstream_host, validate_upstream_url
 
 MODEL_ID_MAX = 200
-CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
-PRICE_MAX = Decimal("999999.999999")
-# A price version may start "now"; a form submitted a moment later must not count as backdating.
-BACKDATE_TOLERANCE = timedelta(minutes=2)
 
 
 def _clean_model_id(model_id: str, *, workspace: Workspace, exclude_pk: int | None = None) -> str:
@@ -76,18 +72,6 @@ def _clean_kind(kind: str) -> str:
     if kind not in DeploymentKind.values:
         raise ValidationError({"kind": f"Choose one of: {', '.join(DeploymentKind.values)}."})
     return kind
-
-
-def _clean_price(value, field: str) -> Decimal:
-    try:
-        price = Decimal(value)
-    except (InvalidOperation, TypeError):
-        raise ValidationError({field: "Enter a number."}) from None
-    if not price.is_finite() or price < 0 or price > PRICE_MAX:
-        raise ValidationError({field: f"Enter a price between 0 and {PRICE_MAX}."})
-    if price.as_tuple().exponent < -6:
-        raise ValidationError({field: "At most 6 decimal places."})
-    return price
 
 
 def _clean_upstream(
@@ -205,7 +189,7 @@ def deployment_create(
         raise ValidationError({"name": "Enter a name."})
     model_id = _clean_model_id(model_id, workspace=workspace)
     kind = _clean_kind(kind)
-    if kind == DeploymentKind.EMBEDDING and _clean_price(output_per_million, "output_per_million"):
+    if kind == DeploymentKind.EMBEDDING and clean_price(output_per_million, "output_per_million"):
         raise ValidationError({"output_per_million": "Embedding deployments have an input price only; leave the output price at 0."})
     upstream = _clean_upstream(
         workspace=workspace,
@@ -415,46 +399,29 @@ def deployment_price_set(
     currency: str = "USD",
     effective_from: datetime | None = None,
 ) -> DeploymentPrice:
-    """Add a price version. Past versions are never edited, and a version cannot start in the past,
-    so usage already made keeps the price it was made at. Setting the price already in force is a no-op."""
-    now = timezone.now()
-    effective_from = effective_from or now
-    if effective_from < now - BACKDATE_TOLERANCE:
-        raise ValidationError({"effective_from": "A price change cannot start in the past; past usage keeps its price."})
-    input_price = _clean_price(input_per_million, "input_per_million")
-    output_price = _clean_price(output_per_million, "output_per_million")
+    """Add a price version (the rules are deployments.prices'); setting the price already in force is a no-op."""
+    effective_from = clean_effective_from(effective_from, timezone.now())
+    input_price = clean_price(input_per_million, "input_per_million")
+    output_price = clean_price(output_per_million, "output_per_million")
     if output_price and deployment.kind == DeploymentKind.EMBEDDING:
         raise ValidationError({"output_per_million": "Embedding deployments have an input price only; leave the output price at 0."})
-    currency = (currency or "").strip().upper()
-    if not CURRENCY_RE.match(currency):
-        raise ValidationError({"currency": "Use a three-letter currency code such as USD."})
-    # Lock the deployment so two concurrent price changes are ordered.
-    Deployment.objects.select_for_update().filter(pk=deployment.pk).first()
-    current = price_in_force(deployment, effective_from)
-    later = DeploymentPrice.objects.filter(deployment=deployment, effective_from__gt=effective_from).exists()
-    if (
-        current
-        and not later
-        and (current.input_per_million, current.output_per_million, current.currency) == (input_price, output_price, currency)
-    ):
-        return current
-    currencies = set(DeploymentPrice.objects.filter(deployment=deployment).values_list("currency", flat=True))
-    if currencies and currencies != {currency}:
-        raise ValidationError(
-            {"currency": f"This deployment is priced in {', '.join(sorted(currencies))}; keep one currency so bills add up."}
-        )
-    try:
-        with transaction.atomic():
-            price = DeploymentPrice.objects.create(
-                deployment=deployment,
-                effective_from=effective_from,
-                input_per_million=input_price,
-                output_per_million=output_price,
-                currency=currency,
-                created_by=actor.user if getattr(actor.user, "pk", None) else None,
-            )
-    except IntegrityError:
-        raise ValidationError({"effective_from": "A price version already starts at this moment."}) from None
+    currency = clean_currency(currency)
+    Deployment.objects.select_for_update().filter(pk=deployment.pk).first()  # orders concurrent price changes
+    versions = DeploymentPrice.objects.filter(deployment=deployment)
+    change = price_version_add(
+        versions,
+        priced_as=versions,
+        what="deployment",
+        actor=actor,
+        effective_from=effective_from,
+        input_price=input_price,
+        output_price=output_price,
+        currency=currency,
+        deployment=deployment,
+    )
+    if not change.added:
+        return change.price
+    previous = change.previous
     audit_record(
         workspace=deployment.workspace,
         actor=actor,
@@ -465,11 +432,11 @@ def deployment_price_set(
             "output_per_million": str(output_price),
             "currency": currency,
             "effective_from": effective_from.isoformat(),
-            "previous": [str(current.input_per_million), str(current.output_per_million)] if current else None,
+            "previous": [str(previous.input_per_million), str(previous.output_per_million)] if previous else None,
         },
     )
     deployment_changed(deployment.id)
-    return price
+    return change.price
 
 
 def _check_grantable(*, deployment: Deployment, workspace: Workspace) -> Workspace:

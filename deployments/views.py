@@ -32,6 +32,7 @@ from deployments.selectors import (
     unhealthy_deployments,
 )
 from deployments.services import (
+    UPDATABLE,
     deployment_create,
     deployment_price_set,
     deployment_start,
@@ -145,26 +146,7 @@ def deployments_import_view(request: HttpRequest, ws: str) -> HttpResponse:
 
 
 def _edit_context(access, deployment: Deployment, *, form=None, price_form=None) -> dict:
-    initial = {
-        f: getattr(deployment, f)
-        for f in (
-            "name",
-            "model_id",
-            "description",
-            "kind",
-            "responses_passthrough",
-            "upstream_kind",
-            "upstream_base_url",
-            "upstream_model",
-            "router_provider",
-            "byok_credential",
-            "timeout_seconds",
-            "fallback",
-            "queue_timeout_seconds",
-            "queue_max_waiting",
-            "tokenizer_path",
-        )
-    }
+    initial = {f: getattr(deployment, f) for f in UPDATABLE}
     current = price_in_force(deployment, timezone.now())
     return {
         "access": access,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from django import forms
 from django.core.exceptions import ValidationError
 from django.views.decorators.debug import sensitive_variables
 
@@ -39,3 +40,29 @@ def check_provider_key(value: str) -> str:
     if not 8 <= len(value) <= 500 or any(ch.isspace() for ch in value):
         raise ValidationError("Paste the provider's API key: 8–500 characters, no spaces.")
     return value
+
+
+# ---- The same fields on forms (deployments, replicas, imports, router providers) ----------------
+
+
+def upstream_url_field(*, placeholder: str, help_text: str, label: str = "Base URL", required: bool = True) -> forms.CharField:
+    """A base URL input; the URL policy is checked by the services (check_base_url, validate_upstream_url)."""
+    return forms.CharField(
+        label=label,
+        max_length=300,
+        required=required,
+        widget=forms.TextInput(attrs={"placeholder": placeholder, "spellcheck": "false"}),
+        help_text=help_text,
+    )
+
+
+def upstream_key_field(*, help_text: str, label: str = "Upstream API key", required: bool = False) -> forms.CharField:
+    """A secret input that is never rendered back into the page."""
+    return forms.CharField(
+        label=label,
+        max_length=500,
+        required=required,
+        strip=True,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}, render_value=False),
+        help_text=help_text,
+    )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django import forms
 
 from console.models import Workspace
-from keys.provider_fields import check_base_url
+from deployments.forms import PriceFields, currency_field, price_field
+from keys.provider_fields import check_base_url, upstream_key_field, upstream_url_field
 
 
 class RouterProviderForm(forms.Form):
@@ -17,18 +16,12 @@ class RouterProviderForm(forms.Form):
         help_text="Clients call its models as <slug>/<model>, e.g. openrouter/openai/gpt-4o-mini. Cannot be changed later.",
         widget=forms.TextInput(attrs={"spellcheck": "false", "autocomplete": "off"}),
     )
-    base_url = forms.CharField(
-        label="Base URL",
-        max_length=300,
-        widget=forms.TextInput(attrs={"placeholder": "https://openrouter.ai/api/v1", "spellcheck": "false"}),
+    base_url = upstream_url_field(
+        placeholder="https://openrouter.ai/api/v1",
         help_text="OpenAI-compatible base URL. Checked against UPSTREAM_ALLOWED_NETWORKS when saved and on every connection.",
     )
-    api_key = forms.CharField(
-        label="Upstream API key",
-        max_length=500,
-        strip=True,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}, render_value=False),
-        help_text="The installation's key at the provider. Encrypted at rest and never shown again.",
+    api_key = upstream_key_field(
+        required=True, help_text="The installation's key at the provider. Encrypted at rest and never shown again."
     )
     model_names = forms.CharField(
         label="Models",
@@ -52,19 +45,8 @@ class RouterProviderForm(forms.Form):
         return check_base_url(self.cleaned_data["base_url"])
 
 
-class RouterProviderCreateForm(RouterProviderForm):
-    input_per_million = forms.DecimalField(
-        label="Input price / 1M tokens", min_value=Decimal("0"), max_digits=12, decimal_places=6, initial=Decimal("0")
-    )
-    output_per_million = forms.DecimalField(
-        label="Output price / 1M tokens", min_value=Decimal("0"), max_digits=12, decimal_places=6, initial=Decimal("0")
-    )
-    currency = forms.RegexField(
-        regex=r"^[A-Za-z]{3}$",
-        max_length=3,
-        initial="USD",
-        error_messages={"invalid": "Use a three-letter currency code such as USD."},
-    )
+class RouterProviderCreateForm(PriceFields, RouterProviderForm):  # this order keeps the price fields last
+    pass
 
 
 class RouterProviderPriceForm(forms.Form):
@@ -75,11 +57,9 @@ class RouterProviderPriceForm(forms.Form):
         widget=forms.TextInput(attrs={"placeholder": "every model without its own price", "spellcheck": "false"}),
         help_text="Empty: the provider's default price.",
     )
-    input_per_million = forms.DecimalField(label="Input / 1M", min_value=Decimal("0"), max_digits=12, decimal_places=6)
-    output_per_million = forms.DecimalField(label="Output / 1M", min_value=Decimal("0"), max_digits=12, decimal_places=6)
-    currency = forms.RegexField(
-        regex=r"^[A-Za-z]{3}$", max_length=3, initial="USD", error_messages={"invalid": "Use a three-letter currency code such as USD."}
-    )
+    input_per_million = price_field("Input / 1M")
+    output_per_million = price_field("Output / 1M")
+    currency = currency_field()
     effective_from = forms.DateTimeField(
         label="From (UTC)",
         required=False,

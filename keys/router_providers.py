@@ -32,7 +32,7 @@ from console.audit import Actor, audit_record
 from console.models import Workspace
 from deployments.changes import deployment_changed
 from deployments.models import Deployment, UpstreamKind
-from deployments.services import BACKDATE_TOLERANCE, CURRENCY_RE, _clean_price
+from deployments.prices import clean_currency, clean_effective_from, clean_price, price_version_add
 from keys.changes import keys_changed
 from keys.models import ApiKey, RouterProvider, RouterProviderGrant, RouterProviderPrice
 from keys.provider_fields import check_base_url, check_provider_key, parse_model_names
@@ -268,55 +268,31 @@ def router_provider_price_set(
     model_name: str = "",
     effective_from: datetime | None = None,
 ) -> RouterProviderPrice:
-    """Add a price version for one model ("" = the provider's default). As for deployments: past
-    versions are never edited, a version cannot start in the past, one currency per provider, and
-    setting the price already in force adds nothing."""
-    now = timezone.now()
-    effective_from = effective_from or now
-    if effective_from < now - BACKDATE_TOLERANCE:
-        raise ValidationError({"effective_from": "A price change cannot start in the past; past usage keeps its price."})
+    """Add a price version for one model ("" = the provider's default), by the rules of
+    deployments.prices; one currency per provider."""
+    effective_from = clean_effective_from(effective_from, timezone.now())
     model_name = (model_name or "").strip()
     if len(model_name) > 200 or any(ch.isspace() or not ch.isprintable() for ch in model_name):
         raise ValidationError({"model_name": "Enter one model name without spaces (at most 200 characters), or leave it empty."})
-    input_price = _clean_price(input_per_million, "input_per_million")
-    output_price = _clean_price(output_per_million, "output_per_million")
-    currency = (currency or "").strip().upper()
-    if not CURRENCY_RE.match(currency):
-        raise ValidationError({"currency": "Use a three-letter currency code such as USD."})
+    input_price = clean_price(input_per_million, "input_per_million")
+    output_price = clean_price(output_per_million, "output_per_million")
+    currency = clean_currency(currency)
     with transaction.atomic():
         RouterProvider.objects.select_for_update().filter(pk=provider.pk).first()  # orders concurrent price changes
-        versions = RouterProviderPrice.objects.filter(provider=provider, model_name=model_name)
-        current = versions.filter(effective_from__lte=effective_from).order_by("-effective_from").first()
-        later = versions.filter(effective_from__gt=effective_from).exists()
-        if (
-            current
-            and not later
-            and (current.input_per_million, current.output_per_million, current.currency)
-            == (
-                input_price,
-                output_price,
-                currency,
-            )
-        ):
-            return current
-        currencies = set(RouterProviderPrice.objects.filter(provider=provider).values_list("currency", flat=True))
-        if currencies and currencies != {currency}:
-            raise ValidationError(
-                {"currency": f"This provider is priced in {', '.join(sorted(currencies))}; keep one currency so bills add up."}
-            )
-        try:
-            with transaction.atomic():
-                price = RouterProviderPrice.objects.create(
-                    provider=provider,
-                    model_name=model_name,
-                    effective_from=effective_from,
-                    input_per_million=input_price,
-                    output_per_million=output_price,
-                    currency=currency,
-                    created_by=actor.user if getattr(actor.user, "pk", None) else None,
-                )
-        except IntegrityError:
-            raise ValidationError({"effective_from": "A price version already starts at this moment."}) from None
+        change = price_version_add(
+            RouterProviderPrice.objects.filter(provider=provider, model_name=model_name),
+            priced_as=RouterProviderPrice.objects.filter(provider=provider),
+            what="provider",
+            actor=actor,
+            effective_from=effective_from,
+            input_price=input_price,
+            output_price=output_price,
+            currency=currency,
+            provider=provider,
+            model_name=model_name,
+        )
+        if not change.added:
+            return change.price
         _log(
             actor,
             provider,
@@ -330,7 +306,7 @@ def router_provider_price_set(
             },
         )
         _announce(provider)
-    return price
+    return change.price
 
 
 def grants_by_provider(provider: RouterProvider) -> QuerySet[RouterProviderGrant]:

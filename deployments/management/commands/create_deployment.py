@@ -113,32 +113,30 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(f"--upstream-url: {exc}") from None
         (first_url, first_weight), more = replicas[0], replicas[1:]
+        actor = Actor.system("manage.py create_deployment")
         try:
             with transaction.atomic():
-                deployment = self.create(
-                    ws,
-                    name,
-                    model,
-                    first_url,
-                    first_weight,
-                    more,
-                    upstream_model,
-                    upstream_key,
-                    input_price,
-                    output_price,
-                    currency,
-                    description,
-                    kind,
-                    responses_passthrough,
-                    tokenizer,
+                deployment = deployment_create(
+                    workspace=ws,
+                    actor=actor,
+                    name=name,
+                    model_id=model,
+                    upstream_base_url=first_url,
+                    upstream_weight=first_weight,
+                    upstream_model=upstream_model,
+                    upstream_api_key=upstream_key,
+                    input_per_million=input_price,
+                    output_per_million=output_price,
+                    currency=currency,
+                    description=description,
+                    kind=kind,
+                    responses_passthrough=responses_passthrough,
+                    tokenizer_path=tokenizer,
                 )
+                for url, weight in more:
+                    replica_add(deployment=deployment, actor=actor, base_url=url, weight=weight, api_key=upstream_key)
         except ValidationError as exc:
-            messages = (
-                [f"{OPTION_FOR.get(field, field)}: {m}" for field, ms in exc.message_dict.items() for m in ms]
-                if hasattr(exc, "error_dict")
-                else exc.messages
-            )
-            raise CommandError("; ".join(messages)) from None
+            raise CommandError(_problems(exc, with_options=True)) from None
         target = target_for(deployment=deployment, workspace=ws)
         self.stdout.write(f"Created deployment {deployment.name!r} in workspace {ws.slug}")
         self.stdout.write(f"  model id:  {deployment.model_id}")
@@ -167,52 +165,22 @@ class Command(BaseCommand):
                 workspace=ws, actor=Actor.system("manage.py create_deployment"), base_url=base_url, api_key=api_key, models=models
             )
         except ValidationError as exc:
-            messages = [m for ms in exc.message_dict.values() for m in ms] if hasattr(exc, "error_dict") else exc.messages
-            raise CommandError("; ".join(messages)) from None
+            raise CommandError(_problems(exc)) from None
         self.stdout.write(f"{base_url} lists {len(models)} model(s):")
         for model, deployment, what in done:
             self.stdout.write(f"  {model}: {what} -> {deployment.model_id} ({deployment.public_id})")
         self.stdout.write(str(done[-1][1].public_id))
 
-    @staticmethod
-    def create(
-        ws,
-        name,
-        model,
-        first_url,
-        first_weight,
-        more,
-        upstream_model,
-        upstream_key,
-        input_price,
-        output_price,
-        currency,
-        description,
-        kind="chat",
-        responses_passthrough=False,
-        tokenizer="",
-    ):
-        actor = Actor.system("manage.py create_deployment")
-        deployment = deployment_create(
-            workspace=ws,
-            actor=actor,
-            name=name,
-            model_id=model,
-            upstream_base_url=first_url,
-            upstream_weight=first_weight,
-            upstream_model=upstream_model,
-            upstream_api_key=upstream_key,
-            input_per_million=input_price,
-            output_per_million=output_price,
-            currency=currency,
-            description=description,
-            kind=kind,
-            responses_passthrough=responses_passthrough,
-            tokenizer_path=tokenizer,
-        )
-        for url, weight in more:
-            replica_add(deployment=deployment, actor=actor, base_url=url, weight=weight, api_key=upstream_key)
-        return deployment
+
+def _problems(exc: ValidationError, *, with_options: bool = False) -> str:
+    """A service's ValidationError as one line, each field's messages led by its option (with_options)."""
+    if not hasattr(exc, "error_dict"):
+        return "; ".join(exc.messages)
+    return "; ".join(
+        f"{OPTION_FOR.get(field, field)}: {message}" if with_options else message
+        for field, messages in exc.message_dict.items()
+        for message in messages
+    )
 
 
 def parse_replica_url(value: str) -> tuple[str, int]:
