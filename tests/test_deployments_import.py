@@ -110,6 +110,19 @@ def test_create_deployment_from_server_imports_every_listed_model(world, stub, m
     assert Deployment.objects.count() == 1
 
 
+def test_create_deployment_from_server_adds_the_demo_server_as_a_replica_of_the_deployment_serving_its_model(world, demos, monkeypatch):
+    monkeypatch.setenv("DEMO_KEY_FOR_IMPORT", UPSTREAM_KEY)
+    args = ("create_deployment", "--workspace", "acme", "--upstream-key-env", "DEMO_KEY_FOR_IMPORT", "--from-server")
+    first = StringIO()
+    call_command(*args, demos[0].url, stdout=first)
+    assert "gatehouse-demo: created" in first.getvalue()
+    second = StringIO()
+    call_command(*args, demos[1].url, stdout=second)
+    deployment = Deployment.objects.get()
+    assert "gatehouse-demo: replica added" in second.getvalue() and UPSTREAM_KEY not in second.getvalue()
+    assert sorted(deployment.replicas.values_list("base_url", flat=True)) == sorted([demos[0].url + "/v1", demos[1].url + "/v1"])
+
+
 def test_admin_imports_from_the_console_in_two_steps(world, demos, client_for):
     client = client_for(world.admin)
     url = reverse("deployments_import", kwargs={"ws": "acme"})
@@ -125,6 +138,15 @@ def test_admin_imports_from_the_console_in_two_steps(world, demos, client_for):
     assert imported.status_code == 302
     replica = DeploymentReplica.objects.get()
     assert replica.deployment.model_id == "@acme/gatehouse-demo" and decrypt(replica.api_key_encrypted) == UPSTREAM_KEY
+
+    # The second server serves the same upstream model: offered as a replica of that deployment.
+    offered = client.post(url, {"base_url": demos[1].url, "api_key": UPSTREAM_KEY})
+    assert offered.status_code == 200 and b"Add as a replica of" in offered.content and b"New deployment" not in offered.content
+    imported = client.post(url, {"base_url": demos[1].url, "sealed_key": offered.context["sealed_key"], "models": ["gatehouse-demo"]})
+    assert imported.status_code == 302
+    deployment = Deployment.objects.get()
+    assert sorted(deployment.replicas.values_list("base_url", flat=True)) == sorted([demos[0].url + "/v1", demos[1].url + "/v1"])
+    assert AuditEvent.objects.filter(action="deployment.replica_added", target_id=str(deployment.public_id)).count() == 1
 
 
 @pytest.mark.parametrize(("role", "status"), [("outsider", 404), ("developer", 403)])
