@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -68,6 +69,9 @@ def test_usage_panel_shows_today_for_the_organisation_and_top_of_7_days(busy, cl
     assert 'data-today="requests">5<' in body and "10.50" in body
     assert "last 7 days, by cost" in body and "refreshed about once a minute" in body
     assert 'data-testid="panel-no-budget"' in body
+    # Every cost in the top lists carries its currency.
+    costs = re.findall(r"<td class=\"num\" data-top-cost>([^<]*)<small>([^<]*)</small>", body)
+    assert len(costs) == 5 and all(unit == "USD" for _, unit in costs), costs
 
 
 def test_usage_panel_of_a_sub_workspace_shows_only_its_own_numbers(busy, client_for, django_assert_num_queries):

@@ -43,8 +43,10 @@ def overview_numbers(workspace: Workspace, *, today: date, top_since: date) -> O
     week = UsageScope(workspace, top_since, today).rows()
 
     def top(*group: str) -> list[dict]:
+        # Per currency too: a cost is only readable with its unit (a deployment priced in two
+        # currencies over the week shows once per currency).
         rows = list(
-            week.values(*group)
+            week.values(*group, "currency")
             .annotate(requests=Sum("requests"), total_tokens=Sum("total_tokens"), cost=Sum("cost"))
             .order_by("-cost", "-requests")[:TOP]
         )
