@@ -12,9 +12,9 @@ TRUNCATE is not covered: it needs table ownership, which the application role sh
 
 from django.db import migrations
 
-CREATE = """
-CREATE OR REPLACE FUNCTION gatehouse_audit_append_only() RETURNS trigger AS $$
-BEGIN
+from lib.append_only import append_only
+
+RULE = """
     IF current_setting('gatehouse.audit_erasure', true) = 'on' THEN
         RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
     END IF;
@@ -22,29 +22,10 @@ BEGIN
         RETURN NEW;
     END IF;
     RAISE EXCEPTION 'audit events are append-only: % refused', TG_OP USING ERRCODE = 'insufficient_privilege';
-END;
-$$ LANGUAGE plpgsql;
-DROP TRIGGER IF EXISTS console_auditevent_append_only ON console_auditevent;
-CREATE TRIGGER console_auditevent_append_only
-    BEFORE UPDATE OR DELETE ON console_auditevent
-    FOR EACH ROW EXECUTE FUNCTION gatehouse_audit_append_only();
 """
-
-DROP = """
-DROP TRIGGER IF EXISTS console_auditevent_append_only ON console_auditevent;
-DROP FUNCTION IF EXISTS gatehouse_audit_append_only();
-"""
-
-
-def _run(sql: str):
-    def apply(apps, schema_editor) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            schema_editor.execute(sql, params=None)
-
-    return apply
 
 
 class Migration(migrations.Migration):
     dependencies = [("console", "0001_initial")]
 
-    operations = [migrations.RunPython(_run(CREATE), _run(DROP))]
+    operations = [append_only(table="console_auditevent", function="gatehouse_audit_append_only", rule=RULE)]

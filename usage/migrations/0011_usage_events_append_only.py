@@ -15,9 +15,9 @@ TRUNCATE is not covered: it needs table ownership, which the application role sh
 
 from django.db import migrations, models
 
-CREATE = """
-CREATE OR REPLACE FUNCTION gatehouse_usage_event_append_only() RETURNS trigger AS $$
-BEGIN
+from lib.append_only import append_only
+
+RULE = """
     IF TG_OP = 'DELETE' AND current_setting('gatehouse.usage_retention', true) = 'on' THEN
         RETURN OLD;
     END IF;
@@ -29,26 +29,7 @@ BEGIN
     END IF;
     RAISE EXCEPTION 'usage events are append-only: % refused (retention: manage.py prune_usage_events)', TG_OP
         USING ERRCODE = 'insufficient_privilege';
-END;
-$$ LANGUAGE plpgsql;
-DROP TRIGGER IF EXISTS usage_usageevent_append_only ON usage_usageevent;
-CREATE TRIGGER usage_usageevent_append_only
-    BEFORE UPDATE OR DELETE ON usage_usageevent
-    FOR EACH ROW EXECUTE FUNCTION gatehouse_usage_event_append_only();
 """
-
-DROP = """
-DROP TRIGGER IF EXISTS usage_usageevent_append_only ON usage_usageevent;
-DROP FUNCTION IF EXISTS gatehouse_usage_event_append_only();
-"""
-
-
-def _run(sql: str):
-    def apply(apps, schema_editor) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            schema_editor.execute(sql, params=None)
-
-    return apply
 
 
 class Migration(migrations.Migration):
@@ -80,5 +61,5 @@ class Migration(migrations.Migration):
                 max_length=16,
             ),
         ),
-        migrations.RunPython(_run(CREATE), _run(DROP)),
+        append_only(table="usage_usageevent", function="gatehouse_usage_event_append_only", rule=RULE),
     ]
