@@ -180,3 +180,39 @@ def test_reloading_the_new_key_page_creates_nothing_and_shows_the_secret_no_more
     screenshot(page, "2-after-reload")
     page.go_back()
     assert key not in page.content()
+
+
+def test_secrets_search_is_in_the_address_bar_and_survives_reload_and_back(sized_page, sign_in, screenshot):
+    from tests.factories import make_key
+
+    page = sized_page
+    world = World()
+    for name in ["billing-service", "billing-batch", "crm-sync"]:
+        make_key(world.org, name=name)
+    sign_in("dev")
+    page.goto("/w/acme/secrets/")
+    page.wait_for_load_state("load")
+    page.locator("#id_q").press_sequentially("billing")
+    page.wait_for_selector("#key-list tr:has-text('crm-sync')", state="detached")
+    page.wait_for_url("**/secrets/?q=billing")
+    rows = page.locator("#key-list tbody tr")
+    assert rows.count() == 2
+    screenshot(page, "1-searched")
+
+    page.reload()
+    assert page.locator("#id_q").input_value() == "billing"
+    assert page.locator("#key-list tbody tr").count() == 2
+
+    # The status filter keeps the search, and the search keeps the status filter.
+    page.click("[data-status=active]")
+    page.wait_for_url("**/secrets/?status=active&q=billing")
+    page.fill("#id_q", "crm")
+    page.wait_for_url("**/secrets/?status=active&q=crm")
+    assert page.locator("#key-list tbody tr").count() == 1
+    page.evaluate("sessionStorage.removeItem('htmx-history-cache')")  # Back must not depend on htmx's snapshot
+    page.go_back()
+    page.wait_for_url("**/secrets/?status=active&q=billing")
+    page.wait_for_selector("#key-list tbody tr:has-text('billing-batch')")
+    assert page.locator(".sidebar").count() == 1 and page.locator("#id_q").input_value() == "billing"
+    assert page.locator("#key-list tbody tr").count() == 2
+    screenshot(page, "2-back")
