@@ -3,7 +3,8 @@
 Live figures come from the gateways: each process writes its in-flight count and ejections per
 replica to a Redis hash every LIVE_EVERY_SECONDS (gateway.app.publish_replica_stats); entries
 older than LIVE_STALE_SECONDS (a stopped process) are ignored. The last hour's requests, error
-rate and p95 latency are read from the usage events, which name the replica that answered.
+rate and p95 latency are read from the usage events, which name the replica that answered
+(usage.selectors.replica_last_hour; the page passes them in).
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection
-from django.utils import timezone
+
+from lib.redis import redis_client
 
 LIVE_EVERY_SECONDS = 5
 LIVE_STALE_SECONDS = 20
@@ -40,47 +40,20 @@ class ReplicaFigures:
         return self.errors / self.requests if self.requests else None
 
 
-def replica_figures(replicas: list) -> dict[int, ReplicaFigures]:
+def replica_figures(replicas: list, *, last_hour: dict[int, tuple[int, int, float | None]]) -> dict[int, ReplicaFigures]:
+    """`last_hour`: (requests, errors, p95 ms) per replica id, from usage.selectors.replica_last_hour."""
     figures = {r.id: ReplicaFigures() for r in replicas}
     if not replicas:
         return figures
-    _last_hour(figures)
+    for replica_id, (requests, errors, p95_ms) in last_hour.items():
+        if replica_id in figures:
+            figures[replica_id].requests, figures[replica_id].errors, figures[replica_id].p95_ms = requests, errors, p95_ms
     if settings.REDIS_URL:
         _live(replicas, figures)
     return figures
 
 
-def _last_hour(figures: dict[int, ReplicaFigures]) -> None:
-    from usage.models import UsageEvent
-
-    since = timezone.now() - timedelta(hours=1)
-    events = UsageEvent.objects.filter(replica_id__in=list(figures), created_at__gte=since)
-    if connection.vendor == "postgresql":
-        table = UsageEvent._meta.db_table
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT replica_id, count(*), count(*) FILTER (WHERE status_code >= 500), "
-                f"percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM {table} "
-                f"WHERE replica_id = ANY(%s) AND created_at >= %s GROUP BY replica_id",
-                [list(figures), since],
-            )
-            for replica_id, requests, errors, p95 in cursor.fetchall():
-                figures[replica_id].requests, figures[replica_id].errors, figures[replica_id].p95_ms = requests, errors, p95
-        return
-    latencies: dict[int, list[int]] = {}
-    for replica_id, latency, status in events.values_list("replica_id", "latency_ms", "status_code")[:100_000]:
-        f = figures[replica_id]
-        f.requests += 1
-        f.errors += status >= 500
-        latencies.setdefault(replica_id, []).append(latency)
-    for replica_id, values in latencies.items():
-        values.sort()
-        figures[replica_id].p95_ms = values[min(len(values) - 1, int(len(values) * 0.95))]
-
-
 def _live(replicas: list, figures: dict[int, ReplicaFigures]) -> None:
-    from lib.redis import redis_client
-
     try:
         pipe = redis_client().pipeline(transaction=False)
         for r in replicas:

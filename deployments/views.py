@@ -48,7 +48,7 @@ from deployments.services import (
 from keys.tokens import is_well_formed
 from lib.crypto import decrypt, encrypt
 from lib.upstream import upstream_host
-from usage.selectors import requests_today
+from usage.selectors import replica_last_hour, requests_today
 
 TABS = (("overview", "Overview"), ("api", "API call"), ("examples", "Code Examples"), ("test", "Test call"), ("usage", "Usage"))
 TAB_IDS = {t for t, _ in TABS}
@@ -330,7 +330,7 @@ def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpRes
         "lang": request.POST.get("lang") or request.GET.get("lang") or "python",
     }
     if context["replicas"]:
-        figures = replica_figures(context["replicas"])
+        figures = replica_figures(context["replicas"], last_hour=replica_last_hour([r.id for r in context["replicas"]]))
         for replica in context["replicas"]:
             replica.figures = figures[replica.id]
     if tab == "examples":

@@ -255,9 +255,10 @@ def test_a_dead_replica_costs_a_retry_not_a_failed_request(world, upstreams, pai
 
     # The details page's figures: the gateways' live reports (every 5 s) and the last hour's events.
     from deployments.live import replica_figures
+    from usage.selectors import replica_last_hour
 
     def reported():
-        found = replica_figures(replicas)
+        found = replica_figures(replicas, last_hour=replica_last_hour([r.id for r in replicas]))
         return found if found[replicas[0].id].processes == 2 else None
 
     figures = wait_for(reported, timeout=15)

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 from django.db import connection
 from django.db.models import Count, IntegerField, Max, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from console.models import Workspace
@@ -461,6 +462,34 @@ def requests_today(workspace: Workspace, now: datetime) -> Coalesce:
     events = UsageEvent.objects.filter(workspace.tree_q(), deployment=OuterRef("pk"), created_at__gte=midnight, created_at__lte=now)
     counted = events.order_by().values("deployment").annotate(n=Count("pk")).values("n")
     return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+
+
+def replica_last_hour(replica_ids: list[int], *, now: datetime | None = None) -> dict[int, tuple[int, int, float | None]]:
+    """(requests, server errors, p95 latency in ms) per replica over the last hour, from the
+    events, which name the replica that answered; replicas without requests are left out."""
+    if not replica_ids:
+        return {}
+    since = (now or timezone.now()) - timedelta(hours=1)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT replica_id, count(*), count(*) FILTER (WHERE status_code >= 500), "
+                f"percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM {UsageEvent._meta.db_table} "
+                f"WHERE replica_id = ANY(%s) AND created_at >= %s GROUP BY replica_id",
+                [list(replica_ids), since],
+            )
+            return {replica_id: (requests, errors, p95) for replica_id, requests, errors, p95 in cursor.fetchall()}
+    latencies: dict[int, list[int]] = {}
+    errors: dict[int, int] = {}
+    events = UsageEvent.objects.filter(replica_id__in=replica_ids, created_at__gte=since)
+    for replica_id, latency, status in events.values_list("replica_id", "latency_ms", "status_code")[:100_000]:
+        latencies.setdefault(replica_id, []).append(latency)
+        errors[replica_id] = errors.get(replica_id, 0) + (status >= 500)
+    found = {}
+    for replica_id, values in latencies.items():
+        values.sort()
+        found[replica_id] = (len(values), errors[replica_id], values[min(len(values) - 1, int(len(values) * 0.95))])
+    return found
 
 
 def event_cost(request_id: str) -> tuple[Decimal, str] | None:
