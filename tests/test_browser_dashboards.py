@@ -129,7 +129,7 @@ def test_usage_filters_sort_and_csv_then_billing_month_split(page, sign_in, scre
     page.wait_for_selector("[data-testid=statement]")
     page.fill("#id_month", f"{last_month:%Y-%m}")
     page.click("[data-testid=month-picker] button[type=submit]")
-    page.wait_for_url(f"**month={last_month:%Y-%m}")
+    page.wait_for_url(f"**month={last_month:%Y-%m}&endpoint=")  # the API filter rides along (All APIs)
     expect(page.locator("[data-testid=statement-total]")).not_to_have_text("0.00 USD")
     own, sub = page.locator("[data-testid=section-acme]"), page.locator("[data-testid=section-acme-research]")
     expect(own.locator("[data-testid=line-item]")).to_have_count(1)

@@ -72,3 +72,40 @@ def test_usage_page_breaks_down_and_filters_by_api_and_the_csv_matches(usage, cl
 
     bad = client.get(f"/w/{usage.org.slug}/usage/{RANGE}&endpoint=nonsense")
     assert "Select a valid choice" in bad.content.decode() and "report" not in (bad.context or {})
+
+
+def test_billing_lines_break_down_by_api_and_filter_to_one(usage, client_for, frozen):
+    client = client_for(usage.owner)
+    resp = client.get(f"/w/{usage.org.slug}/billing/?month=2026-03")
+    st = resp.context["statement"]
+    lines = st.sections[0].items
+    assert sorted((i["label"], i["endpoint"], i["prompt_tokens"], i["completion_tokens"], i["requests"]) for i in lines) == [
+        ("chat", "chat.completions", 200, 20, 2),
+        ("chat", "messages", 600, 60, 2),
+        ("chat", "responses", 400, 40, 2),
+        ("embed", "embeddings", 8000, 0, 2),
+    ]
+    assert sum(i["cost_cents"] for i in lines) == st.total
+    body = resp.content.decode()
+    assert "<th>API</th>" in body and body.count('data-testid="line-api"') == 4 and "Anthropic Messages" in body
+    assert 'id="id_endpoint"' in body
+
+    rows = list(csv.reader(io.StringIO(client.get(f"/w/{usage.org.slug}/billing/export.csv?month=2026-03").content.decode())))
+    assert rows[0][9:] == ["cost", "currency", "endpoint"]
+    assert sorted(r[11] for r in rows[1:] if r[1] not in ("subtotal", "")) == ["chat.completions", "embeddings", "messages", "responses"]
+
+    only = client.get(f"/w/{usage.org.slug}/billing/?month=2026-03&endpoint=responses")
+    st = only.context["statement"]
+    assert [(i["endpoint"], i["prompt_tokens"]) for s in st.sections for i in s.items] == [("responses", 400)]
+    assert st.prompt_tokens == 400 and st.exact == sum(i["cost"] for i in lines if i["endpoint"] == "responses")
+    page = only.content.decode()
+    assert "API: Responses only." in page and "month=2026-02&amp;endpoint=responses" in page
+    csv_only = list(
+        csv.reader(io.StringIO(client.get(f"/w/{usage.org.slug}/billing/export.csv?month=2026-03&endpoint=responses").content.decode()))
+    )
+    assert {r[11] for r in csv_only[1:]} == {"responses"} and csv_only[-1][0] == "total" and int(csv_only[-1][7]) == 400
+
+    bad = client.get(f"/w/{usage.org.slug}/billing/?month=2026-03&endpoint=nonsense")
+    assert "Select a valid choice" in bad.content.decode() and "Showing every API." in bad.content.decode()
+    assert bad.context["statement"].month.isoformat() == "2026-03-01" and bad.context["statement"].total == resp.context["statement"].total
+    assert client.get(f"/w/{usage.org.slug}/billing/export.csv?month=2026-03&endpoint=nonsense").status_code == 404

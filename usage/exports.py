@@ -93,6 +93,7 @@ def write_statement_csv(writer, st: Statement) -> None:
             "output_tokens",
             "cost",
             "currency",
+            "endpoint",  # the API the line's requests came through (last, so older readers keep their columns)
         ]
     )
     for section in st.sections:
@@ -111,10 +112,11 @@ def write_statement_csv(writer, st: Statement) -> None:
                     item["completion_tokens"],
                     item["cost_cents"],
                     item["currency"],
+                    item["endpoint"],
                 ]
             )
-        writer.writerow([section.slug, "subtotal", "", "", "", "", "", "", "", section.total, st.currency])
-    writer.writerow(["total", "", "", "", "", "", "", st.prompt_tokens, st.completion_tokens, st.total, st.currency])
+        writer.writerow([section.slug, "subtotal", "", "", "", "", "", "", "", section.total, st.currency, st.endpoint or ""])
+    writer.writerow(["total", "", "", "", "", "", "", st.prompt_tokens, st.completion_tokens, st.total, st.currency, st.endpoint or ""])
 
 
 def _blank_if_none(value) -> object:

@@ -53,6 +53,7 @@ class UsageFilterForm(forms.Form):
 
 class MonthForm(forms.Form):
     month = forms.CharField(required=False, max_length=7)
+    endpoint = forms.ChoiceField(required=False, label="API", choices=[("", "All APIs"), *ENDPOINTS.items()])
 
     def clean_month(self) -> date | None:
         value = self.cleaned_data["month"]

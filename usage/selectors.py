@@ -651,6 +651,11 @@ class Statement:
     total: Decimal
     prompt_tokens: int
     completion_tokens: int
+    endpoint: str | None = None  # the one API the statement is filtered to (None: every API)
+
+    @property
+    def endpoint_label(self) -> str:
+        return ENDPOINTS.get(self.endpoint, self.endpoint or "")
 
     @property
     def previous_month(self) -> date:
@@ -667,10 +672,11 @@ def month_bounds(month: date) -> tuple[date, date]:
     return first, nxt - timedelta(days=1)
 
 
-def billing_statement(workspace: Workspace, month: date) -> Statement:
+def billing_statement(workspace: Workspace, month: date, *, endpoint: str | None = None) -> Statement:
     """A month's statement: one section per workspace (the default workspace first, then each
-    sub-workspace by name), a line per deployment and price version, from the month's UsageMonthly
-    rows (its days are the workspaces' local days, as on every page). Two queries.
+    sub-workspace by name), a line per deployment, API (the endpoint its requests came through) and
+    price version, from the month's UsageMonthly rows (its days are the workspaces' local days, as on
+    every page); `endpoint` keeps one API's lines only. Two queries.
 
     A line is input tokens × input price + output tokens × output price (per million), the price
     being the version its events were costed with; its exact amount is the rollups' cost (the sum of
@@ -678,15 +684,18 @@ def billing_statement(workspace: Workspace, month: date) -> Statement:
     allocated from their exact sums so they add up to it, and lines likewise to their section total.
     """
     first, last = month_bounds(month)
+    monthly = UsageMonthly.objects.filter(workspace.tree_q(), month=first)
+    if endpoint:
+        monthly = monthly.filter(endpoint=endpoint)
     rows = list(
-        UsageMonthly.objects.filter(workspace.tree_q(), month=first)
-        .values(
+        monthly.values(
             "workspace_id",
             "workspace__name",
             "workspace__slug",
             "workspace__parent_id",
             "deployment_id",
             "deployment__name",
+            "endpoint",
             "currency",
             "input_price_per_million",
             "output_price_per_million",
@@ -709,6 +718,7 @@ def billing_statement(workspace: Workspace, month: date) -> Statement:
         if section is None:
             section = sections[row["workspace_id"]] = Section(row["workspace_id"], row["workspace__name"], row["workspace__slug"], [], ZERO)
         row["label"] = row["deployment__name"] or f"{row['model']} (deleted deployment)"
+        row["endpoint_label"] = ENDPOINTS.get(row["endpoint"], row["endpoint"])
         row["input_price"], row["output_price"] = price_text(row["input_price_per_million"]), price_text(row["output_price_per_million"])
         row["versions"] = versions.get(
             (row["deployment_id"], row["input_price_per_million"], row["output_price_per_million"], row["currency"]), []
@@ -716,8 +726,15 @@ def billing_statement(workspace: Workspace, month: date) -> Statement:
         section.items.append(row)
         section.exact += row["cost"]
     for section in sections.values():
-        # Within a deployment, price versions in the order they took effect.
-        section.items.sort(key=lambda i: (i["label"].lower(), i["deployment_id"] or 0, i["versions"][0] if i["versions"] else EARLIEST))
+        # Within a deployment, its APIs by name, then price versions in the order they took effect.
+        section.items.sort(
+            key=lambda i: (
+                i["label"].lower(),
+                i["deployment_id"] or 0,
+                i["endpoint_label"],
+                i["versions"][0] if i["versions"] else EARLIEST,
+            )
+        )
     if workspace.id not in sections and workspace.is_default:
         own = Section(workspace.id, workspace.name, workspace.slug, [], ZERO)
         sections = {workspace.id: own, **sections}
@@ -736,6 +753,7 @@ def billing_statement(workspace: Workspace, month: date) -> Statement:
         total=cents(exact),
         prompt_tokens=sum(i["prompt_tokens"] for s in ordered for i in s.items),
         completion_tokens=sum(i["completion_tokens"] for s in ordered for i in s.items),
+        endpoint=endpoint,
     )
 
 

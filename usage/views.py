@@ -184,8 +184,14 @@ def _file_name(kind: str, access: WorkspaceAccess, scope: UsageScope) -> str:
 def _month(request: HttpRequest, access: WorkspaceAccess) -> tuple[MonthForm, object]:
     form = MonthForm(request.GET)
     today = timezone.now().astimezone(access.workspace.tz).date()
-    month = (form.cleaned_data["month"] if form.is_valid() else None) or today.replace(day=1)
+    form.is_valid()  # a field that fails is left out of cleaned_data and shown as an error
+    month = form.cleaned_data.get("month") or today.replace(day=1)
     return form, month
+
+
+def _api(form: MonthForm) -> str | None:
+    """The API the statement is filtered to (None: all APIs, also when the one asked for is unknown)."""
+    return form.cleaned_data.get("endpoint") or None
 
 
 @login_required
@@ -193,7 +199,7 @@ def _month(request: HttpRequest, access: WorkspaceAccess) -> tuple[MonthForm, ob
 def billing_page(request: HttpRequest, ws: str) -> HttpResponse:
     access = access_workspace(request.user, ws)
     form, month = _month(request, access)
-    statement = billing_statement(access.workspace, month)
+    statement = billing_statement(access.workspace, month, endpoint=_api(form))
     return render(request, "usage/billing_page.html", {"access": access, "nav": "billing", "form": form, "statement": statement})
 
 
@@ -203,8 +209,8 @@ def billing_export(request: HttpRequest, ws: str) -> HttpResponse:
     access = access_workspace(request.user, ws)
     form, month = _month(request, access)
     if form.errors:
-        raise Http404("No such month.")
-    st = billing_statement(access.workspace, month)
+        raise Http404("No such month or API.")
+    st = billing_statement(access.workspace, month, endpoint=_api(form))
     response = HttpResponse(content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="statement-{access.workspace.slug}-{month:%Y-%m}.csv"'
     write_statement_csv(csv.writer(response), st)
