@@ -145,11 +145,7 @@ def budget_banners(workspace: Workspace, *, can_admin: bool, now: datetime | Non
     organisation's budget blocks requests, never its figures (they include siblings' spend).
     Admins of a default workspace also see their sub-workspaces' budgets.
     """
-    scope = Q(workspace=workspace)
-    if workspace.parent_id is not None:
-        scope |= Q(workspace_id=workspace.parent_id)
-    elif can_admin:
-        scope |= Q(workspace__parent=workspace)
+    scope = workspace.tree_q() if workspace.is_default and can_admin else Q(workspace_id__in=workspace.lineage_ids)
     now = now or timezone.now()
     banners = []
     for budget in (
