@@ -342,6 +342,7 @@ def main() -> None:
         wait_http(gw + "/v1/models", gateway)
         # target -> (base URL, log file); "direct" has no log
         targets: dict[str, tuple[str, Path | None]] = {"direct": (upstream, None), "gateway": (gw, workdir / "gateway.log")}
+        target_procs = {"direct": demo, "gateway": gateway}
         for variant in args.variant:
             label, _, assignments = variant.partition(":")
             label, _, tree = label.partition("@")  # label@/path: that checkout's code (e.g. main, for before/after)
@@ -351,6 +352,7 @@ def main() -> None:
             procs.append(proc)
             wait_http(f"http://127.0.0.1:{port}/v1/models", proc)
             targets[label] = (f"http://127.0.0.1:{port}", log)
+            target_procs[label] = proc
         stage_rows: list[tuple[str, str, dict]] = []
 
         results = []
@@ -388,18 +390,24 @@ def main() -> None:
                     url = base + MODE_PATHS[mode][target == "direct"]
                     runs = [wrk(url, script, connections, args.warmup)]
                     log_from = log.stat().st_size if log is not None else 0
+                    cpu_from = cpu_seconds(target_procs[target].pid)
                     runs += [wrk(url, script, connections, args.duration) for _ in range(args.repeat)]
+                    # The server's own CPU per answered request: less sensitive to the machine's
+                    # other load than latency (the gateway's includes its uvicorn, not the upstream's).
+                    answered = sum(r["requests"] for r in runs[1:])
+                    cpu_per_request = (cpu_seconds(target_procs[target].pid) - cpu_from) / max(1, answered) * 1e6
                     if args.stages and log is not None and connections == 1:
                         stage_rows.append((mode, target, stage_medians(log, log_from)))
                     if target != "direct":
                         answered_through_gateway += sum(r["requests"] - r["non2xx"] for r in runs)
                         in_flight_bound += len(runs) * connections
                     measured = median_of(runs[1:])
+                    measured["cpu_us"] = cpu_per_request
                     row[target] = measured
                     print(
                         f"  {mode:14} c={connections:<3} {target:8} {measured['rps']:8.0f} req/s  p50 {measured['p50'] / 1000:7.2f} ms"
                         f"  p99 {measured['p99'] / 1000:7.2f} ms  non2xx {measured['non2xx']} errors {measured['errors']}"
-                        f"  (req/s over {args.repeat} runs: {measured['rps_min']:.0f}-{measured['rps_max']:.0f})",
+                        f"  CPU {cpu_per_request:5.0f} µs/req  (req/s over {args.repeat} runs: {measured['rps_min']:.0f}-{measured['rps_max']:.0f})",
                         flush=True,
                     )
                 results.append(row)
@@ -456,6 +464,23 @@ def main() -> None:
     finally:
         for proc in reversed(procs):
             stop(proc)
+
+
+def cpu_seconds(root_pid: int) -> float:
+    """CPU time (user + system) used so far by a process and its children (uvicorn's workers)."""
+    pids = [root_pid]
+    try:
+        pids += [int(c) for c in Path(f"/proc/{root_pid}/task/{root_pid}/children").read_text().split()]
+    except OSError:
+        pass
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(root_pid: int) -> int:
@@ -754,18 +779,19 @@ def stage_table(rows: list[tuple[str, str, dict]]) -> str:
 def table(results: list[dict]) -> str:
     head = (
         "| mode | conns | direct req/s | direct p50 | direct p99 | gateway | gateway req/s | gateway p50 | gateway p99 "
-        "| added p50 | added p99 | req/s ratio |"
+        "| added p50 | added p99 | req/s ratio | gateway CPU µs/req |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 13]
     for row in results:
         d = row["direct"]
         for target, g in row.items():
             if target in ("mode", "connections", "direct"):
                 continue
+            cpu = f"{g['cpu_us']:.0f}" if "cpu_us" in g else ""  # the spool rows have none
             lines.append(
                 f"| {row['mode']} | {row['connections']} | {d['rps']:.0f} | {d['p50'] / 1000:.2f} ms | {d['p99'] / 1000:.2f} ms "
                 f"| {target} | {g['rps']:.0f} | {g['p50'] / 1000:.2f} ms | {g['p99'] / 1000:.2f} ms "
-                f"| {(g['p50'] - d['p50']) / 1000:+.2f} ms | {(g['p99'] - d['p99']) / 1000:+.2f} ms | {g['rps'] / d['rps']:.2f} |"
+                f"| {(g['p50'] - d['p50']) / 1000:+.2f} ms | {(g['p99'] - d['p99']) / 1000:+.2f} ms | {g['rps'] / d['rps']:.2f} | {cpu} |"
             )
     return "\n".join(lines)
 
