@@ -24,10 +24,11 @@ import orjson
 from django.conf import settings
 
 from gateway import errors, metrics, tokenizer
-from gateway.auth import KeyCache, KeyEntry, Route, listen_for_changes, parse_bearer
+from gateway.auth import KeyCache, listen_for_changes
 from gateway.authlimit import AuthFailures
 from gateway.balancer import Answer, Balancer, CapacityExceeded, Ticket, UpstreamFailed, UpstreamPool
 from gateway.capacity import CapacityUnavailable, RedisCapacity
+from gateway.credentials import parse_bearer
 from gateway.errors import GatewayError
 from gateway.limits import (
     CAPPED_HEADER,
@@ -42,6 +43,7 @@ from gateway.limits import (
 )
 from gateway.metering import UsageWriter, event_row
 from gateway.proxy import SseRelay, make_client, status_error, transport_error, upstream_call
+from gateway.routes import KeyEntry, Route
 from gateway.shapes import Call, Shape, completions, dashscope, embeddings, messages, rerank, responses, wrong_kind
 from gateway.shapes import chat as chat_shape
 from gateway.spool import Spool, database_identity

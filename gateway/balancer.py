@@ -1,6 +1,6 @@
 """Which replica of a deployment gets a request, and what happens when one fails.
 
-A route to an endpoint deployment carries its enabled replicas (gateway.auth loads them with the
+A route to an endpoint deployment carries its enabled replicas (gateway.keyload loads them with the
 key). Per gateway process the Balancer keeps, for each replica, the requests in flight and its
 health:
 
@@ -41,7 +41,7 @@ LOAD_SLACK = 1.0
 
 @dataclass(slots=True, frozen=True)
 class Replica:
-    """One enabled server of a deployment, as loaded with a key (gateway.auth.load_key)."""
+    """One enabled server of a deployment, as loaded with a key (gateway.keyload.load_key)."""
 
     id: int
     uid: str  # the public id: probe messages name both, so a stray message for another database's replica 7 is ignored
@@ -239,7 +239,7 @@ class Ticket:
 
 
 class UpstreamPool:
-    """Sends one upstream exchange to a replica of the route (gateway.auth.Route.replicas), with at
+    """Sends one upstream exchange to a replica of the route (gateway.routes.Route.replicas), with at
     most one retry elsewhere. Routes without replicas (router, BYOK) go to their own base URL.
     Replicas with a cap (max_concurrent) are taken through gateway.capacity, queueing fairly
     when all are full."""

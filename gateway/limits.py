@@ -140,7 +140,7 @@ class Admission:
 
     @classmethod
     def of(cls, call, entry) -> Admission:
-        """For a parsed call (gateway.shapes.Call) by a cached key (gateway.auth.KeyEntry)."""
+        """For a parsed call (gateway.shapes.Call) by a cached key (gateway.routes.KeyEntry)."""
         capped = bool(entry.tpm_limit or entry.yearly_limit or entry.budget_blocks)
         return cls(prompt=call.prompt_estimate, asked=call.completion_budget, choices=call.choices, capped=capped)
 

@@ -3,7 +3,7 @@ to workspaces and price. Writes and the reads the console needs.
 
 A provider spends the operator's upstream key, so:
 - only a workspace holding a grant sees it: its keys may scope it and its deployments may route
-  through it (keys.services._check_scope, deployments.services._clean_upstream, gateway.auth);
+  through it (keys.services._check_scope, deployments.services._clean_upstream, gateway.keyload);
 - its calls are priced with effective-dated versions (per model, or the provider's default for
   models without their own), so usage events carry a cost and budgets count them.
 

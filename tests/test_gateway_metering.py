@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.auth import Price, Route
 from gateway.metering import UsageWriter, event_row
+from gateway.routes import Price, Route
 from lib.redis import redis_client
 from tests import gateway_support
 from tests.factories import make_deployment, make_key

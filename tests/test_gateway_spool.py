@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway.auth import Price, Route
 from gateway.metering import UsageWriter, event_row, usage_columns
+from gateway.routes import Price, Route
 from gateway.spool import Spool, row_decoder
 from tests.factories import make_key
 from tests.gateway_support import run_async

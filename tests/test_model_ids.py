@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from console.audit import Actor
 from deployments.models import Deployment
 from deployments.services import deployment_create, deployment_update
-from gateway.auth import load_key
+from gateway.keyload import load_key
 from keys import tokens
 from tests import gateway_support
 from tests.factories import make_deployment, make_key

@@ -21,7 +21,7 @@ from console.audit import Actor
 from console.models import AuditEvent
 from deployments.models import UpstreamKind
 from deployments.services import deployment_create
-from gateway.auth import load_key
+from gateway.keyload import load_key
 from keys import tokens
 from keys.changes import local_generations
 from keys.models import ApiKey, RouterProvider, RouterProviderGrant, RouterProviderPrice

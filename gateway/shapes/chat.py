@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.auth import parse_bearer
+from gateway.credentials import parse_bearer
 from gateway.errors import GatewayError
 from gateway.proxy import SseRelay
 from gateway.shapes import Call, Shape

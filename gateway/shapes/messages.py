@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.auth import parse_bearer
+from gateway.credentials import parse_bearer
 from gateway.errors import GatewayError, bad_request
 from gateway.limits import estimate_prompt_tokens
 from gateway.shapes import Call, Shape, chat
