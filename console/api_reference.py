@@ -17,6 +17,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET
@@ -58,9 +59,14 @@ def render_reference(text: str) -> Reference:
     if missing:
         raise ValueError(f"docs/GATEWAY.md has no section {', '.join(missing)}")
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
+    md.add_render_rule("table_open", _table_open)
+    md.add_render_rule("table_close", lambda self, tokens, idx, options, env: "</table></div>\n")
     tokens = md.parse("\n".join(sections[name] for name in SECTIONS))
     toc: list[tuple[int, str, str]] = []
+    section = ""
     for i, token in enumerate(tokens):
+        if token.type == "table_open":
+            token.meta["label"] = f"{section} (table)" if section else "Table"
         if token.type in ("th_open", "td_open") and token.attrGet("style"):
             # An aligned column: a class instead of a style attribute, which the CSP refuses.
             align = str(token.attrGet("style")).removeprefix("text-align:")
@@ -71,6 +77,7 @@ def render_reference(text: str) -> Reference:
             anchor = slugify(title)
             token.attrSet("id", anchor)
             toc.append((int(token.tag[1]), anchor, title))
+            section = title
     anchors = {anchor for _, anchor, _ in toc}
     for token in tokens:
         opened = []
@@ -84,6 +91,13 @@ def render_reference(text: str) -> Reference:
                 child.hidden = opened.pop().hidden
     # html=False above: any HTML in the source was escaped by the renderer.
     return Reference(html=mark_safe(md.renderer.render(tokens, md.options, {})), toc=tuple(toc))
+
+
+def _table_open(self, tokens, idx, options, env) -> str:
+    # Wide tables scroll sideways inside a region the keyboard can reach and focus (axe:
+    # scrollable-region-focusable), named after their section.
+    label = escape(tokens[idx].meta.get("label", "Table"))
+    return f'<div class="table-wrap" tabindex="0" role="region" aria-label="{label}"><table>\n'
 
 
 _cache: dict[str, tuple[float, Reference]] = {}

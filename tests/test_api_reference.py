@@ -70,3 +70,11 @@ def test_deployment_api_tab_and_sidebar_link_to_the_reference(world, client_for)
     body = tab.content.decode()
     assert f'href="{url()}" data-testid="api-reference-link"' in body
     assert f'href="{url()}"' in client.get(reverse("workspace_overview", kwargs={"ws": "acme"})).content.decode()
+
+
+def test_wide_tables_scroll_in_a_focusable_named_region():
+    text = "\n".join(f"## {title}\n\n| a | b |\n| --- | --- |\n| <x> | 2 |\n" for title in SECTIONS)
+    html = str(render_reference(text).html)
+    assert html.count('<div class="table-wrap" tabindex="0" role="region" aria-label="Limits (table)"><table>') == 1
+    assert html.count("</table></div>") == len(SECTIONS)
+    assert "<td>&lt;x&gt;</td>" in html

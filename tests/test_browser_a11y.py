@@ -114,6 +114,8 @@ def _a_busy_workspace() -> tuple[World, dict[str, str]]:
         "budget": "/w/acme/billing/budget/",
         "members": "/w/acme/members/",
         "audit": "/w/acme/audit/",
+        "audit-filtered": "/w/acme/audit/?q=a&start=2020-01-01",
+        "api-reference": "/w/acme/api-reference/",
         "settings": "/w/acme/settings/",
         "router-providers": "/installation/router-providers/",
         "router-provider": "/installation/router-providers/openrouter/",
