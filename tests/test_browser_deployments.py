@@ -204,6 +204,94 @@ def test_admin_adds_a_replica_from_the_details_page(page, sign_in, screenshot, l
     ]
 
 
+def test_the_details_page_shows_each_replicas_health_load_and_last_hour(page, sign_in, screenshot, live_server):
+    """Status and last probe from the worker, in flight and ejections as the gateways report them
+    to Redis, the last hour's requests, 5xx rate and p95 from usage events; at desktop and phone widths."""
+    import json
+    import time
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployments.live import live_key
+    from deployments.models import ReplicaStatus
+    from deployments.services import replica_add
+    from lib.redis import redis_client
+
+    world, deployment = make_world()
+    actor = Actor.system("tests")
+    second = replica_add(deployment=deployment, actor=actor, base_url="http://10.0.0.6:8000/v1", weight=3, max_concurrent=8)
+    third = replica_add(deployment=deployment, actor=actor, base_url="http://10.0.0.7:8000/v1", enabled=False)
+    first = deployment.replicas.get(base_url="http://10.0.0.5:8000/v1")
+    now = timezone.now()
+    first.__class__.objects.filter(id=first.id).update(
+        status=ReplicaStatus.UP, last_checked_at=now - timedelta(seconds=40), last_probe_ms=12
+    )
+    second.__class__.objects.filter(id=second.id).update(
+        status=ReplicaStatus.DOWN,
+        last_error="Cannot connect: [Errno 111] Connection refused",
+        last_checked_at=now - timedelta(minutes=1),
+        last_probe_ms=3,
+    )
+    # The last hour: 19 answers from the first replica (20…200 ms: p95 191 ms), 10 from the second, 4 of them 502.
+    for i in range(20):
+        UsageEvent.objects.create(
+            request_id=f"a{i}",
+            created_at=now - timedelta(hours=2) if i == 0 else now,  # the first is older: not counted
+            workspace=world.org,
+            deployment=deployment,
+            replica=first,
+            model="m",
+            status_code=200,
+            latency_ms=10 * (i + 1),
+        )
+    for i in range(10):
+        UsageEvent.objects.create(
+            request_id=f"b{i}",
+            created_at=now,
+            workspace=world.org,
+            deployment=deployment,
+            replica=second,
+            model="m",
+            status_code=502 if i < 4 else 200,
+        )
+    # Two gateway processes report: 3 + 2 in flight on the first; the second ejected on one of them.
+    redis = redis_client()
+    published = time.time()
+    redis.hset(
+        live_key(str(first.public_id)), mapping={"p1": json.dumps([published, 3, 0, False]), "p2": json.dumps([published, 2, 0, False])}
+    )
+    redis.hset(
+        live_key(str(second.public_id)), mapping={"p1": json.dumps([published, 0, 2, True]), "p2": json.dumps([published, 0, 1, False])}
+    )
+    try:
+        sign_in("adam")
+        page.set_viewport_size({"width": 1440, "height": 900})
+        page.goto(f"/w/acme/deployments/{deployment.public_id}/")
+        rows = page.locator("[data-testid=replica-table] tbody tr")
+        assert rows.count() == 3
+        up, down, disabled = (page.locator(f"tr[data-replica='{r.public_id}']") for r in (first, second, third))
+        assert up.locator("[data-testid=replica-status]").inner_text() == "Up"
+        assert up.locator("[data-testid=replica-inflight]").inner_text() == "5"
+        assert " ".join(up.locator("[data-testid=replica-hour]").inner_text().split()) == "19 req · 0 % err p95 191 ms"
+        assert up.locator("[data-testid=replica-ejections]").inner_text() == "0"
+        assert "12 ms" in up.inner_text()
+        assert down.locator("[data-testid=replica-status]").inner_text() == "Down"
+        assert "Connection refused" in down.inner_text()
+        assert " ".join(down.locator("[data-testid=replica-hour]").inner_text().split()) == "10 req · 40 % err p95 0 ms"
+        assert " ".join(down.locator("[data-testid=replica-ejections]").inner_text().split()) == "3 ejected now"
+        assert disabled.locator("[data-testid=replica-status]").inner_text() == "Disabled"
+        page.locator("[data-testid=replicas]").scroll_into_view_if_needed()
+        screenshot(page, "1440")
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.reload()
+        page.locator("[data-testid=replicas]").scroll_into_view_if_needed()
+        assert page.locator("[data-testid=replica-table]").is_visible()
+        screenshot(page, "390")
+    finally:
+        redis.delete(live_key(str(first.public_id)), live_key(str(second.public_id)))
+
+
 def test_each_kind_shows_its_paths_and_examples(page, sign_in, screenshot):
     world, chat = make_world()
     embedding = deployment_create(
