@@ -76,9 +76,16 @@ def api_reference() -> dict:
             body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
             if body:
                 operation.body = _fields(body, components)
+            errors = set()
             for status, response in op.get("responses", {}).items():
                 content = response.get("content", {}).get("application/json", {}).get("schema")
-                operation.responses.append((status, _type(content, components) if content else "no body"))
+                kind = _type(content, components) if content else "no body"
+                if str(status).startswith("4") and kind == "ErrorOut":
+                    errors.add(status)  # every 4xx has the one error shape: listed once
+                    continue
+                operation.responses.append((status, kind))
+            if errors:
+                operation.responses.append(("4xx", 'ErrorOut: {"error": {"code", "message", "fields"}}'))
             groups.setdefault((op.get("tags") or ["other"])[0], []).append(operation)
     schemas = {name: _fields(s, components) for name, s in sorted(components.items())}
     return {"title": schema["info"]["title"], "description": schema["info"].get("description", ""), "groups": groups, "schemas": schemas}

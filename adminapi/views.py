@@ -19,6 +19,9 @@ from console.access import WorkspaceAccess, access_workspace, require_recent_aut
 from console.audit import Actor
 from console.models import Role
 
+# The rotate control sits in a table row: short labels for the same choices as the key page's.
+GRACE_SHORT_LABELS = {"none": "No grace", "1h": "Old works 1 h", "24h": "Old works 24 h", "7d": "Old works 7 days"}
+
 
 def _access_admin_key(user, ws: str, public_id) -> tuple[WorkspaceAccess, AdminKey]:
     access = access_workspace(user, ws, min_role=Role.ADMIN)
@@ -33,7 +36,7 @@ def _page(request: HttpRequest, access: WorkspaceAccess, form: AdminKeyCreateFor
         "access": access,
         "nav": "settings",
         "form": form,
-        "rotate_form": AdminKeyRotateForm(),
+        "grace_choices": GRACE_SHORT_LABELS.items(),
         "admin_keys": list(access.workspace.admin_keys.all()),
     }
     return render(request, "adminapi/admin_keys_page.html", context, status=status)
