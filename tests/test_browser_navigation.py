@@ -216,3 +216,27 @@ def test_secrets_search_is_in_the_address_bar_and_survives_reload_and_back(sized
     assert page.locator(".sidebar").count() == 1 and page.locator("#id_q").input_value() == "billing"
     assert page.locator("#key-list tbody tr").count() == 2
     screenshot(page, "2-back")
+
+
+def test_time_zone_is_found_by_typing_part_of_its_name(sized_page, sign_in, screenshot):
+    from console.models import Workspace
+
+    page = sized_page
+    World()
+    sign_in("adam")
+    page.goto("/w/acme/sub-workspaces/new/")
+    page.fill("#id_name", "Mumbai Office")
+    search = page.get_by_label("Search time zones")
+    search.fill("kolk")
+    assert page.locator("#id_time_zone").input_value() == "Asia/Kolkata"
+    visible = page.locator("#id_time_zone option:not([hidden])")
+    assert visible.count() == 1
+    assert page.locator("#id_time_zone optgroup:not([hidden])").evaluate_all("gs => gs.map(g => g.label)") == ["Asia"]
+    screenshot(page, "1-filtered")
+    search.press("Enter")  # does not submit the form
+    assert page.url.endswith("/sub-workspaces/new/")
+    search.fill("")
+    assert page.locator("#id_time_zone option:not([hidden])").count() > 400
+    page.click("button:has-text('Create sub-workspace')")
+    page.wait_for_url("**/w/mumbai-office/members/")
+    assert Workspace.objects.get(slug="mumbai-office").time_zone == "Asia/Kolkata"

@@ -64,3 +64,30 @@ def test_test_call_form_takes_the_gateways_temperature_range(temperature, valid)
     assert form.is_valid() is valid
     if temperature == "2":
         assert form.errors["temperature"] == ["Must be below 2: the gateway takes temperatures from 0 up to, not including, 2."]
+
+
+def test_time_zones_are_canonical_and_grouped_by_region():
+    from lib.timezones import canonical_time_zones, time_zone_choices
+
+    zones = canonical_time_zones()
+    assert "Asia/Kolkata" in zones and "Europe/Berlin" in zones and "America/Argentina/Buenos_Aires" in zones
+    for alias in ["Asia/Calcutta", "US/Eastern", "Etc/GMT+5", "Europe/Kiev", "Zulu", "GB"]:
+        assert alias not in zones
+    assert len(zones) < 450  # not the 599 names zoneinfo knows, aliases included
+    choices = time_zone_choices()
+    assert choices[0] == ("UTC", "UTC")
+    groups = dict(choices[1:])
+    assert ("Asia/Kolkata", "Asia / Kolkata") in groups["Asia"]
+    assert ("America/Argentina/Buenos_Aires", "America / Argentina / Buenos Aires") in groups["America"]
+
+
+def test_settings_keep_a_legacy_time_zone_already_in_use(client_for, world):
+    world.org.time_zone = "US/Eastern"
+    world.org.save(update_fields=["time_zone"])
+    client = client_for(world.owner)
+    body = client.get("/w/acme/settings/").content.decode()
+    assert '<option value="US/Eastern" selected>US/Eastern (current, an older name)</option>' in body
+    assert '<optgroup label="Europe">' in body and 'data-searchable="time zones"' in body
+    # The create form offers only canonical names.
+    create = client.get("/w/acme/sub-workspaces/new/").content.decode()
+    assert "US/Eastern" not in create and "Asia/Calcutta" not in create and '<option value="Asia/Kolkata">Asia / Kolkata</option>' in create

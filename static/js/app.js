@@ -107,3 +107,36 @@ function observeScrollables(root) {
 }
 observeScrollables(document);
 document.addEventListener("htmx:afterSettle", (event) => observeScrollables(event.target));
+
+// A search box in front of a long select marked data-searchable (the time zones): typing narrows
+// the options (and their groups) and picks the first match; the select itself works without it.
+function normalise(text) {
+  return text.toLowerCase().replace(/[\s_/]+/g, " ").trim();
+}
+
+document.querySelectorAll("select[data-searchable]").forEach((select) => {
+  const box = document.createElement("input");
+  box.type = "search";
+  box.className = "select-filter";
+  box.placeholder = `Search ${select.dataset.searchable}`;
+  box.setAttribute("aria-label", `Search ${select.dataset.searchable}`);
+  box.setAttribute("aria-controls", select.id);
+  box.autocomplete = "off";
+  select.before(box);
+  box.addEventListener("input", () => {
+    const query = normalise(box.value);
+    let first = null;
+    select.querySelectorAll("option").forEach((option) => {
+      const match = !query || normalise(`${option.value} ${option.textContent}`).includes(query);
+      option.hidden = !match;
+      if (match && !first) first = option;
+    });
+    select.querySelectorAll("optgroup").forEach((group) => {
+      group.hidden = !group.querySelector("option:not([hidden])");
+    });
+    if (first && (!select.selectedOptions.length || select.selectedOptions[0].hidden)) select.value = first.value;
+  });
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") event.preventDefault();  // picking a zone is not submitting the form
+  });
+});
