@@ -56,6 +56,12 @@ def limited_key(world, server, deployment):
     return key, plaintext
 
 
+def refusals_since(key, before: int) -> list[tuple[int, str, int]]:
+    """(status, error code, tokens) of the key's usage events after the first `before` ones."""
+    events = UsageEvent.objects.filter(api_key=key).order_by("id")[before:]
+    return [(e.status_code, e.error_code, e.total_tokens + e.prompt_tokens + e.completion_tokens) for e in events]
+
+
 def assert_openai_error(response: httpx.Response, status: int, code: str, param: str | None = None) -> dict:
     assert response.status_code == status, response.text[:300]
     error = response.json()["error"]
@@ -75,6 +81,7 @@ def test_zero_or_negative_max_tokens_is_a_400_and_changes_no_counter(world, depl
     error = assert_openai_error(post(gateway, plaintext, chat_body(deployment.model_id, **{field: value})), 400, "invalid_value", field)
     assert "positive integer" in error["message"]
     assert counters(key) == before
+    assert wait_for(lambda: refusals_since(key, 1) == [(400, "invalid_value", 0)])  # on record as a refusal, zero tokens
 
 
 def test_a_1_mb_prompt_is_refused_by_the_limit_it_can_never_fit_and_changes_no_counter(world, deployment, roomy_gateway):
@@ -84,12 +91,14 @@ def test_a_1_mb_prompt_is_refused_by_the_limit_it_can_never_fit_and_changes_no_c
     error = assert_openai_error(post(roomy_gateway, plaintext, body), 429, "insufficient_quota")
     assert "yearly token limit is 20000 tokens" in error["message"] and "prompt tokens" in error["message"]
     assert counters(key) == before
+    assert wait_for(lambda: refusals_since(key, 1) == [(429, "insufficient_quota", 0)])
 
     tpm_only, tpm_plaintext = make_key(world.org, all_models=True, tpm_limit=20_000)
     response = post(roomy_gateway, tpm_plaintext, body)
     error = assert_openai_error(response, 429, "rate_limit_exceeded")
     assert "more than this key's limit of 20000 tokens per minute" in error["message"]
     assert counters(tpm_only) == (0, 0, 0)
+    assert wait_for(lambda: refusals_since(tpm_only, 0) == [(429, "rate_limit_exceeded", 0)])
 
 
 def test_a_1_mb_prompt_over_the_body_limit_is_a_413(world, deployment, gateway):
@@ -97,6 +106,7 @@ def test_a_1_mb_prompt_over_the_body_limit_is_a_413(world, deployment, gateway):
     before = counters(key)
     assert_openai_error(post(gateway, plaintext, chat_body(deployment.model_id, ONE_MB_PROMPT)), 413, "request_too_large")
     assert counters(key) == before
+    assert wait_for(lambda: refusals_since(key, 1) == [(413, "request_too_large", 0)])
 
 
 def test_a_tool_schema_of_10000_fields_is_a_400_and_changes_no_counter(world, deployment, roomy_gateway):
@@ -108,3 +118,4 @@ def test_a_tool_schema_of_10000_fields_is_a_400_and_changes_no_counter(world, de
     )
     assert "more than 5000 properties" in error["message"]
     assert counters(key) == before
+    assert wait_for(lambda: refusals_since(key, 1) == [(400, "invalid_value", 0)])
