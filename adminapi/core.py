@@ -8,12 +8,14 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Annotated, Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.http import Http404, HttpRequest
+from django.utils import timezone
 from ninja import Header, NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as SchemaValidationError
@@ -201,6 +203,7 @@ def page_list(items: list, *, cursor: str | None, limit: int) -> tuple[list, str
 # ---- idempotent creates ------------------------------------------------------------------------
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_TTL = timedelta(hours=24)
 # Declared on every create, so the schema (and clients generated from it) carry the header.
 IdempotencyKey = Annotated[
     str | None,
@@ -223,6 +226,8 @@ def idempotent(request: HttpRequest, create: Callable[[], tuple[int, dict]], *, 
     admin_key = principal(request).admin_key
     digest = hashlib.sha256(b"\0".join([request.method.encode(), request.path.encode(), request.body])).hexdigest()
     with transaction.atomic():
+        # Kept for a day, like the retries they serve; older keys may be used again.
+        IdempotentRequest.objects.filter(admin_key=admin_key, created_at__lt=timezone.now() - IDEMPOTENCY_TTL).delete()
         try:
             with transaction.atomic():
                 record = IdempotentRequest.objects.create(

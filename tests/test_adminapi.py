@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from adminapi.api import api
-from adminapi.models import AdminKey, AdminKeySecret
+from adminapi.models import AdminKey, AdminKeySecret, IdempotentRequest
 from adminapi.services import admin_key_revoke, admin_key_rotate
 from console.audit import Actor
 from console.models import AuditEvent, Invitation, Membership, Workspace
@@ -171,6 +171,11 @@ def test_idempotency_key_replays_the_first_response_and_refuses_a_different_body
     )
     fixed = call(api_client, "post", "/workspaces/acme/api-keys", key, {"name": "good", "all_models": True}, HTTP_IDEMPOTENCY_KEY="run-43")
     assert fixed.status_code == 201 and "Idempotent-Replayed" not in fixed
+    # Records are kept a day: after that the key may be used for a new create.
+    IdempotentRequest.objects.filter(key="run-42").update(created_at=timezone.now() - dt.timedelta(hours=25))
+    later = call(api_client, "post", "/workspaces/acme/api-keys", key, {"name": "ci3", "all_models": True}, HTTP_IDEMPOTENCY_KEY="run-42")
+    assert later.status_code == 201 and later.json()["secret"]
+    assert IdempotentRequest.objects.filter(key="run-42").count() == 1
 
 
 def test_cursor_pagination_walks_every_row_once(world, api_client):
