@@ -14,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
+import struct
+import threading
 import time
 
 import httpx
@@ -272,6 +275,36 @@ def served(servers) -> int:
     return sum(demo_stats(s).get("requests", 0) for s in servers)
 
 
+class resetting_server:
+    """A loopback TCP server that reads a request and resets the connection (RST) without answering."""
+
+    def __enter__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        return self
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.recv(65536)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    def __exit__(self, *exc):
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
+        self.sock.close()
+        self.thread.join(5)
+
+
 def test_a_retry_happens_once_only_before_any_byte_never_for_a_4xx_and_only_within_the_timeout(world, upstreams, pair):
     urls = [u.url for u in upstreams]
     refusing, _ = pool_deployment(world, urls, [1, 1, 1], upstream_model="gatehouse-demo+fail=400", name="Refusing")
@@ -318,6 +351,18 @@ def test_a_retry_happens_once_only_before_any_byte_never_for_a_4xx_and_only_with
     assert response.status_code in (502, 504), response.text
     assert served(upstreams) == 1 and retries() == before
     assert UsageEvent.objects.filter(deployment=slow).count() == 1
+
+    # A server that takes the request and resets the connection before any response head: retried.
+    with resetting_server() as resetter:
+        flaky, flaky_replicas = pool_deployment(world, [resetter.url, upstreams[0].url], [1, 1], name="Resetting")
+        _, flaky_key = make_key(world.org, deployments=[flaky])
+        before = retries()
+        response = httpx.post(
+            gateway.url + "/v1/chat/completions", json=body(flaky.model_id), headers={"authorization": f"Bearer {flaky_key}"}, timeout=30
+        )
+        assert resetter.accepted >= 1  # the first try went there and was cut off
+    assert response.status_code == 200 and retries() == before + 1
+    assert UsageEvent.objects.get(deployment=flaky).replica_id == flaky_replicas[1].id
 
     # A stream whose replica refuses the connection is retried too (nothing was sent yet), and
     # the client gets one whole stream from the live replica.
