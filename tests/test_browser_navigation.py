@@ -240,3 +240,52 @@ def test_time_zone_is_found_by_typing_part_of_its_name(sized_page, sign_in, scre
     page.click("button:has-text('Create sub-workspace')")
     page.wait_for_url("**/w/mumbai-office/members/")
     assert Workspace.objects.get(slug="mumbai-office").time_zone == "Asia/Kolkata"
+
+
+def test_model_permissions_warn_before_unsaved_ticks_are_lost(sized_page, sign_in, screenshot):
+    from deployments.models import ModelGrant
+
+    page = sized_page
+    world = World()
+    deployment = make_deployment(world.org, base_url="http://10.0.0.5:8000/v1", name="Qwen3")
+    sign_in("adam")
+    page.goto("/w/acme/deployments/grants/")
+    page.wait_for_load_state("load")
+    note = page.locator("[data-unsaved-note]")
+    assert not note.is_visible()
+    row = page.locator(f"tr[data-deployment='{deployment.public_id}']")
+    tick = row.locator("input[type=checkbox]")
+
+    # A tick shows that the row is not saved yet.
+    tick.check()
+    assert note.is_visible() and "Unsaved changes" in note.inner_text()
+    assert "unsaved" in row.get_attribute("class")
+    screenshot(page, "1-unsaved")
+
+    # Leaving asks first; staying keeps the tick.
+    dialogs = []
+
+    def stay(dialog):
+        dialogs.append(dialog.type)
+        dialog.dismiss()
+
+    page.on("dialog", stay)
+    with page.expect_event("dialog"):
+        page.locator("#main a:has-text('Deployments')").first.click(no_wait_after=True)
+    assert dialogs == ["beforeunload"]
+    assert page.url.endswith("/deployments/grants/") and tick.is_checked()
+
+    # Unticking again is no change: nothing to warn about.
+    tick.uncheck()
+    assert not note.is_visible()
+    tick.check()
+
+    # Save: saved, and leaving afterwards asks nothing.
+    row.locator("button:has-text('Save')").click()
+    page.wait_for_load_state("load")
+    assert ModelGrant.objects.filter(deployment=deployment, workspace=world.sub).exists()
+    assert not page.locator("[data-unsaved-note]").is_visible()
+    page.locator("#main a:has-text('Deployments')").first.click()
+    page.wait_for_url("**/w/acme/deployments/")
+    assert dialogs == ["beforeunload"]
+    screenshot(page, "2-saved-and-left")

@@ -140,3 +140,44 @@ document.querySelectorAll("select[data-searchable]").forEach((select) => {
     if (event.key === "Enter") event.preventDefault();  // picking a zone is not submitting the form
   });
 });
+
+// Forms marked data-track-changes (Model permissions) say when they hold changes not yet saved:
+// the row is highlighted, a note appears, and leaving the page asks first.
+function formIsDirty(form) {
+  return Array.from(form.elements).some((field) => {
+    if (field.type === "checkbox" || field.type === "radio") return field.checked !== field.defaultChecked;
+    if (field.tagName === "SELECT") return Array.from(field.options).some((o) => o.selected !== o.defaultSelected);
+    if (field.type === "hidden" || field.type === "submit" || field.tagName === "BUTTON") return false;
+    return field.value !== field.defaultValue;
+  });
+}
+
+function dirtyForms() {
+  return Array.from(document.querySelectorAll("form[data-track-changes]")).filter((form) => !form.dataset.submitting && formIsDirty(form));
+}
+
+function showUnsaved() {
+  const dirty = dirtyForms();
+  document.querySelectorAll("form[data-track-changes]").forEach((form) => {
+    const on = dirty.includes(form);
+    (form.closest("tr") || form).classList.toggle("unsaved", on);
+    const button = form.querySelector("button[type=submit]");
+    if (button) button.classList.toggle("btn-primary", on);
+  });
+  document.querySelectorAll("[data-unsaved-note]").forEach((note) => { note.hidden = dirty.length === 0; });
+}
+
+document.addEventListener("change", (event) => {
+  if (event.target.form && event.target.form.matches("[data-track-changes]")) showUnsaved();
+});
+document.addEventListener("input", (event) => {
+  if (event.target.form && event.target.form.matches("[data-track-changes]")) showUnsaved();
+});
+document.addEventListener("submit", (event) => {
+  if (event.target.matches("[data-track-changes]") && !event.defaultPrevented) event.target.dataset.submitting = "1";
+});
+window.addEventListener("beforeunload", (event) => {
+  if (dirtyForms().length === 0) return;
+  event.preventDefault();
+  event.returnValue = "";  // older browsers need a value to ask
+});
