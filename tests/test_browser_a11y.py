@@ -37,6 +37,18 @@ AXE_CACHE = Path(__file__).resolve().parent.parent / "var" / "test" / "node-axe-
 AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 FAILING_IMPACTS = {"serious", "critical"}
 LIGHT_BG, DARK_BG, DARK_PANEL = "rgb(246, 247, 249)", "rgb(11, 16, 24)", "rgb(18, 25, 38)"  # --bg, --panel in app.css
+# Panels that htmx loads after the page (hx-trigger="load") are checked too: wait until each request
+# has settled (htmx:load, where app.js sets up new content, runs in the settle step, after afterRequest).
+HTMX_BUSY = """
+window.htmxPending = new Set();
+document.addEventListener("htmx:beforeRequest", (e) => window.htmxPending.add(e.detail.xhr));
+document.addEventListener("htmx:afterSettle", (e) => window.htmxPending.delete(e.detail.xhr));
+document.addEventListener("htmx:afterRequest", (e) => { if (!e.detail.successful) window.htmxPending.delete(e.detail.xhr); });
+"""
+# The innermost elements that stick out of the window (to say where an overflow comes from).
+WIDEST = """() => Array.from(document.querySelectorAll("body *"))
+    .filter((el) => el.getBoundingClientRect().right > document.documentElement.clientWidth + 1 && el.children.length === 0)
+    .slice(0, 5).map((el) => el.tagName.toLowerCase() + (el.className ? "." + String(el.className).split(" ").join(".") : "") + " " + (el.textContent || "").trim().slice(0, 40))"""
 VIEWPORTS = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}
 
 
@@ -59,6 +71,34 @@ def _axe_violations(page) -> list[dict]:
             }));
         }""",
         AXE_TAGS,
+    )
+
+
+def _chart_contrasts(page) -> list[dict]:
+    """Contrast of each chart's bars and labels against the chart's background (axe does not look
+    inside SVG graphics): WCAG 1.4.11 asks 3:1 of the bars, 1.4.3 asks 4.5:1 of the labels' text."""
+    return page.evaluate(
+        """() => {
+            const rgb = (c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number);
+            const lum = (c) => {
+                const [r, g, b] = rgb(c).map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+                return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+            };
+            const ratio = (a, b) => { const [hi, lo] = [lum(a), lum(b)].sort((x, y) => y - x); return (hi + 0.05) / (lo + 0.05); };
+            const out = [];
+            document.querySelectorAll("figure.chart").forEach((figure) => {
+                const background = getComputedStyle(figure).backgroundColor;
+                const seen = new Set();
+                figure.querySelectorAll(".chart-bar, .chart-label").forEach((el) => {
+                    const kind = el.classList.contains("chart-label") ? "label" : el.getAttribute("class");
+                    if (seen.has(kind)) return;
+                    seen.add(kind);
+                    const colour = getComputedStyle(el).fill;
+                    out.push({chart: figure.dataset.metric, kind, colour, ratio: ratio(colour, background)});
+                });
+            });
+            return out;
+        }"""
     )
 
 
@@ -134,19 +174,31 @@ def test_every_page_passes_axe_in_both_themes(page, sign_in, axe_script, scheme,
     page.set_viewport_size(VIEWPORTS[viewport])
     page.emulate_media(color_scheme=scheme)  # the people here keep the default theme, "system"
     page.context.add_init_script(path=str(axe_script))
+    page.context.add_init_script(script=HTMX_BUSY)
     shots = ARTIFACTS / "screenshots" / "a11y"
     shots.mkdir(parents=True, exist_ok=True)
     found: list[str] = []
+    charts: list[dict] = []
     background = DARK_BG if scheme == "dark" else LIGHT_BG
 
     def check(label: str) -> None:
         page.wait_for_load_state("load")
+        page.wait_for_function("() => window.htmxPending.size === 0")
         if label not in {"sign-in", "500"}:  # the auth and 500 pages have their own backgrounds
             assert page.evaluate("getComputedStyle(document.documentElement).backgroundColor") == background, label
         for v in _axe_violations(page):
             if v["impact"] in FAILING_IMPACTS:
                 nodes = "; ".join(f"{n['target']}: {n['summary']}" for n in v["nodes"][:4])
                 found.append(f"{label}: {v['id']} ({v['impact']}) {v['help']} -- {len(v['nodes'])} node(s): {nodes}")
+        # Reflow (WCAG 1.4.10): the page itself never scrolls sideways; wide tables scroll in their box.
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        if overflow > 0:
+            wide = page.evaluate(WIDEST)
+            found.append(f"{label}: the page is {overflow}px wider than the window; sticking out: {wide}")
+        charts.extend(_chart_contrasts(page))
+        for c in _chart_contrasts(page):
+            if c["ratio"] < (4.5 if c["kind"] == "label" else 3):
+                found.append(f"{label}: chart {c['chart']} {c['kind']} {c['colour']} has contrast {c['ratio']:.2f} against its background")
         page.screenshot(path=str(shots / f"{label}-{scheme}-{viewport}.png"), full_page=True)
 
     page.goto("/accounts/login/")
@@ -180,6 +232,7 @@ def test_every_page_passes_axe_in_both_themes(page, sign_in, axe_script, scheme,
     check("403")
 
     assert not found, "\n".join(found)
+    assert {"label", "chart-bar chart-s1", "chart-bar chart-s2"} <= {c["kind"] for c in charts}  # the charts were measured
 
 
 def _choose_theme(page, label: str) -> None:

@@ -88,25 +88,28 @@ document.addEventListener("click", (event) => {
   });
 });
 
-// Tables and code that scroll sideways get a tab stop, so the keyboard can scroll them too
+// Tables, code and wide charts that scroll sideways get a tab stop, so the keyboard can scroll them too
 // (WCAG 2.1.1). Only while they overflow: a table that fits is not worth a stop of its own.
-const scrollStops = new ResizeObserver((entries) => {
-  entries.forEach(({ target }) => {
-    const scrolls = target.scrollWidth > target.clientWidth + 1 || target.scrollHeight > target.clientHeight + 1;
-    if (scrolls && !target.hasAttribute("tabindex")) {
-      target.tabIndex = 0;
-      target.dataset.scrollStop = "";
-    } else if (!scrolls && "scrollStop" in target.dataset) {
-      target.removeAttribute("tabindex");
-      delete target.dataset.scrollStop;
-    }
-  });
-});
+function markScrollStop(target) {
+  const scrolls = target.scrollWidth > target.clientWidth + 1 || target.scrollHeight > target.clientHeight + 1;
+  if (scrolls && !target.hasAttribute("tabindex")) {
+    target.tabIndex = 0;
+    target.dataset.scrollStop = "";
+  } else if (!scrolls && "scrollStop" in target.dataset) {
+    target.removeAttribute("tabindex");
+    delete target.dataset.scrollStop;
+  }
+}
+const scrollStops = new ResizeObserver((entries) => entries.forEach(({ target }) => markScrollStop(target)));
 function observeScrollables(root) {
-  root.querySelectorAll(".table-wrap, pre.code").forEach((el) => scrollStops.observe(el));
+  root.querySelectorAll(".table-wrap, pre.code, .chart-scroll").forEach((el) => {
+    markScrollStop(el); // at once (the page is laid out: this script is deferred), then on every resize
+    scrollStops.observe(el);
+    if (el.matches(".chart-scroll")) el.scrollLeft = el.scrollWidth; // the latest days first
+  });
 }
 observeScrollables(document);
-document.addEventListener("htmx:afterSettle", (event) => observeScrollables(event.target));
+document.addEventListener("htmx:load", (event) => observeScrollables(event.target)); // content htmx brought in
 
 // A search box in front of a long select marked data-searchable (the time zones): typing narrows
 // the options (and their groups) and picks the first match; the select itself works without it.
