@@ -16,6 +16,7 @@ fi
 missing=()
 command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)  # installs the Node.js examples' openai and the browser tests' axe-core, pinned
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
 command -v php >/dev/null 2>&1 || missing+=(php-cli)
