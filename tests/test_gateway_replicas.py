@@ -572,3 +572,26 @@ def test_a_sub_workspace_with_a_higher_queue_priority_waits_less_across_two_gate
     assert all(s["max_inflight"] <= 4 for s in (demo_stats(s) for s in servers))
     waits, median = median_waits(results)
     assert median["batch"] > 0 and median["urgent"] <= median["batch"] / 2, waits
+
+
+def test_without_redis_one_gateway_process_holds_the_cap_and_queues(world, upstreams):
+    """The embedded default (no REDIS_URL: one process, in-process leases): a burst of 12 on one
+    replica capped at 2 all succeed through the queue, and the upstream never sees more than 2."""
+    from deployments.services import replica_update
+
+    server = upstreams[2]
+    deployment, (replica,) = pool_deployment(world, [server.url], [1], upstream_model="gatehouse-demo+latency_ms=200", name="Solo")
+    replica_update(replica=replica, actor=Actor.system("tests"), base_url=replica.base_url, weight=1, max_concurrent=2)
+    _, key = make_key(world.org, all_models=True)
+    alone = start_gateway("gateway-no-redis", REDIS_URL="", CELERY_BROKER_URL="")
+    try:
+        warm([alone], deployment.model_id, [key])
+        reset([server])
+        refusals: list = []
+        results = gateway_support.run_async(burst([alone, alone], deployment.model_id, [("all", key)] * 12, refusals))
+    finally:
+        alone.stop()
+    assert [status for _, status, _ in results] == [200] * 12 and not refusals
+    stats = demo_stats(server)
+    assert stats["requests"] == 12 and stats["max_inflight"] == 2, stats
+    assert max(waited for _, _, waited in results) > 0  # most of them queued
