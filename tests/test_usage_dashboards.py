@@ -410,7 +410,7 @@ def _admit_through_the_gateway(key, tokens: int) -> None:
 
 
 def test_key_limits_show_this_minute_and_this_year_as_the_gateway_counts_them(usage, client_for, frozen, django_assert_num_queries):
-    from gateway.app import _yearly_usage
+    from gateway.accounting import _yearly_usage
 
     usage.key.tpm_limit, usage.key.yearly_token_limit = 1000, 40_000
     usage.key.save(update_fields=["tpm_limit", "yearly_token_limit"])
