@@ -18,7 +18,7 @@ from keys.counters import tpm_counter_key, yearly_counter_key
 from lib.redis import redis_client
 from tests import gateway_support
 from tests.factories import make_deployment, make_key
-from tests.gateway_support import UPSTREAM_KEY, wait_for
+from tests.gateway_support import UPSTREAM_KEY, metric, wait_for
 from usage.models import UsageEvent
 from usage.services import usage_backfill
 
@@ -135,6 +135,16 @@ def test_limits_and_metering_hold_per_shape(world, demo, gateway, client_for, sh
     key, plaintext = make_key(world.org, deployments=[deployment], **limits)
     auth = {"x-api-key": plaintext} if shape == "messages" else {"authorization": f"Bearer {plaintext}"}
 
+    def metrics() -> tuple[float, ...]:
+        """The /metrics samples chat completions are counted in, for this deployment."""
+        return (
+            metric(gateway, "gatehouse_gateway_requests_total", model=deployment.model_id, status="200"),
+            metric(gateway, "gatehouse_gateway_requests_total", model=deployment.model_id, status="429"),
+            metric(gateway, "gatehouse_gateway_tokens_total", model=deployment.model_id),
+            metric(gateway, "gatehouse_gateway_request_seconds_count", model=deployment.model_id),
+        )
+
+    metrics_before = metrics()
     seen = 0
     for text in ("What is the capital of France?", "Say hi"):
         path, body, headers = request(shape, deployment.model_id, text, stream)
@@ -147,6 +157,10 @@ def test_limits_and_metering_hold_per_shape(world, demo, gateway, client_for, sh
     assert refused.status_code == 429 and refused_as(shape, refused) == REFUSAL[limit].get(shape, DEFAULT_REFUSAL[limit])
     # Settled to what the clients saw: the reservation (prompt + cap) is gone, the refusal added nothing.
     assert wait_for(lambda: counters(key)[0 if limit == "tpm" else 1] == seen), counters(key)
+
+    # The same /metrics labels as chat completions: requests by status and model, tokens, latency.
+    delta = tuple(after - before for after, before in zip(metrics(), metrics_before, strict=True))
+    assert delta[:3] == (2, 1, seen) and delta[3] >= 2, delta
 
     events = list(UsageEvent.objects.filter(api_key=key).order_by("created_at"))
     endpoint = {"chat": "chat.completions", "dashscope": "dashscope.generation"}.get(shape, shape)
