@@ -7,6 +7,7 @@ from decimal import Decimal
 from uuid import UUID
 
 from django.core.exceptions import PermissionDenied
+from django.db.models import Prefetch
 from django.http import Http404
 from django.utils import timezone
 from ninja import Router, Schema
@@ -65,6 +66,10 @@ class DeploymentOut(Schema):
 
 
 def deployment_out(d: Deployment) -> dict:
+    # A list prefetches the versions already in force (newest first); a single one asks.
+    in_force = d.prices_in_force[0] if hasattr(d, "prices_in_force") and d.prices_in_force else None
+    if not hasattr(d, "prices_in_force"):
+        in_force = price_in_force(d, timezone.now())
     return DeploymentOut(
         id=d.public_id,
         workspace=d.workspace.slug,
@@ -74,7 +79,7 @@ def deployment_out(d: Deployment) -> dict:
         description=d.description,
         upstream_kind=d.upstream_kind,
         status=d.status,
-        price=price_out(price_in_force(d, timezone.now())),
+        price=price_out(in_force),
         created_at=d.created_at,
     ).model_dump(mode="json")
 
@@ -105,7 +110,11 @@ class DeploymentIn(Schema):
 )
 def list_deployments(request, ws: str, limit: int = DEFAULT_LIMIT, cursor: str | None = None):
     access = access_workspace(principal(request), ws)
-    rows, next_cursor = page_by_id(callable_deployments(access.workspace).select_related("workspace"), cursor=cursor, limit=limit)
+    in_force = DeploymentPrice.objects.filter(effective_from__lte=timezone.now()).order_by("-effective_from")
+    deployments = callable_deployments(access.workspace).select_related("workspace")
+    rows, next_cursor = page_by_id(
+        deployments.prefetch_related(Prefetch("prices", queryset=in_force, to_attr="prices_in_force")), cursor=cursor, limit=limit
+    )
     return {"data": [deployment_out(d) for d in rows], "next_cursor": next_cursor}
 
 
