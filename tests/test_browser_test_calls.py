@@ -41,3 +41,29 @@ def test_developer_runs_a_test_call_and_sees_it_finish(page, sign_in, screenshot
     page.reload()
     assert page.locator("[data-testid=test-call-history] tbody tr").count() == 1
     screenshot(page, "history")
+
+
+def test_an_embedding_test_call_shows_dimensions_and_tokens_in_the_browser(page, sign_in, screenshot, demo, worker_routed):  # noqa: F811
+    world = World()
+    deployment = make_deployment(
+        world.org,
+        base_url=demo.url + "/v1",
+        upstream_api_key=UPSTREAM_KEY,
+        upstream_model="gatehouse-demo",
+        kind="embedding",
+        output_price="0",
+    )
+
+    sign_in("dev")
+    page.goto(f"/w/acme/deployments/{deployment.public_id}/?tab=test")
+    assert page.locator("#id_temperature").count() == 0  # nothing to sample for an embedding
+    page.fill("#id_prompt", "Embed these five words please")
+    page.click("[data-testid=test-call-run]")
+    page.locator("[data-testid=test-call-result][data-status=done]").wait_for(timeout=60_000)
+    assert page.locator("[data-testid=test-call-output]").inner_text().startswith("16 dimensions")
+    result = page.locator("[data-testid=test-call-result]").inner_text()
+    assert "16 dimensions" in result and "5 in" in result
+    screenshot(page, "embedding-done")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    screenshot(page, "embedding-history-phone")
