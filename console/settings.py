@@ -105,6 +105,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "console.context_processors.shell",
             ],
+            "builtins": ["lib.dates"],  # |when and |day: the one date format of every page
         },
     },
 ]

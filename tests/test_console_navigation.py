@@ -35,3 +35,39 @@ def test_owner_still_gets_the_link_to_the_parent(client_for, world):
     assert "/w/acme/" in links_on(client, "/w/acme-research/")
     body = client.get("/w/acme-research/").content.decode()
     assert 'Sub-workspace of <a href="/w/acme/">Acme</a>' in body
+
+
+ISO_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
+OTHER_DATES = re.compile(r"\b(Mon|Tue|Wed|Thu|Fri|Sat|Sun) \d{1,2} [A-Z][a-z]{2}\b|\b[A-Z][a-z]{2} \d{1,2}, \d{4}\b")
+WHEN = re.compile(r"\b\d{1,2} [A-Z][a-z]{2} \d{4}, \d{2}:\d{2} [A-Z]{2,5}\b")
+
+
+def visible_text(html: str) -> str:
+    html = re.sub(r"<(script|style|pre)\b.*?</\1>", " ", html, flags=re.S)
+    return re.sub(r"<[^>]+>", " ", html)
+
+
+def test_pages_write_dates_one_way(client_for, world):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.factories import make_deployment, make_key
+
+    key, _ = make_key(world.org, name="dated", expires_at=timezone.now() + timedelta(days=30))
+    deployment = make_deployment(world.org, base_url="http://10.0.0.5:8000/v1")
+    client = client_for(world.owner)
+    pages = [
+        f"/w/acme/secrets/{key.public_id}/",
+        "/w/acme/secrets/",
+        f"/w/acme/deployments/{deployment.public_id}/",
+        "/w/acme/members/",
+        "/w/acme/audit/",
+    ]
+    seen_when = 0
+    for url in pages:
+        text = visible_text(client.get(url).content.decode())
+        assert not ISO_DATE.findall(text), (url, ISO_DATE.findall(text))
+        assert not OTHER_DATES.findall(text), (url, OTHER_DATES.findall(text))
+        seen_when += len(WHEN.findall(text))
+    assert seen_when >= 4  # the key's expiry and creation, the deployment's creation and price, the audit rows

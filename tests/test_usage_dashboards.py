@@ -373,7 +373,7 @@ def test_statement_lines_show_each_price_version_and_still_add_up(usage, client_
     assert sum(i["cost_cents"] for s in st.sections for i in s.items) == st.total == cents(st.exact)
     assert st.exact == rollup_totals(workspace__in=[usage.org, usage.sub])["cost"]
     body = resp.content.decode()
-    assert "from Mar 9, 2026" in body and "0.40 in · 3.10 out USD" in body and "from Jan 1, 2026" in body
+    assert "from 9 Mar 2026" in body and "0.40 in · 3.10 out USD" in body and "from 1 Jan 2026" in body
 
     rows = _csv(client.get(f"/w/{usage.org.slug}/billing/export.csv?month=2026-03"))
     mine = [r for r in rows if r[1] == "summarize"]
