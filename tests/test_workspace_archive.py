@@ -109,12 +109,14 @@ def test_archived_sub_workspace_is_read_only_and_seen_by_default_admins_only(wor
     overview = reverse("workspace_overview", kwargs={"ws": "acme-research"})
     usage = reverse("usage_page", kwargs={"ws": "acme-research"})
     audit = reverse("audit_page", kwargs={"ws": "acme-research"})
+    billing = reverse("billing_page", kwargs={"ws": "acme-research"})
 
     for user in (world.owner, world.admin):
         client = client_for(user)
         assert client.get(overview).status_code == 200
         assert client.get(usage).status_code == 200
         assert client.get(audit).status_code == 200
+        assert client.get(billing).status_code == 200
         # Writes are refused while archived, with the reason.
         response = client.post(reverse("api_key_create", kwargs={"ws": "acme-research"}), {"name": "late", "all_models": "on"})
         assert response.status_code == 403
