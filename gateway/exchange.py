@@ -95,10 +95,14 @@ async def unless_client_leaves(receive, work):
     The request body has been read, so the next ASGI message can only be http.disconnect. One
     watcher task and a done-callback: cheaper than asyncio.wait over two tasks on the hot path."""
     task = asyncio.current_task()
-    gone = False
+    gone = finished = False
 
     def on_message(watcher: asyncio.Future) -> None:
         nonlocal gone
+        # A done-callback already scheduled when `work` finished still runs: it must not cancel
+        # the request after this (e.g. while its usage event is committed after the answer).
+        if finished:
+            return
         if not watcher.cancelled() and watcher.exception() is None and watcher.result()["type"] == "http.disconnect":
             gone = True
             task.cancel()
@@ -112,6 +116,7 @@ async def unless_client_leaves(receive, work):
             raise ClientGone from None
         raise
     finally:
+        finished = True
         watcher.remove_done_callback(on_message)
         watcher.cancel()
 
