@@ -33,8 +33,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 AXE = "axe-core@4.14.1"  # pinned; the check's verdicts change between releases
 AXE_CACHE = Path(__file__).resolve().parent.parent / "var" / "test" / "node-axe-core"
-# WCAG 2.0/2.1 A and AA rules (color-contrast among them). Impact "serious" or "critical" fails.
-AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+# WCAG 2.0/2.1/2.2 A and AA rules (color-contrast, target-size among them) and axe's best practices
+# (landmarks, unique names). Impact "serious" or "critical" fails.
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"]
 FAILING_IMPACTS = {"serious", "critical"}
 LIGHT_BG, DARK_BG, DARK_PANEL = "rgb(246, 247, 249)", "rgb(11, 16, 24)", "rgb(18, 25, 38)"  # --bg, --panel in app.css
 # Panels that htmx loads after the page (hx-trigger="load") are checked too: wait until each request
