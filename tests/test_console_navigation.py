@@ -71,3 +71,45 @@ def test_pages_write_dates_one_way(client_for, world):
         assert not OTHER_DATES.findall(text), (url, OTHER_DATES.findall(text))
         seen_when += len(WHEN.findall(text))
     assert seen_when >= 4  # the key's expiry and creation, the deployment's creation and price, the audit rows
+
+
+CRUMB_NAV = re.compile(r'<nav class="crumbs" aria-label="Breadcrumb" data-testid="breadcrumb"><ol>(.*?)</ol></nav>', re.S)
+
+
+def crumbs_of(client, url: str) -> list[tuple[str, bool]]:
+    """The breadcrumb's steps as (text, is the current page), from the one breadcrumb on the page."""
+    response = client.get(url)
+    assert response.status_code == 200, url
+    navs = CRUMB_NAV.findall(response.content.decode())
+    assert len(navs) == 1, url
+    items = re.findall(r"<li( aria-current=\"page\")?>(.*?)</li>", navs[0], re.S)
+    return [(re.sub(r"<[^>]+>", "", text).strip(), bool(current)) for current, text in items]
+
+
+def test_every_page_has_the_same_breadcrumb(client_for, world):
+    from tests.factories import make_deployment, make_key
+
+    key, _ = make_key(world.org, name="crm")
+    deployment = make_deployment(world.org, base_url="http://10.0.0.5:8000/v1", name="Qwen3")
+    client = client_for(world.owner)
+    expected = {
+        "/w/acme/": ["Acme"],
+        "/w/acme/deployments/": ["Acme", "Deployments"],
+        f"/w/acme/deployments/{deployment.public_id}/": ["Acme", "Deployments", "Qwen3"],
+        "/w/acme/deployments/grants/": ["Acme", "Deployments", "Model permissions"],
+        "/w/acme/usage/": ["Acme", "Usage"],
+        "/w/acme/billing/": ["Acme", "Billing"],
+        "/w/acme/members/": ["Acme", "Members"],
+        "/w/acme/audit/": ["Acme", "Audit log"],
+        "/w/acme/settings/": ["Acme", "Settings"],
+        "/w/acme/secrets/": ["Acme", "Secrets"],
+        "/w/acme/secrets/new/": ["Acme", "Secrets", "New key"],
+        f"/w/acme/secrets/{key.public_id}/": ["Acme", "Secrets", "crm"],
+        "/w/acme/sub-workspaces/new/": ["Acme", "New sub-workspace"],
+        "/w/acme-research/members/": ["Acme", "Research", "Members"],
+    }
+    for url, steps in expected.items():
+        crumbs = crumbs_of(client, url)
+        assert [text for text, _ in crumbs] == steps, url
+        # Only the last step is the current page; every step before it is a link.
+        assert [current for _, current in crumbs] == [False] * (len(steps) - 1) + [True], url
