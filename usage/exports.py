@@ -140,6 +140,7 @@ FLAT_COLUMNS = (
 
 
 def write_flat_usage_csv(writer, rows: list[dict], *, hourly: bool) -> None:
+    # The metric columns are METRICS, written inline: _metrics copies each row, a cost on 80k rows.
     """One header row, then one row per day (or hour) × workspace × key × deployment × API, with
     no sections or totals, so spreadsheets and BI tools read it as a table. `cost` is in cents,
     allocated so the column adds up to the page's total; `cost_exact` is the unrounded sum."""
@@ -157,7 +158,13 @@ def write_flat_usage_csv(writer, rows: list[dict], *, hourly: bool) -> None:
                 r["deployment_name"],
                 r["model_label"],
                 r["endpoint"],
-                *_metrics(r),
+                r["requests"],
+                r["requests"] - r["errors"],
+                r["errors"],
+                r["prompt_tokens"],
+                r["completion_tokens"],
+                r["total_tokens"],
+                r["estimated_tokens"],
                 f"{r['cost_cents']:.2f}",
                 f"{r['cost']:f}",
                 r["currency"],
