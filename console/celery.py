@@ -37,7 +37,7 @@ app.conf.beat_schedule = {
     },
     # Fails test calls no worker picked up within two minutes (deployments.console_calls.QUEUED_TOO_LONG).
     "test-calls-sweep": {
-        "task": "deployments.tasks.test_calls_sweep",
+        "task": "deployments.tasks.sweep_test_calls",
         "schedule": 60.0,
         "options": {"expires": 55},
     },

@@ -46,7 +46,7 @@ def run_test_call(test_call_id: int) -> str | None:
 
 
 @shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=3)
-def test_calls_sweep() -> int:
+def sweep_test_calls() -> int:
     return console_calls.sweep_test_calls()
 
 
