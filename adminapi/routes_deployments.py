@@ -24,6 +24,7 @@ from deployments.services import (
     deployment_price_set,
     deployment_start,
     deployment_stop,
+    deployment_update,
     model_grant_add,
     model_grant_remove,
     replica_add,
@@ -134,6 +135,40 @@ def create_deployment(request, ws: str, payload: DeploymentIn, idempotency_key: 
 @router.get("/workspaces/{ws}/deployments/{deployment_id}", response={200: DeploymentOut, codes_4xx: ErrorOut}, summary="Get a deployment")
 def get_deployment(request, ws: str, deployment_id: UUID):
     return deployment_out(access_deployment(principal(request), ws, deployment_id)[1])
+
+
+class DeploymentPatch(Schema):
+    """Fields left out keep their value. Upstreams change through the replica endpoints."""
+
+    name: str | None = None
+    model_id: str | None = None
+    description: str | None = None
+    upstream_model: str | None = None
+    timeout_seconds: int | None = None
+    queue_timeout_seconds: int | None = None
+    queue_max_waiting: int | None = None
+
+
+@router.patch(
+    "/workspaces/{ws}/deployments/{deployment_id}",
+    response={200: DeploymentOut, codes_4xx: ErrorOut},
+    summary="Rename a deployment or change its model id, description, timeouts and queue",
+)
+def patch_deployment(request, ws: str, deployment_id: UUID, payload: DeploymentPatch):
+    _, d = access_deployment(principal(request), ws, deployment_id, min_role=Role.ADMIN)
+    given = {name: value for name, value in payload.model_dump().items() if name in payload.model_fields_set and value is not None}
+    current = {name: getattr(d, name) for name in DeploymentPatch.model_fields}
+    updated = deployment_update(
+        deployment=d,
+        actor=principal(request).actor,
+        **{**current, **given},
+        upstream_kind=d.upstream_kind,
+        upstream_base_url=d.upstream_base_url,
+        router_provider=d.router_provider,
+        byok_credential=d.byok_credential,
+        fallback=d.fallback,
+    )
+    return deployment_out(Deployment.objects.select_related("workspace").get(pk=updated.pk))
 
 
 @router.post(

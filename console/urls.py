@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from adminapi.api import api as admin_api
+from adminapi.api import admin_api_urls
 from console import api_reference, audit_views, views
 
 # The admin signs in through the console's sign-in (throttling, MFA), not through its own form.
@@ -46,7 +46,7 @@ urlpatterns = [
     path("invitations/<str:token>/", views.invitation_open, name="invitation_open"),
     path("w/<slug:ws>/", include(workspace_patterns)),
     # The admin REST API (adminapi/): admin keys only, no cookies, no CSRF.
-    path("api/admin/v1/", admin_api.urls),
+    path("api/admin/v1/", admin_api_urls()),
     path("installation/router-providers/", include("keys.router_provider_urls")),
     path("admin/", admin.site.urls),
 ]

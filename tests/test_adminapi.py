@@ -180,6 +180,14 @@ def test_idempotency_key_replays_the_first_response_and_refuses_a_different_body
     assert IdempotentRequest.objects.filter(key="run-42").count() == 1
 
 
+def test_unknown_paths_and_methods_answer_in_the_error_shape(world, api_client):
+    _, key = make_admin_key(world.org)
+    missing = call(api_client, "get", "/no-such-thing", key)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    wrong = call(api_client, "delete", "/workspaces", key)
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed" and "GET" in wrong["Allow"]
+
+
 def test_cursor_pagination_walks_every_row_once(world, api_client):
     _, key = make_admin_key(world.org)
     for i in range(5):
@@ -253,6 +261,25 @@ def test_list_query_count_does_not_grow_with_rows(world, api_client, path):
     assert count() == one
 
 
+def test_patch_deployment_changes_only_the_given_fields_and_audits(world, api_client):
+    _, key = make_admin_key(world.org)
+    deployment = make_deployment(world.org, base_url="http://127.0.0.1:9/v1", model_id="@acme/old", description="keep me")
+    from deployments.models import DeploymentReplica
+
+    DeploymentReplica.objects.create(deployment=deployment, base_url="http://127.0.0.1:9/v1")
+    response = call(
+        api_client, "patch", f"/workspaces/acme/deployments/{deployment.public_id}", key, {"name": "New name", "model_id": "@acme/new"}
+    )
+    assert response.status_code == 200, response.content
+    assert (response.json()["name"], response.json()["model_id"], response.json()["description"]) == ("New name", "@acme/new", "keep me")
+    deployment.refresh_from_db()
+    assert (deployment.upstream_base_url, deployment.timeout_seconds) == ("http://127.0.0.1:9/v1", 120)
+    event = AuditEvent.objects.get(action="deployment.updated")
+    assert set(event.details) == {"name", "model_id"}
+    bad = call(api_client, "patch", f"/workspaces/acme/deployments/{deployment.public_id}", key, {"name": "  "})
+    assert bad.status_code == 422 and bad.json()["error"]["fields"]["name"]
+
+
 def test_sub_workspace_admin_key_reaches_only_its_sub_workspace(world, api_client):
     _, key = make_admin_key(world.sub)
     assert [w["slug"] for w in call(api_client, "get", "/workspaces", key).json()["data"]] == ["acme-research"]
@@ -280,6 +307,7 @@ MIN_ROLE = {
     ("GET", "/workspaces/{ws}/deployments"): "viewer",
     ("POST", "/workspaces/{ws}/deployments"): "admin",
     ("GET", "/workspaces/{ws}/deployments/{deployment_id}"): "viewer",
+    ("PATCH", "/workspaces/{ws}/deployments/{deployment_id}"): "admin",
     ("POST", "/workspaces/{ws}/deployments/{deployment_id}/stop"): "admin",
     ("POST", "/workspaces/{ws}/deployments/{deployment_id}/start"): "admin",
     ("GET", "/workspaces/{ws}/deployments/{deployment_id}/prices"): "viewer",
@@ -309,6 +337,7 @@ BODIES = {
     ("POST", "/workspaces/{ws}/invitations"): {"email": "new@example.com", "role": "viewer"},
     ("POST", "/workspaces/{ws}/deployments"): {"name": "D", "model_id": "@acme/new", "upstream_base_url": "http://127.0.0.1:9/v1"},
     ("POST", "/workspaces/{ws}/deployments/{deployment_id}/prices"): {"input_per_million": "1.5"},
+    ("PATCH", "/workspaces/{ws}/deployments/{deployment_id}"): {"name": "Renamed", "timeout_seconds": 30},
     ("POST", "/workspaces/{ws}/deployments/{deployment_id}/replicas"): {"base_url": "http://127.0.0.1:10/v1"},
     ("PATCH", "/workspaces/{ws}/deployments/{deployment_id}/replicas/{replica_id}"): {"weight": 3},
     ("POST", "/workspaces/{ws}/api-keys"): {"name": "matrix", "all_models": True},
