@@ -100,7 +100,7 @@ def test_reconciliation_reports_an_edited_event_and_keeps_the_billed_values(bill
     assert UsageDrift.objects.filter(resolved_at__isnull=True, kind=DriftCheck.EDITED).count() == 1
 
 
-def test_an_edit_that_keeps_the_day_sums_is_still_reported(billed):
+def test_an_edit_that_keeps_the_day_sums_is_still_reported(billed, client_for):
     # Tokens moved from one event to another and a refusal turned into a success: every sum of the
     # day is what the rollup says, only the seals show the change.
     a, b = billed.events[0], billed.events[1]
@@ -117,6 +117,9 @@ def test_an_edit_that_keeps_the_day_sums_is_still_reported(billed):
     assert not report.ok
     usage_rollup(now=NOW + timedelta(minutes=2))
     assert list(UsageDaily.objects.order_by("day").values_list("day", "requests", "prompt_tokens", "cost")) == daily  # nothing recomputed
+    page = client_for(billed.owner).get("/w/acme/").content.decode()
+    assert "Usage events were changed after they were recorded</strong> for Acme on Mar 10, 2026" in page and "(2 events" in page
+    assert "the day's figures agree with the events as they are now" in page and "keep the values as recorded" not in page
 
 
 def test_an_edit_a_later_recompute_adopted_is_still_reported(billed):
