@@ -29,13 +29,15 @@ class KeyStatus(models.TextChoices):
 
 
 def api_key_status(api_key: ApiKey, now: dt.datetime) -> KeyStatus:
-    if api_key.revoked_at is not None:
+    """What the console shows: whether the key is usable (key_unusable_reason), and if so whether it expires soon.
+    (status_filter is the same rule as a query.)"""
+    unusable = key_unusable_reason(revoked=api_key.revoked_at is not None, expires_at=api_key.expires_at, secret_valid_until=None, now=now)
+    if unusable == "key_revoked":
         return KeyStatus.REVOKED
-    if api_key.expires_at is not None:
-        if api_key.expires_at <= now:
-            return KeyStatus.EXPIRED
-        if api_key.expires_at <= now + EXPIRY_WARNING:
-            return KeyStatus.EXPIRING
+    if unusable == "key_expired":
+        return KeyStatus.EXPIRED
+    if api_key.expires_at is not None and api_key.expires_at <= now + EXPIRY_WARNING:
+        return KeyStatus.EXPIRING
     return KeyStatus.ACTIVE
 
 

@@ -28,6 +28,7 @@ from keys.models import ApiKey, ApiKeyKind, ApiKeySecret, ByokCredential, Router
 from keys.names import validate_key_name
 from keys.provider_fields import check_base_url, check_provider_key, parse_model_names
 from keys.router_providers import router_providers_granted_to
+from keys.selectors import key_unusable_reason
 from lib.crypto import encrypt
 from lib.net import parse_allowlist
 
@@ -369,9 +370,12 @@ def api_key_rotate(
         raise ValidationError("The grace period must be between none and 7 days.")
     with transaction.atomic():
         locked = _lock(api_key)
-        if locked.revoked_at is not None:
+        unusable = key_unusable_reason(
+            revoked=locked.revoked_at is not None, expires_at=locked.expires_at, secret_valid_until=None, now=now
+        )
+        if unusable == "key_revoked":
             raise ValidationError("This key is revoked; create a new key instead.")
-        if locked.expires_at is not None and locked.expires_at <= now:
+        if unusable == "key_expired":
             raise ValidationError("This key has expired; set a later expiry first, then rotate it.")
         if expected_hint is not None and expected_hint != locked.hint:
             raise ValidationError("This key was rotated since this page was loaded; nothing was changed.", code="stale")
