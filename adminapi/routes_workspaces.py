@@ -6,7 +6,7 @@ from datetime import datetime
 from uuid import UUID
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q
 from django.http import Http404
 from django.urls import reverse
@@ -16,8 +16,11 @@ from ninja.responses import Status, codes_4xx
 from adminapi.core import DEFAULT_LIMIT, ApiError, ErrorOut, IdempotencyKey, idempotent, page_by_id, principal
 from console import invitations
 from console.access import access_membership, access_workspace
+from console.forms import MemberCreateForm
 from console.models import AuditEvent, Invitation, Membership, Role, Workspace
 from console.services import (
+    assignable_roles,
+    member_create_with_one_time_password,
     membership_change_role,
     membership_remove,
     workspace_archive,
@@ -175,6 +178,42 @@ def list_members(request, ws: str, limit: int = DEFAULT_LIMIT, cursor: str | Non
     access = access_workspace(principal(request), ws)
     rows, next_cursor = page_by_id(access.workspace.memberships.select_related("user"), cursor=cursor, limit=limit)
     return {"data": [member_out(m) for m in rows], "next_cursor": next_cursor}
+
+
+class MemberIn(Schema):
+    username: str
+    email: str = ""
+    role: Role = Role.DEVELOPER
+
+
+class MemberCreatedOut(Schema):
+    """The new member and, only in this response, the account's one-time password (a replayed
+    create carries null). The person must change it at first sign-in."""
+
+    member: MemberOut
+    one_time_password: str | None
+
+
+@router.post(
+    "/workspaces/{ws}/members",
+    response={201: MemberCreatedOut, codes_4xx: ErrorOut},
+    summary="Create an account with a one-time password and add it (for installations without email)",
+    tags=["members"],
+)
+def create_member(request, ws: str, payload: MemberIn, idempotency_key: IdempotencyKey = None):
+    access = access_workspace(principal(request), ws, min_role=Role.ADMIN)
+
+    def create():
+        # The console's form decides what a valid username and role are (and who may grant which).
+        form = MemberCreateForm(data=payload.model_dump(), roles=assignable_roles(access.role))
+        if not form.is_valid():
+            raise ValidationError({name: list(errors) for name, errors in form.errors.items()})
+        membership, password = member_create_with_one_time_password(
+            workspace=access.workspace, actor=principal(request).actor, actor_role=access.role, **form.cleaned_data
+        )
+        return 201, {"member": member_out(membership), "one_time_password": password}
+
+    return idempotent(request, create, secret_fields=("one_time_password",))
 
 
 @router.patch(

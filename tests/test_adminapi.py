@@ -180,6 +180,23 @@ def test_idempotency_key_replays_the_first_response_and_refuses_a_different_body
     assert IdempotentRequest.objects.filter(key="run-42").count() == 1
 
 
+def test_member_created_with_a_one_time_password_shown_once(world, api_client):
+    _, key = make_admin_key(world.org)
+    body = {"username": "robot-ops", "email": "ops@example.com", "role": "developer"}
+    first = call(api_client, "post", "/workspaces/acme/members", key, body, HTTP_IDEMPOTENCY_KEY="m1")
+    assert first.status_code == 201, first.content
+    password = first.json()["one_time_password"]
+    user = User.objects.get(username="robot-ops")
+    assert user.must_change_password and user.check_password(password) and password not in user.password
+    again = call(api_client, "post", "/workspaces/acme/members", key, body, HTTP_IDEMPOTENCY_KEY="m1")
+    assert again.json()["one_time_password"] is None and again.json()["member"] == first.json()["member"]
+    assert not IdempotentRequest.objects.filter(response_body__icontains=password).exists()
+    owner = call(api_client, "post", "/workspaces/acme/members", key, {"username": "boss", "role": "owner"})
+    assert owner.status_code == 422 and "role" in owner.json()["error"]["fields"]  # an admin cannot make an owner
+    taken = call(api_client, "post", "/workspaces/acme/members", key, {"username": "robot-ops"})
+    assert taken.status_code == 422 and "username" in taken.json()["error"]["fields"]
+
+
 def test_unknown_paths_and_methods_answer_in_the_error_shape(world, api_client):
     _, key = make_admin_key(world.org)
     missing = call(api_client, "get", "/no-such-thing", key)
@@ -298,6 +315,7 @@ MIN_ROLE = {
     ("POST", "/workspaces/{ws}/sub-workspaces/{sub}/archive"): "admin",
     ("POST", "/workspaces/{ws}/sub-workspaces/{sub}/unarchive"): "admin",
     ("GET", "/workspaces/{ws}/members"): "viewer",
+    ("POST", "/workspaces/{ws}/members"): "admin",
     ("PATCH", "/workspaces/{ws}/members/{member_id}"): "admin",
     ("DELETE", "/workspaces/{ws}/members/{member_id}"): "admin",
     ("GET", "/workspaces/{ws}/invitations"): "viewer",
@@ -334,6 +352,7 @@ BODIES = {
     ("PATCH", "/workspaces/{ws}"): {"name": "Renamed"},
     ("POST", "/workspaces/{ws}/sub-workspaces"): {"name": "New", "slug": "acme-new"},
     ("PATCH", "/workspaces/{ws}/members/{member_id}"): {"role": "developer"},
+    ("POST", "/workspaces/{ws}/members"): {"username": "newbie", "role": "viewer"},
     ("POST", "/workspaces/{ws}/invitations"): {"email": "new@example.com", "role": "viewer"},
     ("POST", "/workspaces/{ws}/deployments"): {"name": "D", "model_id": "@acme/new", "upstream_base_url": "http://127.0.0.1:9/v1"},
     ("POST", "/workspaces/{ws}/deployments/{deployment_id}/prices"): {"input_per_million": "1.5"},
