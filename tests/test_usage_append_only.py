@@ -91,7 +91,7 @@ def test_reconciliation_reports_an_edited_event_and_keeps_the_billed_values(bill
     assert "usage drift" in caplog.text
 
     page = client_for(billed.owner).get("/w/acme/").content.decode()
-    assert "Usage events were changed after they were recorded</strong> for Acme on Mar 10, 2026" in page
+    assert "Usage events were changed after they were recorded</strong> for Acme on 10 Mar 2026" in page
     assert target.request_id in page
     assert "Usage totals do not add up" not in page
 
@@ -118,7 +118,7 @@ def test_an_edit_that_keeps_the_day_sums_is_still_reported(billed, client_for):
     usage_rollup(now=NOW + timedelta(minutes=2))
     assert list(UsageDaily.objects.order_by("day").values_list("day", "requests", "prompt_tokens", "cost")) == daily  # nothing recomputed
     page = client_for(billed.owner).get("/w/acme/").content.decode()
-    assert "Usage events were changed after they were recorded</strong> for Acme on Mar 10, 2026" in page and "(2 events" in page
+    assert "Usage events were changed after they were recorded</strong> for Acme on 10 Mar 2026" in page and "(2 events" in page
     assert "the day's figures agree with the events as they are now" in page and "keep the values as recorded" not in page
 
 
