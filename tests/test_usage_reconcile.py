@@ -137,7 +137,7 @@ def test_drift_banner_is_shown_to_admins_only(rolled_up, client_for, no_enqueue)
     for user, slug in ((rolled_up.owner, "acme"), (rolled_up.admin, "acme"), (rolled_up.owner, "acme-research")):
         page = client_for(user).get(f"/w/{slug}/").content.decode()
         assert 'data-testid="usage-drift-banner"' in page, (user, slug)
-        assert "Research on Mar 9, 2026" in page
+        assert "Research on 9 Mar 2026" in page
     for user, slug in ((rolled_up.developer, "acme"), (rolled_up.viewer, "acme"), (rolled_up.sub_member, "acme-research")):
         page = client_for(user).get(f"/w/{slug}/").content.decode()
         assert "usage-drift-banner" not in page, (user, slug)
