@@ -423,3 +423,14 @@ def test_role_matrix_and_outsider_walk(world, api_client, method, path, who):
         assert AuditEvent.objects.count() == audit_before
     else:
         assert response.status_code in (200, 201, 204), response.content
+
+
+@pytest.mark.parametrize(("name", "min_rank"), [("admin_keys_page", 3), ("admin_api_reference", 1)])
+@pytest.mark.parametrize("who", ["owner", "admin", "developer", "viewer", "outsider", "sub_member"])
+def test_console_pages_role_matrix(world, client_for, name, min_rank, who):
+    response = client_for(world.user(who)).get(reverse(name, kwargs={"ws": "acme"}))
+    rank = {"owner": 4, "admin": 3, "developer": 2, "viewer": 1}.get(who)
+    if rank is None:
+        assert response.status_code == 404
+    else:
+        assert response.status_code == (200 if rank >= min_rank else 403)
