@@ -341,15 +341,24 @@ class Gateway(Accounting, Forwarding):
         if reload:
             self.cache.drop_digest(digest)
         # A credential the cache does not know costs a database lookup: claimed against the
-        # client's failed-authentication budget first (gateway.authlimit).
+        # client's failed-authentication budget first (gateway.authlimit). Requests for the same
+        # credential arriving while its lookup runs join it and claim nothing: a burst of
+        # connections for a key this process has not loaded yet is one lookup, not a refusal.
         lookup = not reload and not self.cache.holds(digest)
-        if lookup:
+        claimed = False
+
+        async def claim() -> None:
+            nonlocal claimed
             retry_after = await self.auth_failures.claim(exchange.client_ip)
             if retry_after:
                 metrics.REFUSALS.labels("auth_failures").inc()
                 raise errors.too_many_auth_failures(retry_after)
+            claimed = True
+
         try:
-            entry = await self.cache.get(digest)
+            entry = await self.cache.get(digest, claim=claim if lookup else None)
+        except GatewayError:
+            raise
         except Exception as exc:
             log.error("key lookup failed: %s", type(exc).__name__)
             raise GatewayError(
@@ -360,7 +369,7 @@ class Gateway(Accounting, Forwarding):
             ) from None
         if entry is None:
             raise errors.invalid_key()
-        if lookup:
+        if claimed:
             self.auth_failures.release(exchange.client_ip)
         exchange.entry = entry
         unusable = entry.unusable_reason(time.time())

@@ -48,13 +48,16 @@ class KeyCache:
         self.inflight: dict[str, asyncio.Future] = {}
 
     def holds(self, digest: str) -> bool:
-        """Whether get() can answer without the database: a cached key, or a digest recently unknown."""
-        if digest in self.entries:
+        """Whether get() can answer without a database lookup of its own: a cached key, a digest
+        recently unknown, or one whose lookup is in flight (the caller joins it)."""
+        if digest in self.entries or digest in self.inflight:
             return True
         expiry = self.missing.get(digest)
         return expiry is not None and expiry > time.monotonic()
 
-    async def get(self, digest: str) -> KeyEntry | None:
+    async def get(self, digest: str, *, claim=None) -> KeyEntry | None:
+        """The entry, or None for an unknown key. `claim`: an async callable the request that
+        starts a database lookup runs first (raising refuses it, and the requests that joined it)."""
         entry = self.entries.get(digest)
         if entry is not None:
             if not settings.REDIS_URL and local_generations.get(entry.api_key_id, 0) != entry.generation:
@@ -69,15 +72,17 @@ class KeyCache:
             if expiry > time.monotonic():
                 return None
             del self.missing[digest]
-        return await self.load(digest)
+        return await self.load(digest, claim=claim)
 
-    async def load(self, digest: str) -> KeyEntry | None:
+    async def load(self, digest: str, *, claim=None) -> KeyEntry | None:
         pending = self.inflight.get(digest)
         if pending is not None:
             return await asyncio.shield(pending)
         future = asyncio.get_running_loop().create_future()
         self.inflight[digest] = future
         try:
+            if claim is not None:
+                await claim()
             entry = await self.run_db(load_key, digest)
             self._store(digest, entry)
             future.set_result(entry)

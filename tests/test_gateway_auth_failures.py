@@ -93,3 +93,25 @@ def test_an_unknown_digest_is_remembered_only_briefly(world, demo, strict_gatewa
     key = ApiKey.objects.create(workspace=world.org, name="late", hint=tokens.display_hint(plaintext), all_models=True)
     ApiKeySecret.objects.create(api_key=key, digest=tokens.digest(plaintext, settings.API_KEY_PEPPER), hint=tokens.display_hint(plaintext))
     assert wait_for(lambda: call() == 200, timeout=4)  # the negative entry lives 2 s
+
+
+def test_a_burst_for_a_key_the_process_has_not_loaded_is_one_lookup_not_a_refusal(world, demo, strict_gateway):
+    # 3 x LIMIT connections at once with one valid key this process has never seen: they join the
+    # first request's lookup instead of each claiming a failed-authentication slot.
+    deployment = make_deployment(world.org, base_url=demo.url + "/v1", upstream_api_key=UPSTREAM_KEY, upstream_model="gatehouse-demo")
+    _, plaintext = make_key(world.org, all_models=True)
+    body = chat_body(deployment.model_id, max_tokens=5)
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=3 * LIMIT)) as client:
+            responses = await asyncio.gather(
+                *(
+                    client.post(strict_gateway.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {plaintext}"})
+                    for _ in range(3 * LIMIT)
+                )
+            )
+        return [r.status_code for r in responses]
+
+    assert run_async(burst()) == [200] * (3 * LIMIT)
+    # Nothing was left on the client's failed-authentication counter.
+    assert wait_for(lambda: int(redis_client().get("gatehouse:authfail:127.0.0.1") or 0) == 0)
