@@ -629,13 +629,17 @@ def spool_phase(args, env: dict, workdir: Path, procs: list, scripts_by_mode: di
     wait_http(gw + "/v1/models", gateway)
     for _ in range(20 * args.workers):  # every worker loads the key while the database is there
         httpx.get(gw + "/v1/models", headers={"authorization": f"Bearer {key}"}, timeout=10)
+    # Sequential requests can all land on one worker when the machine is busy; 32 connections
+    # for a second reach every worker (one that never saw the key cannot check it once the
+    # database is cut, and answers 503 until it is back).
+    warm = wrk(gw + "/v1/chat/completions", scripts_by_mode["non-streaming"]["gateway"], 32, 1)
 
     def signal_proxy(sig: int) -> None:
         proxy.send_signal(sig)
         proxy.stdout.readline()
 
     signal_proxy(signal.SIGUSR1)
-    rows, answered, in_flight = [], 0, 0
+    rows, answered, in_flight = [], warm["requests"] - warm["non2xx"], 32
     mode = "non-streaming"
     by_conns = {row["connections"]: row for row in results if row["mode"] == mode}
     for connections in [int(c) for c in args.connections.split(",")]:
