@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import World
+from tests.conftest import PASSWORD, World
 from tests.factories import make_deployment
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -289,3 +289,23 @@ def test_model_permissions_warn_before_unsaved_ticks_are_lost(sized_page, sign_i
     page.wait_for_url("**/w/acme/deployments/")
     assert dialogs == ["beforeunload"]
     screenshot(page, "2-saved-and-left")
+
+
+def test_without_javascript_the_phone_sidebar_is_in_the_page(chromium, live_server, screenshot):
+    World()
+    context = chromium.new_context(base_url=live_server.url, viewport=VIEWPORTS["phone"], java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto("/accounts/login/")
+        page.fill("#id_login", "olivia")
+        page.fill("#id_password", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/w/acme/")
+        assert not page.locator("[data-nav-toggle]").is_visible()  # it needs app.js: not offered
+        deployments = page.locator("#sidebar a:has-text('Deployments')")
+        assert deployments.is_visible()
+        screenshot(page, "no-js-phone")
+        deployments.click()
+        page.wait_for_url("**/w/acme/deployments/")
+    finally:
+        context.close()
