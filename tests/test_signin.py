@@ -185,7 +185,8 @@ def test_stale_session_must_reauthenticate_before_creating_a_key_and_the_post_is
     assert response.status_code == 302 and response.url.startswith(reverse("account_reauthenticate"))
     assert not ApiKey.objects.filter(name="after-reauth").exists()
     response = client.post(response.url, {"password": PASSWORD})
-    assert response.status_code == 200  # the suspended POST ran: the key's one-time page
+    # The suspended POST ran: it redirects to the key's show-once page (Post/Redirect/Get).
+    assert response.status_code == 302 and "/secret/" in response.url
     assert ApiKey.objects.filter(name="after-reauth", workspace=world.org).exists()
 
 
