@@ -123,7 +123,11 @@ def sign_in(page):
         page.fill("#id_login", username)
         page.fill("#id_password", password)
         page.click("button[type=submit]")
-        page.wait_for_url(lambda url: "/accounts/login/" not in url)
+        try:
+            page.wait_for_url(lambda url: "/accounts/login/" not in url)
+        except Exception as error:
+            # Say what the sign-in page shows instead (a throttle message, a form error, a hang).
+            raise AssertionError(f"sign-in as {username} stayed on {page.url}: {page.locator('main').inner_text()[:800]!r}") from error
         return page
 
     return do

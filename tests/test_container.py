@@ -167,8 +167,10 @@ def test_image_runs_web_worker_and_beat_serves_a_key_and_stops_cleanly(image, ro
         created = browser.post(
             "/w/acme/secrets/new/", {"csrfmiddlewaretoken": csrf_token(form.text), "name": "from-image", "all_models": "on"}
         )
-        assert created.status_code == 200, created.text[:3000]
-        key = re.search(r'data-testid="new-key">(gh_live_\w+)<', created.text).group(1)
+        assert created.status_code == 302, created.text[:3000]
+        shown = browser.get(created.headers["location"])
+        assert shown.status_code == 200, shown.text[:3000]
+        key = re.search(r'data-testid="new-key">(gh_live_\w+)<', shown.text).group(1)
         answer = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             json={"model": "@acme/demo", "messages": [{"role": "user", "content": "Hello from the image"}]},
@@ -300,7 +302,9 @@ def test_real_containers_run_as_compose_describes_them(image, world, demo, tmp_p
         created = browser.post(
             "/w/acme/secrets/new/", {"csrfmiddlewaretoken": csrf_token(form.text), "name": "in-a-container", "all_models": "on"}
         )
-        key = re.search(r'data-testid="new-key">(gh_live_\w+)<', created.text).group(1)
+        assert created.status_code == 302, created.text[:3000]
+        shown = browser.get(created.headers["location"])
+        key = re.search(r'data-testid="new-key">(gh_live_\w+)<', shown.text).group(1)
         answer = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             json={"model": "@acme/demo", "messages": [{"role": "user", "content": "Hello from a container"}]},

@@ -15,29 +15,16 @@ from redis.exceptions import RedisError
 from deployments import changes, tasks
 from deployments.models import Deployment, DeploymentStatus, ModelGrant
 from lib.redis import redis_client
-from tests import gateway_support
+from tests import outages
 from tests.factories import make_deployment
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def redis_down(settings):
-    """The console's Redis (fan-out and broker) points at a closed port."""
-    real = settings.REDIS_URL
-    settings.REDIS_URL = f"redis://127.0.0.1:{gateway_support.free_port()}/0"
-    redis_client.cache_clear()
-    yield real
-    settings.REDIS_URL = real
-    redis_client.cache_clear()
+redis_down = outages.redis_down  # fixture
 
 
 @pytest.fixture
 def enqueued(monkeypatch):
-    """What the console hands to the worker (the broker is as unreachable as Redis here)."""
-    sent: list = []
-    monkeypatch.setattr(tasks.deployments_announce, "apply_async", lambda args, **options: sent.append(args))
-    return sent
+    return outages.capture_enqueued(monkeypatch, tasks.deployments_announce)
 
 
 def console(user) -> Client:

@@ -17,37 +17,20 @@ from keys import tasks
 from keys.changes import GENERATION_KEY
 from keys.models import ApiKey, ApiKeySecret
 from lib.redis import redis_client
-from tests import gateway_support
+from tests import gateway_support, outages
 from tests.conftest import record_sign_in
 from tests.factories import make_deployment, make_key
 from tests.gateway_support import UPSTREAM_KEY, chat_body, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
+redis_down = outages.redis_down  # fixture
 demo, gateways, gateway = gateway_support.demo, gateway_support.gateways, gateway_support.gateway  # live-process fixtures
 KEY_RE = re.compile(r'data-testid="new-key">(gh_live_\w+)<')
 
 
 @pytest.fixture
-def redis_down(settings):
-    """The console's Redis (key fan-out and broker) points at a closed port; the gateways keep theirs."""
-    real = settings.REDIS_URL
-    settings.REDIS_URL = f"redis://127.0.0.1:{gateway_support.free_port()}/0"
-    redis_client.cache_clear()
-    yield real
-    settings.REDIS_URL = real
-    redis_client.cache_clear()
-
-
-@pytest.fixture
 def enqueued(monkeypatch):
-    """What the console hands to the worker (the broker is as unreachable as Redis here)."""
-    sent: list = []
-
-    def apply_async(args, **options):
-        sent.append(args)
-
-    monkeypatch.setattr(tasks.keys_announce, "apply_async", apply_async)
-    return sent
+    return outages.capture_enqueued(monkeypatch, tasks.keys_announce)
 
 
 def console(user) -> Client:
