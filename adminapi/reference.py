@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 
+from adminapi.api import api
+
 
 @dataclass
 class Field:
@@ -51,8 +53,6 @@ def _fields(schema: dict, components: dict) -> list[Field]:
 
 @cache
 def api_reference() -> dict:
-    from adminapi.api import api
-
     schema = api.get_openapi_schema(path_prefix="/api/admin/v1")
     components = schema.get("components", {}).get("schemas", {})
     groups: dict[str, list[Operation]] = {}

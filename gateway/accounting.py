@@ -16,6 +16,7 @@ from gateway.exchange import Exchange
 from gateway.limits import NEEDS_SEED, Admission, LimiterUnavailable, Reservation
 from gateway.metering import event_row
 from gateway.routes import KeyEntry, Route
+from keys.services import api_key_touch
 from usage.selectors import tokens_used_in_year
 
 log = logging.getLogger("gateway")
@@ -177,8 +178,6 @@ class Accounting:
 
 
 def _touch_key(api_key_id: int, ip: str | None) -> None:
-    from keys.services import api_key_touch
-
     api_key_touch(api_key_id=api_key_id, ip=ip)
 
 

@@ -18,8 +18,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
+import redis.asyncio as aioredis
 from django.conf import settings
+from django.db import close_old_connections, connection
 
+from deployments.changes import local_health_listeners
+from deployments.live import LIVE_EVERY_SECONDS, live_key
 from gateway import errors, metrics, tokenizer
 from gateway.accounting import Accounting
 from gateway.auth import KeyCache, listen_for_changes
@@ -51,13 +55,16 @@ from gateway.limits import (
 )
 from gateway.metering import UsageWriter
 from gateway.proxy import make_client
+from gateway.resp import PipelinedRedis
 from gateway.routes import KeyEntry, Route
 from gateway.shapes import Shape, completions, dashscope, embeddings, messages, rerank, responses, wrong_kind
 from gateway.shapes import chat as chat_shape
 from gateway.spool import Spool, database_identity
 from gateway.timing import Timing
+from keys.tokens import digest
 from lib.logsafe import loggable_path
 from lib.net import ip_allowed, resolve_client_ip
+from usage.spool_status import STATUS_KEY, local_publish
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -101,10 +108,6 @@ class Gateway(Accounting, Forwarding):
             self.balancer = Balancer(eject_seconds=settings.GATEWAY_EJECT_SECONDS, eject_max_seconds=settings.GATEWAY_EJECT_MAX_SECONDS)
             self.upstream = UpstreamPool(self.http, self.balancer)
             if settings.REDIS_URL:
-                import redis.asyncio as aioredis
-
-                from gateway.resp import PipelinedRedis
-
                 # redis-py for the change subscription; the lean pipelined client for admission.
                 self.redis = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
                 self.limiter = RedisLimiter(PipelinedRedis(settings.REDIS_URL))
@@ -116,8 +119,6 @@ class Gateway(Accounting, Forwarding):
                 self.redis = None
                 self.limiter = LocalLimiter()
                 # Single process: probe results published in this process reach the balancer directly.
-                from deployments.changes import local_health_listeners
-
                 local_health_listeners.append(self.balancer.probed)
             self.auth_failures = AuthFailures(
                 limit=settings.GATEWAY_AUTH_FAILURES_PER_MINUTE, redis=self.limiter.redis if settings.REDIS_URL else None
@@ -153,8 +154,6 @@ class Gateway(Accounting, Forwarding):
     async def publish_replica_stats(self) -> None:
         """Every few seconds, this process's in-flight count and ejections per replica into Redis,
         where the deployment's details page adds them up (deployments.live)."""
-        from deployments.live import LIVE_EVERY_SECONDS, live_key
-
         process = f"{os.getpid()}-{id(self):x}"
         while True:
             await asyncio.sleep(LIVE_EVERY_SECONDS)
@@ -173,8 +172,6 @@ class Gateway(Accounting, Forwarding):
 
     async def publish_spool_status(self, name: str, value: str | None) -> None:
         """The admins' banner reads this (usage.spool_status): in Redis, or in process without it."""
-        from usage.spool_status import STATUS_KEY, local_publish
-
         if self.redis is None:
             local_publish(name, value)
         elif value is None:
@@ -495,28 +492,20 @@ class Gateway(Accounting, Forwarding):
 
 # ---- helpers -------------------------------------------------------------------------------
 def _digest(key: str) -> str:
-    from keys.tokens import digest
-
     return digest(key, settings.API_KEY_PEPPER)
 
 
 def _db_call(fn, args):
-    from django.db import close_old_connections
-
     close_old_connections()
     try:
         return fn(*args)
     except Exception:
         # A broken connection must not poison the next call on this thread.
-        from django.db import connection
-
         connection.close()
         raise
 
 
 def _count_orm_queries() -> None:
-    from django.db import connection
-
     def counter(execute, sql, params, many, context):
         metrics.DB_QUERIES.labels("orm").inc()
         return execute(sql, params, many, context)

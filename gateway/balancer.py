@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 
 from gateway import metrics
+from gateway.capacity import FairQueue, LocalCapacity, QueueFull, QueueTimeout
+from gateway.upstream import UpstreamTimeout
 
 RETRY_STATUSES = (502, 503)
 # A retry needs at least this much of the request's timeout left to be worth starting.
@@ -245,8 +247,6 @@ class UpstreamPool:
     when all are full."""
 
     def __init__(self, http, balancer: Balancer, capacity=None):
-        from gateway.capacity import LocalCapacity
-
         self.http = http
         self.balancer = balancer
         self.capacity = capacity or LocalCapacity(balancer)
@@ -319,8 +319,6 @@ class UpstreamPool:
                 return target_route, Lease(got, lease_id, target_route.deployment_id)
         if attempt > 0:
             return None
-        from gateway.capacity import FairQueue, QueueFull, QueueTimeout
-
         # Looked up again: another request may have made the queue while this one asked Redis.
         queue = self.queues.get(target_route.deployment_id)
         if queue is None:
@@ -386,8 +384,6 @@ class UpstreamPool:
 
     async def _try(self, url: str, lease: Lease | None, headers, body: bytes, *, stream: bool, timeout: float):
         """An Answer, or (error, retriable, error answer or None) after releasing the replica."""
-        from gateway.upstream import UpstreamTimeout
-
         released = lease is None
         try:
             try:

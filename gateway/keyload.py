@@ -11,10 +11,19 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 
 from deployments import changes as deployment_changes
+from deployments.models import DeploymentPrice, DeploymentReplica, ReplicaStatus
+from deployments.selectors import callable_deployments
 from gateway.balancer import Replica
 from gateway.routes import KeyEntry, Price, Route
+from gateway.tokenizer import counter_for
 from keys.changes import GENERATION_KEY, local_generations
+from keys.models import ApiKeySecret, ByokCredential, RouterProviderGrant, RouterProviderPrice
 from keys.selectors import api_key_secret_lookup
+from lib.crypto import decrypt
+from lib.net import parse_networks
+from lib.redis import redis_client
+from lib.upstream import upstream_host
+from usage.budgets import budget_guard
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -24,8 +33,6 @@ def _epoch(value: datetime | None) -> float | None:
 def _decrypt(token: str) -> tuple[str | None, str]:
     if not token:
         return None, ""
-    from lib.crypto import decrypt
-
     try:
         return decrypt(token), ""
     except ValueError as exc:
@@ -38,8 +45,6 @@ def _chat_url(base_url: str) -> str:
 
 def current_generation(api_key_id: int) -> int:
     if settings.REDIS_URL:
-        from lib.redis import redis_client
-
         try:
             value = redis_client().hget(GENERATION_KEY, str(api_key_id))
         except Exception:
@@ -53,8 +58,6 @@ def current_generation(api_key_id: int) -> int:
 def deployment_generations() -> dict[int, int]:
     """Every deployment's change generation (only changed deployments have one; the rest are 0)."""
     if settings.REDIS_URL:
-        from lib.redis import redis_client
-
         try:
             return {int(k): int(v) for k, v in redis_client().hgetall(deployment_changes.GENERATION_KEY).items()}
         except Exception:
@@ -104,9 +107,6 @@ def _replicas_by_deployment(deployment_ids: list[int]) -> dict[int, tuple[Replic
     """Enabled replicas of these deployments, keys decrypted once here (never per request)."""
     if not deployment_ids:
         return {}
-    from deployments.models import DeploymentReplica, ReplicaStatus
-    from lib.upstream import upstream_host
-
     found: dict[int, list[Replica]] = {}
     for r in DeploymentReplica.objects.filter(deployment_id__in=deployment_ids, enabled=True).order_by("id"):
         api_key, problem = _decrypt(r.api_key_encrypted)
@@ -128,8 +128,6 @@ def _replicas_by_deployment(deployment_ids: list[int]) -> dict[int, tuple[Replic
 
 def router_provider_prices(provider_ids: list[int]) -> dict[int, dict[str, tuple[Price, ...]]]:
     """provider id -> model name ("" for the default) -> price versions, newest first."""
-    from keys.models import RouterProviderPrice
-
     found: dict[int, dict[str, list[Price]]] = {}
     if provider_ids:
         for p in RouterProviderPrice.objects.filter(provider_id__in=provider_ids).order_by("-effective_from"):
@@ -140,8 +138,6 @@ def router_provider_prices(provider_ids: list[int]) -> dict[int, dict[str, tuple
 
 
 def _router_usable(deployment) -> bool:
-    from keys.models import RouterProviderGrant
-
     provider = deployment.router_provider
     return (
         provider is not None
@@ -152,11 +148,6 @@ def _router_usable(deployment) -> bool:
 
 def load_key(digest: str) -> KeyEntry | None:
     """Read one key and its scope from the database (sync; runs on the gateway's DB thread)."""
-    from deployments.models import DeploymentPrice
-    from deployments.selectors import callable_deployments
-    from gateway.tokenizer import counter_for
-    from keys.models import ApiKeySecret, ByokCredential
-
     api_key_id = ApiKeySecret.objects.filter(digest=digest).values_list("api_key_id", flat=True).first()
     if api_key_id is None:
         return None
@@ -169,8 +160,6 @@ def load_key(digest: str) -> KeyEntry | None:
         return None
     key, valid_until = secret.api_key, secret.valid_until
     workspace = key.workspace
-    from usage.budgets import budget_guard
-
     budget_blocks, blocked_until = budget_guard(workspace)
 
     deployments = callable_deployments(workspace).select_related("router_provider", "byok_credential", "fallback")
@@ -259,8 +248,6 @@ def load_key(digest: str) -> KeyEntry | None:
             base_url=credential.base_url,
             model_names=credential.model_names,
         )
-
-    from lib.net import parse_networks
 
     return KeyEntry(
         api_key_id=key.id,

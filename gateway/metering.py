@@ -24,12 +24,17 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import django.db
+import psycopg
 from django.conf import settings
+from django.db import connection
 
 from gateway import metrics
 from gateway.spool import Spool, row_decoder
+from usage.models import UsageEvent
 from usage.pricing import token_cost
 from usage.seal import event_seal
+from usage.spool_status import encode_status
 
 log = logging.getLogger("gateway")
 
@@ -40,8 +45,6 @@ SCAN_INTERVAL = 15.0  # seconds between looks for spool files left by stopped pr
 
 
 def usage_columns() -> list[str]:
-    from usage.models import UsageEvent
-
     return [f.column for f in UsageEvent._meta.concrete_fields if not f.primary_key]
 
 
@@ -243,8 +246,6 @@ class UsageWriter:
     async def _publish_status(self) -> None:
         if self.publish is None:
             return
-        from usage.spool_status import encode_status
-
         held = {f.name: f for f in self.spool.files() if f.depth or f.rejected}
         for name, spool_file in held.items():
             await self._publish(
@@ -306,8 +307,6 @@ class Inserter:
 
     async def _connection(self):
         if self.conn is None or self.conn.closed:
-            import psycopg
-
             self.conn = await psycopg.AsyncConnection.connect(**pg_params(), autocommit=True)
             if not settings.GATEWAY_USAGE_SYNCHRONOUS_COMMIT:
                 # Opt-in trade-off: the commit returns before PostgreSQL flushes its WAL, saving
@@ -320,10 +319,6 @@ class Inserter:
         # One fixed statement for any batch size: one array parameter per column. psycopg
         # prepares it once; a VALUES list would be a new statement (and a re-parse) per size.
         if self.sql is None:
-            from django.db import connection
-
-            from usage.models import UsageEvent
-
             fields = {f.column: f for f in UsageEvent._meta.concrete_fields}
             columns = self.writer.columns
             casts = ", ".join(f"%s::{fields[c].db_type(connection)}[]" for c in columns)
@@ -337,8 +332,6 @@ class Inserter:
         # A lone row (every request at one connection): plain scalar parameters, which psycopg
         # dumps in C; the array parameters of the unnest form cost ~25 Python-level list dumps.
         if self.single_sql is None:
-            from usage.models import UsageEvent
-
             columns = self.writer.columns
             self.single_sql = (
                 f"INSERT INTO {UsageEvent._meta.db_table} ({', '.join(columns)}) "
@@ -363,15 +356,7 @@ class Inserter:
 
 def _refused_for_good(exc: BaseException) -> bool:
     """The database answered and refused these rows (a constraint, bad data): retrying cannot help."""
-    import django.db
-
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - psycopg is a runtime dependency
-        psycopg = None
-    permanent: tuple = (django.db.IntegrityError, django.db.DataError)
-    if psycopg is not None:
-        permanent += (psycopg.IntegrityError, psycopg.DataError)
+    permanent = (django.db.IntegrityError, django.db.DataError, psycopg.IntegrityError, psycopg.DataError)
     return isinstance(exc, permanent)
 
 
@@ -380,8 +365,6 @@ def _describe(exc: BaseException) -> str:
 
 
 def _orm_insert(rows: list[dict]) -> None:
-    from usage.models import UsageEvent
-
     fields = {f.column: f.attname for f in UsageEvent._meta.concrete_fields}
     UsageEvent.objects.bulk_create([UsageEvent(**{fields[c]: v for c, v in row.items()}) for row in rows], ignore_conflicts=True)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -54,10 +54,8 @@ REPLICA_RETRIES = Counter("gatehouse_gateway_replica_retries", "Requests retried
 
 
 def render() -> tuple[bytes, str]:
-    from prometheus_client import CONTENT_TYPE_LATEST
-
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
+        from prometheus_client import multiprocess  # only under several workers (PROMETHEUS_MULTIPROC_DIR)
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.errors import GatewayError
+from gateway.upstream import HttpxClient, NativeClient, UpstreamForbidden, UpstreamTimeout
 
 
 def make_client(*, kind: str, max_connections: int):
-    from gateway.upstream import HttpxClient, NativeClient
-
     return HttpxClient(max_connections=max_connections) if kind == "httpx" else NativeClient(max_idle_per_origin=max_connections)
 
 
@@ -35,8 +34,6 @@ def upstream_call(route, payload: dict, *, stream: bool, usage_option: bool = Tr
 
 
 def transport_error(exc: Exception) -> GatewayError:
-    from gateway.upstream import UpstreamForbidden, UpstreamTimeout
-
     if isinstance(exc, UpstreamTimeout):
         return GatewayError(504, "The model did not answer in time.", code="upstream_timeout", type="server_error")
     if isinstance(exc, UpstreamForbidden):

@@ -30,6 +30,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import orjson
+from django.conf import settings
+
+from usage.models import UsageEvent
 
 log = logging.getLogger("gateway")
 
@@ -67,8 +70,6 @@ def row_decoder(columns: list[str]):
 
     Columns added since the row was spooled take their field default, so a spool written by an
     older version still replays after an upgrade."""
-    from usage.models import UsageEvent
-
     fields = {f.column: f for f in UsageEvent._meta.concrete_fields}
 
     def decode(blob: bytes) -> dict:
@@ -306,7 +307,5 @@ def _safe(text: str) -> str:
 
 def database_identity() -> str:
     """Which database a spool's events belong to (never includes a password)."""
-    from django.conf import settings
-
     db = settings.DATABASES["default"]
     return f"{db['ENGINE']}|{db.get('HOST') or ''}|{db.get('PORT') or ''}|{db['NAME']}"

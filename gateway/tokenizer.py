@@ -47,7 +47,7 @@ class Counter(Protocol):
 
 class TiktokenCounter:
     def __init__(self, encoding_name: str = DEFAULT_ENCODING):
-        import tiktoken
+        import tiktoken  # loaded only when a deployment counts with it (startup and memory)
 
         self.name = encoding_name
         self.encoding = tiktoken.get_encoding(encoding_name)
@@ -59,7 +59,7 @@ class TiktokenCounter:
 
 class HuggingFaceCounter:
     def __init__(self, path: str):
-        from lib.tokenizer_file import load_tokenizer_file
+        from lib.tokenizer_file import load_tokenizer_file  # only for deployments with a tokenizer file
 
         self.name = path
         self.tokenizer = load_tokenizer_file(path)  # a local file only: no hub lookup

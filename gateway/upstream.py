@@ -294,7 +294,7 @@ class HttpxClient:
     """The same interface over one shared httpx.AsyncClient (for comparison and as a fallback)."""
 
     def __init__(self, *, max_connections: int):
-        import httpx
+        import httpx  # here, not at the top: only this fallback client needs it (startup and memory)
 
         self.httpx = httpx
         self.client = httpx.AsyncClient(
@@ -354,7 +354,7 @@ class HttpxClient:
 
 
 def _httpx_error(exc: Exception) -> Exception:
-    import httpx
+    import httpx  # only the fallback client's errors come here (see HttpxClient)
 
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(str(exc))
