@@ -120,19 +120,17 @@ def _access_sub_workspace(request: HttpRequest, ws: str, sub: str) -> tuple[Work
 
 @login_required
 @require_POST
-def sub_workspace_archive(request: HttpRequest, ws: str, sub: str) -> HttpResponse:
+def sub_workspace_set_archived(request: HttpRequest, ws: str, sub: str, *, archived: bool) -> HttpResponse:
+    """Archive (archived=True) or unarchive a sub-workspace: two URLs, one view."""
     _, child = _access_sub_workspace(request, ws, sub)
-    workspace_archive(workspace=child, actor=Actor.from_request(request))
-    messages.success(request, f"{child.name} is archived: its keys are refused from now on, and its usage, bills and audit log stay here.")
-    return redirect("workspace_overview", ws=ws)
-
-
-@login_required
-@require_POST
-def sub_workspace_unarchive(request: HttpRequest, ws: str, sub: str) -> HttpResponse:
-    _, child = _access_sub_workspace(request, ws, sub)
-    workspace_unarchive(workspace=child, actor=Actor.from_request(request))
-    messages.success(request, f"{child.name} is active again: its keys work and its members see it.")
+    if archived:
+        workspace_archive(workspace=child, actor=Actor.from_request(request))
+        messages.success(
+            request, f"{child.name} is archived: its keys are refused from now on, and its usage, bills and audit log stay here."
+        )
+    else:
+        workspace_unarchive(workspace=child, actor=Actor.from_request(request))
+        messages.success(request, f"{child.name} is active again: its keys work and its members see it.")
     return redirect("workspace_overview", ws=ws)
 
 
