@@ -174,6 +174,38 @@ def demo_stats(demo_server: Server) -> dict:
     return httpx.get(demo_server.url + "/_demo/stats", timeout=5).json()
 
 
+class LoopbackServer:
+    """An asyncio socket server on a loopback port for tests that write the wire bytes themselves:
+    `async with` starts it (self.port), and leaving closes every connection and serving task.
+    Subclasses implement `serve(reader, writer)`; the base records the connection first."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, tls=None):
+        self.host, self.port, self.tls = host, port, tls
+        self.tasks: list[asyncio.Task] = []
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._serve, self.host, self.port, ssl=self.tls)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.tasks.append(asyncio.current_task())
+        self.writers.append(writer)
+        await self.serve(reader, writer)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
 def run_async(coroutine):
     """asyncio.run on a fresh thread: Playwright's sync API may keep an event loop running in this one."""
     from concurrent.futures import ThreadPoolExecutor

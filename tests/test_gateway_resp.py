@@ -11,40 +11,24 @@ import pytest
 from gateway import resp
 from gateway.resp import PipelinedRedis, RedisError, ReplyError, _Parser, encode
 from lib.redis import redis_client
-from tests.gateway_support import run_async
+from tests.gateway_support import LoopbackServer, run_async
 
 
 def redis_url() -> str:
     return os.environ["REDIS_URL"]
 
 
-class RespServer:
+class RespServer(LoopbackServer):
     """A RESP server on 127.0.0.1 that records every command and every read it got, and answers
     with `reply(command)` (None: never answer)."""
 
     def __init__(self, reply):
+        super().__init__()
         self.reply = reply
         self.commands: list[list[bytes]] = []
         self.reads: list[bytes] = []
-        self.tasks: list[asyncio.Task] = []
-        self.writers: list[asyncio.StreamWriter] = []
 
-    async def __aenter__(self):
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc):
-        self.server.close()
-        for writer in self.writers:
-            writer.close()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    async def _serve(self, reader, writer):
-        self.tasks.append(asyncio.current_task())
-        self.writers.append(writer)
+    async def serve(self, reader, writer):
         parser = _Parser()
         try:
             while data := await reader.read(65536):

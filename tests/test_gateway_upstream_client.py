@@ -18,7 +18,7 @@ from gateway import upstream
 from gateway.upstream import HttpxClient, NativeClient, UpstreamForbidden, UpstreamTimeout, UpstreamUnreachable
 from tests import gateway_support
 from tests.factories import make_deployment, make_key
-from tests.gateway_support import UPSTREAM_KEY, chat_body, run_async, start_gateway
+from tests.gateway_support import UPSTREAM_KEY, LoopbackServer, chat_body, run_async, start_gateway
 from usage.models import UsageEvent
 
 HEADERS = [(b"content-type", b"application/json")]
@@ -29,38 +29,25 @@ def json_answer(body: bytes = ANSWER, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
 
-class RawServer:
+class RawServer(LoopbackServer):
     """An HTTP/1.1 server on a loopback socket: it reads each request (head + content-length body)
     and lets `handler(server, head, body, writer)` write the answer; the handler returns False
     to stop serving that connection (after closing or half-closing it itself)."""
 
     def __init__(self, handler, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None):
-        self.handler, self.host, self.tls = handler, host, tls
         # "localhost" may resolve to ::1 and 127.0.0.1: listen on both, on one port.
-        self.port = gateway_support.free_port() if host == "localhost" else 0
+        super().__init__(host, gateway_support.free_port() if host == "localhost" else 0, tls)
+        self.handler = handler
         self.connections = 0
         self.requests: list[tuple[bytes, bytes]] = []
-        self.tasks: list[asyncio.Task] = []
-        self.writers: list[asyncio.StreamWriter] = []
 
     async def __aenter__(self):
-        self.server = await asyncio.start_server(self._serve, self.host, self.port, ssl=self.tls)
-        self.port = self.server.sockets[0].getsockname()[1]
+        await super().__aenter__()
         literal = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"{'https' if self.tls else 'http'}://{literal}:{self.port}/v1/chat/completions"
         return self
 
-    async def __aexit__(self, *exc):
-        self.server.close()
-        for writer in self.writers:
-            writer.close()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.tasks.append(asyncio.current_task())
-        self.writers.append(writer)
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
             while True:
