@@ -4,45 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from decimal import Decimal
-from types import SimpleNamespace
 
 import pytest
 
-from gateway.metering import UsageWriter, event_row, usage_columns
-from gateway.routes import Price, Route
+from gateway.metering import UsageWriter, usage_columns
 from gateway.spool import Spool, row_decoder
 from tests.factories import make_key
 from tests.gateway_support import run_async
+from tests.usage_writer_support import FlakyDatabase, closing_connection, row
 from usage.models import UsageEvent
 from usage.seal import SEALED, seal_matches
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def row(world, key, request_id: str, *, workspace_id: int | None = None) -> dict:
-    entry = SimpleNamespace(workspace_id=workspace_id or world.org.id, api_key_id=key.id, kind="user")
-    route = Route(
-        name="m",
-        kind="deployment",
-        chat_url="",
-        upstream_model="m",
-        api_key=None,
-        timeout=1.0,
-        prices=(Price(0.0, Decimal("2"), Decimal("4"), "EUR"),),
-    )
-    return event_row(
-        request_id=request_id,
-        started=time.time() - 0.25,
-        entry=entry,
-        route=route,
-        model="m",
-        prompt_tokens=7,
-        completion_tokens=3,
-        status_code=200,
-        streamed=True,
-        client_ip="2001:db8::1",
-    )
 
 
 def test_a_spooled_row_comes_back_exactly_as_written(world, tmp_path):
@@ -76,44 +49,23 @@ def test_a_live_writers_file_is_never_adopted_and_a_dead_ones_is(world, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-def _closing(fn, *args):
-    from django.db import connection
-
-    try:
-        return fn(*args)
-    finally:
-        connection.close()
-
-
 @pytest.mark.parametrize("backend", ["psycopg", "orm"])
 def test_writes_the_database_refuses_are_spooled_then_replayed_once(world, tmp_path, backend):
     key, _ = make_key(world.org)
-    down = {"value": True}
-
-    async def run_db(fn, *args):
-        if down["value"]:
-            raise ConnectionError("database away")
-        return await asyncio.to_thread(_closing, fn, *args)
+    database = FlakyDatabase(down=True)
 
     async def scenario() -> dict:
-        writer = UsageWriter(run_db=run_db, spool=Spool(tmp_path, database_identity="x"))
+        writer = UsageWriter(run_db=database.run, spool=Spool(tmp_path, database_identity="x"))
         writer.use_psycopg = backend == "psycopg"
         if writer.use_psycopg:
-            real_insert = writer.live.insert
-
-            async def insert(rows):
-                if down["value"]:
-                    raise ConnectionError("database away")
-                await real_insert(rows)
-
-            writer.live.insert = insert
-            writer.replayer.insert = _flaky(writer.replayer.insert, down)
+            writer.live.insert = database.wrap(writer.live.insert)
+            writer.replayer.insert = database.wrap(writer.replayer.insert)
         writer.start()
         await asyncio.gather(*(writer.write(row(world, key, f"req_{i}")) for i in range(5)))
         state = {"spooled": writer.spool.depth(), "db_down": writer.db_down}
         await writer.write(row(world, key, "req_5"))  # straight to the spool: no wait on a dead database
-        state["in_db_while_down"] = await asyncio.to_thread(_closing, lambda: UsageEvent.objects.count())
-        down["value"] = False
+        state["in_db_while_down"] = await asyncio.to_thread(closing_connection, lambda: UsageEvent.objects.count())
+        database.down = False
         writer.wake_replay.set()
         for _ in range(100):
             if writer.spool.depth() == 0 and not writer.db_down:
@@ -131,15 +83,6 @@ def test_writes_the_database_refuses_are_spooled_then_replayed_once(world, tmp_p
     # Sealed at the source, and the seal still matches after the trip through the spool and the database.
     assert all(seal_matches(values, values["seal"]) for values in UsageEvent.objects.values(*SEALED, "seal"))
     assert list(tmp_path.iterdir()) == []  # drained and removed at shutdown
-
-
-def _flaky(insert, down):
-    async def wrapped(rows):
-        if down["value"]:
-            raise ConnectionError("database away")
-        await insert(rows)
-
-    return wrapped
 
 
 def test_a_row_the_database_refuses_for_good_is_kept_aside_and_the_rest_replays(world, tmp_path):
@@ -204,20 +147,15 @@ def test_when_neither_the_database_nor_the_spool_takes_a_row_the_write_fails(wor
     key, _ = make_key(world.org)
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")  # the spool directory cannot be created: as a full or read-only disk
-    down = {"value": True}
-
-    async def run_db(fn, *args):
-        if down["value"]:
-            raise ConnectionError("database away")
-        return await asyncio.to_thread(_closing, fn, *args)
+    database = FlakyDatabase(down=True)
 
     async def scenario() -> list:
-        writer = UsageWriter(run_db=run_db, spool=Spool(blocker / "spool", database_identity="x"))
+        writer = UsageWriter(run_db=database.run, spool=Spool(blocker / "spool", database_identity="x"))
         writer.use_psycopg = False
         writer.start()
         outcomes = []
         for i, back in enumerate((False, False, True)):
-            down["value"] = not back
+            database.down = not back
             try:
                 await writer.write(row(world, key, f"req_{i}"))
                 outcomes.append("written")

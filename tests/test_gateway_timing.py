@@ -3,7 +3,6 @@ commit-after-answer metering (a gateway started with GATEWAY_USAGE_COMMIT_BEFORE
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import httpx
@@ -15,6 +14,7 @@ from gateway.timing import Timing
 from tests import gateway_support
 from tests.factories import make_deployment, make_key
 from tests.gateway_support import UPSTREAM_KEY, chat_body, metric, run_async, start_gateway, wait_for
+from tests.usage_writer_support import FlakyDatabase, row
 from usage.models import UsageEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -112,25 +112,18 @@ def test_answering_before_the_commit_still_writes_exactly_one_event_per_request(
 
 def test_a_degraded_writer_is_not_healthy_so_answers_wait_for_their_row(world, tmp_path):
     """meter() answers before the commit only while the writer's last batch went into the database."""
-    from tests.test_gateway_spool import _closing, row
-
     key, _ = make_key(world.org)
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")  # the spool cannot be created either
-    down = {"value": False}
-
-    async def run_db(fn, *args):
-        if down["value"]:
-            raise ConnectionError("database away")
-        return await asyncio.to_thread(_closing, fn, *args)
+    database = FlakyDatabase(down=False)
 
     async def scenario() -> list:
-        writer = UsageWriter(run_db=run_db, spool=Spool(blocker / "spool", database_identity="x"))
+        writer = UsageWriter(run_db=database.run, spool=Spool(blocker / "spool", database_identity="x"))
         writer.use_psycopg = False
         writer.start()
         seen = [writer.healthy]
         for i, away in enumerate((False, True, False)):
-            down["value"] = away
+            database.down = away
             try:
                 await writer.submit(row(world, key, f"req_h{i}"))
             except Exception:
