@@ -1,6 +1,8 @@
-"""Writes and the lookup for admin keys. The same rules as application keys (keys/services.py):
-typed prefix, only the HMAC digest stored, the plaintext returned once, rotation with a grace
-period, expiry, IP allowlist; every change audited."""
+"""Writes and the lookup for admin keys. The rules are application keys' and live with them:
+keys.services mints secrets (typed prefix, only the HMAC digest stored, the plaintext returned
+once) and rotates them with a grace period; keys.selectors.key_unusable_reason says whether a key
+(revoked, expired, rotated away) may be used. Here: what is admin-key specific (role, audit
+actions, the principal); every change audited."""
 
 from __future__ import annotations
 
@@ -9,8 +11,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -19,7 +20,8 @@ from console.audit import Actor, audit_record
 from console.models import Role, Workspace
 from keys import tokens
 from keys.names import validate_key_name
-from keys.services import MAX_GRACE, check_expiry
+from keys.selectors import key_unusable_reason
+from keys.services import check_expiry, key_insert, secret_rotate
 from lib.net import ip_allowed, parse_allowlist, parse_networks
 
 
@@ -34,17 +36,6 @@ def _check(errors: dict, field: str, fn, *args):
     except ValidationError as exc:
         errors.setdefault(field, []).extend(exc.messages)
         return None
-
-
-@sensitive_variables("key")
-def _new_secret(admin_key: AdminKey) -> tuple[AdminKeySecret, str]:
-    key = tokens.generate(tokens.ADMIN_PREFIX)
-    secret = AdminKeySecret.objects.create(
-        admin_key=admin_key,
-        digest=tokens.digest(key, settings.API_KEY_PEPPER),
-        hint=tokens.display_hint(key, tokens.ADMIN_PREFIX),
-    )
-    return secret, key
 
 
 @sensitive_variables("key")
@@ -79,14 +70,12 @@ def admin_key_create(
             created_by=actor.user if getattr(actor.user, "pk", None) else None,
             created_by_label=actor.label[:150],
         )
-        try:
-            with transaction.atomic():
-                admin_key.save()
-        except IntegrityError:
-            raise ValidationError({"name": f"An admin key named “{name}” already exists in this workspace."}) from None
-        secret, key = _new_secret(admin_key)
-        admin_key.hint = secret.hint
-        admin_key.save(update_fields=["hint"])
+        secret, key = key_insert(
+            admin_key,
+            constraint="admin_key_unique_name",
+            name_taken=f"An admin key named “{name}” already exists in this workspace.",
+            prefix=tokens.ADMIN_PREFIX,
+        )
         audit_record(
             workspace=workspace,
             actor=actor,
@@ -109,28 +98,26 @@ def _lock(admin_key: AdminKey) -> AdminKey:
 
 @sensitive_variables("key")
 def admin_key_rotate(*, admin_key: AdminKey, actor: Actor, grace: dt.timedelta, now: dt.datetime | None = None) -> str:
-    """A new secret; older ones stay valid until now + grace at the latest."""
+    """A new secret; older ones stay valid until now + grace at the latest (keys.services.secret_rotate)."""
     now = now or timezone.now()
-    if not dt.timedelta(0) <= grace <= MAX_GRACE:
-        raise ValidationError("The grace period must be between none and 7 days.")
     with transaction.atomic():
         locked = _lock(admin_key)
-        if locked.revoked_at is not None:
-            raise ValidationError("This admin key is revoked; create a new one instead.")
-        if locked.expires_at is not None and locked.expires_at <= now:
-            raise ValidationError("This admin key has expired; create a new one instead.")
-        deadline = now + grace
-        locked.secrets.filter(Q(valid_until__isnull=True) | Q(valid_until__gt=deadline)).update(valid_until=deadline)
-        old_hint = locked.hint
-        secret, key = _new_secret(locked)
-        locked.hint = secret.hint
-        locked.save(update_fields=["hint"])
+        old_hint, _, key = secret_rotate(
+            locked,
+            grace=grace,
+            now=now,
+            refusals={
+                "key_revoked": "This admin key is revoked; create a new one instead.",
+                "key_expired": "This admin key has expired; create a new one instead.",
+            },
+            prefix=tokens.ADMIN_PREFIX,
+        )
         audit_record(
             workspace=locked.workspace,
             actor=actor,
             action="admin_key.rotated",
             target=locked,
-            details={"old_hint": old_hint, "new_hint": secret.hint, "grace_seconds": int(grace.total_seconds())},
+            details={"old_hint": old_hint, "new_hint": locked.hint, "grace_seconds": int(grace.total_seconds())},
         )
     admin_key.hint = locked.hint
     return key
@@ -184,6 +171,14 @@ class AdminKeyPrincipal:
         return Actor(user=None, ip=self.ip, label=self.admin_key.actor_label)
 
 
+# Why keys.selectors.key_unusable_reason refuses a key, as the admin API says it.
+_UNUSABLE = {
+    "key_revoked": "This admin key has been revoked.",
+    "key_expired": "This admin key has expired.",
+    "secret_rotated": "This admin key was rotated and its grace period has ended.",
+}
+
+
 class AdminKeyRefused(Exception):
     """The credential does not authenticate; the message is safe to show (it never holds the key)."""
 
@@ -203,12 +198,11 @@ def admin_key_authenticate(key: str, *, ip: str | None, now: dt.datetime | None 
     if secret is None:
         raise AdminKeyRefused("This admin key is not valid.")
     admin_key = secret.admin_key
-    if admin_key.revoked_at is not None:
-        raise AdminKeyRefused("This admin key has been revoked.")
-    if secret.valid_until is not None and secret.valid_until <= now:
-        raise AdminKeyRefused("This admin key was rotated and its grace period has ended.")
-    if admin_key.expires_at is not None and admin_key.expires_at <= now:
-        raise AdminKeyRefused("This admin key has expired.")
+    unusable = key_unusable_reason(
+        revoked=admin_key.revoked_at is not None, expires_at=admin_key.expires_at, secret_valid_until=secret.valid_until, now=now
+    )
+    if unusable is not None:
+        raise AdminKeyRefused(_UNUSABLE[unusable])
     if admin_key.ip_allowlist and not ip_allowed(ip, parse_networks(admin_key.ip_allowlist)):
         raise AdminKeyRefused("This admin key may not be used from this address.")
     if admin_key.last_used_at is None or admin_key.last_used_at < now - dt.timedelta(minutes=1):

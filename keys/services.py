@@ -8,12 +8,12 @@ stored, logged, audited or put in an exception.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from django.conf import settings
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import validate_slug
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -176,12 +176,71 @@ def _snapshot(api_key: ApiKey) -> dict:
 TEST_CALL_KEY_NAME = "console-test-call"
 
 
+# ---- secrets of any key (application keys here, admin keys in adminapi.services) -------------
+
+
 @sensitive_variables("key")
-def _new_secret(api_key: ApiKey, *, valid_until: dt.datetime | None = None) -> tuple[ApiKeySecret, str]:
-    key = tokens.generate()
-    secret = ApiKeySecret.objects.create(
-        api_key=api_key, digest=tokens.digest(key, settings.API_KEY_PEPPER), hint=tokens.display_hint(key), valid_until=valid_until
+def secret_mint(secrets, *, prefix: str = tokens.PREFIX, valid_until: dt.datetime | None = None) -> tuple[models.Model, str]:
+    """A new secret row on `secrets`, a key's related manager (ApiKey.secrets, AdminKey.secrets):
+    only its HMAC digest and display hint are stored. Returns the row and the plaintext, which
+    exists only in this return value."""
+    key = tokens.generate(prefix)
+    secret = secrets.create(
+        digest=tokens.digest(key, settings.API_KEY_PEPPER), hint=tokens.display_hint(key, prefix), valid_until=valid_until
     )
+    return secret, key
+
+
+@sensitive_variables("key")
+def secret_rotate(
+    locked: models.Model,
+    *,
+    grace: dt.timedelta,
+    now: dt.datetime,
+    refusals: Mapping[str, str],
+    prefix: str = tokens.PREFIX,
+    expected_hint: str | None = None,
+    update_fields: Sequence[str] = ("hint",),
+) -> tuple[str, dt.datetime, str]:
+    """The rotation rule for any key with `revoked_at`, `expires_at`, `hint` and `secrets`, called
+    inside the caller's transaction with the key row locked (select_for_update).
+
+    A key that key_unusable_reason says may not be used is refused with refusals[reason]; a stale
+    expected_hint (the key was rotated since the form was drawn) changes nothing. Every older
+    secret stays valid until now + grace at the latest (a rotation never extends an earlier grace),
+    and a new secret becomes the key's hint. Returns (old hint, that deadline, the new plaintext).
+    """
+    if not dt.timedelta(0) <= grace <= MAX_GRACE:
+        raise ValidationError("The grace period must be between none and 7 days.")
+    unusable = key_unusable_reason(revoked=locked.revoked_at is not None, expires_at=locked.expires_at, secret_valid_until=None, now=now)
+    if unusable is not None:
+        raise ValidationError(refusals[unusable])
+    if expected_hint is not None and expected_hint != locked.hint:
+        raise ValidationError("This key was rotated since this page was loaded; nothing was changed.", code="stale")
+    deadline = now + grace
+    locked.secrets.filter(Q(valid_until__isnull=True) | Q(valid_until__gt=deadline)).update(valid_until=deadline)
+    old_hint = locked.hint
+    secret, key = secret_mint(locked.secrets, prefix=prefix)
+    locked.hint = secret.hint
+    locked.save(update_fields=list(update_fields))
+    return old_hint, deadline, key
+
+
+@sensitive_variables("key")
+def key_insert(row: models.Model, *, constraint: str, name_taken: str, prefix: str = tokens.PREFIX) -> tuple[models.Model, str]:
+    """Save a new key row and give it its first secret (its hint), inside the caller's transaction.
+    Two people creating the same name at the same moment: the unique `constraint` decides, and the
+    loser gets `name_taken` as an error on the name. Returns the secret row and its plaintext."""
+    try:
+        with transaction.atomic():
+            row.save()
+    except IntegrityError as exc:
+        if constraint not in str(exc):
+            raise
+        raise ValidationError({"name": name_taken}) from None
+    secret, key = secret_mint(row.secrets, prefix=prefix)
+    row.hint = secret.hint
+    row.save(update_fields=["hint"])
     return secret, key
 
 
@@ -244,20 +303,12 @@ def api_key_create(
             created_by=actor.user if getattr(actor.user, "pk", None) else None,
             created_by_label=actor.label[:150],
         )
-        try:
-            with transaction.atomic():
-                api_key.save()
-        except IntegrityError as exc:
-            if "api_key_unique_name" not in str(exc):
-                raise
-            # Two people created the same name at the same moment; the constraint decided.
-            raise ValidationError({"name": f"A key named “{name}” already exists in this workspace."}) from None
+        secret, key = key_insert(
+            api_key, constraint="api_key_unique_name", name_taken=f"A key named “{name}” already exists in this workspace."
+        )
         api_key.deployments.set(deployments)
         api_key.router_providers.set(router_providers)
         api_key.byok_credentials.set(byok_credentials)
-        secret, key = _new_secret(api_key)
-        api_key.hint = secret.hint
-        api_key.save(update_fields=["hint"])
         audit_record(
             workspace=workspace,
             actor=actor,
@@ -366,25 +417,19 @@ def api_key_rotate(
     drawn, nothing happens.
     """
     now = now or timezone.now()
-    if not dt.timedelta(0) <= grace <= MAX_GRACE:
-        raise ValidationError("The grace period must be between none and 7 days.")
     with transaction.atomic():
         locked = _lock(api_key)
-        unusable = key_unusable_reason(
-            revoked=locked.revoked_at is not None, expires_at=locked.expires_at, secret_valid_until=None, now=now
+        old_hint, deadline, key = secret_rotate(
+            locked,
+            grace=grace,
+            now=now,
+            refusals={
+                "key_revoked": "This key is revoked; create a new key instead.",
+                "key_expired": "This key has expired; set a later expiry first, then rotate it.",
+            },
+            expected_hint=expected_hint,
+            update_fields=("hint", "updated_at"),
         )
-        if unusable == "key_revoked":
-            raise ValidationError("This key is revoked; create a new key instead.")
-        if unusable == "key_expired":
-            raise ValidationError("This key has expired; set a later expiry first, then rotate it.")
-        if expected_hint is not None and expected_hint != locked.hint:
-            raise ValidationError("This key was rotated since this page was loaded; nothing was changed.", code="stale")
-        deadline = now + grace
-        locked.secrets.filter(Q(valid_until__isnull=True) | Q(valid_until__gt=deadline)).update(valid_until=deadline)
-        old_hint = locked.hint
-        secret, key = _new_secret(locked)
-        locked.hint = secret.hint
-        locked.save(update_fields=["hint", "updated_at"])
         audit_record(
             workspace=locked.workspace,
             actor=actor,
@@ -392,7 +437,7 @@ def api_key_rotate(
             target=locked,
             details={
                 "old_hint": old_hint,
-                "new_hint": secret.hint,
+                "new_hint": locked.hint,
                 "grace_seconds": int(grace.total_seconds()),
                 "old_valid_until": deadline.isoformat(),
             },
@@ -451,7 +496,7 @@ def api_key_secret_mint(*, api_key: ApiKey, valid_for: dt.timedelta, now: dt.dat
     the test call itself is (deployment.test_call), and the secret is discarded after it."""
     if api_key.kind != ApiKeyKind.TEST_CALL:
         raise ValueError("only the hidden test-call key gets secrets minted this way")
-    return _new_secret(api_key, valid_until=(now or timezone.now()) + valid_for)
+    return secret_mint(api_key.secrets, valid_until=(now or timezone.now()) + valid_for)
 
 
 def api_key_secret_discard(*, secret: ApiKeySecret) -> None:
