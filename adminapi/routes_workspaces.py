@@ -7,7 +7,6 @@ from uuid import UUID
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Q
 from django.http import Http404
 from django.urls import reverse
 from ninja import Query, Router, Schema
@@ -72,8 +71,8 @@ class WorkspacePatch(Schema):
 
 @router.get("/workspaces", response={200: WorkspaceList, codes_4xx: ErrorOut}, summary="List the workspaces this admin key reaches")
 def list_workspaces(request, limit: int = DEFAULT_LIMIT, cursor: str | None = None):
-    own = principal(request).admin_key.workspace
-    reach = Q(id=own.id) | (Q(parent_id=own.id) if own.parent_id is None else Q(pk__in=[]))
+    # The key's own workspace and, for a default workspace, its sub-workspaces (AdminKeyPrincipal.role_in).
+    reach = principal(request).admin_key.workspace.tree_q(None)
     rows, next_cursor = page_by_id(Workspace.objects.select_related("parent").filter(reach), cursor=cursor, limit=limit)
     return {"data": [workspace_out(w) for w in rows], "next_cursor": next_cursor}
 

@@ -159,12 +159,12 @@ class AdminKeyPrincipal:
 
     def role_in(self, workspace: Workspace) -> Role | None:
         own = self.admin_key.workspace
-        if workspace.id == own.id:
+        if own.id not in workspace.lineage_ids:
+            return None
+        if workspace.id == own.id and workspace.archived_at is not None:
             # An archived sub-workspace is kept for its default workspace's admins only, as for members.
-            return None if workspace.archived_at is not None else Role(self.admin_key.role)
-        if own.parent_id is None and workspace.parent_id == own.id:
-            return Role(self.admin_key.role)
-        return None
+            return None
+        return Role(self.admin_key.role)
 
     @property
     def actor(self) -> Actor:

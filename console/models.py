@@ -62,6 +62,11 @@ class WorkspaceQuerySet(models.QuerySet):
         return self.filter(own | models.Q(parent_id__in=managed_parents)).distinct()
 
 
+def _workspace_column(field: str | None) -> str:
+    """The column holding a workspace id: `field`'s foreign key, or a Workspace row's own id."""
+    return "id" if field is None else f"{field}_id"
+
+
 class Workspace(models.Model):
     """A default workspace (parent is null; it stands for the organisation) or one of its sub-workspaces."""
 
@@ -110,19 +115,23 @@ class Workspace(models.Model):
         """This workspace and, for a sub-workspace, its default one: whose memberships and budgets reach it."""
         return [self.id] if self.parent_id is None else [self.id, self.parent_id]
 
-    def tree_q(self, field: str = "workspace") -> models.Q:
-        """Rows whose `field` (a foreign key to Workspace) is this workspace or, for a default
-        workspace, one of its sub-workspaces: what a workspace sees of its own tree. An id list
-        from a subquery rather than an OR over a join, so each id is an index range."""
+    def tree_q(self, field: str | None = "workspace") -> models.Q:
+        """Rows whose `field` (a foreign key to Workspace; None: Workspace rows themselves) is this
+        workspace or, for a default workspace, one of its sub-workspaces: what a workspace sees of
+        its own tree. An id list from a subquery rather than an OR over a join, so each id is an
+        index range."""
+        column = _workspace_column(field)
         if not self.is_default:
-            return models.Q(**{f"{field}_id": self.id})
-        return models.Q(**{f"{field}_id__in": Workspace.objects.filter(models.Q(id=self.id) | models.Q(parent_id=self.id)).values("id")})
+            return models.Q(**{column: self.id})
+        return models.Q(**{f"{column}__in": Workspace.objects.filter(models.Q(id=self.id) | models.Q(parent_id=self.id)).values("id")})
 
-    def organisation_q(self, field: str = "workspace") -> models.Q:
+    def organisation_q(self, field: str | None = "workspace") -> models.Q:
         """Rows of this workspace's whole organisation (its default workspace and every
-        sub-workspace), whichever workspace of it this is."""
+        sub-workspace), whichever workspace of it this is. `field` as for tree_q."""
         root_id = self.root_id
-        return models.Q(**{f"{field}_id__in": Workspace.objects.filter(models.Q(id=root_id) | models.Q(parent_id=root_id)).values("id")})
+        return models.Q(
+            **{f"{_workspace_column(field)}__in": Workspace.objects.filter(models.Q(id=root_id) | models.Q(parent_id=root_id)).values("id")}
+        )
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
