@@ -21,7 +21,7 @@ from keys import services as key_services
 from keys.access import access_api_key
 from keys.models import ApiKey
 from keys.selectors import api_key_status, visible_api_keys
-from usage.budget_views import _currencies as budget_currencies
+from usage.budgets import budget_currencies
 from usage.forms import BudgetForm
 from usage.models import Budget
 from usage.services import budget_remove, budget_set

@@ -12,10 +12,7 @@ from ninja.responses import codes_4xx
 
 from adminapi.core import DEFAULT_LIMIT, ErrorOut, page_list, principal
 from console.access import access_workspace
-
-# The dashboard's own filter parsing and report: the API reads exactly what the page and CSV show.
-from usage.views import _filters as usage_filters
-from usage.views import _report as usage_report_for
+from usage.reports import usage_dashboard_report, usage_filters
 
 router = Router(tags=["usage"])
 
@@ -93,10 +90,11 @@ def _row(source: dict, group_by: str) -> dict:
 )
 def get_usage(request, ws: str, query: Query[UsageQuery], limit: int = DEFAULT_LIMIT, cursor: str | None = None):
     access = access_workspace(principal(request), ws)
-    filters = usage_filters(request, access, timezone.now())
+    # The dashboard's own filters and report: the API reads exactly what the page and CSV show.
+    filters = usage_filters(request.GET, access, timezone.now())
     if filters.scope is None:
         raise ValidationError({name: [str(e) for e in errors] for name, errors in filters.form.errors.items()})
-    report = usage_report_for(access, filters, breakdowns=query.group_by != "day")
+    report = usage_dashboard_report(access, filters, breakdowns=query.group_by != "day")
     source = report.periods if query.group_by == "day" else getattr(report, f"by_{query.group_by}")
     if query.group_by == "workspace" and not access.workspace.is_default:
         source = []  # a sub-workspace has no sub-workspaces to group by

@@ -14,23 +14,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from console.access import access_workspace, require_recent_authentication
 from console.audit import Actor
 from console.models import Role
-from deployments.models import DeploymentPrice
-from deployments.selectors import callable_deployments
-from usage.budgets import budget_status
+from usage.budgets import budget_currencies, budget_status
 from usage.forms import BudgetForm
 from usage.models import Budget
 from usage.overview import overview_numbers
 from usage.services import budget_remove, budget_set
 
 TOP_DAYS = 7
-
-
-def _currencies(workspace, budget: Budget | None) -> list[str]:
-    found = set(
-        DeploymentPrice.objects.filter(deployment__in=callable_deployments(workspace).values("id")).values_list("currency", flat=True)
-    )
-    found.add(budget.currency if budget else "USD")
-    return sorted(found)
 
 
 @login_required
@@ -42,7 +32,7 @@ def budget_edit(request: HttpRequest, ws: str) -> HttpResponse:
     workspace = access.workspace
     budget = Budget.objects.filter(workspace=workspace).first()
     initial = {"amount": budget.amount, "currency": budget.currency, "block_requests": budget.block_requests} if budget else {}
-    form = BudgetForm(request.POST or None, initial=initial, currencies=_currencies(workspace, budget))
+    form = BudgetForm(request.POST or None, initial=initial, currencies=budget_currencies(workspace, budget))
     if request.method == "POST":
         if form.is_valid():
             budget_set(workspace=workspace, actor=Actor.from_request(request), **form.cleaned_data)

@@ -18,6 +18,8 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 
 from console.models import Workspace
+from deployments.models import DeploymentPrice
+from deployments.selectors import callable_deployments
 from usage.models import Budget, UsageMonthly
 from usage.rollup import local_day_start
 from usage.selectors import ZERO, cents
@@ -32,6 +34,16 @@ def local_month(now: datetime, tz: ZoneInfo) -> date:
 
 def next_month(month: date) -> date:
     return date(month.year + 1, 1, 1) if month.month == 12 else date(month.year, month.month + 1, 1)
+
+
+def budget_currencies(workspace: Workspace, budget: Budget | None) -> list[str]:
+    """The currencies a workspace's budget may be set in: those of the prices of the deployments
+    it may call, and the budget's own (USD when there is none yet)."""
+    found = set(
+        DeploymentPrice.objects.filter(deployment__in=callable_deployments(workspace).values("id")).values_list("currency", flat=True)
+    )
+    found.add(budget.currency if budget else "USD")
+    return sorted(found)
 
 
 def covered(workspace: Workspace) -> Q:

@@ -2,9 +2,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -16,71 +14,16 @@ from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
 from console.access import WorkspaceAccess, access_workspace
-from console.models import Workspace
-from deployments.models import Deployment
 from keys.models import ApiKey, ApiKeyKind
 from lib.redis import redis_client
 from usage.charts import usage_charts
 from usage.exports import write_flat_usage_csv, write_statement_csv, write_usage_csv
-from usage.forms import MonthForm, UsageFilterForm
-from usage.selectors import KeyLimit, UsageReport, UsageScope, billing_statement, key_limits, usage_flat_rows, usage_report
+from usage.forms import MonthForm
+from usage.reports import Filters, usage_dashboard_report, usage_filters
+from usage.selectors import KeyLimit, UsageScope, billing_statement, key_limits, usage_flat_rows
 
-FILTER_FIELDS = ("range", "start", "end", "workspace", "key", "deployment", "endpoint", "sort")
 # The htmx target a request swaps decides how much of the page it gets back.
 FRAGMENTS = {"usage-results": "results", "usage-view": "view", "deployment-usage": "embedded"}
-
-
-@dataclass
-class Filters:
-    form: UsageFilterForm
-    scope: UsageScope | None
-    keys: list[ApiKey]
-    zones: dict[int, ZoneInfo]
-    params: dict[str, str]  # the filters in effect, for links that change one of them
-    labels: list[str] = field(default_factory=list)  # the same, as a person reads them
-
-
-def _filters(request: HttpRequest, access: WorkspaceAccess, now: datetime) -> Filters:
-    ws = access.workspace
-    subs = list(Workspace.objects.filter(parent=ws)) if ws.is_default else []
-    tree = [ws.id] + [s.id for s in subs]
-    keys = list(ApiKey.objects.filter(workspace_id__in=tree).order_by("name"))
-    deployments = list(Deployment.objects.filter(workspace_id=ws.root_id).order_by("name"))
-    form = UsageFilterForm(
-        request.GET, today=now.astimezone(ws.tz).date(), workspaces=subs, keys=keys, deployments=deployments, own=ws if subs else None
-    )
-    zones = {w.id: w.tz for w in [ws, *subs]}
-    params = {name: request.GET[name] for name in FILTER_FIELDS if request.GET.get(name)}
-    if not form.is_valid():
-        return Filters(form, None, keys, zones, params)
-    data = form.cleaned_data
-    # The default workspace's own slug picks its own usage, without its sub-workspaces'.
-    by_slug = {s.slug: s for s in subs} | ({ws.slug: ws} if subs else {})
-    by_key = {str(k.public_id): k.id for k in keys}
-    by_dep = {str(d.public_id): d.id for d in deployments}
-    filters = {
-        "sub": by_slug.get(data["workspace"]),
-        "key_id": by_key.get(data["key"]),
-        "deployment_id": by_dep.get(data["deployment"]),
-        "endpoint": data["endpoint"] or None,
-    }
-    if "sort" in params:
-        params["sort"] = data["sort"]  # an unknown sort was replaced by the default; links carry that
-    labels = [
-        f"{form.fields[name].label or name.capitalize()}: {dict(form.fields[name].choices)[data[name]]}"
-        for name in ("workspace", "key", "deployment", "endpoint")
-        if data[name]
-    ]
-    if data["range"] == "48h":
-        scope = UsageScope.last_48_hours(ws, now, **filters)
-        for name in ("start", "end"):
-            params.pop(name, None)
-    else:
-        # The latest local day any workspace in view can have usage for: a range ending on or
-        # after it holds the current month's days so far, which UsageMonthly answers in one row.
-        latest = max(now.astimezone(tz).date() for tz in zones.values())
-        scope = UsageScope(workspace=ws, start=data["start"], end=data["end"], latest_day=latest, tree_ids=tuple(tree), **filters)
-    return Filters(form, scope, keys, zones, params, labels)
 
 
 def _limited_keys(filters: Filters) -> list[ApiKey]:
@@ -92,16 +35,6 @@ def _limited_keys(filters: Filters) -> list[ApiKey]:
     if scope.sub is not None:
         return [k for k in keys if k.workspace_id == scope.sub.id]
     return keys
-
-
-def _report(access: WorkspaceAccess, filters: Filters, *, breakdowns: bool = True) -> UsageReport:
-    scope = filters.scope
-    return usage_report(
-        scope,
-        with_workspaces=access.workspace.is_default and scope.sub is None,
-        sort=filters.form.cleaned_data["sort"],
-        breakdowns=breakdowns,
-    )
 
 
 def _limits(filters: Filters, now: datetime) -> list[KeyLimit]:
@@ -116,7 +49,7 @@ def usage_page(request: HttpRequest, ws: str) -> HttpResponse:
     filters and results (a sort or row link changed a filter), or the compact deployment tab."""
     access = access_workspace(request.user, ws)
     now = timezone.now()
-    filters = _filters(request, access, now)
+    filters = usage_filters(request.GET, access, now)
     fragment = FRAGMENTS.get(request.htmx.target) if request.htmx else None
     context = {
         "access": access,
@@ -129,7 +62,7 @@ def usage_page(request: HttpRequest, ws: str) -> HttpResponse:
         "filter_labels": filters.labels,
     }
     if filters.scope is not None:
-        report = _report(access, filters, breakdowns=fragment != "embedded")
+        report = usage_dashboard_report(access, filters, breakdowns=fragment != "embedded")
         context.update(report=report, charts=usage_charts(report))
         if fragment != "embedded":
             context["limits"] = _limits(filters, now)
@@ -143,12 +76,12 @@ def usage_export(request: HttpRequest, ws: str) -> HttpResponse:
     """The page's numbers as CSV: the same filters, sort, sections and totals as on screen."""
     access = access_workspace(request.user, ws)
     now = timezone.now()
-    filters = _filters(request, access, now)
+    filters = usage_filters(request.GET, access, now)
     scope = filters.scope
     if scope is None:
         form = filters.form
         return HttpResponse("; ".join(e for errs in form.errors.values() for e in errs), status=400, content_type="text/plain")
-    report = _report(access, filters)
+    report = usage_dashboard_report(access, filters)
     response = HttpResponse(content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="{_file_name("usage", access, scope)}"'
     write_usage_csv(csv.writer(response), report, access.workspace, _limits(filters, now))
@@ -160,7 +93,7 @@ def usage_export(request: HttpRequest, ws: str) -> HttpResponse:
 def usage_flat_export(request: HttpRequest, ws: str) -> HttpResponse:
     """The page's usage as one flat table (day × workspace × key × deployment × API), same filters."""
     access = access_workspace(request.user, ws)
-    filters = _filters(request, access, timezone.now())
+    filters = usage_filters(request.GET, access, timezone.now())
     scope = filters.scope
     if scope is None:
         form = filters.form
