@@ -6,7 +6,6 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-from django.core.exceptions import PermissionDenied
 from django.db.models import Prefetch
 from django.http import Http404
 from django.utils import timezone
@@ -16,20 +15,20 @@ from ninja.responses import Status, codes_4xx
 from adminapi.core import DEFAULT_LIMIT, ErrorOut, IdempotencyKey, idempotent, page_by_id, principal
 from console.access import access_workspace
 from console.models import Role
-from deployments.access import access_deployment, access_replica
+from deployments.access import access_deployment, access_deployment_grants, access_replica
 from deployments.models import Deployment, DeploymentKind, DeploymentPrice, DeploymentReplica, ModelGrant
 from deployments.selectors import callable_deployments, price_in_force
 from deployments.services import (
+    deployment_change,
     deployment_create,
     deployment_price_set,
     deployment_start,
     deployment_stop,
-    deployment_update,
     model_grant_add,
     model_grant_remove,
     replica_add,
+    replica_change,
     replica_remove,
-    replica_update,
 )
 
 router = Router(tags=["deployments"])
@@ -157,17 +156,7 @@ class DeploymentPatch(Schema):
 def patch_deployment(request, ws: str, deployment_id: UUID, payload: DeploymentPatch):
     _, d = access_deployment(principal(request), ws, deployment_id, min_role=Role.ADMIN)
     given = {name: value for name, value in payload.model_dump().items() if name in payload.model_fields_set and value is not None}
-    current = {name: getattr(d, name) for name in DeploymentPatch.model_fields}
-    updated = deployment_update(
-        deployment=d,
-        actor=principal(request).actor,
-        **{**current, **given},
-        upstream_kind=d.upstream_kind,
-        upstream_base_url=d.upstream_base_url,
-        router_provider=d.router_provider,
-        byok_credential=d.byok_credential,
-        fallback=d.fallback,
-    )
+    updated = deployment_change(deployment=d, actor=principal(request).actor, **given)
     return deployment_out(Deployment.objects.select_related("workspace").get(pk=updated.pk))
 
 
@@ -303,17 +292,13 @@ def create_replica(request, ws: str, deployment_id: UUID, payload: ReplicaIn, id
 )
 def patch_replica(request, ws: str, deployment_id: UUID, replica_id: UUID, payload: ReplicaPatch):
     _, _, replica = access_replica(principal(request), ws, deployment_id, replica_id)
-    replica = replica_update(
-        replica=replica,
-        actor=principal(request).actor,
-        base_url=payload.base_url if payload.base_url is not None else replica.base_url,
-        weight=payload.weight if payload.weight is not None else replica.weight,
-        max_concurrent=payload.max_concurrent if "max_concurrent" in payload.model_fields_set else replica.max_concurrent,
-        enabled=payload.enabled if payload.enabled is not None else replica.enabled,
-        api_key=payload.api_key,
-        clear_api_key=payload.clear_api_key,
-    )
-    return replica_out(replica)
+    # A null max_concurrent means "no cap"; any other null keeps the value, as a left-out field does.
+    given = {
+        name: value
+        for name, value in payload.model_dump().items()
+        if name in payload.model_fields_set and (value is not None or name == "max_concurrent")
+    }
+    return replica_out(replica_change(replica=replica, actor=principal(request).actor, **given))
 
 
 @router.delete(
@@ -341,9 +326,7 @@ class GrantList(Schema):
 
 
 def _grant_target(request, ws: str, deployment_id: UUID, sub: str):
-    access, deployment = access_deployment(principal(request), ws, deployment_id, min_role=Role.ADMIN)
-    if not access.workspace.is_default:
-        raise PermissionDenied("Model permissions are managed in the default workspace.")
+    access, deployment = access_deployment_grants(principal(request), ws, deployment_id)
     target = access.workspace.children.filter(slug=sub).first()
     if target is None:
         raise Http404("No such sub-workspace.")
@@ -357,9 +340,7 @@ def _grant_target(request, ws: str, deployment_id: UUID, sub: str):
     tags=["grants"],
 )
 def list_grants(request, ws: str, deployment_id: UUID, limit: int = DEFAULT_LIMIT, cursor: str | None = None):
-    access, deployment = access_deployment(principal(request), ws, deployment_id, min_role=Role.ADMIN)
-    if not access.workspace.is_default:
-        raise PermissionDenied("Model permissions are managed in the default workspace.")
+    _, deployment = access_deployment_grants(principal(request), ws, deployment_id)
     rows, next_cursor = page_by_id(ModelGrant.objects.filter(deployment=deployment).select_related("workspace"), cursor=cursor, limit=limit)
     return {"data": [{"workspace": g.workspace.slug, "granted_at": g.created_at} for g in rows], "next_cursor": next_cursor}
 

@@ -48,3 +48,16 @@ def access_replica(user, ws_slug: str, deployment_id, replica_id, *, min_role: R
         raise Http404("No such replica.")
     replica.deployment = deployment
     return access, deployment, replica
+
+
+def require_grants_workspace(access: WorkspaceAccess) -> None:
+    """Model permissions (grants to sub-workspaces) are managed from the default workspace only."""
+    if not access.workspace.is_default:
+        raise PermissionDenied("Model permissions are managed in the default workspace.")
+
+
+def access_deployment_grants(user, ws_slug: str, public_id) -> tuple[WorkspaceAccess, Deployment]:
+    """A deployment whose grants the caller may manage: an admin of the default workspace."""
+    access, deployment = access_deployment(user, ws_slug, public_id, min_role=Role.ADMIN)
+    require_grants_workspace(access)
+    return access, deployment

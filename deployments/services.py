@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from console.audit import Actor, audit_record
@@ -363,6 +365,25 @@ def deployment_update(
     return deployment
 
 
+def deployment_settings(deployment: Deployment) -> dict:
+    """A deployment's settings as deployment_update takes them (what an edit form starts from)."""
+    return {field: getattr(deployment, field) for field in UPDATABLE}
+
+
+# deployment_update keeps these when given None, so a partial change leaves them unchecked.
+_KEPT_WHEN_NONE = ("kind", "responses_passthrough", "tokenizer_path")
+
+
+def deployment_change(*, deployment: Deployment, actor: Actor, **changes) -> Deployment:
+    """deployment_update with only the settings in `changes`: every other one keeps its value
+    (also upstream_api_key / clear_upstream_api_key, as deployment_update's defaults do)."""
+    unknown = changes.keys() - {*UPDATABLE, "upstream_api_key", "clear_upstream_api_key"}
+    if unknown:
+        raise TypeError(f"deployment_change() got unexpected settings: {', '.join(sorted(unknown))}")
+    current = {field: value for field, value in deployment_settings(deployment).items() if field not in _KEPT_WHEN_NONE}
+    return deployment_update(deployment=deployment, actor=actor, **{**current, **changes})
+
+
 def _set_status(*, deployment: Deployment, actor: Actor, status: DeploymentStatus, action: str) -> Deployment:
     with transaction.atomic():
         locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
@@ -479,6 +500,21 @@ def model_grant_remove(*, deployment: Deployment, workspace: Workspace, actor: A
 
 
 # ---- replicas ----------------------------------------------------------------------------------
+def model_grants_set(
+    *, deployment: Deployment, workspaces: Iterable[Workspace], candidates: QuerySet[Workspace], actor: Actor
+) -> tuple[list[Workspace], list[Workspace]]:
+    """Make `workspaces` the sub-workspaces among `candidates` that may call the deployment:
+    grant the missing ones, withdraw the others' grants. Returns (granted, withdrawn)."""
+    wanted = {w.id: w for w in workspaces}
+    current = set(ModelGrant.objects.filter(deployment=deployment).values_list("workspace_id", flat=True))
+    added = [model_grant_add(deployment=deployment, workspace=w, actor=actor).workspace for wid, w in wanted.items() if wid not in current]
+    removed = []
+    for w in candidates.filter(pk__in=current - set(wanted)):
+        model_grant_remove(deployment=deployment, workspace=w, actor=actor)
+        removed.append(w)
+    return added, removed
+
+
 WEIGHT_MAX = 100
 MAX_CONCURRENT_MAX = 100_000
 
@@ -669,6 +705,23 @@ def replica_update(
     if replica.enabled and changes.keys() & {"base_url", "upstream_api_key", "enabled"}:
         replica_probe_on_commit(replica_id=replica.id)
     return replica
+
+
+REPLICA_SETTINGS = ("base_url", "weight", "max_concurrent", "enabled")
+
+
+def replica_settings(replica: DeploymentReplica) -> dict:
+    """A replica's settings as replica_update takes them (what an edit form starts from; never its key)."""
+    return {field: getattr(replica, field) for field in REPLICA_SETTINGS}
+
+
+def replica_change(*, replica: DeploymentReplica, actor: Actor, **changes) -> DeploymentReplica:
+    """replica_update with only the settings in `changes`: every other one keeps its value (an
+    absent api_key keeps the stored key)."""
+    unknown = changes.keys() - {*REPLICA_SETTINGS, "api_key", "clear_api_key"}
+    if unknown:
+        raise TypeError(f"replica_change() got unexpected settings: {', '.join(sorted(unknown))}")
+    return replica_update(replica=replica, actor=actor, **{**replica_settings(replica), **changes})
 
 
 @transaction.atomic

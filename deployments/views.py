@@ -16,7 +16,7 @@ from django_htmx.http import HttpResponseStopPolling
 from console.access import WorkspaceAccess, access_workspace
 from console.audit import Actor
 from console.models import Role
-from deployments.access import access_deployment, access_replica
+from deployments.access import access_deployment, access_deployment_grants, access_replica, require_grants_workspace
 from deployments.console_calls import create_test_call, expire_test_call_if_unclaimed, recent_test_calls
 from deployments.examples import API_KEY_ENV, render_examples, target_for
 from deployments.forms import DeploymentCreateForm, DeploymentForm, GrantsForm, ImportServerForm, PriceForm, ReplicaForm, TestCallForm
@@ -32,16 +32,16 @@ from deployments.selectors import (
     unhealthy_deployments,
 )
 from deployments.services import (
-    UPDATABLE,
     deployment_create,
     deployment_price_set,
+    deployment_settings,
     deployment_start,
     deployment_stop,
     deployment_update,
-    model_grant_add,
-    model_grant_remove,
+    model_grants_set,
     replica_add,
     replica_remove,
+    replica_settings,
     replica_update,
     workspace_queue_priority_set,
 )
@@ -146,7 +146,7 @@ def deployments_import_view(request: HttpRequest, ws: str) -> HttpResponse:
 
 
 def _edit_context(access, deployment: Deployment, *, form=None, price_form=None) -> dict:
-    initial = {f: getattr(deployment, f) for f in UPDATABLE}
+    initial = deployment_settings(deployment)
     current = price_in_force(deployment, timezone.now())
     return {
         "access": access,
@@ -254,8 +254,7 @@ def replica_add_view(request: HttpRequest, ws: str, deployment: str) -> HttpResp
 def replica_edit_view(request: HttpRequest, ws: str, deployment: str, replica: str) -> HttpResponse:
     access, dep, rep = access_replica(request.user, ws, deployment, replica)
     if request.method == "GET":
-        initial = {f: getattr(rep, f) for f in ("base_url", "weight", "max_concurrent", "enabled")}
-        form = ReplicaForm(initial=initial, editing=True, key_last4=rep.api_key_last4)
+        form = ReplicaForm(initial=replica_settings(rep), editing=True, key_last4=rep.api_key_last4)
     else:
         form = ReplicaForm(request.POST, editing=True, key_last4=rep.api_key_last4)
         if form.is_valid():
@@ -356,8 +355,7 @@ def deployment_detail(request: HttpRequest, ws: str, deployment: str) -> HttpRes
 @require_GET
 def grants_page(request: HttpRequest, ws: str) -> HttpResponse:
     access = access_workspace(request.user, ws, min_role=Role.ADMIN)
-    if not access.workspace.is_default:
-        raise PermissionDenied("Model permissions are managed in the default workspace.")
+    require_grants_workspace(access)
     return render(request, "deployments/grants_page.html", _grants_context(access))
 
 
@@ -381,25 +379,20 @@ def _grants_context(access: WorkspaceAccess, *, errors: dict | None = None) -> d
 @require_POST
 def grants_save(request: HttpRequest, ws: str, deployment: str) -> HttpResponse:
     """Set the sub-workspaces that may call one deployment (POST field `workspaces`: sub-workspace slugs)."""
-    access, dep = access_deployment(request.user, ws, deployment, min_role=Role.ADMIN)
-    if not access.workspace.is_default:
-        raise PermissionDenied("Model permissions are managed in the default workspace.")
+    access, dep = access_deployment_grants(request.user, ws, deployment)
     candidates = access.workspace.children.exclude(pk=dep.workspace_id)
     form = GrantsForm(request.POST, candidates=candidates)
     if not form.is_valid():
         return render(
             request, "deployments/grants_page.html", _grants_context(access, errors={dep.id: form.errors["workspaces"]}), status=400
         )
-    wanted = {w.id: w for w in form.cleaned_data["workspaces"]}
-    current = set(ModelGrant.objects.filter(deployment=dep).values_list("workspace_id", flat=True))
-    actor = Actor.from_request(request)
-    added = [model_grant_add(deployment=dep, workspace=w, actor=actor).workspace.name for wid, w in wanted.items() if wid not in current]
-    removed = []
-    for w in candidates.filter(pk__in=current - set(wanted)):
-        model_grant_remove(deployment=dep, workspace=w, actor=actor)
-        removed.append(w.name)
+    added, removed = model_grants_set(
+        deployment=dep, workspaces=form.cleaned_data["workspaces"], candidates=candidates, actor=Actor.from_request(request)
+    )
     if added or removed:
-        parts = ([f"granted to {', '.join(added)}"] if added else []) + ([f"withdrawn from {', '.join(removed)}"] if removed else [])
+        parts = ([f"granted to {', '.join(w.name for w in added)}"] if added else []) + (
+            [f"withdrawn from {', '.join(w.name for w in removed)}"] if removed else []
+        )
         messages.success(request, f"{dep.model_id}: {'; '.join(parts)}.")
     else:
         messages.info(request, f"{dep.model_id}: no change.")
