@@ -6,7 +6,6 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-from django.db.models import Prefetch
 from django.http import Http404
 from django.utils import timezone
 from ninja import Router, Schema
@@ -17,7 +16,7 @@ from console.access import access_workspace
 from console.models import Role
 from deployments.access import access_deployment, access_deployment_grants, access_replica
 from deployments.models import Deployment, DeploymentKind, DeploymentPrice, DeploymentReplica, ModelGrant
-from deployments.selectors import callable_deployments, price_in_force
+from deployments.selectors import callable_deployments, price_in_force, with_prices_in_force
 from deployments.services import (
     deployment_change,
     deployment_create,
@@ -66,10 +65,8 @@ class DeploymentOut(Schema):
 
 
 def deployment_out(d: Deployment) -> dict:
-    # A list prefetches the versions already in force (newest first); a single one asks.
-    in_force = d.prices_in_force[0] if hasattr(d, "prices_in_force") and d.prices_in_force else None
-    if not hasattr(d, "prices_in_force"):
-        in_force = price_in_force(d, timezone.now())
+    # A list prefetches the versions in force (with_prices_in_force); a single one asks.
+    in_force = price_in_force(d, timezone.now())
     return DeploymentOut(
         id=d.public_id,
         workspace=d.workspace.slug,
@@ -110,11 +107,8 @@ class DeploymentIn(Schema):
 )
 def list_deployments(request, ws: str, limit: int = DEFAULT_LIMIT, cursor: str | None = None):
     access = access_workspace(principal(request), ws)
-    in_force = DeploymentPrice.objects.filter(effective_from__lte=timezone.now()).order_by("-effective_from")
-    deployments = callable_deployments(access.workspace).select_related("workspace")
-    rows, next_cursor = page_by_id(
-        deployments.prefetch_related(Prefetch("prices", queryset=in_force, to_attr="prices_in_force")), cursor=cursor, limit=limit
-    )
+    deployments = with_prices_in_force(callable_deployments(access.workspace).select_related("workspace"), timezone.now())
+    rows, next_cursor = page_by_id(deployments, cursor=cursor, limit=limit)
     return {"data": [deployment_out(d) for d in rows], "next_cursor": next_cursor}
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db.models import OuterRef, Q, QuerySet, Subquery
+from django.db.models import OuterRef, Prefetch, Q, QuerySet, Subquery
 
 from console.models import Workspace
 from deployments.models import Deployment, DeploymentPrice, DeploymentReplica, DeploymentStatus, UpstreamKind
@@ -16,15 +16,30 @@ def callable_deployments(workspace: Workspace) -> QuerySet[Deployment]:
     return Deployment.objects.filter(Q(workspace=workspace) | Q(grants__workspace=workspace)).distinct()
 
 
+def _prices_in_force(at: datetime) -> QuerySet[DeploymentPrice]:
+    """Price versions already in force at `at`, the one in force first (the latest effective_from)."""
+    return DeploymentPrice.objects.filter(effective_from__lte=at).order_by("-effective_from")
+
+
 def price_in_force(deployment: Deployment, at: datetime) -> DeploymentPrice | None:
-    """The price version whose effective_from is the latest one not after `at` (None before the first)."""
-    return DeploymentPrice.objects.filter(deployment=deployment, effective_from__lte=at).order_by("-effective_from").first()
+    """The price version whose effective_from is the latest one not after `at` (None before the first).
+    A deployment from with_prices_in_force answers from its prefetch (for the moment given there),
+    without a query."""
+    if hasattr(deployment, "prices_in_force"):
+        return deployment.prices_in_force[0] if deployment.prices_in_force else None
+    return _prices_in_force(at).filter(deployment=deployment).first()
+
+
+def with_prices_in_force(deployments: QuerySet[Deployment], at: datetime) -> QuerySet[Deployment]:
+    """The deployments with the price versions in force at `at` prefetched (one query for a whole
+    page), so price_in_force(deployment, at) asks nothing more."""
+    return deployments.prefetch_related(Prefetch("prices", queryset=_prices_in_force(at), to_attr="prices_in_force"))
 
 
 def deployments_for_list(workspace: Workspace, *, now: datetime) -> QuerySet[Deployment]:
     """Each callable deployment with its current price, in one query (the list page adds today's
     requests from usage.selectors.requests_today to the same query)."""
-    current = DeploymentPrice.objects.filter(deployment=OuterRef("pk"), effective_from__lte=now).order_by("-effective_from")
+    current = _prices_in_force(now).filter(deployment=OuterRef("pk"))
     return (
         callable_deployments(workspace)
         .select_related("workspace")
