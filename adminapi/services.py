@@ -96,22 +96,20 @@ def _lock(admin_key: AdminKey) -> AdminKey:
     return AdminKey.objects.select_for_update().select_related("workspace").get(pk=admin_key.pk)
 
 
+# Why keys.selectors.key_unusable_reason refuses to rotate an admin key, as the console and API say it.
+_NOT_ROTATABLE = {
+    "key_revoked": "This admin key is revoked; create a new one instead.",
+    "key_expired": "This admin key has expired; create a new one instead.",
+}
+
+
 @sensitive_variables("key")
 def admin_key_rotate(*, admin_key: AdminKey, actor: Actor, grace: dt.timedelta, now: dt.datetime | None = None) -> str:
     """A new secret; older ones stay valid until now + grace at the latest (keys.services.secret_rotate)."""
     now = now or timezone.now()
     with transaction.atomic():
         locked = _lock(admin_key)
-        old_hint, _, key = secret_rotate(
-            locked,
-            grace=grace,
-            now=now,
-            refusals={
-                "key_revoked": "This admin key is revoked; create a new one instead.",
-                "key_expired": "This admin key has expired; create a new one instead.",
-            },
-            prefix=tokens.ADMIN_PREFIX,
-        )
+        old_hint, _, key = secret_rotate(locked, grace=grace, now=now, refusals=_NOT_ROTATABLE, prefix=tokens.ADMIN_PREFIX)
         audit_record(
             workspace=locked.workspace,
             actor=actor,

@@ -406,6 +406,13 @@ def api_key_update(
     return locked
 
 
+# Why key_unusable_reason refuses to rotate an application key, as the console and API say it.
+_NOT_ROTATABLE = {
+    "key_revoked": "This key is revoked; create a new key instead.",
+    "key_expired": "This key has expired; set a later expiry first, then rotate it.",
+}
+
+
 @sensitive_variables("key")
 def api_key_rotate(
     *, api_key: ApiKey, actor: Actor, grace: dt.timedelta, now: dt.datetime | None = None, expected_hint: str | None = None
@@ -420,15 +427,7 @@ def api_key_rotate(
     with transaction.atomic():
         locked = _lock(api_key)
         old_hint, deadline, key = secret_rotate(
-            locked,
-            grace=grace,
-            now=now,
-            refusals={
-                "key_revoked": "This key is revoked; create a new key instead.",
-                "key_expired": "This key has expired; set a later expiry first, then rotate it.",
-            },
-            expected_hint=expected_hint,
-            update_fields=("hint", "updated_at"),
+            locked, grace=grace, now=now, refusals=_NOT_ROTATABLE, expected_hint=expected_hint, update_fields=("hint", "updated_at")
         )
         audit_record(
             workspace=locked.workspace,
