@@ -113,3 +113,33 @@ def test_every_page_has_the_same_breadcrumb(client_for, world):
         assert [text for text, _ in crumbs] == steps, url
         # Only the last step is the current page; every step before it is a link.
         assert [current for _, current in crumbs] == [False] * (len(steps) - 1) + [True], url
+
+
+def test_relative_times_read_one_way_from_just_now_to_days(client_for, world):
+    """Every "how long since" on the console goes through |ago: never Django's "0 minutes ago"."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from lib.dates import ago
+    from tests.factories import make_key
+
+    now = timezone.now()
+    assert [ago(now - timedelta(seconds=s)) for s in (0, 59, 61, 3599, 3601, 86400, 3 * 86400)] == [
+        "just now",
+        "just now",
+        "1 min ago",
+        "59 min ago",
+        "1 h ago",
+        "1 day ago",
+        "3 days ago",
+    ]
+    assert ago(None) == ""
+    key, _ = make_key(world.org, name="used")
+    key.last_used_at = now - timedelta(seconds=5)
+    key.save(update_fields=["last_used_at"])
+    client = client_for(world.owner)
+    for url in ("/w/acme/", "/w/acme/secrets/", f"/w/acme/secrets/{key.public_id}/"):
+        text = visible_text(client.get(url).content.decode())
+        assert "minutes ago" not in text and "0\xa0minutes" not in text, url
+    assert "just now" in visible_text(client.get("/w/acme/secrets/").content.decode())

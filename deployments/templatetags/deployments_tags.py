@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 
 from django import template
-from django.utils import timezone
 
 register = template.Library()
 
@@ -43,19 +41,3 @@ TEST_CALL_BADGES = {"done": "badge-ok", "failed": "badge-bad", "streaming": "bad
 @register.filter
 def test_call_badge(status: str) -> str:
     return TEST_CALL_BADGES.get(status, "badge-muted")
-
-
-@register.filter
-def ago(moment: datetime | None) -> str:
-    """A short relative time: "just now", "2 min ago", "3 h ago", "4 days ago"."""
-    if moment is None:
-        return ""
-    seconds = max(0, (timezone.now() - moment).total_seconds())
-    if seconds < 60:
-        return "just now"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min ago"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)} h ago"
-    days = int(seconds // 86400)
-    return f"{days} day{'s' if days != 1 else ''} ago"
