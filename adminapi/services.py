@@ -1,8 +1,8 @@
 """Writes and the lookup for admin keys. The rules are application keys' and live with them:
 keys.services mints secrets (typed prefix, only the HMAC digest stored, the plaintext returned
-once) and rotates them with a grace period; keys.selectors.key_unusable_reason says whether a key
-(revoked, expired, rotated away) may be used. Here: what is admin-key specific (role, audit
-actions, the principal); every change audited."""
+once), rotates them with a grace period and revokes keys; keys.selectors.key_unusable_reason
+says whether a key (revoked, expired, rotated away) may be used. Here: what is admin-key
+specific (role, audit actions, the principal); every change audited."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from console.models import Role, Workspace
 from keys import tokens
 from keys.names import validate_key_name
 from keys.selectors import key_unusable_reason
-from keys.services import check_expiry, key_insert, secret_rotate
+from keys.services import check_expiry, key_insert, key_revoke, secret_rotate
 from lib.net import ip_allowed, parse_allowlist, parse_networks
 
 
@@ -126,10 +126,8 @@ def admin_key_revoke(*, admin_key: AdminKey, actor: Actor, now: dt.datetime | No
     now = now or timezone.now()
     with transaction.atomic():
         locked = _lock(admin_key)
-        if locked.revoked_at is not None:
+        if not key_revoke(locked, now=now):
             return locked
-        locked.revoked_at = now
-        locked.save(update_fields=["revoked_at"])
         audit_record(workspace=locked.workspace, actor=actor, action="admin_key.revoked", target=locked, details={"hint": locked.hint})
     admin_key.revoked_at = locked.revoked_at
     return locked

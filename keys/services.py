@@ -226,6 +226,17 @@ def secret_rotate(
     return old_hint, deadline, key
 
 
+def key_revoke(locked: models.Model, *, now: dt.datetime, update_fields: Sequence[str] = ("revoked_at",)) -> bool:
+    """The revocation rule for any key (application or admin), inside the caller's transaction
+    with the key row locked: every secret of the key stops working at `now` (key_unusable_reason
+    says "key_revoked"); revoking twice changes nothing. Returns whether this call revoked it."""
+    if locked.revoked_at is not None:
+        return False
+    locked.revoked_at = now
+    locked.save(update_fields=list(update_fields))
+    return True
+
+
 @sensitive_variables("key")
 def key_insert(row: models.Model, *, constraint: str, name_taken: str, prefix: str = tokens.PREFIX) -> tuple[models.Model, str]:
     """Save a new key row and give it its first secret (its hint), inside the caller's transaction.
@@ -451,10 +462,8 @@ def api_key_revoke(*, api_key: ApiKey, actor: Actor, now: dt.datetime | None = N
     now = now or timezone.now()
     with transaction.atomic():
         locked = _lock(api_key)
-        if locked.revoked_at is not None:
+        if not key_revoke(locked, now=now, update_fields=("revoked_at", "updated_at")):
             return locked
-        locked.revoked_at = now
-        locked.save(update_fields=["revoked_at", "updated_at"])
         audit_record(workspace=locked.workspace, actor=actor, action="api_key.revoked", target=locked, details={"hint": locked.hint})
         key_changed(locked.id)
     api_key.revoked_at = locked.revoked_at
