@@ -309,3 +309,36 @@ def test_without_javascript_the_phone_sidebar_is_in_the_page(chromium, live_serv
         page.wait_for_url("**/w/acme/deployments/")
     finally:
         context.close()
+
+
+def test_list_tables_become_labelled_cards_at_phone_width(page, sign_in, screenshot):
+    """At 390 px the secrets, members, deployments, replicas and audit tables show every column
+    (one labelled card per row) instead of scrolling sideways past the screen's edge."""
+    from console.audit import Actor
+    from deployments.services import deployment_create
+    from tests.factories import make_key
+
+    world = World()
+    deployment = deployment_create(
+        workspace=world.org, actor=Actor.system("tests"), name="Qwen3", model_id="@acme/qwen3", upstream_base_url="http://10.0.0.5:8000/v1"
+    )
+    make_key(world.org, name="billing-service", all_models=True, ip_allowlist=["10.0.0.0/8"])
+    page.set_viewport_size(VIEWPORTS["phone"])
+    sign_in("olivia")
+    for name, path, table in (
+        ("secrets", "/w/acme/secrets/", "keys-table"),
+        ("members", "/w/acme/members/", "members-table"),
+        ("deployments", "/w/acme/deployments/", "deployments-table"),
+        ("replicas", f"/w/acme/deployments/{deployment.public_id}/", "replica-table"),
+        ("audit", "/w/acme/audit/", "audit-table"),
+    ):
+        page.goto(path)
+        wrap = page.locator(f"[data-testid={table}]").locator("xpath=..")
+        sizes = wrap.evaluate("e => [e.scrollWidth, e.clientWidth]")
+        assert sizes[0] <= sizes[1], (name, sizes)  # nothing hidden to the right
+        first_label = page.locator(f"[data-testid={table}] tbody td[data-label]").first
+        assert first_label.evaluate("e => getComputedStyle(e, '::before').content") not in ("none", "normal", ""), name
+        screenshot(page, f"phone-{name}")
+    page.set_viewport_size(VIEWPORTS["desktop"])
+    page.goto("/w/acme/secrets/")
+    assert page.locator("[data-testid=keys-table] thead").is_visible()  # a table again at desktop width
