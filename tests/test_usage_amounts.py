@@ -38,3 +38,25 @@ def test_allocated_cents_are_shown_from_ten_cents_up_and_the_exact_amount_below(
 def test_chart_hover_text_uses_the_same_rule():
     assert _value_text(Decimal("0.0016"), money=True) == "0.0016"
     assert _value_text(12, money=False) == "12"
+
+
+@pytest.mark.parametrize(
+    "peak, ticks",
+    [
+        (1, ["0", "1"]),
+        (3, ["0", "1", "2", "3"]),
+        (10, ["0", "5", "10"]),
+        (100, ["0", "25", "50", "75", "100"]),
+        (4000, ["0", "1k", "2k", "3k", "4k"]),
+    ],
+)
+def test_count_axes_tick_on_whole_numbers(peak, ticks):
+    """A day with one request read 0, 0.2, 0.4 … 1 on its y axis, ten read 2.5 and 7.5: counts
+    (requests, tokens) now tick on whole numbers."""
+    from datetime import datetime
+
+    from usage.charts import Series, bar_chart
+
+    periods = [{"local": datetime(2026, 12, 3), "n": peak}]
+    chart = bar_chart(periods, [Series("n", "Requests", "chart-s1")], title="Requests per day", unit="requests", hourly=False)
+    assert [t["label"] for t in chart["y_ticks"]] == ticks

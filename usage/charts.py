@@ -31,12 +31,14 @@ class Series:
     css: str  # a class that sets the fill (chart-s1, chart-s2)
 
 
-def _nice_step(raw: float) -> float:
-    """1, 2, 2.5 or 5 × a power of ten, at least raw."""
+def _nice_step(raw: float, *, whole: bool = False) -> float:
+    """1, 2, 2.5 or 5 × a power of ten, at least raw; with `whole` (counts: requests, tokens) a
+    whole number, so an axis never reads 0.2 requests or 7.5 tokens."""
     if raw <= 0:
         return 1
     power = 10 ** math.floor(math.log10(raw))
-    return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw * (1 - 1e-9))
+    steps = (m * power for m in (1, 2, 2.5, 5, 10))
+    return next(step for step in steps if step >= raw * (1 - 1e-9) and (not whole or (step >= 1 and step == int(step))))
 
 
 def _axis_label(value: float, step: float, money: bool) -> str:
@@ -90,7 +92,7 @@ def bar_chart(
     labels = labels or [_period_text(p, hourly) for p in periods]
     totals = [sum(float(p[s.key]) for s in series) for p in periods]
     peak = max(totals, default=0)
-    step = _nice_step(peak / Y_TICKS) if peak else 1
+    step = _nice_step(peak / Y_TICKS, whole=not money) if peak else 1
     top = step * max(1, math.ceil(peak / step - 1e-9)) if peak else step * Y_TICKS
     width = WIDE_WIDTH if wide else WIDTH
     tick_values = [step * k for k in range(round(top / step) + 1)]
