@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 
-from gateway.metering import UsageWriter, event_row
-from gateway.routes import Price, Route
+from gateway.metering import UsageWriter
 from lib.redis import redis_client
 from tests import gateway_support
 from tests.factories import make_deployment, make_key
 from tests.gateway_support import UPSTREAM_KEY, chat_body, demo_stats, run_async, wait_for
+from tests.usage_writer_support import row
 from usage.models import UsageEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -190,27 +188,7 @@ def test_usage_writer_reconnects_when_its_database_connection_is_killed(world, d
 
 
 def _row(world, key, request_id: str, prompt: int) -> dict:
-    entry = SimpleNamespace(workspace_id=world.org.id, api_key_id=key.id, kind="user")
-    route = Route(
-        name="m",
-        kind="deployment",
-        chat_url="",
-        upstream_model="m",
-        api_key=None,
-        timeout=1.0,
-        prices=(Price(0.0, __import__("decimal").Decimal("2"), __import__("decimal").Decimal("4"), "EUR"),),
-    )
-    return event_row(
-        request_id=request_id,
-        started=time.time(),
-        entry=entry,
-        route=route,
-        model="m",
-        prompt_tokens=prompt,
-        completion_tokens=10,
-        status_code=200,
-        client_ip="127.0.0.1",
-    )
+    return row(world, key, request_id, prompt=prompt, completion=10, streamed=False, client_ip="127.0.0.1", age=0)
 
 
 def _closing(fn, *args):

@@ -14,7 +14,19 @@ from gateway.metering import event_row
 from gateway.routes import Price, Route
 
 
-def row(world, key, request_id: str, *, workspace_id: int | None = None) -> dict:
+def row(
+    world,
+    key,
+    request_id: str,
+    *,
+    workspace_id: int | None = None,
+    prompt: int = 7,
+    completion: int = 3,
+    streamed: bool = True,
+    client_ip: str = "2001:db8::1",
+    age: float = 0.25,
+) -> dict:
+    """A usage row as the gateway's metering builds it (gateway.metering.event_row), `age` seconds old."""
     entry = SimpleNamespace(workspace_id=workspace_id or world.org.id, api_key_id=key.id, kind="user")
     route = Route(
         name="m",
@@ -27,15 +39,15 @@ def row(world, key, request_id: str, *, workspace_id: int | None = None) -> dict
     )
     return event_row(
         request_id=request_id,
-        started=time.time() - 0.25,
+        started=time.time() - age,
         entry=entry,
         route=route,
         model="m",
-        prompt_tokens=7,
-        completion_tokens=3,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
         status_code=200,
-        streamed=True,
-        client_ip="2001:db8::1",
+        streamed=streamed,
+        client_ip=client_ip,
     )
 
 
