@@ -312,10 +312,11 @@ def test_without_javascript_the_phone_sidebar_is_in_the_page(chromium, live_serv
 
 
 def test_list_tables_become_labelled_cards_at_phone_width(page, sign_in, screenshot):
-    """At 390 px the secrets, members, deployments, replicas and audit tables show every column
+    """At 390 px the secrets, members, deployments, replicas, audit and admin-key tables show every column
     (one labelled card per row) instead of scrolling sideways past the screen's edge."""
     from console.audit import Actor
     from deployments.services import deployment_create
+    from tests.adminapi_support import make_admin_key
     from tests.factories import make_key
 
     world = World()
@@ -323,6 +324,7 @@ def test_list_tables_become_labelled_cards_at_phone_width(page, sign_in, screens
         workspace=world.org, actor=Actor.system("tests"), name="Qwen3", model_id="@acme/qwen3", upstream_base_url="http://10.0.0.5:8000/v1"
     )
     make_key(world.org, name="billing-service", all_models=True, ip_allowlist=["10.0.0.0/8"])
+    make_admin_key(world.org, name="terraform")
     page.set_viewport_size(VIEWPORTS["phone"])
     sign_in("olivia")
     for name, path, table in (
@@ -331,6 +333,7 @@ def test_list_tables_become_labelled_cards_at_phone_width(page, sign_in, screens
         ("deployments", "/w/acme/deployments/", "deployments-table"),
         ("replicas", f"/w/acme/deployments/{deployment.public_id}/", "replica-table"),
         ("audit", "/w/acme/audit/", "audit-table"),
+        ("admin-keys", "/w/acme/settings/admin-api/", "admin-keys-table"),
     ):
         page.goto(path)
         wrap = page.locator(f"[data-testid={table}]").locator("xpath=..")

@@ -54,7 +54,10 @@ def test_pages_write_dates_one_way(client_for, world):
 
     from tests.factories import make_deployment, make_key
 
+    from tests.adminapi_support import make_admin_key
+
     key, _ = make_key(world.org, name="dated", expires_at=timezone.now() + timedelta(days=30))
+    make_admin_key(world.org, expires_at=timezone.now() + timedelta(days=30))
     deployment = make_deployment(world.org, base_url="http://10.0.0.5:8000/v1")
     client = client_for(world.owner)
     pages = [
@@ -63,6 +66,7 @@ def test_pages_write_dates_one_way(client_for, world):
         f"/w/acme/deployments/{deployment.public_id}/",
         "/w/acme/members/",
         "/w/acme/audit/",
+        "/w/acme/settings/admin-api/",
     ]
     seen_when = 0
     for url in pages:
