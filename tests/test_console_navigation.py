@@ -52,9 +52,8 @@ def test_pages_write_dates_one_way(client_for, world):
 
     from django.utils import timezone
 
-    from tests.factories import make_deployment, make_key
-
     from tests.adminapi_support import make_admin_key
+    from tests.factories import make_deployment, make_key
 
     key, _ = make_key(world.org, name="dated", expires_at=timezone.now() + timedelta(days=30))
     make_admin_key(world.org, expires_at=timezone.now() + timedelta(days=30))
