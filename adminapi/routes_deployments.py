@@ -64,9 +64,9 @@ class DeploymentOut(Schema):
     created_at: datetime
 
 
-def deployment_out(d: Deployment) -> dict:
-    # A list prefetches the versions in force (with_prices_in_force); a single one asks.
-    in_force = price_in_force(d, timezone.now())
+def deployment_out(d: Deployment, at: datetime | None = None) -> dict:
+    # A list prefetches the versions in force at its `at` (with_prices_in_force); a single one asks.
+    in_force = price_in_force(d, at or timezone.now())
     return DeploymentOut(
         id=d.public_id,
         workspace=d.workspace.slug,
@@ -107,9 +107,10 @@ class DeploymentIn(Schema):
 )
 def list_deployments(request, ws: str, limit: int = DEFAULT_LIMIT, cursor: str | None = None):
     access = access_workspace(principal(request), ws)
-    deployments = with_prices_in_force(callable_deployments(access.workspace).select_related("workspace"), timezone.now())
+    now = timezone.now()
+    deployments = with_prices_in_force(callable_deployments(access.workspace).select_related("workspace"), now)
     rows, next_cursor = page_by_id(deployments, cursor=cursor, limit=limit)
-    return {"data": [deployment_out(d) for d in rows], "next_cursor": next_cursor}
+    return {"data": [deployment_out(d, now) for d in rows], "next_cursor": next_cursor}
 
 
 @router.post(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db.models import OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models import DateTimeField, OuterRef, Prefetch, Q, QuerySet, Subquery, Value
 
 from console.models import Workspace
 from deployments.models import Deployment, DeploymentPrice, DeploymentReplica, DeploymentStatus, UpstreamKind
@@ -23,9 +23,9 @@ def _prices_in_force(at: datetime) -> QuerySet[DeploymentPrice]:
 
 def price_in_force(deployment: Deployment, at: datetime) -> DeploymentPrice | None:
     """The price version whose effective_from is the latest one not after `at` (None before the first).
-    A deployment from with_prices_in_force answers from its prefetch (for the moment given there),
-    without a query."""
-    if hasattr(deployment, "prices_in_force"):
+    A deployment from with_prices_in_force(…, at) answers from its prefetch, without a query; asked
+    for another moment, it queries."""
+    if getattr(deployment, "prices_in_force_at", None) == at:
         return deployment.prices_in_force[0] if deployment.prices_in_force else None
     return _prices_in_force(at).filter(deployment=deployment).first()
 
@@ -33,7 +33,9 @@ def price_in_force(deployment: Deployment, at: datetime) -> DeploymentPrice | No
 def with_prices_in_force(deployments: QuerySet[Deployment], at: datetime) -> QuerySet[Deployment]:
     """The deployments with the price versions in force at `at` prefetched (one query for a whole
     page), so price_in_force(deployment, at) asks nothing more."""
-    return deployments.prefetch_related(Prefetch("prices", queryset=_prices_in_force(at), to_attr="prices_in_force"))
+    return deployments.annotate(prices_in_force_at=Value(at, output_field=DateTimeField())).prefetch_related(
+        Prefetch("prices", queryset=_prices_in_force(at), to_attr="prices_in_force")
+    )
 
 
 def deployments_for_list(workspace: Workspace, *, now: datetime) -> QuerySet[Deployment]:

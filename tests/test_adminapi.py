@@ -434,3 +434,25 @@ def test_console_pages_role_matrix(world, client_for, name, min_rank, who):
         assert response.status_code == 404
     else:
         assert response.status_code == (200 if rank >= min_rank else 403)
+
+
+def test_the_deployment_list_reads_prices_for_the_whole_page_at_once(world, api_client):
+    """The price in force comes from one prefetch for a page, not a query per deployment, and
+    equals what a single deployment's read says."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    _, key = make_admin_key(world.org, role="viewer")
+    make_deployment(world.org, base_url="http://10.0.0.5:8000/v1", name="one", input_price="0.10", output_price="0.20")
+    call(api_client, "get", "/workspaces/acme/deployments", key)  # the key's first use stamps it once
+    counts = []
+    for name in ("two", "three", "four"):
+        with CaptureQueriesContext(connection) as queries:
+            listed = call(api_client, "get", "/workspaces/acme/deployments", key)
+        counts.append(len(queries))
+        make_deployment(world.org, base_url="http://10.0.0.5:8000/v1", name=name, input_price="0.30", output_price="0.40")
+    assert listed.status_code == 200
+    assert counts[0] == counts[1] == counts[2], counts  # 1, 2 and 3 deployments: the same queries
+    for row in listed.json()["data"]:
+        single = call(api_client, "get", f"/workspaces/acme/deployments/{row['id']}", key).json()
+        assert row == single
